@@ -1,0 +1,152 @@
+//! The "tracepoint" backend: a fault's entry from the exceptions tracepoints, its completion
+//! from the PAGE_FAULTS_MIN / PAGE_FAULTS_MAJ perf software events, paired per thread.
+//!
+//! The kernel fires those perf events in `mm_account_fault()`, right where it increments the
+//! task's min_flt / maj_flt, so one completion record is emitted per fault the kernel counts.
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{perf_event, tracepoint},
+    programs::{PerfEventContext, TracePointContext},
+};
+use cow_trace_common::{PendingFault, Record, counter, flags, kind};
+
+use crate::maps::{PENDING, bump, emit, is_traced};
+
+/// Offsets shared by exceptions:page_fault_user and exceptions:page_fault_kernel.
+/// ```text
+/// field:unsigned long address;     offset:8;   size:8;
+/// field:unsigned long ip;          offset:16;  size:8;
+/// field:unsigned long error_code;  offset:24;  size:8;
+/// ```
+const ADDRESS: usize = 8;
+const IP: usize = 16;
+const ERROR_CODE: usize = 24;
+
+#[tracepoint(category = "exceptions", name = "page_fault_user")]
+pub fn exceptions_page_fault_user(ctx: TracePointContext) -> u32 {
+    fault_entry(&ctx, false);
+    0
+}
+
+/// Faults the kernel takes on a user address on the task's behalf (copy_to_user in read(), ...).
+#[tracepoint(category = "exceptions", name = "page_fault_kernel")]
+pub fn exceptions_page_fault_kernel(ctx: TracePointContext) -> u32 {
+    fault_entry(&ctx, true);
+    0
+}
+
+#[perf_event]
+pub fn fault_done_minor(ctx: PerfEventContext) -> u32 {
+    fault_done(&ctx, false);
+    0
+}
+
+#[perf_event]
+pub fn fault_done_major(ctx: PerfEventContext) -> u32 {
+    fault_done(&ctx, true);
+    0
+}
+
+#[inline(always)]
+fn fault_entry(ctx: &TracePointContext, kernel_mode: bool) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_traced((pid_tgid >> 32) as u32) {
+        return;
+    }
+    // SAFETY: offsets from the tracepoint format above, identical on every kernel with it.
+    let (address, ip, error_code) = unsafe {
+        (
+            ctx.read_at::<u64>(ADDRESS).unwrap_or(0),
+            ctx.read_at::<u64>(IP).unwrap_or(0),
+            ctx.read_at::<u64>(ERROR_CODE).unwrap_or(0),
+        )
+    };
+    // Kernel-mode faults on kernel addresses are not the process's memory.
+    if kernel_mode && (address as i64) < 0 {
+        return;
+    }
+    let tid = pid_tgid as u32;
+    // An entry still pending in this thread never completed: report it before replacing it.
+    flush_pending(tid);
+    let pending = PendingFault {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        address,
+        ip,
+        error_code,
+        kernel_mode: kernel_mode as u32,
+        _pad: 0,
+    };
+    if PENDING.insert(&tid, &pending, 0).is_err() {
+        bump(counter::PENDING_FULL);
+    }
+}
+
+#[inline(always)]
+fn fault_done(ctx: &PerfEventContext, major: bool) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_traced(tgid) {
+        return;
+    }
+    let tid = pid_tgid as u32;
+    // SAFETY: the context is the kernel's bpf_perf_event_data for this sample.
+    let (address, regs_ip) = unsafe { ((*ctx.ctx).addr, (*ctx.ctx).regs.rip) };
+
+    let mut record = Record::zeroed();
+    record.kind = kind::FAULT;
+    record.pid = tgid;
+    record.tid = tid;
+    record.address = address;
+    if major {
+        record.flags |= flags::MAJOR;
+    }
+    // SAFETY: the entry is only touched by its own thread, which is running this program.
+    match unsafe { PENDING.get(&tid) } {
+        Some(entry) if (entry.address ^ address) >> 12 == 0 => {
+            record.ts_ns = entry.ts_ns;
+            record.latency_ns = now - entry.ts_ns;
+            record.ip = entry.ip;
+            record.error_code = entry.error_code;
+            if entry.kernel_mode != 0 {
+                record.flags |= flags::KERNEL_MODE;
+            }
+            let _ = PENDING.remove(&tid);
+        }
+        _ => {
+            // The entry predates attaching, was not stored, or belongs to another fault that
+            // never completed: count this completion all the same, with what it knows.
+            flush_pending(tid);
+            let _ = PENDING.remove(&tid);
+            record.ts_ns = now;
+            record.ip = regs_ip;
+            record.flags |= flags::NO_ENTRY;
+        }
+    }
+    record.comm = bpf_get_current_comm().unwrap_or_default();
+    emit(&record);
+}
+
+/// Reports the thread's pending entry, if any, as a fault that never completed. The caller
+/// replaces or removes the entry.
+#[inline(always)]
+pub fn flush_pending(tid: u32) {
+    // SAFETY: as in fault_done, only this thread touches its entry.
+    let Some(entry) = (unsafe { PENDING.get(&tid) }) else {
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mut record = Record::zeroed();
+    record.kind = kind::FAULT_INCOMPLETE;
+    record.ts_ns = entry.ts_ns;
+    record.address = entry.address;
+    record.ip = entry.ip;
+    record.error_code = entry.error_code;
+    if entry.kernel_mode != 0 {
+        record.flags |= flags::KERNEL_MODE;
+    }
+    record.pid = (pid_tgid >> 32) as u32;
+    record.tid = pid_tgid as u32;
+    record.comm = bpf_get_current_comm().unwrap_or_default();
+    emit(&record);
+}

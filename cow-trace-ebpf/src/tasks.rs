@@ -1,0 +1,96 @@
+//! Follows the traced process tree: children join at creation, processes leave at exit.
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use cow_trace_common::{NO_FIELD, Record, counter, kind};
+
+use crate::{
+    faults::flush_pending,
+    maps::{PENDING, TRACED, bump, emit, is_traced, offsets},
+};
+
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+/// task:task_newtask, fired in the parent while it creates a task.
+/// ```text
+/// field:pid_t pid;  offset:8;  size:4;   field:char comm[16];  offset:12;  size:16;
+/// field:u64 clone_flags;  offset:32;  size:8;   field:short oom_score_adj;  offset:40;  size:2;
+/// ```
+/// Threads share their creator's thread group, which is already traced; only new processes
+/// (including CLONE_VM ones, which share memory but not the thread group) join the map.
+#[tracepoint(category = "task", name = "task_newtask")]
+pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let parent = (pid_tgid >> 32) as u32;
+    if !is_traced(parent) {
+        return 0;
+    }
+    let offsets = offsets();
+    // SAFETY: offsets come from this kernel's tracepoint format.
+    let (child, clone_flags) = unsafe {
+        (
+            ctx.read_at::<i32>(offsets.task_newtask_pid as usize)
+                .unwrap_or(0),
+            ctx.read_at::<u64>(offsets.task_newtask_clone_flags as usize)
+                .unwrap_or(0),
+        )
+    };
+    if child <= 0 || clone_flags & CLONE_THREAD != 0 {
+        return 0;
+    }
+    let child = child as u32;
+    if TRACED.insert(&child, &1, 0).is_err() {
+        bump(counter::TRACED_FULL);
+        return 0;
+    }
+    let mut record = Record::zeroed();
+    record.kind = kind::FORK;
+    record.ts_ns = unsafe { bpf_ktime_get_ns() };
+    record.pid = parent;
+    record.tid = pid_tgid as u32;
+    record.other_pid = child;
+    record.comm = bpf_get_current_comm().unwrap_or_default();
+    emit(&record);
+    0
+}
+
+/// sched:sched_process_exit, fired in each exiting thread.
+/// ```text
+/// field:char comm[16];  offset:8;  size:16;   field:pid_t pid;  offset:24;  size:4;
+/// field:int prio;  offset:28;  size:4;   field:bool group_dead;  offset:32;  size:1;  (6.16+)
+/// ```
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sched_sched_process_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    if !is_traced(tgid) {
+        return 0;
+    }
+    // A fault still pending in an exiting thread never completed (e.g. SIGSEGV killed it).
+    flush_pending(tid);
+    let _ = PENDING.remove(&tid);
+
+    let offsets = offsets();
+    let group_dead = if offsets.exit_group_dead == NO_FIELD {
+        // Older kernels lack the field; the leader's exit is the best sign there.
+        tid == tgid
+    } else {
+        // SAFETY: offset from this kernel's tracepoint format.
+        unsafe { ctx.read_at::<u8>(offsets.exit_group_dead as usize) }.unwrap_or(0) != 0
+    };
+    if !group_dead {
+        return 0;
+    }
+    let _ = TRACED.remove(&tgid);
+    let mut record = Record::zeroed();
+    record.kind = kind::EXIT;
+    record.ts_ns = unsafe { bpf_ktime_get_ns() };
+    record.pid = tgid;
+    record.tid = tid;
+    record.comm = bpf_get_current_comm().unwrap_or_default();
+    emit(&record);
+    0
+}

@@ -1,0 +1,227 @@
+//! Command-line options.
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+const EXAMPLES: &str = "\
+Examples:
+  cow-trace -x 1234                    trace pid 1234 and all its descendants
+  cow-trace -- ./cow                   start ./cow, held until the probes are attached
+  cow-trace -x 1234 --format stap      the article's SystemTap line format
+  cow-trace --json -o faults.json -- make -j2
+  cow-trace -x $(pidof redis-server) --duration 30s
+
+Exit status: 0 on success (or the traced command's own status with -- CMD);
+2 bad usage; 3 bad target; 4 missing privilege; 5 kernel refused a probe; 6 output error.";
+
+/// Trace the page faults (and copy-on-write breaks) of a process and all its descendants.
+#[derive(Debug, Parser)]
+#[command(name = "cow-trace", version, after_help = EXAMPLES)]
+pub struct Args {
+    /// Trace this process and every descendant it has or will have.
+    #[arg(short = 'x', short_alias = 'p', long = "pid", value_name = "PID",
+          value_parser = parse_pid, conflicts_with = "command")]
+    pub pid: Option<i32>,
+
+    /// Output format for each fault.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Same as --format json: one JSON object per line.
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+
+    /// Write events to FILE instead of standard output.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Stop after this long (e.g. 500ms, 10s, 2m).
+    #[arg(short = 'd', long, value_name = "TIME", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Do not print the per-pid summary on exit.
+    #[arg(long)]
+    pub no_summary: bool,
+
+    /// Size of the kernel-to-user ring buffer (a power of two, e.g. 16MiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_ring_size, default_value = "16MiB")]
+    pub ring_size: u32,
+
+    /// Run CMD as this user (default with -- CMD under sudo: the invoking user).
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Say more about what cow-trace does (probes, seeding, counters).
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// Start CMD held until the probes are attached, trace it and its descendants.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns: time, comm, pid/tid, access, type, COW, address, latency.
+    Text,
+    /// The line format of the article's SystemTap script.
+    Stap,
+    /// One JSON object per line (schema in README.md).
+    Json,
+}
+
+impl Args {
+    pub fn format(&self) -> Format {
+        if self.json { Format::Json } else { self.format }
+    }
+}
+
+/// A pid as users type it: a positive decimal number.
+pub fn parse_pid(text: &str) -> Result<i32, String> {
+    match text.trim().parse::<i64>() {
+        Ok(pid) if pid > 0 && pid <= i64::from(i32::MAX) => Ok(pid as i32),
+        Ok(_) => Err(format!(
+            "{text} is not a process id: give a positive number"
+        )),
+        Err(_) => Err(format!(
+            "{text:?} is not a process id: give a positive number"
+        )),
+    }
+}
+
+/// A size such as `4096`, `64KiB`, `16MiB`, `1GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB`,
+/// all binary multiples).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: write e.g. 4096, 64KiB, 16MiB or 1GiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?}: use KiB, MiB, GiB or TiB"
+            ));
+        }
+    };
+    number
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let size = parse_size(text)?;
+    if !size.is_power_of_two() || !(4096..=1 << 30).contains(&size) {
+        return Err(format!(
+            "ring size {text} must be a power of two between 4KiB and 1GiB"
+        ));
+    }
+    Ok(size as u32)
+}
+
+/// A duration such as `500ms`, `10s`, `2m`, `1h`; a bare number means seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let bad = || format!("{text:?} is not a duration: write e.g. 500ms, 10s or 2m");
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 1e9 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use proptest::prelude::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn pids() {
+        assert_eq!(parse_pid("1234"), Ok(1234));
+        assert!(parse_pid("0").is_err());
+        assert!(parse_pid("-5").is_err());
+        assert!(parse_pid("abc").is_err());
+        assert!(parse_pid("99999999999").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("2 gb"), Ok(2 << 30));
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("12XB").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+        assert!(parse_ring_size("3MiB").is_err());
+        assert_eq!(parse_ring_size("4MiB"), Ok(4 << 20));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn p_is_an_alias_of_x() {
+        let args = Args::try_parse_from(["cow-trace", "-p", "42"]).unwrap();
+        assert_eq!(args.pid, Some(42));
+        let args = Args::try_parse_from(["cow-trace", "--", "ls", "-l"]).unwrap();
+        assert_eq!(args.command, ["ls", "-l"]);
+        assert!(Args::try_parse_from(["cow-trace", "-x", "1", "--", "ls"]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn size_parser_never_panics(text in "\\PC*") {
+            let _ = parse_size(&text);
+        }
+
+        #[test]
+        fn sizes_round_trip(n in 0u64..1_000_000, unit in prop::sample::select(vec![("", 0), ("KiB", 10), ("MiB", 20)])) {
+            prop_assert_eq!(parse_size(&format!("{n}{}", unit.0)), Ok(n << unit.1));
+        }
+
+        #[test]
+        fn duration_parser_never_panics(text in "\\PC*") {
+            let _ = parse_duration(&text);
+        }
+
+        #[test]
+        fn pid_parser_accepts_exactly_positive_i32(n in any::<i64>()) {
+            prop_assert_eq!(parse_pid(&n.to_string()).is_ok(), n > 0 && n <= i64::from(i32::MAX));
+        }
+    }
+}

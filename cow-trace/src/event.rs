@@ -1,0 +1,285 @@
+//! Decoding ring-buffer records into events, and classifying faults from their error code.
+use cow_trace_common::{COMM_LEN, Record, flags, kind, x86_pf};
+
+/// How the faulting access touched memory, from the x86 error code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    Exec,
+}
+
+impl Access {
+    pub fn from_error_code(error_code: u64) -> Access {
+        if error_code & x86_pf::INSTR != 0 {
+            Access::Exec
+        } else if error_code & x86_pf::WRITE != 0 {
+            Access::Write
+        } else {
+            Access::Read
+        }
+    }
+
+    /// One letter, as the article's stap script prints it.
+    pub fn letter(self) -> char {
+        match self {
+            Access::Read => 'r',
+            Access::Write => 'w',
+            Access::Exec => 'x',
+        }
+    }
+}
+
+/// How the kernel accounted the fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Minor,
+    Major,
+    /// Entered the handler but never completed (SIGSEGV, SIGBUS, OOM, exception fix-up).
+    Incomplete,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Minor => "MINOR",
+            Outcome::Major => "MAJOR",
+            Outcome::Incomplete => "INCOMPLETE",
+        }
+    }
+}
+
+/// One page fault of a traced process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// CLOCK_MONOTONIC ns at fault entry.
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub address: u64,
+    pub ip: u64,
+    /// None when the fault's entry was not seen (it began before attaching).
+    pub error_code: Option<u64>,
+    pub outcome: Outcome,
+    /// Entry to completion; None when the entry was not seen or the fault never completed.
+    pub latency_ns: Option<u64>,
+    /// Taken in kernel mode on a user address (e.g. copy_to_user in read()).
+    pub kernel_mode: bool,
+}
+
+impl Fault {
+    pub fn access(&self) -> Option<Access> {
+        self.error_code.map(Access::from_error_code)
+    }
+
+    /// A write to a present page: the write-protect fault that, on private memory, breaks
+    /// copy-on-write. None when the error code is unknown.
+    pub fn is_cow(&self) -> Option<bool> {
+        self.error_code
+            .map(|code| code & (x86_pf::PROT | x86_pf::WRITE) == (x86_pf::PROT | x86_pf::WRITE))
+    }
+}
+
+/// What a record tells userspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Fault(Fault),
+    Fork {
+        ts_ns: u64,
+        parent: u32,
+        child: u32,
+        comm: String,
+    },
+    Exit {
+        ts_ns: u64,
+        pid: u32,
+        comm: String,
+    },
+}
+
+/// Reads one ring-buffer item; None for an item of the wrong size or kind.
+pub fn decode(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < size_of::<Record>() {
+        return None;
+    }
+    // SAFETY: Record is plain old data and the slice holds at least one; the ring buffer
+    // gives 8-byte alignment but read_unaligned does not rely on it.
+    let record: Record = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let comm = comm_string(&record.comm);
+    match record.kind {
+        kind::FAULT | kind::FAULT_INCOMPLETE => {
+            let no_entry = record.flags & flags::NO_ENTRY != 0;
+            let outcome = if record.kind == kind::FAULT_INCOMPLETE {
+                Outcome::Incomplete
+            } else if record.flags & flags::MAJOR != 0 {
+                Outcome::Major
+            } else {
+                Outcome::Minor
+            };
+            Some(Event::Fault(Fault {
+                ts_ns: record.ts_ns,
+                pid: record.pid,
+                tid: record.tid,
+                comm,
+                address: record.address,
+                ip: record.ip,
+                error_code: (!no_entry).then_some(record.error_code),
+                outcome,
+                latency_ns: (!no_entry && outcome != Outcome::Incomplete)
+                    .then_some(record.latency_ns),
+                kernel_mode: record.flags & flags::KERNEL_MODE != 0,
+            }))
+        }
+        kind::FORK => Some(Event::Fork {
+            ts_ns: record.ts_ns,
+            parent: record.pid,
+            child: record.other_pid,
+            comm,
+        }),
+        kind::EXIT => Some(Event::Exit {
+            ts_ns: record.ts_ns,
+            pid: record.pid,
+            comm,
+        }),
+        _ => None,
+    }
+}
+
+fn comm_string(comm: &[u8; COMM_LEN]) -> String {
+    let len = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    String::from_utf8_lossy(&comm[..len]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(record: &Record) -> Vec<u8> {
+        // SAFETY: Record is plain old data.
+        unsafe {
+            std::slice::from_raw_parts((record as *const Record).cast::<u8>(), size_of::<Record>())
+        }
+        .to_vec()
+    }
+
+    fn fault_record(error_code: u64, flags: u32) -> Record {
+        let mut record = Record::zeroed();
+        record.kind = kind::FAULT;
+        record.flags = flags;
+        record.ts_ns = 5;
+        record.latency_ns = 700;
+        record.address = 0x7ffe_0cde_fb40;
+        record.ip = 0x401136;
+        record.error_code = error_code;
+        record.pid = 12420;
+        record.tid = 12421;
+        record.comm[..3].copy_from_slice(b"cow");
+        record
+    }
+
+    #[test]
+    fn error_code_classification() {
+        // user write to a present page: the copy-on-write break
+        assert_eq!(Access::from_error_code(0x7), Access::Write);
+        // user read of a missing page
+        assert_eq!(Access::from_error_code(0x4), Access::Read);
+        // user instruction fetch of a missing page
+        assert_eq!(Access::from_error_code(0x14), Access::Exec);
+        // kernel write (copy_to_user) to a missing user page
+        assert_eq!(Access::from_error_code(0x2), Access::Write);
+    }
+
+    #[test]
+    fn write_protect_fault_is_cow() {
+        let Some(Event::Fault(fault)) = decode(&bytes(&fault_record(0x7, 0))) else {
+            panic!("not a fault");
+        };
+        assert_eq!(fault.is_cow(), Some(true));
+        assert_eq!(fault.access(), Some(Access::Write));
+        assert_eq!(fault.outcome, Outcome::Minor);
+        assert_eq!(fault.latency_ns, Some(700));
+        assert_eq!(fault.comm, "cow");
+        assert_eq!((fault.pid, fault.tid), (12420, 12421));
+    }
+
+    #[test]
+    fn write_to_missing_page_and_read_of_present_page_are_not_cow() {
+        for code in [0x6, 0x5, 0x15] {
+            let Some(Event::Fault(fault)) = decode(&bytes(&fault_record(code, 0))) else {
+                panic!("not a fault");
+            };
+            assert_eq!(fault.is_cow(), Some(false), "error code {code:#x}");
+        }
+    }
+
+    #[test]
+    fn major_and_kernel_mode_flags() {
+        let Some(Event::Fault(fault)) = decode(&bytes(&fault_record(
+            0x2,
+            flags::MAJOR | flags::KERNEL_MODE,
+        ))) else {
+            panic!("not a fault");
+        };
+        assert_eq!(fault.outcome, Outcome::Major);
+        assert!(fault.kernel_mode);
+    }
+
+    #[test]
+    fn completion_without_entry_has_unknown_access_and_latency() {
+        let Some(Event::Fault(fault)) = decode(&bytes(&fault_record(0x7, flags::NO_ENTRY))) else {
+            panic!("not a fault");
+        };
+        assert_eq!(fault.error_code, None);
+        assert_eq!(fault.access(), None);
+        assert_eq!(fault.is_cow(), None);
+        assert_eq!(fault.latency_ns, None);
+    }
+
+    #[test]
+    fn incomplete_fault_has_no_latency() {
+        let mut record = fault_record(0x6, 0);
+        record.kind = kind::FAULT_INCOMPLETE;
+        let Some(Event::Fault(fault)) = decode(&bytes(&record)) else {
+            panic!("not a fault");
+        };
+        assert_eq!(fault.outcome, Outcome::Incomplete);
+        assert_eq!(fault.latency_ns, None);
+        assert_eq!(fault.access(), Some(Access::Write));
+    }
+
+    #[test]
+    fn fork_and_exit_records() {
+        let mut record = Record::zeroed();
+        record.kind = kind::FORK;
+        record.pid = 10;
+        record.other_pid = 11;
+        assert!(matches!(
+            decode(&bytes(&record)),
+            Some(Event::Fork {
+                parent: 10,
+                child: 11,
+                ..
+            })
+        ));
+        record.kind = kind::EXIT;
+        assert!(matches!(
+            decode(&bytes(&record)),
+            Some(Event::Exit { pid: 10, .. })
+        ));
+    }
+
+    #[test]
+    fn short_or_unknown_records_are_rejected() {
+        let record = fault_record(0x7, 0);
+        assert_eq!(decode(&bytes(&record)[..8]), None);
+        let mut unknown = record;
+        unknown.kind = 99;
+        assert_eq!(decode(&bytes(&unknown)), None);
+    }
+
+    #[test]
+    fn comm_without_nul_uses_all_bytes() {
+        assert_eq!(comm_string(b"0123456789abcdef"), "0123456789abcdef");
+    }
+}

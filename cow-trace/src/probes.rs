@@ -1,0 +1,199 @@
+//! Loading the embedded eBPF object and attaching the "tracepoint" backend's programs.
+use std::path::Path;
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData},
+    programs::{
+        PerfEvent, TracePoint,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
+};
+use cow_trace_common::{NO_FIELD, TracepointOffsets};
+
+use crate::{
+    failure::{Kind, failure},
+    tracefs,
+};
+
+/// The object built by build.rs from cow-trace-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cow-trace"));
+
+/// Tracepoint programs: (program, category, event).
+const TRACEPOINTS: [(&str, &str, &str); 4] = [
+    ("task_task_newtask", "task", "task_newtask"),
+    ("sched_sched_process_exit", "sched", "sched_process_exit"),
+    (
+        "exceptions_page_fault_user",
+        "exceptions",
+        "page_fault_user",
+    ),
+    (
+        "exceptions_page_fault_kernel",
+        "exceptions",
+        "page_fault_kernel",
+    ),
+];
+
+/// Perf software events that mark a fault's completion: (program, event).
+const COMPLETIONS: [(&str, SoftwareEvent); 2] = [
+    ("fault_done_minor", SoftwareEvent::PageFaultsMin),
+    ("fault_done_major", SoftwareEvent::PageFaultsMaj),
+];
+
+pub const BACKEND: &str = "tracepoint";
+
+/// The loaded programs; dropping this detaches everything and frees the maps.
+pub struct Probes {
+    pub ebpf: Ebpf,
+}
+
+impl Probes {
+    /// Loads the object with this kernel's tracepoint offsets and the chosen ring size.
+    pub fn load(ring_size: u32) -> anyhow::Result<Probes> {
+        check_privilege()?;
+        let root = tracefs::ensure_mounted()?;
+        let offsets = read_offsets(&root)?;
+        raise_memlock_limit();
+        let ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offsets, true)
+            .map_max_entries("EVENTS", ring_size)
+            .load(OBJECT)
+            .map_err(|e| kernel_error("loading the eBPF object", e))?;
+        Ok(Probes { ebpf })
+    }
+
+    /// The map of traced thread-group ids.
+    pub fn traced(&mut self) -> anyhow::Result<HashMap<&mut MapData, u32, u8>> {
+        let map = self.ebpf.map_mut("TRACED").context("TRACED map missing")?;
+        HashMap::try_from(map).context("TRACED map has an unexpected type")
+    }
+
+    /// Adds a process to the traced set.
+    pub fn trace(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.traced()?
+            .insert(pid, 1, 0)
+            .with_context(|| format!("adding pid {pid} to the traced set"))
+    }
+
+    /// Attaches every program. Process-tree tracking comes first, so a child forked while the
+    /// rest attaches is already followed.
+    pub fn attach(&mut self, verbose: bool) -> anyhow::Result<()> {
+        for (program, category, event) in TRACEPOINTS {
+            let tracepoint: &mut TracePoint = self
+                .ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} missing from the object"))?
+                .try_into()?;
+            tracepoint
+                .load()
+                .map_err(|e| kernel_error(&format!("loading {program}"), e))?;
+            tracepoint.attach(category, event).map_err(|e| {
+                kernel_error(&format!("attaching to tracepoint {category}:{event}"), e)
+            })?;
+            if verbose {
+                eprintln!("cow-trace: attached {program} to tracepoint {category}:{event}");
+            }
+        }
+        let cpus = online_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?;
+        for (program, event) in COMPLETIONS {
+            let perf: &mut PerfEvent = self
+                .ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} missing from the object"))?
+                .try_into()?;
+            perf.load()
+                .map_err(|e| kernel_error(&format!("loading {program}"), e))?;
+            for &cpu in &cpus {
+                perf.attach(
+                    PerfEventConfig::Software(event),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    // Every fault, never a sample: counts must match the kernel's.
+                    SamplePolicy::Period(1),
+                    false,
+                )
+                .map_err(|e| {
+                    kernel_error(
+                        &format!("attaching {program} to perf event {event:?} on CPU {cpu}"),
+                        e,
+                    )
+                })?;
+            }
+            if verbose {
+                eprintln!(
+                    "cow-trace: attached {program} to perf software event {event:?} on {} CPUs",
+                    cpus.len()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_offsets(root: &Path) -> anyhow::Result<TracepointOffsets> {
+    let required = |category, event, field| -> anyhow::Result<u32> {
+        tracefs::field_offset(root, category, event, field)?.ok_or_else(|| {
+            failure(
+                Kind::Kernel,
+                format!("tracepoint {category}:{event} has no field {field} on this kernel"),
+            )
+        })
+    };
+    Ok(TracepointOffsets {
+        task_newtask_pid: required("task", "task_newtask", "pid")?,
+        task_newtask_clone_flags: required("task", "task_newtask", "clone_flags")?,
+        exit_group_dead: tracefs::field_offset(root, "sched", "sched_process_exit", "group_dead")?
+            .unwrap_or(NO_FIELD),
+        _pad: 0,
+    })
+}
+
+/// Without root, say exactly what is missing instead of a raw EPERM later.
+fn check_privilege() -> anyhow::Result<()> {
+    if nix::unistd::Uid::effective().is_root() {
+        return Ok(());
+    }
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let effective = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    Err(failure(
+        Kind::Privilege,
+        "cow-trace needs root, or the CAP_BPF and CAP_PERFMON capabilities, to load eBPF programs: run it with sudo",
+    ))
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain setrlimit; failure only matters on old kernels, where loading says so.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+fn kernel_error(what: &str, error: impl std::error::Error) -> anyhow::Error {
+    let mut detail = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    failure(Kind::Kernel, format!("the kernel refused {what}: {detail}"))
+}

@@ -1,0 +1,78 @@
+//! The kernel-to-user ring buffer, read from tokio, and the kernel side's loss counters.
+use std::io;
+
+use anyhow::Context as _;
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use cow_trace_common::counter;
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    event::{Event, decode},
+    probes::Probes,
+    summary::Lost,
+};
+
+pub struct Ring {
+    fd: AsyncFd<RingBuf<MapData>>,
+}
+
+impl Ring {
+    /// Takes the EVENTS map out of the loaded object.
+    pub fn new(probes: &mut Probes) -> anyhow::Result<Ring> {
+        let map = probes
+            .ebpf
+            .take_map("EVENTS")
+            .context("EVENTS map missing")?;
+        let ring = RingBuf::try_from(map).context("EVENTS is not a ring buffer")?;
+        // SAFETY: the RingBuf owns its fd and keeps it open for as long as the AsyncFd lives.
+        let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .context("registering the ring buffer with tokio")?;
+        Ok(Ring { fd })
+    }
+
+    /// Waits until the kernel has written something.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        let mut guard = self.fd.readable_mut().await?;
+        // Readiness is edge-triggered: the caller drains everything before waiting again.
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Hands every record now in the ring to `handle`, in order; stops early if `handle`
+    /// returns false. Returns how many records were read.
+    pub fn drain(&mut self, mut handle: impl FnMut(Event) -> bool) -> usize {
+        let ring = self.fd.get_mut();
+        let mut count = 0;
+        while let Some(item) = ring.next() {
+            count += 1;
+            if let Some(event) = decode(&item) {
+                if !handle(event) {
+                    break;
+                }
+            }
+        }
+        count
+    }
+}
+
+/// Sums the per-CPU loss counters.
+pub fn read_lost(probes: &Probes) -> anyhow::Result<Lost> {
+    let map = probes
+        .ebpf
+        .map("COUNTERS")
+        .context("COUNTERS map missing")?;
+    let counters: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(map).context("COUNTERS has an unexpected type")?;
+    let sum = |index: u32| -> anyhow::Result<u64> {
+        Ok(counters
+            .get(&index, 0)
+            .with_context(|| format!("reading counter {index}"))?
+            .iter()
+            .sum())
+    };
+    Ok(Lost {
+        ring_full: sum(counter::RING_FULL)?,
+        pending_full: sum(counter::PENDING_FULL)?,
+        traced_full: sum(counter::TRACED_FULL)?,
+    })
+}

@@ -1,0 +1,176 @@
+//! One JSON object per line. Schema version 1, documented in README.md.
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use super::{Sink, WallClock};
+use crate::{event::Fault, probes::BACKEND, summary::Summary};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub struct JsonSink {
+    out: Box<dyn Write>,
+    clock: WallClock,
+}
+
+impl JsonSink {
+    pub fn new(out: Box<dyn Write>, clock: WallClock) -> JsonSink {
+        JsonSink { out, clock }
+    }
+
+    fn line(&mut self, value: &impl Serialize) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, value)?;
+        self.out.write_all(b"\n")
+    }
+}
+
+#[derive(Serialize)]
+struct FaultLine<'a> {
+    v: u32,
+    event: &'static str,
+    backend: &'static str,
+    time: String,
+    ts_ns: u64,
+    pid: u32,
+    tid: u32,
+    comm: &'a str,
+    address: String,
+    ip: String,
+    access: Option<String>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    cow: Option<bool>,
+    kernel_mode: bool,
+    error_code: Option<u64>,
+    latency_ns: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct SummaryLine<'a> {
+    v: u32,
+    event: &'static str,
+    pid: u32,
+    #[serde(flatten)]
+    stats: &'a crate::summary::PidStats,
+}
+
+#[derive(Serialize)]
+struct TotalsLine {
+    v: u32,
+    event: &'static str,
+    backend: &'static str,
+    faults: u64,
+    lost: u64,
+    lost_detail: crate::summary::Lost,
+}
+
+impl Sink for JsonSink {
+    fn fault(&mut self, fault: &Fault) -> io::Result<()> {
+        let line = FaultLine {
+            v: SCHEMA_VERSION,
+            event: "fault",
+            backend: BACKEND,
+            time: self
+                .clock
+                .to_utc(fault.ts_ns)
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            ts_ns: fault.ts_ns,
+            pid: fault.pid,
+            tid: fault.tid,
+            comm: &fault.comm,
+            address: format!("{:#x}", fault.address),
+            ip: format!("{:#x}", fault.ip),
+            access: fault.access().map(|a| a.letter().to_string()),
+            kind: fault.outcome.label(),
+            cow: fault.is_cow(),
+            kernel_mode: fault.kernel_mode,
+            error_code: fault.error_code,
+            latency_ns: fault.latency_ns,
+        };
+        self.line(&line)
+    }
+
+    fn end(&mut self, summary: &Summary) -> io::Result<()> {
+        for (&pid, stats) in &summary.pids {
+            self.line(&SummaryLine {
+                v: SCHEMA_VERSION,
+                event: "summary",
+                pid,
+                stats,
+            })?;
+        }
+        self.line(&TotalsLine {
+            v: SCHEMA_VERSION,
+            event: "totals",
+            backend: BACKEND,
+            faults: summary.total_faults(),
+            lost: summary.lost.events(),
+            lost_detail: summary.lost,
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::test_support::{Captured, article_fault};
+
+    #[test]
+    fn fault_fields() {
+        let out = Captured::default();
+        let mut sink = JsonSink::new(Box::new(out.clone()), WallClock::with_offset(0));
+        sink.fault(&article_fault()).unwrap();
+        let value: serde_json::Value = serde_json::from_str(out.text().trim()).unwrap();
+        assert_eq!(value["v"], 1);
+        assert_eq!(value["event"], "fault");
+        assert_eq!(value["backend"], "tracepoint");
+        assert_eq!(value["time"], "2020-05-10T11:35:00.000000Z");
+        assert_eq!(value["pid"], 12420);
+        assert_eq!(value["address"], "0x7ffe0cdefb40");
+        assert_eq!(value["access"], "w");
+        assert_eq!(value["type"], "MINOR");
+        assert_eq!(value["cow"], true);
+        assert_eq!(value["latency_ns"], 1500);
+        assert_eq!(value["error_code"], 7);
+    }
+
+    #[test]
+    fn unknown_fields_are_null() {
+        let out = Captured::default();
+        let mut sink = JsonSink::new(Box::new(out.clone()), WallClock::with_offset(0));
+        let mut fault = article_fault();
+        fault.error_code = None;
+        fault.latency_ns = None;
+        sink.fault(&fault).unwrap();
+        let value: serde_json::Value = serde_json::from_str(out.text().trim()).unwrap();
+        assert!(value["access"].is_null());
+        assert!(value["cow"].is_null());
+        assert!(value["latency_ns"].is_null());
+    }
+
+    #[test]
+    fn summary_and_totals_lines() {
+        let out = Captured::default();
+        let mut sink = JsonSink::new(Box::new(out.clone()), WallClock::with_offset(0));
+        let mut summary = Summary::default();
+        summary.record(&article_fault());
+        summary.lost.ring_full = 2;
+        sink.end(&summary).unwrap();
+        let lines: Vec<serde_json::Value> = out
+            .text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["event"], "summary");
+        assert_eq!(lines[0]["pid"], 12420);
+        assert_eq!(lines[0]["cow"], 1);
+        assert_eq!(lines[1]["event"], "totals");
+        assert_eq!(lines[1]["lost"], 2);
+        assert_eq!(lines[1]["faults"], 1);
+    }
+}

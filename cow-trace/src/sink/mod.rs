@@ -1,0 +1,147 @@
+//! Where decoded faults go: one formatter per output format.
+mod json;
+mod stap;
+mod text;
+
+use std::io::{self, Write};
+
+use crate::{cli::Format, event::Fault, summary::Summary};
+
+pub use json::JsonSink;
+pub use stap::StapSink;
+pub use text::TextSink;
+
+/// Formats faults onto a writer.
+pub trait Sink {
+    /// Called once before the first fault.
+    fn begin(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    fn fault(&mut self, fault: &Fault) -> io::Result<()>;
+    /// Called once at the end with the run's totals.
+    fn end(&mut self, _summary: &Summary) -> io::Result<()> {
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+pub fn new(format: Format, out: Box<dyn Write>, clock: WallClock) -> Box<dyn Sink> {
+    match format {
+        Format::Text => Box::new(TextSink::new(out, clock)),
+        Format::Stap => Box::new(StapSink::new(out, clock)),
+        Format::Json => Box::new(JsonSink::new(out, clock)),
+    }
+}
+
+/// Turns the kernel's CLOCK_MONOTONIC timestamps into wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    /// realtime - monotonic, in ns, sampled at start.
+    offset_ns: i128,
+}
+
+impl WallClock {
+    pub fn now() -> WallClock {
+        let realtime = clock_ns(libc::CLOCK_REALTIME);
+        let monotonic = clock_ns(libc::CLOCK_MONOTONIC);
+        WallClock {
+            offset_ns: realtime - monotonic,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn with_offset(offset_ns: i128) -> WallClock {
+        WallClock { offset_ns }
+    }
+
+    pub fn to_utc(self, monotonic_ns: u64) -> chrono::DateTime<chrono::Utc> {
+        let ns = i128::from(monotonic_ns) + self.offset_ns;
+        chrono::DateTime::from_timestamp_nanos(ns as i64)
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock id and pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// 1234 ns -> "1.2us", as perf and bpftrace print durations.
+pub fn human_ns(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns}ns"),
+        1_000..1_000_000 => format!("{:.1}us", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}ms", ns as f64 / 1e6),
+        _ => format!("{:.2}s", ns as f64 / 1e9),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::{
+        cell::RefCell,
+        io::{self, Write},
+        rc::Rc,
+    };
+
+    use crate::event::{Fault, Outcome};
+
+    /// A writer whose bytes a test can read back.
+    #[derive(Clone, Default)]
+    pub struct Captured(pub Rc<RefCell<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.borrow_mut().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        pub fn text(&self) -> String {
+            String::from_utf8(self.0.borrow().clone()).unwrap()
+        }
+    }
+
+    /// The article's first COW fault: Sun May 10 11:35:00 2020 UTC, pid 12420.
+    pub fn article_fault() -> Fault {
+        Fault {
+            ts_ns: 1_589_110_500_000_000_000,
+            pid: 12420,
+            tid: 12420,
+            comm: "cow".into(),
+            address: 0x7ffe_0cde_fb40,
+            ip: 0x401196,
+            error_code: Some(0x7),
+            outcome: Outcome::Minor,
+            latency_ns: Some(1500),
+            kernel_mode: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_perf() {
+        assert_eq!(human_ns(999), "999ns");
+        assert_eq!(human_ns(1500), "1.5us");
+        assert_eq!(human_ns(2_500_000), "2.5ms");
+        assert_eq!(human_ns(3_000_000_000), "3.00s");
+    }
+
+    #[test]
+    fn wall_clock_adds_the_offset() {
+        let clock = WallClock::with_offset(1_000_000_000);
+        assert_eq!(clock.to_utc(0).timestamp(), 1);
+    }
+}

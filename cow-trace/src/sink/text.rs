@@ -1,0 +1,109 @@
+//! The default human format: aligned columns, one line per fault.
+use std::io::{self, Write};
+
+use super::{Sink, WallClock, human_ns};
+use crate::event::Fault;
+
+pub struct TextSink {
+    out: Box<dyn Write>,
+    clock: WallClock,
+}
+
+impl TextSink {
+    pub fn new(out: Box<dyn Write>, clock: WallClock) -> TextSink {
+        TextSink { out, clock }
+    }
+}
+
+/// The fault's columns after the time.
+pub fn columns(fault: &Fault) -> String {
+    let access = fault.access().map_or('?', |a| a.letter());
+    let cow = match fault.is_cow() {
+        Some(true) => "COW",
+        Some(false) => "-",
+        None => "?",
+    };
+    let latency = fault.latency_ns.map_or_else(|| "-".to_string(), human_ns);
+    let mode = if fault.kernel_mode { "k" } else { "u" };
+    format!(
+        "{:<16} {:>7} {:>7} {}{} {:<10} {:<3} {:#018x} {:#018x} {:>8}",
+        fault.comm,
+        fault.pid,
+        fault.tid,
+        access,
+        mode,
+        fault.outcome.label(),
+        cow,
+        fault.address,
+        fault.ip,
+        latency,
+    )
+}
+
+impl Sink for TextSink {
+    fn begin(&mut self) -> io::Result<()> {
+        writeln!(
+            self.out,
+            "{:<15} {:<16} {:>7} {:>7} {:<2} {:<10} {:<3} {:<18} {:<18} {:>8}",
+            "TIME", "COMM", "PID", "TID", "AC", "TYPE", "COW", "ADDRESS", "IP", "LATENCY"
+        )
+    }
+
+    fn fault(&mut self, fault: &Fault) -> io::Result<()> {
+        writeln!(
+            self.out,
+            "{} {}",
+            self.clock.to_utc(fault.ts_ns).format("%H:%M:%S%.6f"),
+            columns(fault)
+        )
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        event::Outcome,
+        sink::test_support::{Captured, article_fault},
+    };
+
+    #[test]
+    fn header_and_line_align() {
+        let out = Captured::default();
+        let mut sink = TextSink::new(Box::new(out.clone()), WallClock::with_offset(0));
+        sink.begin().unwrap();
+        sink.fault(&article_fault()).unwrap();
+        let text = out.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1],
+            "11:35:00.000000 cow                12420   12420 wu MINOR      COW 0x00007ffe0cdefb40 0x0000000000401196    1.5us"
+        );
+        for column in ["COMM", "PID", "TYPE", "COW", "ADDRESS", "LATENCY"] {
+            assert!(
+                lines[0].contains(column),
+                "{column} missing from {}",
+                lines[0]
+            );
+        }
+        // Every column header ends where its values end (right-aligned) or starts where they start.
+        assert_eq!(lines[0].find("TYPE"), lines[1].find("MINOR"));
+        assert_eq!(lines[0].find("ADDRESS"), lines[1].find("0x00007ffe"));
+        assert_eq!(lines[0].len(), lines[1].len());
+    }
+
+    #[test]
+    fn unknowns_are_marked_not_guessed() {
+        let mut fault = article_fault();
+        fault.error_code = None;
+        fault.latency_ns = None;
+        fault.outcome = Outcome::Major;
+        let line = columns(&fault);
+        assert!(line.contains(" ?u MAJOR      ?   "), "{line}");
+        assert!(line.ends_with("       -"), "{line}");
+    }
+}

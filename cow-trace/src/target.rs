@@ -1,0 +1,299 @@
+//! What to trace: an existing process tree (-x PID), or a command started held (-- CMD).
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::CString,
+    os::fd::{AsRawFd, OwnedFd},
+};
+
+use anyhow::Context as _;
+use nix::{
+    sys::{
+        signal::{Signal, kill},
+        wait::{WaitStatus, waitpid},
+    },
+    unistd::{ForkResult, Gid, Pid, Uid, User, fork, pipe2},
+};
+
+use crate::failure::{Kind, failure};
+
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// Checks that `pid` names a live user process that can be traced.
+pub fn check_pid(pid: i32) -> anyhow::Result<()> {
+    let process = procfs::process::Process::new(pid).map_err(|_| {
+        failure(
+            Kind::Target,
+            format!("no process with pid {pid}: check the pid with `ps -p {pid}`"),
+        )
+    })?;
+    let stat = process.stat().map_err(|_| {
+        failure(
+            Kind::Target,
+            format!("process {pid} exited before tracing began"),
+        )
+    })?;
+    if stat.flags & PF_KTHREAD != 0 {
+        return Err(failure(
+            Kind::Target,
+            format!(
+                "pid {pid} ({}) is a kernel thread: it takes no user page faults; give a user process",
+                stat.comm
+            ),
+        ));
+    }
+    if matches!(stat.state, 'Z' | 'X') {
+        return Err(failure(
+            Kind::Target,
+            format!(
+                "pid {pid} ({}) is a zombie: it has exited and has no memory left to trace",
+                stat.comm
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Every live descendant of `root` (children, grandchildren, ...), from /proc.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    if let Ok(processes) = procfs::process::all_processes() {
+        for stat in processes.flatten().filter_map(|p| p.stat().ok()) {
+            children.entry(stat.ppid).or_default().push(stat.pid);
+        }
+    }
+    let mut found = Vec::new();
+    let mut seen = HashSet::from([root]);
+    let mut queue = vec![root];
+    while let Some(pid) = queue.pop() {
+        for &child in children.get(&pid).into_iter().flatten() {
+            if seen.insert(child) {
+                found.push(child);
+                queue.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// Is `pid` still a running (not zombie) process?
+pub fn is_alive(pid: u32) -> bool {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .is_ok_and(|stat| !matches!(stat.state, 'Z' | 'X'))
+}
+
+/// A command forked and stopped before exec until the probes are attached, so none of its
+/// faults after exec is missed. Dropped without `release`, it is killed, never left waiting.
+pub struct HeldCommand {
+    pub pid: Pid,
+    go: Option<OwnedFd>,
+}
+
+/// Who the command runs as.
+pub struct Identity {
+    pub uid: Uid,
+    pub gid: Gid,
+    pub name: String,
+}
+
+impl Identity {
+    /// `--user NAME`, else the user who ran sudo, else nobody in particular (run as we are).
+    pub fn choose(user: Option<&str>) -> anyhow::Result<Option<Identity>> {
+        if let Some(name) = user {
+            let user = User::from_name(name).ok().flatten().ok_or_else(|| {
+                failure(
+                    Kind::Target,
+                    format!("no user named {name:?}: give an existing user to --user"),
+                )
+            })?;
+            return Ok(Some(Identity {
+                uid: user.uid,
+                gid: user.gid,
+                name: user.name,
+            }));
+        }
+        let (Ok(uid), Ok(gid)) = (std::env::var("SUDO_UID"), std::env::var("SUDO_GID")) else {
+            return Ok(None);
+        };
+        let (Ok(uid), Ok(gid)) = (uid.parse::<u32>(), gid.parse::<u32>()) else {
+            return Ok(None);
+        };
+        if !Uid::effective().is_root() || uid == 0 {
+            return Ok(None);
+        }
+        let name = std::env::var("SUDO_USER").unwrap_or_else(|_| uid.to_string());
+        Ok(Some(Identity {
+            uid: Uid::from_raw(uid),
+            gid: Gid::from_raw(gid),
+            name,
+        }))
+    }
+}
+
+impl HeldCommand {
+    /// Forks `argv`, which waits for `release` before exec. Call before any thread starts.
+    pub fn spawn(argv: &[String], identity: Option<&Identity>) -> anyhow::Result<HeldCommand> {
+        let program = &argv[0];
+        let resolved = which_program(program).ok_or_else(|| {
+            failure(
+                Kind::Target,
+                format!("command not found: {program}: check the name and PATH"),
+            )
+        })?;
+        let path = CString::new(resolved.as_os_str().as_encoded_bytes())
+            .context("command path contains a NUL byte")?;
+        let args: Vec<CString> = argv
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<_, _>>()
+            .context("a command argument contains a NUL byte")?;
+        let groups_for = identity
+            .map(|id| CString::new(id.name.as_bytes()))
+            .transpose()
+            .context("user name contains a NUL byte")?;
+        let (wait_end, go_end) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
+
+        // SAFETY: called before the tokio runtime or any other thread exists; the child only
+        // makes async-signal-safe calls before exec.
+        match unsafe { fork() }.context("fork")? {
+            ForkResult::Child => {
+                drop(go_end);
+                let mut byte = [0u8; 1];
+                // EOF instead of a byte: cow-trace died or gave up before attaching.
+                // SAFETY: plain read(2) on our own pipe.
+                let n = unsafe { libc::read(wait_end.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
+                if n != 1 {
+                    unsafe { libc::_exit(126) };
+                }
+                if let (Some(id), Some(name)) = (identity, groups_for.as_ref()) {
+                    // SAFETY: plain system calls; failures end the child before exec.
+                    let ok = unsafe {
+                        libc::initgroups(name.as_ptr(), id.gid.as_raw()) == 0
+                            && libc::setgid(id.gid.as_raw()) == 0
+                            && libc::setuid(id.uid.as_raw()) == 0
+                    };
+                    if !ok {
+                        unsafe { libc::_exit(126) };
+                    }
+                }
+                let _ = nix::unistd::execv(&path, &args);
+                unsafe { libc::_exit(127) };
+            }
+            ForkResult::Parent { child } => {
+                drop(wait_end);
+                Ok(HeldCommand {
+                    pid: child,
+                    go: Some(go_end),
+                })
+            }
+        }
+    }
+
+    /// Lets the command exec.
+    pub fn release(&mut self) -> anyhow::Result<()> {
+        if let Some(go) = self.go.take() {
+            nix::unistd::write(&go, &[1]).context("releasing the held command")?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the command and returns its exit status as a shell would (128+N for signal N).
+    pub fn wait(&mut self) -> anyhow::Result<i32> {
+        loop {
+            match waitpid(self.pid, None) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(errno) => return Err(errno).context("waitpid on the traced command"),
+            }
+        }
+    }
+
+    /// Ends the command early (tracing stopped by a signal or --duration).
+    pub fn terminate(&self) {
+        let _ = kill(self.pid, Signal::SIGTERM);
+    }
+}
+
+impl Drop for HeldCommand {
+    fn drop(&mut self) {
+        if self.go.is_some() {
+            // Never released: attaching failed. Do not leave it waiting.
+            let _ = kill(self.pid, Signal::SIGKILL);
+            let _ = waitpid(self.pid, None);
+        }
+    }
+}
+
+fn which_program(program: &str) -> Option<std::path::PathBuf> {
+    if program.contains('/') {
+        let path = std::path::PathBuf::from(program);
+        return path.is_file().then_some(path);
+    }
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            use std::os::unix::fs::PermissionsExt;
+            candidate
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_process_is_traceable() {
+        check_pid(std::process::id() as i32).unwrap();
+    }
+
+    #[test]
+    fn missing_pid_is_a_target_error() {
+        let err = check_pid(i32::MAX).unwrap_err();
+        let failure = err.downcast_ref::<crate::failure::Failure>().unwrap();
+        assert_eq!(failure.kind, Kind::Target);
+        assert!(failure.message.contains("no process with pid"));
+    }
+
+    #[test]
+    fn kernel_thread_is_refused() {
+        // kthreadd is pid 2 on every Linux system.
+        let err = check_pid(2).unwrap_err();
+        assert!(err.to_string().contains("kernel thread"), "{err}");
+    }
+
+    #[test]
+    fn finds_grandchildren() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 5 & wait"])
+            .spawn()
+            .unwrap();
+        let me = std::process::id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let found = loop {
+            let found = descendants(me);
+            if found.len() >= 2 || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        let _ = child.wait();
+        assert!(found.contains(&(child.id() as i32)), "{found:?}");
+        assert!(
+            found.len() >= 2,
+            "the sleep grandchild is missing: {found:?}"
+        );
+    }
+
+    #[test]
+    fn resolves_programs_on_path() {
+        assert!(which_program("sh").is_some());
+        assert!(which_program("no-such-program-cow-trace").is_none());
+        assert!(which_program("/bin/sh").is_some());
+    }
+}
