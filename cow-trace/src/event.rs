@@ -81,21 +81,28 @@ impl Fault {
     }
 }
 
+/// A change in the traced process tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessEvent {
+    pub ts_ns: u64,
+    /// The forking parent, or the exiting process.
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub change: Change,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Fork { child: u32 },
+    Exit,
+}
+
 /// What a record tells userspace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Fault(Fault),
-    Fork {
-        ts_ns: u64,
-        parent: u32,
-        child: u32,
-        comm: String,
-    },
-    Exit {
-        ts_ns: u64,
-        pid: u32,
-        comm: String,
-    },
+    Process(ProcessEvent),
 }
 
 /// Reads one ring-buffer item; None for an item of the wrong size or kind.
@@ -131,17 +138,19 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 kernel_mode: record.flags & flags::KERNEL_MODE != 0,
             }))
         }
-        kind::FORK => Some(Event::Fork {
-            ts_ns: record.ts_ns,
-            parent: record.pid,
-            child: record.other_pid,
-            comm,
-        }),
-        kind::EXIT => Some(Event::Exit {
+        kind::FORK | kind::EXIT => Some(Event::Process(ProcessEvent {
             ts_ns: record.ts_ns,
             pid: record.pid,
+            tid: record.tid,
             comm,
-        }),
+            change: if record.kind == kind::FORK {
+                Change::Fork {
+                    child: record.other_pid,
+                }
+            } else {
+                Change::Exit
+            },
+        })),
         _ => None,
     }
 }
@@ -256,16 +265,20 @@ mod tests {
         record.other_pid = 11;
         assert!(matches!(
             decode(&bytes(&record)),
-            Some(Event::Fork {
-                parent: 10,
-                child: 11,
+            Some(Event::Process(ProcessEvent {
+                pid: 10,
+                change: Change::Fork { child: 11 },
                 ..
-            })
+            }))
         ));
         record.kind = kind::EXIT;
         assert!(matches!(
             decode(&bytes(&record)),
-            Some(Event::Exit { pid: 10, .. })
+            Some(Event::Process(ProcessEvent {
+                pid: 10,
+                change: Change::Exit,
+                ..
+            }))
         ));
     }
 

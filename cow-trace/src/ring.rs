@@ -45,10 +45,10 @@ impl Ring {
         let mut count = 0;
         while let Some(item) = ring.next() {
             count += 1;
-            if let Some(event) = decode(&item) {
-                if !handle(event) {
-                    break;
-                }
+            if let Some(event) = decode(&item)
+                && !handle(event)
+            {
+                break;
             }
         }
         count

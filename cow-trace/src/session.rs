@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    event::Event,
+    event::{Change, Event},
     failure::{Kind, failure},
     probes::{BACKEND, Probes},
     ring::{Ring, read_lost},
@@ -86,11 +86,12 @@ pub async fn run(
                     summary.record(&fault);
                     result = sink.fault(&fault);
                 }
-                Event::Fork { child, .. } => {
-                    live.insert(child);
-                }
-                Event::Exit { pid, .. } => {
-                    live.remove(&pid);
+                Event::Process(process) => {
+                    match process.change {
+                        Change::Fork { child } => live.insert(child),
+                        Change::Exit => live.remove(&process.pid),
+                    };
+                    result = sink.process(&process);
                 }
             }
             result.is_ok()

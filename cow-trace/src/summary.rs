@@ -86,11 +86,9 @@ impl Summary {
         )?;
         for (pid, s) in &self.pids {
             let timed = s.faults - s.unknown_access;
-            let average = if timed == 0 {
-                "-".to_string()
-            } else {
-                crate::sink::human_ns(s.latency_ns_total / timed)
-            };
+            let average = (s.latency_ns_total)
+                .checked_div(timed)
+                .map_or_else(|| "-".to_string(), crate::sink::human_ns);
             writeln!(
                 out,
                 "{:>7} {:<16} {:>9} {:>9} {:>7} {:>9} {:>9} {:>10} {:>9}",

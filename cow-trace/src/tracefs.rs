@@ -58,7 +58,7 @@ pub fn field_offset(
 }
 
 /// Finds `field` in a tracepoint format such as
-/// `field:pid_t pid;	offset:8;	size:4;	signed:1;`.
+/// `field:pid_t pid; offset:8; size:4; signed:1;` (tab separated).
 pub fn parse_offset(format: &str, field: &str) -> Option<u32> {
     format.lines().find_map(|line| {
         let declaration = line.trim().strip_prefix("field:")?;

@@ -4,7 +4,11 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::{Sink, WallClock};
-use crate::{event::Fault, probes::BACKEND, summary::Summary};
+use crate::{
+    event::{Change, Fault, ProcessEvent},
+    probes::BACKEND,
+    summary::Summary,
+};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -16,6 +20,12 @@ pub struct JsonSink {
 impl JsonSink {
     pub fn new(out: Box<dyn Write>, clock: WallClock) -> JsonSink {
         JsonSink { out, clock }
+    }
+
+    fn time(&self, ts_ns: u64) -> String {
+        self.clock
+            .to_utc(ts_ns)
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
     }
 
     fn line(&mut self, value: &impl Serialize) -> io::Result<()> {
@@ -43,6 +53,19 @@ struct FaultLine<'a> {
     kernel_mode: bool,
     error_code: Option<u64>,
     latency_ns: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct ProcessLine<'a> {
+    v: u32,
+    event: &'static str,
+    time: String,
+    ts_ns: u64,
+    pid: u32,
+    tid: u32,
+    comm: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    child: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -88,6 +111,23 @@ impl Sink for JsonSink {
             latency_ns: fault.latency_ns,
         };
         self.line(&line)
+    }
+
+    fn process(&mut self, event: &ProcessEvent) -> io::Result<()> {
+        let (name, child) = match event.change {
+            Change::Fork { child } => ("fork", Some(child)),
+            Change::Exit => ("exit", None),
+        };
+        self.line(&ProcessLine {
+            v: SCHEMA_VERSION,
+            event: name,
+            time: self.time(event.ts_ns),
+            ts_ns: event.ts_ns,
+            pid: event.pid,
+            tid: event.tid,
+            comm: &event.comm,
+            child,
+        })
     }
 
     fn end(&mut self, summary: &Summary) -> io::Result<()> {
@@ -150,6 +190,31 @@ mod tests {
         assert!(value["access"].is_null());
         assert!(value["cow"].is_null());
         assert!(value["latency_ns"].is_null());
+    }
+
+    #[test]
+    fn fork_and_exit_lines() {
+        let out = Captured::default();
+        let mut sink = JsonSink::new(Box::new(out.clone()), WallClock::with_offset(0));
+        let mut event = ProcessEvent {
+            ts_ns: 0,
+            pid: 10,
+            tid: 10,
+            comm: "sh".into(),
+            change: Change::Fork { child: 12 },
+        };
+        sink.process(&event).unwrap();
+        event.change = Change::Exit;
+        sink.process(&event).unwrap();
+        let lines: Vec<serde_json::Value> = out
+            .text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["event"], "fork");
+        assert_eq!(lines[0]["child"], 12);
+        assert_eq!(lines[1]["event"], "exit");
+        assert!(lines[1].get("child").is_none());
     }
 
     #[test]

@@ -5,7 +5,11 @@ mod text;
 
 use std::io::{self, Write};
 
-use crate::{cli::Format, event::Fault, summary::Summary};
+use crate::{
+    cli::Format,
+    event::{Fault, ProcessEvent},
+    summary::Summary,
+};
 
 pub use json::JsonSink;
 pub use stap::StapSink;
@@ -18,6 +22,10 @@ pub trait Sink {
         Ok(())
     }
     fn fault(&mut self, fault: &Fault) -> io::Result<()>;
+    /// A traced process forked a child or exited. Formats without such lines ignore it.
+    fn process(&mut self, _event: &ProcessEvent) -> io::Result<()> {
+        Ok(())
+    }
     /// Called once at the end with the run's totals.
     fn end(&mut self, _summary: &Summary) -> io::Result<()> {
         Ok(())

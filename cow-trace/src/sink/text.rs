@@ -2,7 +2,7 @@
 use std::io::{self, Write};
 
 use super::{Sink, WallClock, human_ns};
-use crate::event::Fault;
+use crate::event::{Change, Fault, ProcessEvent};
 
 pub struct TextSink {
     out: Box<dyn Write>,
@@ -58,6 +58,21 @@ impl Sink for TextSink {
         )
     }
 
+    fn process(&mut self, event: &ProcessEvent) -> io::Result<()> {
+        let what = match event.change {
+            Change::Fork { child } => format!("fork: child {child}"),
+            Change::Exit => "exit".to_string(),
+        };
+        writeln!(
+            self.out,
+            "{} {:<16} {:>7} {:>7} -- {what}",
+            self.clock.to_utc(event.ts_ns).format("%H:%M:%S%.6f"),
+            event.comm,
+            event.pid,
+            event.tid,
+        )
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
@@ -105,5 +120,26 @@ mod tests {
         let line = columns(&fault);
         assert!(line.contains(" ?u MAJOR      ?   "), "{line}");
         assert!(line.ends_with("       -"), "{line}");
+    }
+
+    #[test]
+    fn process_lines() {
+        let out = Captured::default();
+        let mut sink = TextSink::new(Box::new(out.clone()), WallClock::with_offset(0));
+        let mut event = ProcessEvent {
+            ts_ns: 0,
+            pid: 10,
+            tid: 11,
+            comm: "sh".into(),
+            change: Change::Fork { child: 12 },
+        };
+        sink.process(&event).unwrap();
+        event.change = Change::Exit;
+        sink.process(&event).unwrap();
+        assert_eq!(
+            out.text(),
+            "00:00:00.000000 sh                    10      11 -- fork: child 12\n\
+             00:00:00.000000 sh                    10      11 -- exit\n"
+        );
     }
 }

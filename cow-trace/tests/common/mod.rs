@@ -1,0 +1,333 @@
+//! Helpers for the privileged integration tests: building workloads, running cow-trace, and
+//! reading what the kernel itself counted.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{Mutex, OnceLock, mpsc},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const COW_TRACE: &str = env!("CARGO_BIN_EXE_cow-trace");
+
+/// Privileged tests need root (CI runs as root). Elsewhere they say why they skip.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    eprintln!("skipped {test}: needs root to load eBPF programs (CI runs as root)");
+    false
+}
+
+/// Compiles `tests/workloads/NAME.c` once per test run and returns the binary.
+pub fn workload(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("workloads");
+    let binary = dir.join(name);
+    let mut built = BUILT.lock().unwrap();
+    if !built.iter().any(|b| b == name) {
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/workloads")
+            .join(format!("{name}.c"));
+        let status = Command::new("cc")
+            .args(["-O1", "-pthread", "-Wall", "-o"])
+            .arg(&binary)
+            .arg(&source)
+            .status()
+            .expect("running cc (install gcc: cargo xtask setup)");
+        assert!(status.success(), "compiling {}", source.display());
+        built.push(name.to_string());
+    }
+    binary
+}
+
+/// (minflt, majflt) from /proc/PID/stat: what the kernel itself counted.
+pub fn kernel_fault_counts(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the ")" that ends comm: state is field 3, minflt 10, majflt 12.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    (fields[7].parse().unwrap(), fields[9].parse().unwrap())
+}
+
+/// Waits until every thread of `pid` is asleep in read(2) on stdin, i.e. takes no faults.
+pub fn wait_blocked_in_read(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // /proc/PID/syscall: "0 0x0 ..." = read(0, ...) in progress.
+        let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let sleeping = state
+            .rfind(')')
+            .is_some_and(|i| state[i + 2..].starts_with('S'));
+        if syscall.starts_with("0 0x0 ") && sleeping {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} never blocked in read(0): {syscall:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A running cow-trace.
+pub struct Tracer {
+    child: Child,
+    output: PathBuf,
+    stderr: mpsc::Receiver<String>,
+    pub stderr_lines: Vec<String>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
+
+/// What a finished cow-trace left behind.
+pub struct Finished {
+    pub status: i32,
+    pub output: String,
+    pub stderr: String,
+    /// What the traced command (-- CMD) printed on stdout.
+    pub command_stdout: String,
+}
+
+impl Finished {
+    /// The JSON lines of a --json run.
+    pub fn json(&self) -> Vec<Value> {
+        self.output
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect()
+    }
+
+    /// The fault objects of a --json run.
+    pub fn faults(&self) -> Vec<Value> {
+        self.json()
+            .into_iter()
+            .filter(|v| v["event"] == "fault")
+            .collect()
+    }
+
+    pub fn faults_of(&self, pid: u32) -> Vec<Value> {
+        self.faults()
+            .into_iter()
+            .filter(|f| f["pid"] == pid)
+            .collect()
+    }
+
+    /// (MINOR, MAJOR) completed faults reported for `pid`.
+    pub fn counts_of(&self, pid: u32) -> (u64, u64) {
+        let faults = self.faults_of(pid);
+        let count = |t: &str| faults.iter().filter(|f| f["type"] == t).count() as u64;
+        (count("MINOR"), count("MAJOR"))
+    }
+
+    pub fn lost(&self) -> u64 {
+        let totals = self
+            .json()
+            .into_iter()
+            .find(|v| v["event"] == "totals")
+            .expect("no totals line");
+        totals["lost"].as_u64().unwrap()
+    }
+}
+
+static SEQUENCE: OnceLock<Mutex<u32>> = OnceLock::new();
+
+impl Tracer {
+    /// Starts cow-trace with `args` (output to a file) and waits for its readiness line.
+    pub fn start(args: &[&str]) -> Tracer {
+        let n = {
+            let mut n = SEQUENCE.get_or_init(|| Mutex::new(0)).lock().unwrap();
+            *n += 1;
+            *n
+        };
+        let output = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("trace-{}-{n}.out", std::process::id()));
+        // -o goes first: anything after `--` belongs to the traced command.
+        let mut child = Command::new(COW_TRACE)
+            .arg("-o")
+            .arg(&output)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting cow-trace");
+        let mut stdout = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            text
+        });
+        let stderr = child.stderr.take().unwrap();
+        let (send, receive) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut tracer = Tracer {
+            child,
+            output,
+            stderr: receive,
+            stderr_lines: Vec::new(),
+            stdout: Some(stdout),
+        };
+        tracer.wait_for_stderr("Tracing ");
+        tracer
+    }
+
+    /// Waits for a stderr line containing `text`; panics with everything seen on timeout.
+    pub fn wait_for_stderr(&mut self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.stderr.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    let found = line.contains(text);
+                    self.stderr_lines.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "cow-trace ended before printing {text:?}: {:?}",
+                        self.stderr_lines
+                    )
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} from cow-trace within 30 s: {:?}",
+                self.stderr_lines
+            );
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGINT (as Ctrl-C would) and collects the results.
+    pub fn stop(self) -> Finished {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        self.wait()
+    }
+
+    /// Waits for cow-trace to end on its own (all traced processes exited, --duration).
+    pub fn wait(mut self) -> Finished {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("cow-trace did not end within 60 s: {:?}", self.stderr_lines);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut stderr = self.stderr_lines.join("\n");
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(500)) {
+            stderr.push('\n');
+            stderr.push_str(&line);
+        }
+        let mut output = String::new();
+        std::fs::File::open(&self.output)
+            .and_then(|mut f| f.read_to_string(&mut output))
+            .unwrap();
+        let _ = std::fs::remove_file(&self.output);
+        let command_stdout = self.stdout.take().unwrap().join().unwrap();
+        Finished {
+            status: status.code().unwrap_or(-1),
+            output,
+            stderr,
+            command_stdout,
+        }
+    }
+}
+
+/// A running faulter workload, driven line by line.
+pub struct Faulter {
+    pub child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Faulter {
+    pub fn start() -> Faulter {
+        let mut child = Command::new(workload("faulter"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let faulter = Faulter {
+            child,
+            stdin,
+            stdout,
+        };
+        wait_blocked_in_read(faulter.pid());
+        faulter
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs one command and returns what it printed before "ok"; waits until it blocks again.
+    pub fn run(&mut self, command: &str) -> Vec<String> {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut printed = Vec::new();
+        loop {
+            let mut line = String::new();
+            assert!(
+                self.stdout.read_line(&mut line).unwrap() > 0,
+                "faulter died during {command:?}"
+            );
+            let line = line.trim_end().to_string();
+            if line == "ok" {
+                break;
+            }
+            assert_ne!(line, "unknown command", "{command:?}");
+            printed.push(line);
+        }
+        wait_blocked_in_read(self.pid());
+        printed
+    }
+
+    /// Sends a command without waiting (for `spin` and `exit`).
+    pub fn send(&mut self, command: &str) {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    pub fn exit(mut self) {
+        self.send("exit");
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Faulter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn hex(address: u64) -> String {
+    format!("{address:#x}")
+}

@@ -1,0 +1,384 @@
+//! End-to-end tests that really load the eBPF programs and really fault pages. They need root
+//! (CI runs as root); elsewhere each says why it skips.
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader, Write},
+    process::{Command, Stdio},
+};
+
+use common::*;
+use serde_json::Value;
+
+fn address(fault: &Value) -> u64 {
+    u64::from_str_radix(
+        fault["address"].as_str().unwrap().trim_start_matches("0x"),
+        16,
+    )
+    .unwrap()
+}
+
+fn field_after(lines: &str, label: &str) -> String {
+    lines
+        .lines()
+        .find_map(|l| l.strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} in {lines:?}"))
+        .trim()
+        .to_string()
+}
+
+/// The article's cow.c: the forked child writes four elements 40 KiB apart of an array it
+/// shares with its parent; traced with -x CHILD, each printed address is a write, MINOR, COW
+/// fault of the child, in cow-trace's own format and in the article's stap format.
+#[test]
+fn article_cow_experiment() {
+    if !require_root("article_cow_experiment") {
+        return;
+    }
+    let mut cow = Command::new(workload("cow"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = cow.stdin.take().unwrap();
+    let mut stdout = BufReader::new(cow.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let child: u32 = field_after(&line, "child pid:").parse().unwrap();
+    wait_blocked_in_read(child);
+
+    let json = Tracer::start(&["-x", &child.to_string(), "--json"]);
+    let stap = Tracer::start(&["-x", &child.to_string(), "--format", "stap"]);
+    let text = Tracer::start(&["-x", &child.to_string()]);
+    stdin.write_all(b"\n").unwrap();
+    stdin.flush().unwrap();
+    let mut printed = Vec::new();
+    for _ in 0..4 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let hex = line.rsplit(':').next().unwrap().trim();
+        printed.push(u64::from_str_radix(hex, 16).unwrap());
+    }
+    wait_blocked_in_read(child);
+    stdin.write_all(b"\n").unwrap();
+    drop(stdin);
+    cow.wait().unwrap();
+    // Each tracer ends by itself once the child has exited.
+    let json = json.wait();
+    let stap = stap.wait();
+    let text = text.wait();
+    assert_eq!(
+        (json.status, stap.status, text.status),
+        (0, 0, 0),
+        "{}",
+        json.stderr
+    );
+
+    let faults = json.faults_of(child);
+    for &printed in &printed {
+        let matching: Vec<&Value> = faults.iter().filter(|f| address(f) == printed).collect();
+        assert_eq!(matching.len(), 1, "address {printed:#x}: {matching:?}");
+        let fault = matching[0];
+        assert_eq!(fault["access"], "w", "{fault}");
+        assert_eq!(fault["type"], "MINOR", "{fault}");
+        assert_eq!(fault["cow"], true, "{fault}");
+        assert_eq!(fault["tid"], child, "{fault}");
+        assert!(fault["latency_ns"].as_u64().unwrap() > 0, "{fault}");
+
+        let stap_line = format!("] pid:{child}, address:{printed:#x} access:w, type:MINOR");
+        assert_eq!(
+            stap.output
+                .lines()
+                .filter(|l| l.ends_with(&stap_line))
+                .count(),
+            1,
+            "{stap_line:?} not in:\n{}",
+            stap.output
+        );
+        let text_line = text
+            .output
+            .lines()
+            .find(|l| l.contains(&format!("{printed:#018x}")))
+            .unwrap_or_else(|| panic!("{printed:#x} not in:\n{}", text.output));
+        assert!(text_line.contains(" wu MINOR      COW "), "{text_line}");
+    }
+    // Nothing but the child was traced: the parent was not a target.
+    assert!(json.faults().iter().all(|f| f["pid"] == child));
+    assert_eq!(json.lost(), 0);
+}
+
+/// The article's clone experiment without CLONE_VM: the child's write to the parent's
+/// buffer lands in its own copy, through a copy-on-write fault.
+#[test]
+fn article_clone_without_vm_copies_on_write() {
+    if !require_root("article_clone_without_vm_copies_on_write") {
+        return;
+    }
+    let clone_test = workload("clone_test");
+    let done = Tracer::start(&["--json", "--", clone_test.to_str().unwrap()]).wait();
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    assert!(
+        done.command_stdout
+            .contains("in parent, buf:\"msg from parent\""),
+        "{}",
+        done.command_stdout
+    );
+    let child: u32 = field_after(&done.command_stdout, "child pid:")
+        .parse()
+        .unwrap();
+    let buf = u64::from_str_radix(&field_after(&done.command_stdout, "buf address:"), 16).unwrap();
+    let cow_on_buf: Vec<Value> = done
+        .faults_of(child)
+        .into_iter()
+        .filter(|f| address(f) >> 12 == buf >> 12 && f["cow"] == true && f["access"] == "w")
+        .collect();
+    assert_eq!(cow_on_buf.len(), 1, "{:?}", done.faults_of(child));
+    assert_eq!(cow_on_buf[0]["type"], "MINOR");
+}
+
+/// With CLONE_VM the child writes the parent's own memory: the parent sees the change and the
+/// child takes no copy-on-write fault on the buffer.
+#[test]
+fn article_clone_with_vm_shares_memory() {
+    if !require_root("article_clone_with_vm_shares_memory") {
+        return;
+    }
+    let clone_test = workload("clone_test");
+    let done = Tracer::start(&["--json", "--", clone_test.to_str().unwrap(), "clone_vm"]).wait();
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    assert!(
+        done.command_stdout
+            .contains("in parent, buf:\"hello from child\""),
+        "{}",
+        done.command_stdout
+    );
+    let child: u32 = field_after(&done.command_stdout, "child pid:")
+        .parse()
+        .unwrap();
+    let buf = u64::from_str_radix(&field_after(&done.command_stdout, "buf address:"), 16).unwrap();
+    // The child was traced: its creation was followed ...
+    let forks = done
+        .json()
+        .into_iter()
+        .filter(|v| v["event"] == "fork" && v["child"] == child)
+        .count();
+    assert_eq!(forks, 1, "the CLONE_VM child {child} was not followed");
+    // ... yet it took no fault on the buffer's page: it wrote the parent's own, mapped page.
+    // (glibc's clone() already wrote the child's stack top from the parent, so the child may
+    // take no fault at all.)
+    let on_buf: Vec<Value> = done
+        .faults_of(child)
+        .into_iter()
+        .filter(|f| address(f) >> 12 == buf >> 12)
+        .collect();
+    assert!(on_buf.is_empty(), "{on_buf:?}");
+}
+
+/// For a traced process, MINOR and MAJOR per pid equal the kernel's own minflt / majflt
+/// increase, read from /proc/PID/stat while the process sat in read(2).
+#[test]
+fn counts_equal_the_kernels_own() {
+    if !require_root("counts_equal_the_kernels_own") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json"]);
+    let before = kernel_fault_counts(pid);
+    let file = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("major-{pid}"));
+    for command in [
+        "touch 200".to_string(),
+        "read 100".to_string(),
+        "threads 4 50".to_string(),
+        format!("major {} 64", file.display()),
+        "touch 3".to_string(),
+    ] {
+        faulter.run(&command);
+    }
+    let after = kernel_fault_counts(pid);
+    let done = tracer.stop();
+    let expected = (after.0 - before.0, after.1 - before.1);
+    assert_eq!(
+        done.counts_of(pid),
+        expected,
+        "cow-trace vs /proc/{pid}/stat"
+    );
+    assert!(
+        expected.0 >= 200 + 100 + 4 * 50,
+        "the workload took fewer faults than it made: {expected:?}"
+    );
+    assert!(
+        expected.1 > 0,
+        "dropping the file's cache should have made major faults"
+    );
+    assert_eq!(done.lost(), 0);
+    // Faults were attributed to the threads that took them.
+    let tids: BTreeSet<u64> = done
+        .faults_of(pid)
+        .iter()
+        .map(|f| f["tid"].as_u64().unwrap())
+        .collect();
+    assert!(
+        tids.len() >= 5,
+        "expected the main thread and 4 workers, got {tids:?}"
+    );
+    faulter.exit();
+}
+
+/// A forked child writing N pages it shares with its parent takes exactly N copy-on-write
+/// faults, one per page, and its pid (forked after attach) is traced.
+#[test]
+fn forked_child_writes_take_one_cow_fault_per_page() {
+    if !require_root("forked_child_writes_take_one_cow_fault_per_page") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json"]);
+    let printed = faulter.run("cow 64");
+    let done = tracer.stop();
+    let base = u64::from_str_radix(printed[0].strip_prefix("pages ").unwrap(), 16).unwrap();
+    let in_range = |f: &&Value| (base..base + 64 * 4096).contains(&address(f));
+    let children: BTreeSet<u64> = done
+        .faults()
+        .iter()
+        .map(|f| f["pid"].as_u64().unwrap())
+        .filter(|&p| p != u64::from(pid))
+        .collect();
+    assert_eq!(children.len(), 1, "{children:?}");
+    let child = *children.first().unwrap() as u32;
+    let child_faults = done.faults_of(child);
+    let cow: Vec<&Value> = child_faults.iter().filter(in_range).collect();
+    assert_eq!(cow.len(), 64, "{cow:?}");
+    assert!(
+        cow.iter()
+            .all(|f| f["cow"] == true && f["access"] == "w" && f["type"] == "MINOR")
+    );
+    let pages: BTreeSet<u64> = cow.iter().map(|f| address(f) >> 12).collect();
+    assert_eq!(pages.len(), 64, "one fault per page");
+    // The parent filled the pages before forking: first-touch faults, not COW.
+    let parent_fills: Vec<Value> = done
+        .faults_of(pid)
+        .into_iter()
+        .filter(|f| in_range(&f))
+        .collect();
+    assert_eq!(parent_fills.len(), 64);
+    assert!(parent_fills.iter().all(|f| f["cow"] == false));
+    faulter.exit();
+}
+
+/// Faults of an unrelated busy process never appear; a grandchild forked after attaching
+/// (by a child also forked after attaching) is traced.
+#[test]
+fn filters_to_the_process_tree() {
+    if !require_root("filters_to_the_process_tree") {
+        return;
+    }
+    let mut busy = Faulter::start();
+    busy.send("spin");
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json"]);
+    let printed = faulter.run("tree 16");
+    let done = tracer.stop();
+    let grandchild: u32 = field_after(&printed.join("\n"), "grandchild ")
+        .parse()
+        .unwrap();
+    assert!(
+        done.faults_of(busy.pid()).is_empty(),
+        "the unrelated process leaked in"
+    );
+    let pids: BTreeSet<u64> = done
+        .faults()
+        .iter()
+        .map(|f| f["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        pids.len(),
+        3,
+        "the target, its child and grandchild: {pids:?}"
+    );
+    let writes = done
+        .faults_of(grandchild)
+        .iter()
+        .filter(|f| f["access"] == "w")
+        .count();
+    assert!(
+        writes >= 16,
+        "grandchild {grandchild} wrote 16 pages, {writes} write faults seen"
+    );
+    faulter.exit();
+}
+
+/// Existing descendants (forked before attaching) are found in /proc and traced.
+#[test]
+fn existing_descendants_are_traced() {
+    if !require_root("existing_descendants_are_traced") {
+        return;
+    }
+    // sh starts the faulter as its child, so -x sh must follow it.
+    let mut shell = Command::new("sh")
+        .args(["-c", &format!("{} ; true", workload("faulter").display())])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let shell_pid = shell.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let faulter_pid = loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{shell_pid}/task/{shell_pid}/children"))
+                .unwrap();
+        if let Some(pid) = children.split_whitespace().next() {
+            break pid.parse::<u32>().unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sh never started the faulter"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    wait_blocked_in_read(faulter_pid);
+    let tracer = Tracer::start(&["-x", &shell_pid.to_string(), "--json"]);
+    let mut stdin = shell.stdin.take().unwrap();
+    let mut stdout = BufReader::new(shell.stdout.take().unwrap());
+    stdin.write_all(b"touch 32\n").unwrap();
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ok");
+    wait_blocked_in_read(faulter_pid);
+    let done = tracer.stop();
+    let writes = done
+        .faults_of(faulter_pid)
+        .iter()
+        .filter(|f| f["access"] == "w")
+        .count();
+    assert!(writes >= 32, "faulter {faulter_pid}: {writes} write faults");
+    stdin.write_all(b"exit\n").unwrap();
+    drop(stdin);
+    shell.wait().unwrap();
+}
+
+/// -- CMD: the command is held until the probes are attached (its very first faults after exec
+/// are seen), and its exit status is passed through.
+#[test]
+fn held_command_is_traced_from_exec_and_its_status_passed_through() {
+    if !require_root("held_command_is_traced_from_exec_and_its_status_passed_through") {
+        return;
+    }
+    let done = Tracer::start(&["--json", "--", "sh", "-c", "exit 7"]).wait();
+    assert_eq!(done.status, 7, "{}", done.stderr);
+    let faults = done.faults();
+    assert!(!faults.is_empty());
+    // The dynamic loader's first instruction fetches are among them: nothing after exec missed.
+    assert!(
+        faults.iter().any(|f| f["access"] == "x"),
+        "no instruction-fetch faults seen"
+    );
+    assert!(
+        faults
+            .iter()
+            .all(|f| f["comm"] == "sh" || f["comm"] == "cow-trace")
+    );
+}

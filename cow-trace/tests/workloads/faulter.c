@@ -1,0 +1,148 @@
+// A scripted workload for tests. Reads one command per line on stdin and blocks in read(2)
+// between commands, so a test can read /proc/PID/stat while it takes no faults.
+// It writes "ok\n" to stdout after each command.
+//   touch N      map N private anonymous pages and write one byte to each
+//   read N       map N private anonymous pages and read each (the shared zero page)
+//   cow N        map and fill N pages, print "pages ADDR", fork; the child writes each page
+//                (N COW faults) and exits
+//   threads T N  T threads each map and write N pages
+//   major PATH N write an N-page file at PATH, drop its page cache, map it and read each page
+//   tree N       fork a child that forks a grandchild; the grandchild writes N pages, prints
+//                "grandchild PID", and both exit
+//   spin         fault forever (an unrelated busy process for filtering tests)
+//   exit         exit(0)
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define PAGE 4096
+
+static void say(const char *text) {
+    if (write(1, text, strlen(text)) < 0) _exit(2);
+}
+
+static char *map_pages(long n) {
+    char *p = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) _exit(3);
+    madvise(p, n * PAGE, MADV_NOHUGEPAGE);
+    return p;
+}
+
+static void touch(long n) {
+    char *p = map_pages(n);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 1;
+}
+
+static void readpages(long n) {
+    volatile char *p = map_pages(n);
+    long sum = 0;
+    for (long i = 0; i < n; i++) sum += p[i * PAGE];
+    if (sum != 0) _exit(4);
+}
+
+static void cow(long n) {
+    char *p = map_pages(n);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 1;
+    char line[64];
+    snprintf(line, sizeof line, "pages %lx\n", (unsigned long)p);
+    say(line);
+    pid_t child = fork();
+    if (child == 0) {
+        for (long i = 0; i < n; i++) p[i * PAGE] = 2;
+        _exit(0);
+    }
+    waitpid(child, NULL, 0);
+}
+
+static long per_thread;
+static void *thread_main(void *arg) {
+    (void)arg;
+    touch(per_thread);
+    return NULL;
+}
+
+static void threads(long t, long n) {
+    pthread_t ids[64];
+    per_thread = n;
+    if (t > 64) t = 64;
+    for (long i = 0; i < t; i++) pthread_create(&ids[i], NULL, thread_main, NULL);
+    for (long i = 0; i < t; i++) pthread_join(ids[i], NULL);
+}
+
+static void major(const char *path, long n) {
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0) _exit(5);
+    static char page[PAGE];
+    memset(page, 7, PAGE);
+    for (long i = 0; i < n; i++)
+        if (write(fd, page, PAGE) != PAGE) _exit(6);
+    fdatasync(fd);
+    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    volatile char *p = mmap(NULL, n * PAGE, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) _exit(7);
+    madvise((void *)p, n * PAGE, MADV_RANDOM);
+    long sum = 0;
+    for (long i = 0; i < n; i++) sum += p[i * PAGE];
+    if (sum != 7 * n) _exit(8);
+    munmap((void *)p, n * PAGE);
+    close(fd);
+    unlink(path);
+}
+
+static void tree(long n) {
+    pid_t child = fork();
+    if (child == 0) {
+        pid_t grandchild = fork();
+        if (grandchild == 0) {
+            touch(n);
+            char line[64];
+            snprintf(line, sizeof line, "grandchild %d\n", getpid());
+            say(line);
+            _exit(0);
+        }
+        waitpid(grandchild, NULL, 0);
+        _exit(0);
+    }
+    waitpid(child, NULL, 0);
+}
+
+static void spin(void) {
+    for (;;) {
+        char *p = map_pages(64);
+        for (long i = 0; i < 64; i++) p[i * PAGE] = 1;
+        munmap(p, 64 * PAGE);
+    }
+}
+
+int main(void) {
+    static char line[4096];
+    for (;;) {
+        // Read a line with read(2) only: stdio would allocate (and fault) between commands.
+        long len = 0;
+        for (;;) {
+            long got = read(0, line + len, 1);
+            if (got <= 0) return 0;
+            if (line[len] == '\n' || len == (long)sizeof line - 2) break;
+            len++;
+        }
+        line[len] = 0;
+        char path[1024];
+        long a = 0, b = 0;
+        if (sscanf(line, "touch %ld", &a) == 1) touch(a);
+        else if (sscanf(line, "read %ld", &a) == 1) readpages(a);
+        else if (sscanf(line, "cow %ld", &a) == 1) cow(a);
+        else if (sscanf(line, "threads %ld %ld", &a, &b) == 2) threads(a, b);
+        else if (sscanf(line, "major %1023s %ld", path, &a) == 2) major(path, a);
+        else if (sscanf(line, "tree %ld", &a) == 1) tree(a);
+        else if (!strcmp(line, "spin")) spin();
+        else if (!strcmp(line, "exit")) return 0;
+        else { say("unknown command\n"); continue; }
+        say("ok\n");
+    }
+}
