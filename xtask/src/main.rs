@@ -1,1 +1,32 @@
-fn main() {}
+//! Project tasks: `cargo xtask <task>`. Each task lives in its own module.
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "cow-trace's build, set-up, demo and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (apt packages, nightly rust-src, bpf-linker).
+    Setup,
+    /// Set up, build, and trace the article's fork-and-write experiment live.
+    Demo,
+    /// Set up, build, and run every check and test (formatting, clippy, unit, privileged).
+    Test,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Demo => demo::run(),
+        Task::Test => test::run(),
+    }
+}

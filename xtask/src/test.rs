@@ -1,0 +1,71 @@
+//! `cargo xtask test`: sets up, then runs every check and test. CI runs exactly this.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{setup, util};
+
+pub fn run() -> anyhow::Result<()> {
+    setup::run()?;
+    let root = util::root();
+    util::run(Command::new("cargo").current_dir(&root).args(["fmt", "--all", "--check"]))?;
+    util::run(Command::new("cargo").current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let totals = cargo_test(&root)?;
+    println!(
+        "xtask test: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if totals.failed > 0 || !totals.ok {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    ok: bool,
+}
+
+/// Runs `cargo test --workspace`, echoing its output and adding up its result lines.
+fn cargo_test(root: &std::path::Path) -> anyhow::Result<Totals> {
+    eprintln!("+ cargo test --workspace");
+    let mut child = Command::new("cargo")
+        .current_dir(root)
+        .args(["test", "--workspace"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let mut totals = Totals::default();
+    let stdout = BufReader::new(child.stdout.take().context("cargo test stdout")?);
+    for line in stdout.lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            let number = |label: &str| -> u64 {
+                result
+                    .split(';')
+                    .find_map(|part| part.trim().strip_suffix(label))
+                    .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+                    .unwrap_or(0)
+            };
+            totals.passed += number(" passed");
+            totals.failed += number(" failed");
+            totals.ignored += number(" ignored");
+        }
+    }
+    totals.ok = child.wait()?.success();
+    Ok(totals)
+}

@@ -1,0 +1,70 @@
+//! Small helpers shared by the tasks.
+use std::{
+    path::PathBuf,
+    process::{Command, ExitStatus},
+};
+
+use anyhow::{Context as _, bail};
+
+/// The workspace root (xtask's parent directory).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs `command` with inherited stdio; fails if it fails.
+pub fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = status(command)?;
+    if !status.success() {
+        bail!("{} failed: {status}", describe(command));
+    }
+    Ok(())
+}
+
+/// Runs `command` with inherited stdio and returns its status.
+pub fn status(command: &mut Command) -> anyhow::Result<ExitStatus> {
+    eprintln!("+ {}", describe(command));
+    command
+        .status()
+        .with_context(|| format!("starting {}", describe(command)))
+}
+
+/// Runs `command` and returns its stdout, or None if it could not run or failed.
+pub fn output(command: &mut Command) -> Option<String> {
+    let output = command.output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn describe(command: &Command) -> String {
+    let mut text = command.get_program().to_string_lossy().into_owned();
+    for arg in command.get_args() {
+        text.push(' ');
+        text.push_str(&arg.to_string_lossy());
+    }
+    text
+}
+
+/// Builds cow-trace in release mode and returns the binary's path.
+pub fn build_release() -> anyhow::Result<PathBuf> {
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["build", "--release", "--package", "cow-trace"]))?;
+    Ok(root().join("target/release/cow-trace"))
+}
+
+/// Compiles one of the C test workloads into target/xtask and returns the binary's path.
+pub fn workload(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = root().join("target/xtask");
+    std::fs::create_dir_all(&dir)?;
+    let binary = dir.join(name);
+    run(Command::new("cc")
+        .args(["-O1", "-pthread", "-Wall", "-o"])
+        .arg(&binary)
+        .arg(root().join(format!("cow-trace/tests/workloads/{name}.c"))))?;
+    Ok(binary)
+}
