@@ -186,7 +186,7 @@ fn counts_equal_the_kernels_own() {
     let pid = faulter.pid();
     let tracer = Tracer::start(&["-x", &pid.to_string(), "--json"]);
     let before = kernel_fault_counts(pid);
-    let file = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("major-{pid}"));
+    let file = scratch().join(format!("major-{pid}"));
     for command in [
         "touch 200".to_string(),
         "read 100".to_string(),

@@ -12,7 +12,31 @@ use std::{
 
 use serde_json::Value;
 
-pub const COW_TRACE: &str = env!("CARGO_BIN_EXE_cow-trace");
+/// The cow-trace binary: cargo's, unless COW_TRACE_BIN names another (as in the VM tests,
+/// where the suite runs far from the build tree).
+pub fn cow_trace() -> PathBuf {
+    std::env::var_os("COW_TRACE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cow-trace")))
+}
+
+/// A scratch directory for output files (COW_TRACE_TEST_TMP overrides cargo's).
+pub fn scratch() -> PathBuf {
+    let dir = std::env::var_os("COW_TRACE_TEST_TMP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Extra arguments for every cow-trace run, e.g. `--backend kprobe` from COW_TRACE_BACKEND,
+/// so the same suite runs once per backend.
+fn backend_args() -> Vec<String> {
+    match std::env::var("COW_TRACE_BACKEND") {
+        Ok(backend) if !backend.is_empty() => vec!["--backend".into(), backend],
+        _ => Vec::new(),
+    }
+}
 
 /// Privileged tests need root (CI runs as root). Elsewhere they say why they skip.
 pub fn require_root(test: &str) -> bool {
@@ -23,10 +47,15 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
-/// Compiles `tests/workloads/NAME.c` once per test run and returns the binary.
+/// Compiles `tests/workloads/NAME.c` once per test run and returns the binary. Where
+/// COW_TRACE_WORKLOADS names a directory of prebuilt workloads (the VM tests, which have no
+/// compiler), that one is used.
 pub fn workload(name: &str) -> PathBuf {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("workloads");
+    if let Some(dir) = std::env::var_os("COW_TRACE_WORKLOADS") {
+        return PathBuf::from(dir).join(name);
+    }
+    let dir = scratch().join("workloads");
     let binary = dir.join(name);
     let mut built = BUILT.lock().unwrap();
     if !built.iter().any(|b| b == name) {
@@ -145,12 +174,12 @@ impl Tracer {
             *n += 1;
             *n
         };
-        let output = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("trace-{}-{n}.out", std::process::id()));
+        let output = scratch().join(format!("trace-{}-{n}.out", std::process::id()));
         // -o goes first: anything after `--` belongs to the traced command.
-        let mut child = Command::new(COW_TRACE)
+        let mut child = Command::new(cow_trace())
             .arg("-o")
             .arg(&output)
+            .args(backend_args())
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
