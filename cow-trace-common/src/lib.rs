@@ -1,7 +1,7 @@
 //! Types shared by the kernel programs (cow-trace-ebpf) and the loader (cow-trace).
 //!
-//! Everything here is `#[repr(C)]` and plain old data: the kernel writes these bytes into the
-//! ring buffer and userspace reads them back unchanged.
+//! Everything here is `#[repr(C)]` and plain old data: the kernel writes these bytes into maps
+//! and the ring buffer, and userspace reads them back unchanged.
 #![no_std]
 
 /// What a ring-buffer [`Record`] describes.
@@ -23,9 +23,14 @@ pub mod flags {
     pub const MAJOR: u32 = 1 << 0;
     /// The fault was taken in kernel mode on a user address (e.g. copy_to_user in read()).
     pub const KERNEL_MODE: u32 = 1 << 1;
-    /// Entry was seen but the completion belonged to no pending entry, so address, access and
-    /// latency come from the completion alone (the entry predates attaching, or was lost).
+    /// No entry was pending for this completion (the fault began before attaching, or its
+    /// entry could not be stored): access, error code and latency are unknown.
     pub const NO_ENTRY: u32 = 1 << 2;
+    /// A user page was allocated while the fault was handled: on a write-protect fault, the
+    /// page was copied (a real copy-on-write), not reused.
+    pub const PAGE_ALLOCATED: u32 = 1 << 3;
+    /// Copy detection was active for this fault, so the absence of PAGE_ALLOCATED means reuse.
+    pub const COPY_KNOWN: u32 = 1 << 4;
 }
 
 /// x86 page-fault error code bits (arch/x86/include/asm/trap_pf.h).
@@ -42,6 +47,62 @@ pub mod x86_pf {
     pub const INSTR: u64 = 1 << 4;
 }
 
+/// A fault's class, as the in-kernel summary keys it: the same facts a record carries, folded
+/// into one number so that both modes classify alike.
+pub mod class {
+    /// Bits 0-1: the access.
+    pub const ACCESS_MASK: u32 = 0b11;
+    pub const READ: u32 = 0;
+    pub const WRITE: u32 = 1;
+    pub const EXEC: u32 = 2;
+    pub const UNKNOWN: u32 = 3;
+    pub const MAJOR: u32 = 1 << 2;
+    pub const INCOMPLETE: u32 = 1 << 3;
+    /// A write to a present page: the write-protect (copy-on-write) fault.
+    pub const WRITE_PROTECT: u32 = 1 << 4;
+    /// On a write-protect fault with COPY_KNOWN: the page was copied.
+    pub const COPIED: u32 = 1 << 5;
+    /// On a write-protect fault: whether copy or reuse is known.
+    pub const COPY_KNOWN: u32 = 1 << 6;
+    pub const KERNEL_MODE: u32 = 1 << 7;
+
+    use super::{flags, x86_pf};
+
+    /// Classifies a fault from its record kind, flags and error code.
+    #[inline(always)]
+    pub fn of(incomplete: bool, record_flags: u32, error_code: u64) -> u32 {
+        let mut class = if record_flags & flags::NO_ENTRY != 0 {
+            UNKNOWN
+        } else if error_code & x86_pf::INSTR != 0 {
+            EXEC
+        } else if error_code & x86_pf::WRITE != 0 {
+            WRITE
+        } else {
+            READ
+        };
+        if incomplete {
+            class |= INCOMPLETE;
+        }
+        if record_flags & flags::MAJOR != 0 {
+            class |= MAJOR;
+        }
+        if record_flags & flags::KERNEL_MODE != 0 {
+            class |= KERNEL_MODE;
+        }
+        let write_protect = x86_pf::PROT | x86_pf::WRITE;
+        if record_flags & flags::NO_ENTRY == 0 && error_code & write_protect == write_protect {
+            class |= WRITE_PROTECT;
+            if record_flags & flags::COPY_KNOWN != 0 {
+                class |= COPY_KNOWN;
+                if record_flags & flags::PAGE_ALLOCATED != 0 {
+                    class |= COPIED;
+                }
+            }
+        }
+        class
+    }
+}
+
 /// Index of each counter in the per-CPU `COUNTERS` array.
 pub mod counter {
     /// Events lost because the ring buffer was full.
@@ -50,22 +111,30 @@ pub mod counter {
     pub const PENDING_FULL: u32 = 1;
     /// Children that could not be added to the traced map because it was full.
     pub const TRACED_FULL: u32 = 2;
+    /// Faults not aggregated because a summary map was full.
+    pub const SUMMARY_FULL: u32 = 3;
     /// Number of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
-/// Tracepoint field offsets, read from tracefs at load time because they may differ between
-/// kernels (e.g. `sched_process_exit.group_dead` exists only since 6.16).
+/// Settings userspace writes into the object before loading it: tracepoint field offsets,
+/// which may differ between kernels (e.g. `sched_process_exit.group_dead` exists only since
+/// 6.16), and the mode.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TracepointOffsets {
+pub struct Settings {
     /// `task_newtask.pid` (the new task's id).
     pub task_newtask_pid: u32,
     /// `task_newtask.clone_flags`.
     pub task_newtask_clone_flags: u32,
     /// `sched_process_exit.group_dead`, or [`NO_FIELD`] where the kernel lacks it.
     pub exit_group_dead: u32,
-    pub _pad: u32,
+    /// `mm_page_alloc.gfp_flags`.
+    pub page_alloc_gfp: u32,
+    /// Non-zero: aggregate faults in the kernel (STATS, HISTS) instead of streaming them.
+    pub summary_mode: u32,
+    /// Non-zero: the mm_page_alloc program is attached, so copy vs reuse is known.
+    pub copy_detection: u32,
 }
 
 /// Marks a tracepoint field this kernel does not have.
@@ -73,6 +142,13 @@ pub const NO_FIELD: u32 = u32::MAX;
 
 /// Length of a task's comm, as in the kernel.
 pub const COMM_LEN: usize = 16;
+
+/// Address bits dropped to form a summary region (64 KiB): fine enough to tell mappings
+/// apart, coarse enough to keep the summary map small.
+pub const REGION_SHIFT: u32 = 16;
+
+/// Number of log2 latency buckets: bucket i counts latencies in [2^(i-1), 2^i) ns.
+pub const HIST_BUCKETS: usize = 32;
 
 /// One ring-buffer record. Faults fill every field; fork and exit records fill `kind`,
 /// `ts_ns`, `pid`, `tid`, `comm` and `other_pid`.
@@ -97,7 +173,8 @@ pub struct Record {
     pub pid: u32,
     /// Thread id.
     pub tid: u32,
-    /// Fork: the child's pid. Exit: unused.
+    /// Fork: the child's pid. Fault: the newest child of this process still alive (a
+    /// snapshot window, as during a Redis BGSAVE), or 0.
     pub other_pid: u32,
     pub _pad: u32,
     /// The task's command name, NUL padded.
@@ -132,14 +209,107 @@ pub struct PendingFault {
     pub address: u64,
     pub ip: u64,
     pub error_code: u64,
-    pub kernel_mode: u32,
+    /// Bits of [`flags`] known at entry (KERNEL_MODE) or set while handling
+    /// (PAGE_ALLOCATED).
+    pub flags: u32,
     pub _pad: u32,
+}
+
+/// Key of the in-kernel summary's counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StatKey {
+    pub pid: u32,
+    /// Bits of [`class`].
+    pub class: u32,
+    /// The snapshot window (see [`Record::other_pid`]), or 0.
+    pub window: u32,
+    pub _pad: u32,
+    /// `address >> REGION_SHIFT`.
+    pub region: u64,
+}
+
+/// Counts of the in-kernel summary, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatValue {
+    pub faults: u64,
+    pub latency_ns: u64,
+}
+
+/// Key of the in-kernel latency histograms.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HistKey {
+    pub pid: u32,
+    pub class: u32,
+}
+
+/// A log2 latency histogram, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hist {
+    pub buckets: [u64; HIST_BUCKETS],
+}
+
+/// The log2 bucket of a latency: 0 for 0 ns, i for [2^(i-1), 2^i) ns, capped at the last.
+#[inline(always)]
+pub fn hist_bucket(latency_ns: u64) -> usize {
+    let bits = (u64::BITS - latency_ns.leading_zeros()) as usize;
+    if bits >= HIST_BUCKETS {
+        HIST_BUCKETS - 1
+    } else {
+        bits
+    }
 }
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: both are #[repr(C)] plain data with explicit padding fields.
+    // SAFETY: all are #[repr(C)] plain data with explicit padding fields.
     unsafe impl aya::Pod for super::Record {}
     unsafe impl aya::Pod for super::PendingFault {}
-    unsafe impl aya::Pod for super::TracepointOffsets {}
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::StatKey {}
+    unsafe impl aya::Pod for super::StatValue {}
+    unsafe impl aya::Pod for super::HistKey {}
+    unsafe impl aya::Pod for super::Hist {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets() {
+        assert_eq!(hist_bucket(0), 0);
+        assert_eq!(hist_bucket(1), 1);
+        assert_eq!(hist_bucket(1023), 10);
+        assert_eq!(hist_bucket(1024), 11);
+        assert_eq!(hist_bucket(u64::MAX), HIST_BUCKETS - 1);
+    }
+
+    #[test]
+    fn classes() {
+        let wp = x86_pf::PROT | x86_pf::WRITE | x86_pf::USER;
+        assert_eq!(class::of(false, 0, wp), class::WRITE | class::WRITE_PROTECT);
+        let copied = flags::COPY_KNOWN | flags::PAGE_ALLOCATED;
+        assert_eq!(
+            class::of(false, copied, wp),
+            class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN | class::COPIED
+        );
+        assert_eq!(
+            class::of(false, flags::COPY_KNOWN, wp),
+            class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN
+        );
+        // A page allocated on a first-touch write is no copy-on-write.
+        assert_eq!(
+            class::of(false, copied, x86_pf::WRITE | x86_pf::USER),
+            class::WRITE
+        );
+        assert_eq!(class::of(false, flags::NO_ENTRY, wp), class::UNKNOWN);
+        assert_eq!(
+            class::of(true, flags::MAJOR, x86_pf::INSTR),
+            class::EXEC | class::INCOMPLETE | class::MAJOR
+        );
+    }
 }

@@ -10,7 +10,10 @@ use aya_ebpf::{
 };
 use cow_trace_common::{PendingFault, Record, counter, flags, kind};
 
-use crate::maps::{PENDING, bump, emit, is_traced};
+use crate::{
+    maps::{PENDING, bump, is_traced, settings},
+    report,
+};
 
 /// Offsets shared by exceptions:page_fault_user and exceptions:page_fault_kernel.
 /// ```text
@@ -73,7 +76,7 @@ fn fault_entry(ctx: &TracePointContext, kernel_mode: bool) {
         address,
         ip,
         error_code,
-        kernel_mode: kernel_mode as u32,
+        flags: if kernel_mode { flags::KERNEL_MODE } else { 0 },
         _pad: 0,
     };
     if PENDING.insert(&tid, &pending, 0).is_err() {
@@ -108,8 +111,9 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
             record.latency_ns = now - entry.ts_ns;
             record.ip = entry.ip;
             record.error_code = entry.error_code;
-            if entry.kernel_mode != 0 {
-                record.flags |= flags::KERNEL_MODE;
+            record.flags |= entry.flags;
+            if settings().copy_detection != 0 {
+                record.flags |= flags::COPY_KNOWN;
             }
             let _ = PENDING.remove(&tid);
         }
@@ -124,7 +128,7 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
         }
     }
     record.comm = bpf_get_current_comm().unwrap_or_default();
-    emit(&record);
+    report::fault(&mut record);
 }
 
 /// Reports the thread's pending entry, if any, as a fault that never completed. The caller
@@ -142,11 +146,9 @@ pub fn flush_pending(tid: u32) {
     record.address = entry.address;
     record.ip = entry.ip;
     record.error_code = entry.error_code;
-    if entry.kernel_mode != 0 {
-        record.flags |= flags::KERNEL_MODE;
-    }
+    record.flags = entry.flags & flags::KERNEL_MODE;
     record.pid = (pid_tgid >> 32) as u32;
     record.tid = pid_tgid as u32;
     record.comm = bpf_get_current_comm().unwrap_or_default();
-    emit(&record);
+    report::fault(&mut record);
 }

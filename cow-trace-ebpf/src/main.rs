@@ -1,12 +1,16 @@
 //! Kernel side of cow-trace: one module per job.
 //! - `faults`: the tracepoint backend (fault entry + completion, paired per thread)
-//! - `tasks`: keeps the traced-process map in step with fork and exit
+//! - `copies`: copy vs reuse, from user-page allocations inside a fault
+//! - `tasks`: keeps the traced-process map and snapshot windows in step with fork and exit
+//! - `report`: a finished fault is streamed or counted in the kernel
 //! - `maps`: the maps and load-time settings every program shares
 #![no_std]
 #![no_main]
 
+mod copies;
 mod faults;
 mod maps;
+mod report;
 mod tasks;
 
 #[cfg(not(test))]

@@ -1,12 +1,14 @@
-//! Maps shared by every program, and the load-time settings userspace writes before loading.
+//! Maps shared by every program, and the settings userspace writes before loading.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use cow_trace_common::{PendingFault, Record, TracepointOffsets, counter};
+use cow_trace_common::{
+    Hist, HistKey, NO_FIELD, PendingFault, Settings, StatKey, StatValue, counter,
+};
 
 /// Thread-group ids being traced: the target, its descendants at attach time (written by
-/// userspace) and every process they fork afterwards (written by `tasks`). Value unused.
+/// userspace) and every process they create afterwards (written by `tasks`). Value unused.
 #[map]
 pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
 
@@ -22,20 +24,39 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// Tracepoint field offsets of the running kernel, read from tracefs by userspace.
+/// The in-kernel summary (--summary): fault counts per pid x class x window x region.
+#[map]
+pub static STATS: PerCpuHashMap<StatKey, StatValue> = PerCpuHashMap::with_max_entries(65536, 0);
+
+/// The in-kernel summary's log2 latency histograms per pid x class.
+#[map]
+pub static HISTS: PerCpuHashMap<HistKey, Hist> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// Traced child tgid -> its traced parent's tgid, to close the parent's window at exit.
+#[map]
+pub static PARENT: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
+
+/// Traced parent tgid -> its newest child still alive: faults of the parent meanwhile are
+/// "during child N" (the snapshot window of a fork-based snapshot such as Redis's BGSAVE).
+#[map]
+pub static WINDOW: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
+
+/// Written by userspace before loading; the defaults are 6.18's offsets.
 #[unsafe(no_mangle)]
-static OFFSETS: TracepointOffsets = TracepointOffsets {
+static SETTINGS: Settings = Settings {
     task_newtask_pid: 8,
     task_newtask_clone_flags: 32,
-    exit_group_dead: cow_trace_common::NO_FIELD,
-    _pad: 0,
+    exit_group_dead: NO_FIELD,
+    page_alloc_gfp: 24,
+    summary_mode: 0,
+    copy_detection: 0,
 };
 
-/// The offsets userspace set (a volatile read, so the compiler cannot fold the defaults).
+/// The settings userspace wrote (a volatile read, so the compiler cannot fold the defaults).
 #[inline(always)]
-pub fn offsets() -> TracepointOffsets {
-    // SAFETY: OFFSETS is a plain static that userspace patches before load.
-    unsafe { core::ptr::read_volatile(&OFFSETS) }
+pub fn settings() -> Settings {
+    // SAFETY: SETTINGS is a plain static that userspace patches before load.
+    unsafe { core::ptr::read_volatile(&SETTINGS) }
 }
 
 #[inline(always)]
@@ -49,17 +70,5 @@ pub fn bump(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot; programs do not migrate while running.
         unsafe { *slot += 1 };
-    }
-}
-
-/// Writes `record` to the ring buffer, counting a loss when it is full.
-#[inline(always)]
-pub fn emit(record: &Record) {
-    match EVENTS.reserve::<Record>(0) {
-        Some(mut entry) => {
-            entry.write(*record);
-            entry.submit(0);
-        }
-        None => bump(counter::RING_FULL),
     }
 }

@@ -8,7 +8,8 @@ use cow_trace_common::{NO_FIELD, Record, counter, kind};
 
 use crate::{
     faults::flush_pending,
-    maps::{PENDING, TRACED, bump, emit, is_traced, offsets},
+    maps::{PARENT, PENDING, TRACED, WINDOW, bump, is_traced, settings},
+    report::emit,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -27,13 +28,13 @@ pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
     if !is_traced(parent) {
         return 0;
     }
-    let offsets = offsets();
+    let settings = settings();
     // SAFETY: offsets come from this kernel's tracepoint format.
     let (child, clone_flags) = unsafe {
         (
-            ctx.read_at::<i32>(offsets.task_newtask_pid as usize)
+            ctx.read_at::<i32>(settings.task_newtask_pid as usize)
                 .unwrap_or(0),
-            ctx.read_at::<u64>(offsets.task_newtask_clone_flags as usize)
+            ctx.read_at::<u64>(settings.task_newtask_clone_flags as usize)
                 .unwrap_or(0),
         )
     };
@@ -45,6 +46,9 @@ pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
         bump(counter::TRACED_FULL);
         return 0;
     }
+    // The parent's faults from now until this child exits fall in the child's window.
+    let _ = PARENT.insert(&child, &parent, 0);
+    let _ = WINDOW.insert(&parent, &child, 0);
     let mut record = Record::zeroed();
     record.kind = kind::FORK;
     record.ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -73,18 +77,27 @@ pub fn sched_sched_process_exit(ctx: TracePointContext) -> u32 {
     flush_pending(tid);
     let _ = PENDING.remove(&tid);
 
-    let offsets = offsets();
-    let group_dead = if offsets.exit_group_dead == NO_FIELD {
+    let settings = settings();
+    let group_dead = if settings.exit_group_dead == NO_FIELD {
         // Older kernels lack the field; the leader's exit is the best sign there.
         tid == tgid
     } else {
         // SAFETY: offset from this kernel's tracepoint format.
-        unsafe { ctx.read_at::<u8>(offsets.exit_group_dead as usize) }.unwrap_or(0) != 0
+        unsafe { ctx.read_at::<u8>(settings.exit_group_dead as usize) }.unwrap_or(0) != 0
     };
     if !group_dead {
         return 0;
     }
     let _ = TRACED.remove(&tgid);
+    let _ = WINDOW.remove(&tgid);
+    // Close the parent's window if it is this child's.
+    // SAFETY: plain value reads.
+    if let Some(&parent) = unsafe { PARENT.get(&tgid) } {
+        if unsafe { WINDOW.get(&parent) }.copied() == Some(tgid) {
+            let _ = WINDOW.remove(&parent);
+        }
+        let _ = PARENT.remove(&tgid);
+    }
     let mut record = Record::zeroed();
     record.kind = kind::EXIT;
     record.ts_ns = unsafe { bpf_ktime_get_ns() };

@@ -10,9 +10,12 @@ Examples:
   cow-trace -x 1234 --format stap      the article's SystemTap line format
   cow-trace --json -o faults.json -- make -j2
   cow-trace -x $(pidof redis-server) --duration 30s
+  cow-trace --summary --interval 1s -x $(pidof redis-server)
+  cow-trace --summary --fail-over-cow 64MiB -- ./fork-heavy-test   (CI gate)
 
 Exit status: 0 on success (or the traced command's own status with -- CMD);
-2 bad usage; 3 bad target; 4 missing privilege; 5 kernel refused a probe; 6 output error.";
+2 bad usage; 3 bad target; 4 missing privilege; 5 kernel refused a probe; 6 output error;
+7 more than --fail-over-cow was copied on write.";
 
 /// Trace the page faults (and copy-on-write breaks) of a process and all its descendants.
 #[derive(Debug, Parser)]
@@ -40,8 +43,22 @@ pub struct Args {
     pub duration: Option<Duration>,
 
     /// Do not print the per-pid summary on exit.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "summary")]
     pub no_summary: bool,
+
+    /// Count faults in the kernel (no per-fault output, lowest overhead) and print per pid,
+    /// mapping and class counts and latency histograms at exit and every --interval.
+    #[arg(short = 's', long)]
+    pub summary: bool,
+
+    /// With --summary (or streaming, on stderr): print the summary every TIME as well.
+    #[arg(short = 'i', long, value_name = "TIME", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+
+    /// Exit with status 7 if the traced processes copied more than SIZE on write (e.g.
+    /// 64MiB): a gate for CI jobs.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub fail_over_cow: Option<u64>,
 
     /// Size of the kernel-to-user ring buffer (a power of two, e.g. 16MiB).
     #[arg(long, value_name = "SIZE", value_parser = parse_ring_size, default_value = "16MiB")]

@@ -1,5 +1,5 @@
 //! Decoding ring-buffer records into events, and classifying faults from their error code.
-use cow_trace_common::{COMM_LEN, Record, flags, kind, x86_pf};
+use cow_trace_common::{COMM_LEN, Record, class, flags, kind};
 
 /// How the faulting access touched memory, from the x86 error code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -10,13 +10,13 @@ pub enum Access {
 }
 
 impl Access {
-    pub fn from_error_code(error_code: u64) -> Access {
-        if error_code & x86_pf::INSTR != 0 {
-            Access::Exec
-        } else if error_code & x86_pf::WRITE != 0 {
-            Access::Write
-        } else {
-            Access::Read
+    /// The access bits of a `cow_trace_common::class`; None when unknown.
+    pub fn from_class(class: u32) -> Option<Access> {
+        match class & class::ACCESS_MASK {
+            class::READ => Some(Access::Read),
+            class::WRITE => Some(Access::Write),
+            class::EXEC => Some(Access::Exec),
+            _ => None,
         }
     }
 
@@ -66,18 +66,29 @@ pub struct Fault {
     pub latency_ns: Option<u64>,
     /// Taken in kernel mode on a user address (e.g. copy_to_user in read()).
     pub kernel_mode: bool,
+    /// Bits of `cow_trace_common::class`, as the in-kernel summary would count this fault.
+    pub class: u32,
+    /// The newest child of this process alive at the fault (its snapshot window), or 0.
+    pub window: u32,
 }
 
 impl Fault {
     pub fn access(&self) -> Option<Access> {
-        self.error_code.map(Access::from_error_code)
+        Access::from_class(self.class)
     }
 
     /// A write to a present page: the write-protect fault that, on private memory, breaks
     /// copy-on-write. None when the error code is unknown.
     pub fn is_cow(&self) -> Option<bool> {
         self.error_code
-            .map(|code| code & (x86_pf::PROT | x86_pf::WRITE) == (x86_pf::PROT | x86_pf::WRITE))
+            .map(|_| self.class & class::WRITE_PROTECT != 0)
+    }
+
+    /// On a copy-on-write fault: Some(true) if the page was copied, Some(false) if it was
+    /// reused (its last sharer kept it). None for other faults, or where unknown.
+    pub fn copied(&self) -> Option<bool> {
+        let known = class::WRITE_PROTECT | class::COPY_KNOWN;
+        (self.class & known == known).then_some(self.class & class::COPIED != 0)
     }
 }
 
@@ -136,6 +147,12 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 latency_ns: (!no_entry && outcome != Outcome::Incomplete)
                     .then_some(record.latency_ns),
                 kernel_mode: record.flags & flags::KERNEL_MODE != 0,
+                class: class::of(
+                    record.kind == kind::FAULT_INCOMPLETE,
+                    record.flags,
+                    record.error_code,
+                ),
+                window: record.other_pid,
             }))
         }
         kind::FORK | kind::EXIT => Some(Event::Process(ProcessEvent {
@@ -189,14 +206,20 @@ mod tests {
 
     #[test]
     fn error_code_classification() {
+        let access = |code| Access::from_class(class::of(false, 0, code));
         // user write to a present page: the copy-on-write break
-        assert_eq!(Access::from_error_code(0x7), Access::Write);
+        assert_eq!(access(0x7), Some(Access::Write));
         // user read of a missing page
-        assert_eq!(Access::from_error_code(0x4), Access::Read);
+        assert_eq!(access(0x4), Some(Access::Read));
         // user instruction fetch of a missing page
-        assert_eq!(Access::from_error_code(0x14), Access::Exec);
+        assert_eq!(access(0x14), Some(Access::Exec));
         // kernel write (copy_to_user) to a missing user page
-        assert_eq!(Access::from_error_code(0x2), Access::Write);
+        assert_eq!(access(0x2), Some(Access::Write));
+        // completion without entry
+        assert_eq!(
+            Access::from_class(class::of(false, flags::NO_ENTRY, 0x7)),
+            None
+        );
     }
 
     #[test]
@@ -220,6 +243,39 @@ mod tests {
             };
             assert_eq!(fault.is_cow(), Some(false), "error code {code:#x}");
         }
+    }
+
+    #[test]
+    fn copy_and_reuse() {
+        let copied = flags::COPY_KNOWN | flags::PAGE_ALLOCATED;
+        let Some(Event::Fault(fault)) = decode(&bytes(&fault_record(0x7, copied))) else {
+            panic!("not a fault");
+        };
+        assert_eq!(fault.copied(), Some(true));
+        let Some(Event::Fault(fault)) = decode(&bytes(&fault_record(0x7, flags::COPY_KNOWN)))
+        else {
+            panic!("not a fault");
+        };
+        assert_eq!(fault.copied(), Some(false));
+        // Without copy detection, or on a fault that is no write-protect fault: unknown.
+        let Some(Event::Fault(fault)) = decode(&bytes(&fault_record(0x7, 0))) else {
+            panic!("not a fault");
+        };
+        assert_eq!(fault.copied(), None);
+        let Some(Event::Fault(fault)) = decode(&bytes(&fault_record(0x6, copied))) else {
+            panic!("not a fault");
+        };
+        assert_eq!(fault.copied(), None);
+    }
+
+    #[test]
+    fn window_is_the_live_child() {
+        let mut record = fault_record(0x7, 0);
+        record.other_pid = 4242;
+        let Some(Event::Fault(fault)) = decode(&bytes(&record)) else {
+            panic!("not a fault");
+        };
+        assert_eq!(fault.window, 4242);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod cli;
 mod event;
 mod failure;
+mod kstats;
 mod probes;
 mod ring;
 mod session;
@@ -67,7 +68,10 @@ fn run(args: Args) -> anyhow::Result<i32> {
         ring_size: args.ring_size,
         duration: args.duration,
         verbose: args.verbose,
-        summary: !args.no_summary,
+        kernel_summary: args.summary,
+        print_summary: !args.no_summary,
+        interval: args.interval,
+        fail_over_cow: args.fail_over_cow,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

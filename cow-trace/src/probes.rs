@@ -11,7 +11,7 @@ use aya::{
     },
     util::online_cpus,
 };
-use cow_trace_common::{NO_FIELD, TracepointOffsets};
+use cow_trace_common::{NO_FIELD, Settings};
 
 use crate::{
     failure::{Kind, failure},
@@ -21,20 +21,15 @@ use crate::{
 /// The object built by build.rs from cow-trace-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cow-trace"));
 
-/// Tracepoint programs: (program, category, event).
-const TRACEPOINTS: [(&str, &str, &str); 4] = [
+/// Tracepoint programs: (program, category, event). Process-tree tracking comes first, and
+/// copy detection before the fault entries, so no fault sees half the machinery.
+#[rustfmt::skip]
+const TRACEPOINTS: [(&str, &str, &str); 5] = [
     ("task_task_newtask", "task", "task_newtask"),
     ("sched_sched_process_exit", "sched", "sched_process_exit"),
-    (
-        "exceptions_page_fault_user",
-        "exceptions",
-        "page_fault_user",
-    ),
-    (
-        "exceptions_page_fault_kernel",
-        "exceptions",
-        "page_fault_kernel",
-    ),
+    ("kmem_mm_page_alloc", "kmem", "mm_page_alloc"),
+    ("exceptions_page_fault_user", "exceptions", "page_fault_user"),
+    ("exceptions_page_fault_kernel", "exceptions", "page_fault_kernel"),
 ];
 
 /// Perf software events that mark a fault's completion: (program, event).
@@ -51,14 +46,14 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Loads the object with this kernel's tracepoint offsets and the chosen ring size.
-    pub fn load(ring_size: u32) -> anyhow::Result<Probes> {
+    /// Loads the object with this kernel's tracepoint offsets, the mode and the ring size.
+    pub fn load(ring_size: u32, summary_mode: bool) -> anyhow::Result<Probes> {
         check_privilege()?;
         let root = tracefs::ensure_mounted()?;
-        let offsets = read_offsets(&root)?;
+        let settings = read_settings(&root, summary_mode)?;
         raise_memlock_limit();
         let ebpf = EbpfLoader::new()
-            .override_global("OFFSETS", &offsets, true)
+            .override_global("SETTINGS", &settings, true)
             .map_max_entries("EVENTS", ring_size)
             .load(OBJECT)
             .map_err(|e| kernel_error("loading the eBPF object", e))?;
@@ -132,7 +127,7 @@ impl Probes {
     }
 }
 
-fn read_offsets(root: &Path) -> anyhow::Result<TracepointOffsets> {
+fn read_settings(root: &Path, summary_mode: bool) -> anyhow::Result<Settings> {
     let required = |category, event, field| -> anyhow::Result<u32> {
         tracefs::field_offset(root, category, event, field)?.ok_or_else(|| {
             failure(
@@ -141,12 +136,14 @@ fn read_offsets(root: &Path) -> anyhow::Result<TracepointOffsets> {
             )
         })
     };
-    Ok(TracepointOffsets {
+    Ok(Settings {
         task_newtask_pid: required("task", "task_newtask", "pid")?,
         task_newtask_clone_flags: required("task", "task_newtask", "clone_flags")?,
         exit_group_dead: tracefs::field_offset(root, "sched", "sched_process_exit", "group_dead")?
             .unwrap_or(NO_FIELD),
-        _pad: 0,
+        page_alloc_gfp: required("kmem", "mm_page_alloc", "gfp_flags")?,
+        summary_mode: summary_mode.into(),
+        copy_detection: 1,
     })
 }
 

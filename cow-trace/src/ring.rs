@@ -74,5 +74,6 @@ pub fn read_lost(probes: &Probes) -> anyhow::Result<Lost> {
         ring_full: sum(counter::RING_FULL)?,
         pending_full: sum(counter::PENDING_FULL)?,
         traced_full: sum(counter::TRACED_FULL)?,
+        summary_full: sum(counter::SUMMARY_FULL)?,
     })
 }

@@ -1,16 +1,21 @@
-//! One tracing run: attach, follow the process tree, stream faults to the sink, summarise.
-use std::{collections::HashSet, io, time::Duration};
+//! One tracing run: attach, follow the process tree, stream (or count) faults, summarise.
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    event::{Change, Event},
+    event::{Change, Event, ProcessEvent},
     failure::{Kind, failure},
+    kstats,
     probes::{BACKEND, Probes},
     ring::{Ring, read_lost},
     sink::Sink,
-    summary::Summary,
+    summary::{Summary, human_bytes},
     target::{self, HeldCommand},
 };
 
@@ -19,8 +24,16 @@ pub struct Options {
     pub ring_size: u32,
     pub duration: Option<Duration>,
     pub verbose: bool,
-    pub summary: bool,
+    /// Count in the kernel instead of streaming each fault.
+    pub kernel_summary: bool,
+    /// Print the human summary on stderr at the end of a streaming run.
+    pub print_summary: bool,
+    pub interval: Option<Duration>,
+    pub fail_over_cow: Option<u64>,
 }
+
+/// Exit status when more than --fail-over-cow was copied.
+pub const OVER_COW_LIMIT: i32 = 7;
 
 /// Why tracing stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,39 +45,81 @@ enum Stop {
     OutputClosed,
 }
 
+/// What the loop keeps about the traced processes.
+#[derive(Default)]
+struct Tree {
+    /// Traced processes still alive.
+    live: HashSet<u32>,
+    /// Last known command name of each traced process.
+    comms: HashMap<u32, String>,
+}
+
+impl Tree {
+    fn apply(&mut self, event: &ProcessEvent) {
+        match event.change {
+            Change::Fork { child } => {
+                self.live.insert(child);
+                // A child starts with its parent's name; exec may change it later.
+                self.comms.insert(child, event.comm.clone());
+            }
+            Change::Exit => {
+                self.live.remove(&event.pid);
+                self.comms.insert(event.pid, event.comm.clone());
+            }
+        }
+    }
+
+    fn add(&mut self, pid: u32) {
+        self.live.insert(pid);
+        self.refresh_comm(pid);
+    }
+
+    fn refresh_comm(&mut self, pid: u32) {
+        if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+            self.comms.insert(pid, comm.trim_end().to_string());
+        }
+    }
+}
+
 /// Runs until every traced process has exited, a signal arrives or the duration is over.
-/// Returns the exit status: the held command's own, else 0.
+/// Returns the exit status: the held command's own, else 0 (or 7 over --fail-over-cow).
 pub async fn run(
     options: Options,
     mut held: Option<HeldCommand>,
     mut sink: Box<dyn Sink>,
 ) -> anyhow::Result<i32> {
-    let mut probes = Probes::load(options.ring_size)?;
+    let mut probes = Probes::load(options.ring_size, options.kernel_summary)?;
     // The root joins the map before process-tree tracking attaches; descendants that exist
     // already are found in /proc after it attached, so none slips between the two.
     probes.trace(options.root)?;
     probes.attach(options.verbose)?;
-    let mut live: HashSet<u32> = HashSet::from([options.root]);
+    let mut tree = Tree::default();
+    tree.add(options.root);
     for child in target::descendants(options.root as i32) {
         probes.trace(child as u32)?;
-        live.insert(child as u32);
+        tree.add(child as u32);
     }
     let mut ring = Ring::new(&mut probes)?;
-    let mut summary = Summary::default();
-    sink.begin().map_err(output_error)?;
+    // Streaming: faults are counted here as they arrive.
+    let mut streamed = Summary::default();
+    if !options.kernel_summary {
+        sink.begin().map_err(output_error)?;
+    }
 
-    let what = match &held {
-        Some(_) => "command",
-        None => "pid",
+    let what = if held.is_some() { "command" } else { "pid" };
+    let mode = if options.kernel_summary {
+        ", counting in the kernel"
+    } else {
+        ""
     };
     eprintln!(
-        "Tracing {what} {} and its children (backend: {BACKEND}). Ctrl-C to end.",
+        "Tracing {what} {} and its children (backend: {BACKEND}{mode}). Ctrl-C to end.",
         options.root
     );
-    if options.verbose && live.len() > 1 {
+    if options.verbose && tree.live.len() > 1 {
         eprintln!(
             "cow-trace: following {} existing descendants too",
-            live.len() - 1
+            tree.live.len() - 1
         );
     }
     if let Some(command) = held.as_mut() {
@@ -76,45 +131,62 @@ pub async fn run(
     let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut report = options
+        .interval
+        .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
     let mut reported_lost = 0;
 
-    let mut consume = |ring: &mut Ring, live: &mut HashSet<u32>, summary: &mut Summary| {
-        let mut result = Ok(());
-        ring.drain(|event| {
-            match event {
-                Event::Fault(fault) => {
-                    summary.record(&fault);
-                    result = sink.fault(&fault);
+    let kernel_summary = options.kernel_summary;
+    let consume =
+        |ring: &mut Ring, tree: &mut Tree, streamed: &mut Summary, sink: &mut Box<dyn Sink>| {
+            let mut result = Ok(());
+            ring.drain(|event| {
+                match event {
+                    Event::Fault(fault) => {
+                        streamed.record(&fault);
+                        result = sink.fault(&fault);
+                    }
+                    Event::Process(process) => {
+                        tree.apply(&process);
+                        if !kernel_summary {
+                            result = sink.process(&process);
+                        }
+                    }
                 }
-                Event::Process(process) => {
-                    match process.change {
-                        Change::Fork { child } => live.insert(child),
-                        Change::Exit => live.remove(&process.pid),
-                    };
-                    result = sink.process(&process);
-                }
-            }
-            result.is_ok()
-        });
-        result.and_then(|()| sink.flush())
-    };
+                result.is_ok()
+            });
+            result.and_then(|()| sink.flush())
+        };
 
     let stop = loop {
         let step = tokio::select! {
             ready = ring.readable() => {
                 ready.context("waiting on the ring buffer")?;
-                consume(&mut ring, &mut live, &mut summary)
+                consume(&mut ring, &mut tree, &mut streamed, &mut sink)
             }
             _ = tick.tick() => {
-                let drained = consume(&mut ring, &mut live, &mut summary);
+                let drained = consume(&mut ring, &mut tree, &mut streamed, &mut sink);
                 // Exit records can be lost when the ring is full: /proc has the last word.
-                live.retain(|&pid| target::is_alive(pid));
+                tree.live.retain(|&pid| target::is_alive(pid));
                 let lost = read_lost(&probes)?.events();
                 if lost > reported_lost {
                     eprintln!("cow-trace: LOST {} events (ring buffer full): try a larger --ring-size", lost - reported_lost);
                     reported_lost = lost;
                 }
                 drained
+            }
+            _ = next_tick(&mut report) => {
+                let live: Vec<u32> = tree.live.iter().copied().collect();
+                for pid in live {
+                    tree.refresh_comm(pid);
+                }
+                let summary = totals(&probes, &streamed, &tree, kernel_summary)?;
+                if kernel_summary {
+                    sink.summary(&summary).and_then(|()| sink.flush())
+                } else {
+                    let _ = summary.write_table(&mut io::stderr().lock());
+                    Ok(())
+                }
             }
             _ = interrupt.recv() => break Stop::Signal("SIGINT"),
             _ = terminate.recv() => break Stop::Signal("SIGTERM"),
@@ -126,7 +198,7 @@ pub async fn run(
             Err(e) => return Err(output_error(e)),
             Ok(()) => {}
         }
-        if live.is_empty() {
+        if tree.live.is_empty() {
             break Stop::AllExited;
         }
     };
@@ -135,9 +207,9 @@ pub async fn run(
     let last = if stop == Stop::OutputClosed {
         Ok(())
     } else {
-        consume(&mut ring, &mut live, &mut summary)
+        consume(&mut ring, &mut tree, &mut streamed, &mut sink)
     };
-    summary.lost = read_lost(&probes)?;
+    let summary = totals(&probes, &streamed, &tree, kernel_summary)?;
     // Detach before waiting for anything else.
     drop(ring);
     drop(probes);
@@ -149,24 +221,72 @@ pub async fn run(
         && !matches!(&last, Err(e) if e.kind() == io::ErrorKind::BrokenPipe);
     if output_open {
         last.map_err(output_error)?;
-        match sink.end(&summary).and_then(|()| sink.flush()) {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
-            other => other.map_err(output_error)?,
+        // Streaming text stays pure event lines; the human table goes to stderr instead.
+        let to_output = kernel_summary || sink.is_machine_readable();
+        if to_output {
+            match sink.summary(&summary).and_then(|()| sink.flush()) {
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+                other => other.map_err(output_error)?,
+            }
         }
     }
-    if options.summary {
-        let mut stderr = io::stderr().lock();
-        let _ = summary.write_table(&mut stderr);
+    if !kernel_summary && options.print_summary {
+        let _ = summary.write_table(&mut io::stderr().lock());
     }
 
-    match held.as_mut() {
+    let mut status = match held.as_mut() {
         Some(command) => {
             if matches!(stop, Stop::Signal(_) | Stop::Duration | Stop::OutputClosed) {
                 command.terminate();
             }
-            command.wait()
+            command.wait()?
         }
-        None => Ok(0),
+        None => 0,
+    };
+    if let Some(limit) = options.fail_over_cow {
+        let copied = summary.total().copied_bytes();
+        if copied > limit {
+            eprintln!(
+                "cow-trace: {} copied on write, over the --fail-over-cow limit of {}",
+                human_bytes(copied),
+                human_bytes(limit)
+            );
+            // The traced command's own failure takes precedence.
+            if status == 0 {
+                status = OVER_COW_LIMIT;
+            }
+        }
+    }
+    Ok(status)
+}
+
+/// The totals so far: the kernel's (in --summary mode) or the streamed ones.
+fn totals(
+    probes: &Probes,
+    streamed: &Summary,
+    tree: &Tree,
+    kernel_summary: bool,
+) -> anyhow::Result<Summary> {
+    let mut summary = if kernel_summary {
+        let mut summary = Summary::default();
+        kstats::read(probes, &mut summary)?;
+        summary
+    } else {
+        streamed.clone()
+    };
+    for (pid, comm) in &tree.comms {
+        summary.comms.entry(*pid).or_insert_with(|| comm.clone());
+    }
+    summary.lost = read_lost(probes)?;
+    Ok(summary)
+}
+
+async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

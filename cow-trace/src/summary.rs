@@ -1,13 +1,18 @@
-//! Per-process totals printed when tracing ends.
+//! Totals printed when tracing ends (and every --interval): per pid, per snapshot window, per
+//! mapping, and latency histograms. Both modes fill the same structure: streaming adds one
+//! fault at a time, --summary adds the kernel's aggregated counts.
 use std::{collections::BTreeMap, io};
 
+use cow_trace_common::{HIST_BUCKETS, class};
 use serde::Serialize;
 
-use crate::event::{Access, Fault, Outcome};
+use crate::event::Fault;
 
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Counts for one pid, or for one pid during one child's lifetime.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct PidStats {
-    pub comm: String,
+pub struct Counts {
     /// Completed faults (minor + major): what the kernel adds to minflt + majflt.
     pub faults: u64,
     pub minor: u64,
@@ -16,6 +21,10 @@ pub struct PidStats {
     pub writes: u64,
     /// Completed write-protect faults (copy-on-write breaks on private memory).
     pub cow: u64,
+    /// Copy-on-write faults that copied the page.
+    pub copied: u64,
+    /// Copy-on-write faults that reused the page (its last sharer kept it).
+    pub reused: u64,
     /// Faults that entered the handler but never completed.
     pub incomplete: u64,
     /// Completions whose entry was not seen (access unknown).
@@ -23,7 +32,43 @@ pub struct PidStats {
     pub latency_ns_total: u64,
 }
 
-/// Events the kernel side could not deliver.
+impl Counts {
+    fn add(&mut self, fault_class: u32, count: u64, latency_ns: u64) {
+        if fault_class & class::INCOMPLETE != 0 {
+            self.incomplete += count;
+            return;
+        }
+        self.faults += count;
+        if fault_class & class::MAJOR != 0 {
+            self.major += count;
+        } else {
+            self.minor += count;
+        }
+        match fault_class & class::ACCESS_MASK {
+            class::WRITE => self.writes += count,
+            class::UNKNOWN => self.unknown_access += count,
+            _ => {}
+        }
+        if fault_class & class::WRITE_PROTECT != 0 {
+            self.cow += count;
+            if fault_class & class::COPY_KNOWN != 0 {
+                if fault_class & class::COPIED != 0 {
+                    self.copied += count;
+                } else {
+                    self.reused += count;
+                }
+            }
+        }
+        self.latency_ns_total += latency_ns;
+    }
+
+    /// Bytes copied on write.
+    pub fn copied_bytes(&self) -> u64 {
+        self.copied * PAGE_SIZE
+    }
+}
+
+/// Events the kernel side could not deliver or count.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Lost {
     /// Records dropped because the ring buffer was full.
@@ -33,95 +78,280 @@ pub struct Lost {
     pub pending_full: u64,
     /// Children not followed because the traced map was full.
     pub traced_full: u64,
+    /// Faults not counted because an in-kernel summary map was full.
+    pub summary_full: u64,
 }
 
 impl Lost {
+    /// Faults missing from the output altogether.
     pub fn events(&self) -> u64 {
-        self.ring_full
+        self.ring_full + self.summary_full
     }
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Summary {
-    pub pids: BTreeMap<u32, PidStats>,
+    pub comms: BTreeMap<u32, String>,
+    pub pids: BTreeMap<u32, Counts>,
+    /// (parent pid, child pid) -> the parent's faults while that child was alive.
+    pub windows: BTreeMap<(u32, u32), Counts>,
+    /// (pid, mapping, class) -> faults; filled where mappings are resolved (--summary).
+    pub mappings: BTreeMap<(u32, String, u32), u64>,
+    /// (pid, class) -> log2 latency histogram.
+    pub hists: BTreeMap<(u32, u32), [u64; HIST_BUCKETS]>,
     pub lost: Lost,
 }
 
 impl Summary {
+    /// Adds one streamed fault.
     pub fn record(&mut self, fault: &Fault) {
-        let stats = self.pids.entry(fault.pid).or_default();
-        if stats.comm != fault.comm {
-            stats.comm.clone_from(&fault.comm);
+        if self.comms.get(&fault.pid) != Some(&fault.comm) {
+            self.comms.insert(fault.pid, fault.comm.clone());
         }
-        match fault.outcome {
-            Outcome::Incomplete => {
-                stats.incomplete += 1;
-                return;
-            }
-            Outcome::Minor => stats.minor += 1,
-            Outcome::Major => stats.major += 1,
-        }
-        stats.faults += 1;
-        match fault.access() {
-            Some(Access::Write) => stats.writes += 1,
-            Some(_) => {}
-            None => stats.unknown_access += 1,
-        }
-        if fault.is_cow() == Some(true) {
-            stats.cow += 1;
-        }
-        stats.latency_ns_total += fault.latency_ns.unwrap_or(0);
+        self.add(
+            fault.pid,
+            fault.class,
+            fault.window,
+            1,
+            fault.latency_ns.unwrap_or(0),
+        );
     }
 
-    pub fn total_faults(&self) -> u64 {
-        self.pids.values().map(|s| s.faults).sum()
+    /// Adds `count` faults of one class.
+    pub fn add(&mut self, pid: u32, fault_class: u32, window: u32, count: u64, latency_ns: u64) {
+        self.pids
+            .entry(pid)
+            .or_default()
+            .add(fault_class, count, latency_ns);
+        if window != 0 {
+            self.windows
+                .entry((pid, window))
+                .or_default()
+                .add(fault_class, count, latency_ns);
+        }
     }
 
-    /// The table printed on exit.
+    pub fn total(&self) -> Counts {
+        let mut total = Counts::default();
+        for counts in self.pids.values() {
+            total.faults += counts.faults;
+            total.minor += counts.minor;
+            total.major += counts.major;
+            total.writes += counts.writes;
+            total.cow += counts.cow;
+            total.copied += counts.copied;
+            total.reused += counts.reused;
+            total.incomplete += counts.incomplete;
+            total.unknown_access += counts.unknown_access;
+            total.latency_ns_total += counts.latency_ns_total;
+        }
+        total
+    }
+
+    fn comm(&self, pid: u32) -> &str {
+        self.comms.get(&pid).map_or("?", String::as_str)
+    }
+
+    /// The per-pid table (and snapshot windows) printed on exit.
     pub fn write_table(&self, out: &mut dyn io::Write) -> io::Result<()> {
         writeln!(
             out,
-            "{:>7} {:<16} {:>9} {:>9} {:>7} {:>9} {:>9} {:>10} {:>9}",
-            "PID", "COMM", "FAULTS", "MINOR", "MAJOR", "WRITES", "COW", "INCOMPLETE", "AVG LAT"
+            "{:>7} {:<16} {:>9} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>10} {:>9}",
+            "PID",
+            "COMM",
+            "FAULTS",
+            "MINOR",
+            "MAJOR",
+            "WRITES",
+            "COW",
+            "COPIED",
+            "REUSED",
+            "INCOMPLETE",
+            "AVG LAT"
         )?;
-        for (pid, s) in &self.pids {
-            let timed = s.faults - s.unknown_access;
-            let average = (s.latency_ns_total)
-                .checked_div(timed)
-                .map_or_else(|| "-".to_string(), crate::sink::human_ns);
-            writeln!(
-                out,
-                "{:>7} {:<16} {:>9} {:>9} {:>7} {:>9} {:>9} {:>10} {:>9}",
-                pid, s.comm, s.faults, s.minor, s.major, s.writes, s.cow, s.incomplete, average
-            )?;
+        for (&pid, counts) in &self.pids {
+            write_row(out, &format!("{pid:>7} {:<16}", self.comm(pid)), counts)?;
+            for ((_, child), counts) in self.windows.range((pid, 0)..=(pid, u32::MAX)) {
+                write_row(
+                    out,
+                    &format!("{:>7} {:<16}", "", format!(" while {child} ran")),
+                    counts,
+                )?;
+            }
         }
+        let total = self.total();
         writeln!(
             out,
-            "Lost events: {} (ring buffer full: {}; entries not remembered: {}; children not followed: {})",
+            "Copied on write: {} pages, {} bytes ({})",
+            total.copied,
+            total.copied_bytes(),
+            human_bytes(total.copied_bytes())
+        )?;
+        writeln!(
+            out,
+            "Lost events: {} (ring buffer full: {}; summary maps full: {}; entries not remembered: {}; children not followed: {})",
             self.lost.events(),
             self.lost.ring_full,
+            self.lost.summary_full,
             self.lost.pending_full,
             self.lost.traced_full
         )
+    }
+
+    /// Per pid x mapping x class counts, as --summary prints them.
+    pub fn write_mappings(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        if self.mappings.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            out,
+            "{:>7} {:<40} {:<16} {:>9}",
+            "PID", "MAPPING", "CLASS", "FAULTS"
+        )?;
+        for ((pid, mapping, fault_class), count) in &self.mappings {
+            writeln!(
+                out,
+                "{pid:>7} {mapping:<40} {:<16} {count:>9}",
+                class_label(*fault_class)
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Log2 latency histograms per pid and class, drawn as bpftrace's hist() does.
+    pub fn write_hists(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        for (&(pid, fault_class), buckets) in &self.hists {
+            writeln!(
+                out,
+                "\n@latency_ns[{pid}, {}, {}]:",
+                self.comm(pid),
+                class_label(fault_class)
+            )?;
+            write_hist(out, buckets)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_row(out: &mut dyn io::Write, label: &str, c: &Counts) -> io::Result<()> {
+    let timed = c.faults - c.unknown_access;
+    let average = c
+        .latency_ns_total
+        .checked_div(timed)
+        .map_or_else(|| "-".to_string(), crate::sink::human_ns);
+    writeln!(
+        out,
+        "{label} {:>9} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>10} {:>9}",
+        c.faults, c.minor, c.major, c.writes, c.cow, c.copied, c.reused, c.incomplete, average
+    )
+}
+
+/// "w MINOR cow-copied", "r MAJOR", "x MINOR kernel", ...
+pub fn class_label(fault_class: u32) -> String {
+    let access = match fault_class & class::ACCESS_MASK {
+        class::READ => "r",
+        class::WRITE => "w",
+        class::EXEC => "x",
+        _ => "?",
+    };
+    let outcome = if fault_class & class::INCOMPLETE != 0 {
+        "INCOMPLETE"
+    } else if fault_class & class::MAJOR != 0 {
+        "MAJOR"
+    } else {
+        "MINOR"
+    };
+    let mut label = format!("{access} {outcome}");
+    if fault_class & class::WRITE_PROTECT != 0 {
+        label.push_str(
+            match (
+                fault_class & class::COPY_KNOWN != 0,
+                fault_class & class::COPIED != 0,
+            ) {
+                (true, true) => " cow-copied",
+                (true, false) => " cow-reused",
+                (false, _) => " cow",
+            },
+        );
+    }
+    if fault_class & class::KERNEL_MODE != 0 {
+        label.push_str(" kernel");
+    }
+    label
+}
+
+/// bpftrace's hist() layout: `[lo, hi)  count |@@@@@      |`.
+fn write_hist(out: &mut dyn io::Write, buckets: &[u64; HIST_BUCKETS]) -> io::Result<()> {
+    let Some(first) = buckets.iter().position(|&n| n > 0) else {
+        return writeln!(out, "(empty)");
+    };
+    let last = buckets.iter().rposition(|&n| n > 0).unwrap_or(first);
+    let max = buckets.iter().copied().max().unwrap_or(1).max(1);
+    for (i, &count) in buckets.iter().enumerate().take(last + 1).skip(first) {
+        let (lo, hi) = if i == 0 {
+            (0, 1)
+        } else {
+            (1u64 << (i - 1), 1u64 << i)
+        };
+        let bar = (count * 52).div_ceil(max) as usize;
+        writeln!(
+            out,
+            "[{}, {}){:>w$} {:>8} |{:<52}|",
+            human_power(lo),
+            human_power(hi),
+            "",
+            count,
+            "@".repeat(bar),
+            w = 14usize.saturating_sub(human_power(lo).len() + human_power(hi).len() + 4)
+        )?;
+    }
+    Ok(())
+}
+
+/// 1024 -> "1K", as bpftrace labels power-of-two buckets.
+fn human_power(n: u64) -> String {
+    match n {
+        0..1024 => n.to_string(),
+        1024..1_048_576 => format!("{}K", n >> 10),
+        1_048_576..1_073_741_824 => format!("{}M", n >> 20),
+        _ => format!("{}G", n >> 30),
+    }
+}
+
+/// 65536 -> "64.0 KiB".
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::test_support::article_fault;
+    use crate::{
+        event::Outcome,
+        sink::test_support::{article_fault, reclassify},
+    };
 
     #[test]
     fn counts_by_class() {
         let mut summary = Summary::default();
         let cow = article_fault();
         let mut read = article_fault();
-        read.error_code = Some(0x4);
-        read.outcome = Outcome::Major;
+        reclassify(&mut read, Some(0x4), Outcome::Major);
         let mut incomplete = article_fault();
-        incomplete.outcome = Outcome::Incomplete;
+        reclassify(&mut incomplete, Some(0x7), Outcome::Incomplete);
         let mut unknown = article_fault();
-        unknown.error_code = None;
+        reclassify(&mut unknown, None, Outcome::Minor);
         unknown.latency_ns = None;
         for fault in [&cow, &read, &incomplete, &unknown] {
             summary.record(fault);
@@ -133,25 +363,87 @@ mod tests {
         assert_eq!(stats.cow, 1);
         assert_eq!(stats.incomplete, 1);
         assert_eq!(stats.unknown_access, 1);
-        assert_eq!(summary.total_faults(), 3);
+        assert_eq!(summary.total().faults, 3);
     }
 
     #[test]
-    fn table_lists_each_pid_and_losses() {
+    fn copies_reuses_and_windows() {
+        let mut summary = Summary::default();
+        let wp = class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN;
+        summary.add(10, wp | class::COPIED, 11, 3, 0);
+        summary.add(10, wp, 0, 2, 0);
+        let counts = &summary.pids[&10];
+        assert_eq!((counts.cow, counts.copied, counts.reused), (5, 3, 2));
+        assert_eq!(counts.copied_bytes(), 3 * 4096);
+        let window = &summary.windows[&(10, 11)];
+        assert_eq!((window.faults, window.copied), (3, 3));
+        assert_eq!(summary.windows.len(), 1);
+    }
+
+    #[test]
+    fn table_lists_each_pid_windows_and_losses() {
         let mut summary = Summary::default();
         summary.record(&article_fault());
         let mut other = article_fault();
         other.pid = 7;
         other.comm = "child".into();
+        other.window = 8;
         summary.record(&other);
         summary.lost.ring_full = 3;
         let mut out = Vec::new();
         summary.write_table(&mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(lines.len(), 6, "{text}");
         assert!(lines[1].trim_start().starts_with("7 child"), "{text}");
-        assert!(lines[2].trim_start().starts_with("12420 cow"), "{text}");
-        assert!(lines[3].starts_with("Lost events: 3"), "{text}");
+        assert!(lines[2].contains("while 8 ran"), "{text}");
+        assert!(lines[3].trim_start().starts_with("12420 cow"), "{text}");
+        assert!(lines[5].starts_with("Lost events: 3"), "{text}");
+    }
+
+    #[test]
+    fn class_labels() {
+        assert_eq!(class_label(class::READ), "r MINOR");
+        assert_eq!(
+            class_label(class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN | class::COPIED),
+            "w MINOR cow-copied"
+        );
+        assert_eq!(
+            class_label(class::EXEC | class::MAJOR | class::KERNEL_MODE),
+            "x MAJOR kernel"
+        );
+        assert_eq!(
+            class_label(class::UNKNOWN | class::INCOMPLETE),
+            "? INCOMPLETE"
+        );
+    }
+
+    #[test]
+    fn histogram_like_bpftrace() {
+        let mut buckets = [0u64; HIST_BUCKETS];
+        buckets[11] = 10; // [1K, 2K)
+        buckets[12] = 5;
+        let mut out = Vec::new();
+        write_hist(&mut out, &buckets).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].starts_with("[1K, 2K)"), "{text}");
+        assert!(
+            lines[0].ends_with(&format!("|{}|", "@".repeat(52))),
+            "{text}"
+        );
+        assert!(lines[1].starts_with("[2K, 4K)"), "{text}");
+        assert!(
+            lines[1].contains(&format!("|{}{}|", "@".repeat(26), " ".repeat(26))),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bytes_read_like_humans_write_them() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(65536), "64.0 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
     }
 }

@@ -83,6 +83,8 @@ fn article_cow_experiment() {
         assert_eq!(fault["access"], "w", "{fault}");
         assert_eq!(fault["type"], "MINOR", "{fault}");
         assert_eq!(fault["cow"], true, "{fault}");
+        // The parent still maps the page, so the child must copy it.
+        assert_eq!(fault["copied"], true, "{fault}");
         assert_eq!(fault["tid"], child, "{fault}");
         assert!(fault["latency_ns"].as_u64().unwrap() > 0, "{fault}");
 
@@ -101,7 +103,7 @@ fn article_cow_experiment() {
             .lines()
             .find(|l| l.contains(&format!("{printed:#018x}")))
             .unwrap_or_else(|| panic!("{printed:#x} not in:\n{}", text.output));
-        assert!(text_line.contains(" wu MINOR      COW "), "{text_line}");
+        assert!(text_line.contains(" wu MINOR      copy "), "{text_line}");
     }
     // Nothing but the child was traced: the parent was not a target.
     assert!(json.faults().iter().all(|f| f["pid"] == child));
@@ -381,4 +383,149 @@ fn held_command_is_traced_from_exec_and_its_status_passed_through() {
             .iter()
             .all(|f| f["comm"] == "sh" || f["comm"] == "cow-trace")
     );
+}
+
+fn parse_hex_after(printed: &[String], label: &str) -> u64 {
+    u64::from_str_radix(&field_after(&printed.join("\n"), label), 16).unwrap()
+}
+
+/// Copy vs reuse: in a forked pair, the first writer of a shared page copies it; after the
+/// child exits, the parent, last sharer, reuses each page it writes.
+#[test]
+fn first_writer_copies_last_sharer_reuses() {
+    if !require_root("first_writer_copies_last_sharer_reuses") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json"]);
+    let printed = faulter.run("reuse 64");
+    let done = tracer.stop();
+    let base = parse_hex_after(&printed, "pages ");
+    let in_range = |f: &Value| (base..base + 64 * 4096).contains(&address(f));
+    let child = done
+        .faults()
+        .iter()
+        .map(|f| f["pid"].as_u64().unwrap() as u32)
+        .find(|&p| p != pid)
+        .expect("no fault from the child");
+    let child_writes: Vec<Value> = done
+        .faults_of(child)
+        .into_iter()
+        .filter(|f| in_range(f))
+        .collect();
+    assert_eq!(child_writes.len(), 64);
+    assert!(
+        child_writes
+            .iter()
+            .all(|f| f["cow"] == true && f["copied"] == true),
+        "{child_writes:?}"
+    );
+    let parent_cow: Vec<Value> = done
+        .faults_of(pid)
+        .into_iter()
+        .filter(|f| in_range(f) && f["cow"] == true)
+        .collect();
+    assert_eq!(parent_cow.len(), 64);
+    assert!(
+        parent_cow.iter().all(|f| f["copied"] == false),
+        "{parent_cow:?}"
+    );
+    let summary = done
+        .json()
+        .into_iter()
+        .find(|v| v["event"] == "summary" && v["pid"] == pid)
+        .unwrap();
+    assert!(summary["reused"].as_u64().unwrap() >= 64, "{summary}");
+    faulter.exit();
+}
+
+/// Snapshot windows: the parent's writes while its snapshot child lives are copies, attributed
+/// to "while child N ran", and the kernel-side summary agrees with the stream.
+#[test]
+fn snapshot_window_and_kernel_summary_agree_with_the_stream() {
+    if !require_root("snapshot_window_and_kernel_summary_agree_with_the_stream") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let stream = Tracer::start(&["-x", &pid.to_string(), "--json"]);
+    let counted = Tracer::start(&["-x", &pid.to_string(), "--json", "--summary"]);
+    let before = kernel_fault_counts(pid);
+    let printed = faulter.run("snapshot 128");
+    faulter.run("touch 50");
+    let after = kernel_fault_counts(pid);
+    let stream = stream.stop();
+    let counted = counted.stop();
+    let child: u64 = field_after(&printed.join("\n"), "child ").parse().unwrap();
+    let base = parse_hex_after(&printed, "pages ");
+
+    // The parent's 128 writes happened during the child's life, and copied each page.
+    let in_window: Vec<Value> = stream
+        .faults_of(pid)
+        .into_iter()
+        .filter(|f| (base..base + 128 * 4096).contains(&address(f)) && f["cow"] == true)
+        .collect();
+    assert_eq!(in_window.len(), 128);
+    assert!(
+        in_window
+            .iter()
+            .all(|f| f["copied"] == true && f["window"] == child),
+        "{:?}",
+        in_window[0]
+    );
+
+    // --summary streamed nothing per fault, and counted what the stream saw.
+    assert!(counted.faults().is_empty());
+    let rows = |done: &Finished, event: &str| -> Vec<Value> {
+        done.json()
+            .into_iter()
+            .filter(|v| v["event"] == event && v["pid"] == pid)
+            .collect()
+    };
+    for field in [
+        "faults",
+        "minor",
+        "major",
+        "writes",
+        "cow",
+        "copied",
+        "reused",
+        "incomplete",
+    ] {
+        assert_eq!(
+            rows(&stream, "summary")[0][field],
+            rows(&counted, "summary")[0][field],
+            "{field}: stream vs --summary"
+        );
+    }
+    assert_eq!(
+        rows(&counted, "summary")[0]["minor"].as_u64().unwrap(),
+        after.0 - before.0
+    );
+    let window = |done: &Finished| {
+        rows(done, "window")
+            .into_iter()
+            .find(|w| w["child"] == child)
+            .unwrap()
+    };
+    // The 128 pages, plus the few the parent's own stack and libc data took meanwhile.
+    let copied = window(&stream)["copied"].as_u64().unwrap();
+    assert!(
+        (128..128 + 16).contains(&copied),
+        "{copied} pages copied during the window"
+    );
+    assert_eq!(window(&counted)["copied"], window(&stream)["copied"]);
+    assert_eq!(
+        window(&counted)["copied_bytes"].as_u64().unwrap(),
+        copied * 4096
+    );
+    // Latency histograms come with --summary.
+    assert!(
+        counted
+            .json()
+            .iter()
+            .any(|v| v["event"] == "histogram" && v["pid"] == pid)
+    );
+    faulter.exit();
 }

@@ -45,10 +45,12 @@ pub fn install_packages(packages: &[&str]) -> anyhow::Result<()> {
         bail!("setup must install {missing:?} with apt-get: run it as root");
     }
     util::run(Command::new("apt-get").arg("update").arg("-qq"))?;
-    util::run(Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing))
+    util::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing),
+    )
 }
 
 fn install_rust_src() -> anyhow::Result<()> {
@@ -63,7 +65,13 @@ fn install_rust_src() -> anyhow::Result<()> {
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
-    util::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    util::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
 }
 
 fn install_bpf_linker() -> anyhow::Result<()> {
@@ -73,18 +81,20 @@ fn install_bpf_linker() -> anyhow::Result<()> {
     }
     // bpf-linker must use an LLVM of rustc's major version (22); without LLVM_PREFIX its build
     // finds no libLLVM.
-    util::run(Command::new("cargo")
-        .env("LLVM_PREFIX", "/usr/lib/llvm-22")
-        .args([
-            "install",
-            "bpf-linker",
-            "--version",
-            BPF_LINKER_VERSION,
-            "--locked",
-            "--no-default-features",
-            "--features",
-            "llvm-22",
-        ]))
+    util::run(
+        Command::new("cargo")
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ]),
+    )
 }
 
 fn nix_is_root() -> bool {

@@ -11,7 +11,11 @@ use crate::{setup, util};
 pub fn run() -> anyhow::Result<()> {
     setup::run()?;
     let root = util::root();
-    util::run(Command::new("cargo").current_dir(&root).args(["fmt", "--all", "--check"]))?;
+    util::run(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["fmt", "--all", "--check"]),
+    )?;
     util::run(Command::new("cargo").current_dir(&root).args([
         "clippy",
         "--workspace",

@@ -51,9 +51,12 @@ fn describe(command: &Command) -> String {
 
 /// Builds cow-trace in release mode and returns the binary's path.
 pub fn build_release() -> anyhow::Result<PathBuf> {
-    run(Command::new("cargo")
-        .current_dir(root())
-        .args(["build", "--release", "--package", "cow-trace"]))?;
+    run(Command::new("cargo").current_dir(root()).args([
+        "build",
+        "--release",
+        "--package",
+        "cow-trace",
+    ]))?;
     Ok(root().join("target/release/cow-trace"))
 }
 

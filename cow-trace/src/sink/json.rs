@@ -7,7 +7,7 @@ use super::{Sink, WallClock};
 use crate::{
     event::{Change, Fault, ProcessEvent},
     probes::BACKEND,
-    summary::Summary,
+    summary::{Counts, Summary, class_label},
 };
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -50,6 +50,9 @@ struct FaultLine<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     cow: Option<bool>,
+    copied: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window: Option<u32>,
     kernel_mode: bool,
     error_code: Option<u64>,
     latency_ns: Option<u64>,
@@ -73,8 +76,33 @@ struct SummaryLine<'a> {
     v: u32,
     event: &'static str,
     pid: u32,
+    comm: &'a str,
+    /// Window lines: the child whose lifetime this covers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    child: Option<u32>,
     #[serde(flatten)]
-    stats: &'a crate::summary::PidStats,
+    counts: &'a Counts,
+    copied_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct MappingLine<'a> {
+    v: u32,
+    event: &'static str,
+    pid: u32,
+    mapping: &'a str,
+    class: String,
+    faults: u64,
+}
+
+#[derive(Serialize)]
+struct HistogramLine {
+    v: u32,
+    event: &'static str,
+    pid: u32,
+    class: String,
+    /// buckets[i] counts latencies in [2^(i-1), 2^i) ns; buckets[0] counts 0 ns.
+    buckets: Vec<u64>,
 }
 
 #[derive(Serialize)]
@@ -83,11 +111,16 @@ struct TotalsLine {
     event: &'static str,
     backend: &'static str,
     faults: u64,
+    copied_bytes: u64,
     lost: u64,
     lost_detail: crate::summary::Lost,
 }
 
 impl Sink for JsonSink {
+    fn is_machine_readable(&self) -> bool {
+        true
+    }
+
     fn fault(&mut self, fault: &Fault) -> io::Result<()> {
         let line = FaultLine {
             v: SCHEMA_VERSION,
@@ -106,6 +139,8 @@ impl Sink for JsonSink {
             access: fault.access().map(|a| a.letter().to_string()),
             kind: fault.outcome.label(),
             cow: fault.is_cow(),
+            copied: fault.copied(),
+            window: (fault.window != 0).then_some(fault.window),
             kernel_mode: fault.kernel_mode,
             error_code: fault.error_code,
             latency_ns: fault.latency_ns,
@@ -130,20 +165,56 @@ impl Sink for JsonSink {
         })
     }
 
-    fn end(&mut self, summary: &Summary) -> io::Result<()> {
-        for (&pid, stats) in &summary.pids {
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        let comm = |pid: u32| summary.comms.get(&pid).map_or("?", String::as_str);
+        for (&pid, counts) in &summary.pids {
             self.line(&SummaryLine {
                 v: SCHEMA_VERSION,
                 event: "summary",
                 pid,
-                stats,
+                comm: comm(pid),
+                child: None,
+                counts,
+                copied_bytes: counts.copied_bytes(),
             })?;
         }
+        for (&(pid, child), counts) in &summary.windows {
+            self.line(&SummaryLine {
+                v: SCHEMA_VERSION,
+                event: "window",
+                pid,
+                comm: comm(pid),
+                child: Some(child),
+                counts,
+                copied_bytes: counts.copied_bytes(),
+            })?;
+        }
+        for ((pid, mapping, class), &faults) in &summary.mappings {
+            self.line(&MappingLine {
+                v: SCHEMA_VERSION,
+                event: "mapping",
+                pid: *pid,
+                mapping,
+                class: class_label(*class),
+                faults,
+            })?;
+        }
+        for (&(pid, class), buckets) in &summary.hists {
+            self.line(&HistogramLine {
+                v: SCHEMA_VERSION,
+                event: "histogram",
+                pid,
+                class: class_label(class),
+                buckets: buckets.to_vec(),
+            })?;
+        }
+        let total = summary.total();
         self.line(&TotalsLine {
             v: SCHEMA_VERSION,
             event: "totals",
             backend: BACKEND,
-            faults: summary.total_faults(),
+            faults: total.faults,
+            copied_bytes: total.copied_bytes(),
             lost: summary.lost.events(),
             lost_detail: summary.lost,
         })
@@ -157,7 +228,7 @@ impl Sink for JsonSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::test_support::{Captured, article_fault};
+    use crate::sink::test_support::{Captured, article_fault, reclassify};
 
     #[test]
     fn fault_fields() {
@@ -183,7 +254,8 @@ mod tests {
         let out = Captured::default();
         let mut sink = JsonSink::new(Box::new(out.clone()), WallClock::with_offset(0));
         let mut fault = article_fault();
-        fault.error_code = None;
+        let outcome = fault.outcome;
+        reclassify(&mut fault, None, outcome);
         fault.latency_ns = None;
         sink.fault(&fault).unwrap();
         let value: serde_json::Value = serde_json::from_str(out.text().trim()).unwrap();
@@ -224,7 +296,7 @@ mod tests {
         let mut summary = Summary::default();
         summary.record(&article_fault());
         summary.lost.ring_full = 2;
-        sink.end(&summary).unwrap();
+        sink.summary(&summary).unwrap();
         let lines: Vec<serde_json::Value> = out
             .text()
             .lines()
@@ -234,6 +306,7 @@ mod tests {
         assert_eq!(lines[0]["event"], "summary");
         assert_eq!(lines[0]["pid"], 12420);
         assert_eq!(lines[0]["cow"], 1);
+        assert_eq!(lines[0]["comm"], "cow");
         assert_eq!(lines[1]["event"], "totals");
         assert_eq!(lines[1]["lost"], 2);
         assert_eq!(lines[1]["faults"], 1);

@@ -26,10 +26,13 @@ pub trait Sink {
     fn process(&mut self, _event: &ProcessEvent) -> io::Result<()> {
         Ok(())
     }
-    /// Called once at the end with the run's totals.
-    fn end(&mut self, _summary: &Summary) -> io::Result<()> {
-        Ok(())
+    /// JSON: the totals belong in the output itself, not on stderr.
+    fn is_machine_readable(&self) -> bool {
+        false
     }
+
+    /// Writes the totals so far: at the end, and every --interval in --summary mode.
+    fn summary(&mut self, summary: &Summary) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
 }
 
@@ -118,6 +121,26 @@ pub(crate) mod test_support {
         }
     }
 
+    /// Sets a fault's error code (None: unknown) and outcome, and the class they imply.
+    pub fn reclassify(fault: &mut Fault, error_code: Option<u64>, outcome: Outcome) {
+        use cow_trace_common::{class, flags};
+        fault.error_code = error_code;
+        fault.outcome = outcome;
+        let mut record_flags = if error_code.is_none() {
+            flags::NO_ENTRY
+        } else {
+            0
+        };
+        if outcome == Outcome::Major {
+            record_flags |= flags::MAJOR;
+        }
+        fault.class = class::of(
+            outcome == Outcome::Incomplete,
+            record_flags,
+            error_code.unwrap_or(0),
+        );
+    }
+
     /// The article's first COW fault: Sun May 10 11:35:00 2020 UTC, pid 12420.
     pub fn article_fault() -> Fault {
         Fault {
@@ -131,6 +154,8 @@ pub(crate) mod test_support {
             outcome: Outcome::Minor,
             latency_ns: Some(1500),
             kernel_mode: false,
+            class: cow_trace_common::class::WRITE | cow_trace_common::class::WRITE_PROTECT,
+            window: 0,
         }
     }
 }

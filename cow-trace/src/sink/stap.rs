@@ -2,7 +2,7 @@
 //! `[Sun May 10 11:35:00 2020] pid:12420, address:0x7ffe0cdefb40 access:w, type:MINOR`
 use std::io::{self, Write};
 
-use super::{Sink, WallClock};
+use super::{Sink, Summary, WallClock};
 use crate::event::{Fault, Outcome};
 
 pub struct StapSink {
@@ -45,6 +45,12 @@ impl Sink for StapSink {
         )
     }
 
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        summary.write_table(&mut self.out)?;
+        summary.write_mappings(&mut self.out)?;
+        summary.write_hists(&mut self.out)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
@@ -53,7 +59,7 @@ impl Sink for StapSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::test_support::{Captured, article_fault};
+    use crate::sink::test_support::{Captured, article_fault, reclassify};
 
     #[test]
     fn matches_the_article_byte_for_byte() {
@@ -82,8 +88,7 @@ mod tests {
         let mut sink = StapSink::new(Box::new(out.clone()), WallClock::with_offset(0));
         let mut fault = article_fault();
         fault.ts_ns = 1_588_332_900_000_000_000; // Fri May  1 11:35:00 2020
-        fault.outcome = Outcome::Major;
-        fault.error_code = Some(0x4);
+        reclassify(&mut fault, Some(0x4), Outcome::Major);
         sink.fault(&fault).unwrap();
         assert_eq!(
             out.text(),

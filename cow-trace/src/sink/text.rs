@@ -1,7 +1,7 @@
 //! The default human format: aligned columns, one line per fault.
 use std::io::{self, Write};
 
-use super::{Sink, WallClock, human_ns};
+use super::{Sink, Summary, WallClock, human_ns};
 use crate::event::{Change, Fault, ProcessEvent};
 
 pub struct TextSink {
@@ -18,15 +18,17 @@ impl TextSink {
 /// The fault's columns after the time.
 pub fn columns(fault: &Fault) -> String {
     let access = fault.access().map_or('?', |a| a.letter());
-    let cow = match fault.is_cow() {
-        Some(true) => "COW",
-        Some(false) => "-",
-        None => "?",
+    let cow = match (fault.is_cow(), fault.copied()) {
+        (Some(true), Some(true)) => "copy",
+        (Some(true), Some(false)) => "reuse",
+        (Some(true), None) => "cow",
+        (Some(false), _) => "-",
+        (None, _) => "?",
     };
     let latency = fault.latency_ns.map_or_else(|| "-".to_string(), human_ns);
     let mode = if fault.kernel_mode { "k" } else { "u" };
     format!(
-        "{:<16} {:>7} {:>7} {}{} {:<10} {:<3} {:#018x} {:#018x} {:>8}",
+        "{:<16} {:>7} {:>7} {}{} {:<10} {:<5} {:#018x} {:#018x} {:>8}",
         fault.comm,
         fault.pid,
         fault.tid,
@@ -44,7 +46,7 @@ impl Sink for TextSink {
     fn begin(&mut self) -> io::Result<()> {
         writeln!(
             self.out,
-            "{:<15} {:<16} {:>7} {:>7} {:<2} {:<10} {:<3} {:<18} {:<18} {:>8}",
+            "{:<15} {:<16} {:>7} {:>7} {:<2} {:<10} {:<5} {:<18} {:<18} {:>8}",
             "TIME", "COMM", "PID", "TID", "AC", "TYPE", "COW", "ADDRESS", "IP", "LATENCY"
         )
     }
@@ -73,6 +75,12 @@ impl Sink for TextSink {
         )
     }
 
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        summary.write_table(&mut self.out)?;
+        summary.write_mappings(&mut self.out)?;
+        summary.write_hists(&mut self.out)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
@@ -83,7 +91,7 @@ mod tests {
     use super::*;
     use crate::{
         event::Outcome,
-        sink::test_support::{Captured, article_fault},
+        sink::test_support::{Captured, article_fault, reclassify},
     };
 
     #[test]
@@ -96,7 +104,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[1],
-            "11:35:00.000000 cow                12420   12420 wu MINOR      COW 0x00007ffe0cdefb40 0x0000000000401196    1.5us"
+            "11:35:00.000000 cow                12420   12420 wu MINOR      cow   0x00007ffe0cdefb40 0x0000000000401196    1.5us"
         );
         for column in ["COMM", "PID", "TYPE", "COW", "ADDRESS", "LATENCY"] {
             assert!(
@@ -114,11 +122,10 @@ mod tests {
     #[test]
     fn unknowns_are_marked_not_guessed() {
         let mut fault = article_fault();
-        fault.error_code = None;
+        reclassify(&mut fault, None, Outcome::Major);
         fault.latency_ns = None;
-        fault.outcome = Outcome::Major;
         let line = columns(&fault);
-        assert!(line.contains(" ?u MAJOR      ?   "), "{line}");
+        assert!(line.contains(" ?u MAJOR      ?     "), "{line}");
         assert!(line.ends_with("       -"), "{line}");
     }
 

@@ -5,6 +5,11 @@
 //   read N       map N private anonymous pages and read each (the shared zero page)
 //   cow N        map and fill N pages, print "pages ADDR", fork; the child writes each page
 //                (N COW faults) and exits
+//   reuse N      like cow, then the parent writes each page again after the child exited
+//                (N copies in the child, N reuses in the parent)
+//   snapshot N   map and fill N pages, fork a child that waits; the parent writes each page
+//                (N copies while the child lives), then lets the child exit. Prints
+//                "pages ADDR" and "child PID"
 //   threads T N  T threads each map and write N pages
 //   major PATH N write an N-page file at PATH, drop its page cache, map it and read each page
 //   tree N       fork a child that forks a grandchild; the grandchild writes N pages, prints
@@ -58,6 +63,46 @@ static void cow(long n) {
         _exit(0);
     }
     waitpid(child, NULL, 0);
+}
+
+// The child writes each page and exits; then the parent writes each page again: the child
+// copies every page, the parent, their last sharer, reuses every page.
+static void reuse(long n) {
+    char *p = map_pages(n);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 1;
+    char line[64];
+    snprintf(line, sizeof line, "pages %lx\n", (unsigned long)p);
+    say(line);
+    pid_t child = fork();
+    if (child == 0) {
+        for (long i = 0; i < n; i++) p[i * PAGE] = 2;
+        _exit(0);
+    }
+    waitpid(child, NULL, 0);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 3;
+}
+
+// A fork-based snapshot, as Redis's BGSAVE: the child only reads (it would write the snapshot
+// out) while the parent keeps writing, so the parent copies each page it writes during the
+// child's life. Prints "pages ADDR" and "child PID".
+static void snapshot(long n) {
+    char *p = map_pages(n);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 1;
+    int go[2], done[2];
+    if (pipe(go) || pipe(done)) _exit(9);
+    pid_t child = fork();
+    if (child == 0) {
+        char c;
+        if (read(go[0], &c, 1) != 1) _exit(10);
+        _exit(0);
+    }
+    char line[96];
+    snprintf(line, sizeof line, "pages %lx\nchild %d\n", (unsigned long)p, child);
+    say(line);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 2;
+    if (write(go[1], "x", 1) != 1) _exit(11);
+    waitpid(child, NULL, 0);
+    close(go[0]); close(go[1]); close(done[0]); close(done[1]);
 }
 
 static long per_thread;
@@ -137,6 +182,8 @@ int main(void) {
         if (sscanf(line, "touch %ld", &a) == 1) touch(a);
         else if (sscanf(line, "read %ld", &a) == 1) readpages(a);
         else if (sscanf(line, "cow %ld", &a) == 1) cow(a);
+        else if (sscanf(line, "reuse %ld", &a) == 1) reuse(a);
+        else if (sscanf(line, "snapshot %ld", &a) == 1) snapshot(a);
         else if (sscanf(line, "threads %ld %ld", &a, &b) == 2) threads(a, b);
         else if (sscanf(line, "major %1023s %ld", path, &a) == 2) major(path, a);
         else if (sscanf(line, "tree %ld", &a) == 1) tree(a);

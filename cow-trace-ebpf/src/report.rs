@@ -1,0 +1,79 @@
+//! The last step of every fault: stream it to userspace, or count it in the kernel.
+use cow_trace_common::{
+    HIST_BUCKETS, Hist, HistKey, REGION_SHIFT, Record, StatKey, StatValue, class, counter,
+    hist_bucket, kind,
+};
+
+use crate::maps::{EVENTS, HISTS, STATS, WINDOW, bump, settings};
+
+/// Writes `record` to the ring buffer, counting a loss when it is full.
+#[inline(always)]
+pub fn emit(record: &Record) {
+    match EVENTS.reserve::<Record>(0) {
+        Some(mut entry) => {
+            entry.write(*record);
+            entry.submit(0);
+        }
+        None => bump(counter::RING_FULL),
+    }
+}
+
+/// Streams or aggregates a finished (or abandoned) fault. Fills in the snapshot window.
+#[inline(always)]
+pub fn fault(record: &mut Record) {
+    // SAFETY: plain value read.
+    record.other_pid = unsafe { WINDOW.get(&record.pid) }.copied().unwrap_or(0);
+    if settings().summary_mode == 0 {
+        emit(record);
+        return;
+    }
+    let class = class::of(
+        record.kind == kind::FAULT_INCOMPLETE,
+        record.flags,
+        record.error_code,
+    );
+    let key = StatKey {
+        pid: record.pid,
+        class,
+        window: record.other_pid,
+        _pad: 0,
+        region: record.address >> REGION_SHIFT,
+    };
+    match STATS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        Some(value) => unsafe {
+            (*value).faults += 1;
+            (*value).latency_ns += record.latency_ns;
+        },
+        None => {
+            let value = StatValue {
+                faults: 1,
+                latency_ns: record.latency_ns,
+            };
+            if STATS.insert(&key, &value, 0).is_err() {
+                bump(counter::SUMMARY_FULL);
+            }
+        }
+    }
+    let key = HistKey {
+        pid: record.pid,
+        class,
+    };
+    let bucket = hist_bucket(record.latency_ns) & (HIST_BUCKETS - 1);
+    if HISTS.get_ptr_mut(&key).is_none() {
+        // Insert zeroes from a static: a Hist is too big for the BPF stack.
+        let _ = HISTS.insert(&key, &EMPTY_HIST, BPF_NOEXIST);
+    }
+    match HISTS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value; the index is masked into range for the verifier.
+        Some(hist) => unsafe { (*hist).buckets[bucket] += 1 },
+        None => bump(counter::SUMMARY_FULL),
+    }
+}
+
+static EMPTY_HIST: Hist = Hist {
+    buckets: [0; HIST_BUCKETS],
+};
+
+/// Map update flag: insert only if absent.
+const BPF_NOEXIST: u64 = 1;

@@ -1,0 +1,54 @@
+//! Reads the in-kernel summary (--summary): per-CPU counts and histograms, summed.
+use anyhow::Context as _;
+use aya::maps::{MapData, PerCpuHashMap};
+use cow_trace_common::{HIST_BUCKETS, Hist, HistKey, StatKey, StatValue};
+
+use crate::{probes::Probes, summary::Summary};
+
+/// One aggregated row: `faults` faults of one class at `region` (address >> REGION_SHIFT).
+#[allow(dead_code)] // read once mapping attribution (attribute.rs) is wired in
+pub struct RegionCount {
+    pub pid: u32,
+    pub class: u32,
+    pub region: u64,
+    pub faults: u64,
+}
+
+/// Adds the kernel's counts and histograms to `summary` (which should be fresh: the kernel's
+/// figures are totals since attaching), and returns the per-region rows for attribution.
+pub fn read(probes: &Probes, summary: &mut Summary) -> anyhow::Result<Vec<RegionCount>> {
+    let stats: PerCpuHashMap<&MapData, StatKey, StatValue> =
+        PerCpuHashMap::try_from(probes.ebpf.map("STATS").context("STATS map missing")?)
+            .context("STATS has an unexpected type")?;
+    let mut regions = Vec::new();
+    for entry in stats.iter() {
+        let (key, per_cpu) = entry.context("reading STATS")?;
+        let (faults, latency_ns) = per_cpu
+            .iter()
+            .fold((0, 0), |(f, l), v| (f + v.faults, l + v.latency_ns));
+        if faults == 0 {
+            continue;
+        }
+        summary.add(key.pid, key.class, key.window, faults, latency_ns);
+        regions.push(RegionCount {
+            pid: key.pid,
+            class: key.class,
+            region: key.region,
+            faults,
+        });
+    }
+    let hists: PerCpuHashMap<&MapData, HistKey, Hist> =
+        PerCpuHashMap::try_from(probes.ebpf.map("HISTS").context("HISTS map missing")?)
+            .context("HISTS has an unexpected type")?;
+    for entry in hists.iter() {
+        let (key, per_cpu) = entry.context("reading HISTS")?;
+        let mut buckets = [0u64; HIST_BUCKETS];
+        for hist in per_cpu.iter() {
+            for (sum, n) in buckets.iter_mut().zip(hist.buckets) {
+                *sum += n;
+            }
+        }
+        summary.hists.insert((key.pid, key.class), buckets);
+    }
+    Ok(regions)
+}
