@@ -15,6 +15,9 @@ pub mod kind {
     pub const FORK: u32 = 3;
     /// The last thread of a traced process exited.
     pub const EXIT: u32 = 4;
+    /// One attempt at a fault returned VM_FAULT_RETRY; the fault goes on (handle_mm_fault
+    /// backends only: the tracepoint backend sees faults whole).
+    pub const FAULT_RETRY: u32 = 5;
 }
 
 /// Bits of [`Record::flags`] for faults.
@@ -65,8 +68,24 @@ pub mod class {
     /// On a write-protect fault: whether copy or reuse is known.
     pub const COPY_KNOWN: u32 = 1 << 6;
     pub const KERNEL_MODE: u32 = 1 << 7;
+    /// An attempt that returned VM_FAULT_RETRY (the fault itself goes on).
+    pub const RETRY: u32 = 1 << 8;
 
     use super::{flags, x86_pf};
+
+    /// Classifies a fault record.
+    #[inline(always)]
+    pub fn of_record(record: &super::Record) -> u32 {
+        let mut class = of(
+            record.kind == super::kind::FAULT_INCOMPLETE,
+            record.flags,
+            record.error_code,
+        );
+        if record.kind == super::kind::FAULT_RETRY {
+            class |= RETRY;
+        }
+        class
+    }
 
     /// Classifies a fault from its record kind, flags and error code.
     #[inline(always)]
@@ -176,7 +195,8 @@ pub struct Record {
     /// Fork: the child's pid. Fault: the newest child of this process still alive (a
     /// snapshot window, as during a Redis BGSAVE), or 0.
     pub other_pid: u32,
-    pub _pad: u32,
+    /// handle_mm_fault's return value (vm_fault_t bits), where the backend sees it, else 0.
+    pub vm_fault: u32,
     /// The task's command name, NUL padded.
     pub comm: [u8; COMM_LEN],
 }
@@ -195,7 +215,7 @@ impl Record {
             pid: 0,
             tid: 0,
             other_pid: 0,
-            _pad: 0,
+            vm_fault: 0,
             comm: [0; COMM_LEN],
         }
     }

@@ -1,5 +1,6 @@
 //! Kernel side of cow-trace: one module per job.
 //! - `faults`: the tracepoint backend (fault entry + completion, paired per thread)
+//! - `handle_mm_fault`: the fexit and kprobe backends (each attempt, with its return value)
 //! - `copies`: copy vs reuse, from user-page allocations inside a fault
 //! - `tasks`: keeps the traced-process map and snapshot windows in step with fork and exit
 //! - `report`: a finished fault is streamed or counted in the kernel
@@ -9,6 +10,7 @@
 
 mod copies;
 mod faults;
+mod handle_mm_fault;
 mod maps;
 mod report;
 mod tasks;

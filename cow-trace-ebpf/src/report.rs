@@ -1,7 +1,7 @@
 //! The last step of every fault: stream it to userspace, or count it in the kernel.
 use cow_trace_common::{
     HIST_BUCKETS, Hist, HistKey, REGION_SHIFT, Record, StatKey, StatValue, class, counter,
-    hist_bucket, kind,
+    hist_bucket,
 };
 
 use crate::maps::{EVENTS, HISTS, STATS, WINDOW, bump, settings};
@@ -27,11 +27,7 @@ pub fn fault(record: &mut Record) {
         emit(record);
         return;
     }
-    let class = class::of(
-        record.kind == kind::FAULT_INCOMPLETE,
-        record.flags,
-        record.error_code,
-    );
+    let class = class::of_record(record);
     let key = StatKey {
         pid: record.pid,
         class,

@@ -3,6 +3,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
+use crate::backends::BackendChoice;
+
 const EXAMPLES: &str = "\
 Examples:
   cow-trace -x 1234                    trace pid 1234 and all its descendants
@@ -23,8 +25,13 @@ Exit status: 0 on success (or the traced command's own status with -- CMD);
 pub struct Args {
     /// Trace this process and every descendant it has or will have.
     #[arg(short = 'x', short_alias = 'p', long = "pid", value_name = "PID",
-          value_parser = parse_pid, conflicts_with = "command")]
+          value_parser = parse_pid, conflicts_with = "command", allow_negative_numbers = true)]
     pub pid: Option<i32>,
+
+    /// How to see faults: fexit or kprobe on handle_mm_fault, or the page-fault tracepoints
+    /// with perf software events. auto takes the first the kernel allows, in that order.
+    #[arg(short = 'b', long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
 
     /// Output format for each fault.
     #[arg(long, value_enum, default_value_t = Format::Text)]

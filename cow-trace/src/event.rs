@@ -37,6 +37,8 @@ pub enum Outcome {
     Major,
     /// Entered the handler but never completed (SIGSEGV, SIGBUS, OOM, exception fix-up).
     Incomplete,
+    /// One attempt returned VM_FAULT_RETRY; the fault goes on (handle_mm_fault backends).
+    Retry,
 }
 
 impl Outcome {
@@ -45,6 +47,7 @@ impl Outcome {
             Outcome::Minor => "MINOR",
             Outcome::Major => "MAJOR",
             Outcome::Incomplete => "INCOMPLETE",
+            Outcome::Retry => "RETRY",
         }
     }
 }
@@ -70,6 +73,8 @@ pub struct Fault {
     pub class: u32,
     /// The newest child of this process alive at the fault (its snapshot window), or 0.
     pub window: u32,
+    /// handle_mm_fault's vm_fault_t result, where the backend sees it (else 0).
+    pub vm_fault: u32,
 }
 
 impl Fault {
@@ -126,9 +131,11 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     let record: Record = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     let comm = comm_string(&record.comm);
     match record.kind {
-        kind::FAULT | kind::FAULT_INCOMPLETE => {
+        kind::FAULT | kind::FAULT_INCOMPLETE | kind::FAULT_RETRY => {
             let no_entry = record.flags & flags::NO_ENTRY != 0;
-            let outcome = if record.kind == kind::FAULT_INCOMPLETE {
+            let outcome = if record.kind == kind::FAULT_RETRY {
+                Outcome::Retry
+            } else if record.kind == kind::FAULT_INCOMPLETE {
                 Outcome::Incomplete
             } else if record.flags & flags::MAJOR != 0 {
                 Outcome::Major
@@ -146,12 +153,9 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 outcome,
                 latency_ns: (!no_entry && outcome != Outcome::Incomplete)
                     .then_some(record.latency_ns),
+                vm_fault: record.vm_fault,
                 kernel_mode: record.flags & flags::KERNEL_MODE != 0,
-                class: class::of(
-                    record.kind == kind::FAULT_INCOMPLETE,
-                    record.flags,
-                    record.error_code,
-                ),
+                class: class::of_record(&record),
                 window: record.other_pid,
             }))
         }
@@ -299,6 +303,19 @@ mod tests {
         assert_eq!(fault.access(), None);
         assert_eq!(fault.is_cow(), None);
         assert_eq!(fault.latency_ns, None);
+    }
+
+    #[test]
+    fn retried_attempts_are_their_own_outcome() {
+        let mut record = fault_record(0x6, 0);
+        record.kind = kind::FAULT_RETRY;
+        record.vm_fault = 0x400;
+        let Some(Event::Fault(fault)) = decode(&bytes(&record)) else {
+            panic!("not a fault");
+        };
+        assert_eq!(fault.outcome, Outcome::Retry);
+        assert_eq!(fault.vm_fault, 0x400);
+        assert_ne!(fault.class & class::RETRY, 0);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! cow-trace: a copy-on-write page-fault tracer. The data flow is in ARCHITECTURE.md:
 //! cli -> target -> probes (kernel side) -> ring -> event -> summary / sink.
+mod backends;
 mod cli;
 mod event;
 mod failure;
@@ -23,7 +24,10 @@ use crate::{
 };
 
 fn main() {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(error) => exit_on_usage_error(error),
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let status = match run(args) {
         Ok(status) => status,
@@ -39,6 +43,25 @@ fn main() {
         },
     };
     std::process::exit(status);
+}
+
+/// Help and version print as usual; a usage error becomes one line and status 2.
+fn exit_on_usage_error(error: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        error.exit();
+    }
+    let rendered = error.render().to_string();
+    let first = rendered
+        .lines()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or("invalid arguments");
+    let message = first.trim().trim_start_matches("error: ");
+    eprintln!("cow-trace: {message} (see cow-trace --help)");
+    std::process::exit(2);
 }
 
 fn run(args: Args) -> anyhow::Result<i32> {
@@ -62,9 +85,10 @@ fn run(args: Args) -> anyhow::Result<i32> {
             return Ok(2);
         }
     };
-    let sink = sink::new(args.format(), out, sink::WallClock::now());
     let options = session::Options {
         root,
+        backend: args.backend,
+        format: args.format(),
         ring_size: args.ring_size,
         duration: args.duration,
         verbose: args.verbose,
@@ -77,7 +101,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("starting the tokio runtime: {e}"))?;
-    runtime.block_on(session::run(options, held, sink))
+    runtime.block_on(session::run(options, held, out))
 }
 
 fn open_output(args: &Args) -> anyhow::Result<Box<dyn Write>> {

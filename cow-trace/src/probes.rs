@@ -1,19 +1,16 @@
-//! Loading the embedded eBPF object and attaching the "tracepoint" backend's programs.
+//! Loading the embedded eBPF object, the traced-process map, and attaching (the shared
+//! programs here, one backend's from `backends`).
 use std::path::Path;
 
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData},
-    programs::{
-        PerfEvent, TracePoint,
-        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-    },
-    util::online_cpus,
 };
 use cow_trace_common::{NO_FIELD, Settings};
 
 use crate::{
+    backends::{self, Backend, BackendChoice},
     failure::{Kind, failure},
     tracefs,
 };
@@ -21,24 +18,14 @@ use crate::{
 /// The object built by build.rs from cow-trace-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cow-trace"));
 
-/// Tracepoint programs: (program, category, event). Process-tree tracking comes first, and
-/// copy detection before the fault entries, so no fault sees half the machinery.
+/// Process-tree tracking and copy detection, shared by every backend: (program, category,
+/// event). Tracking comes first, so a child forked while the rest attaches is followed.
 #[rustfmt::skip]
-const TRACEPOINTS: [(&str, &str, &str); 5] = [
+const COMMON: [(&str, &str, &str); 3] = [
     ("task_task_newtask", "task", "task_newtask"),
     ("sched_sched_process_exit", "sched", "sched_process_exit"),
     ("kmem_mm_page_alloc", "kmem", "mm_page_alloc"),
-    ("exceptions_page_fault_user", "exceptions", "page_fault_user"),
-    ("exceptions_page_fault_kernel", "exceptions", "page_fault_kernel"),
 ];
-
-/// Perf software events that mark a fault's completion: (program, event).
-const COMPLETIONS: [(&str, SoftwareEvent); 2] = [
-    ("fault_done_minor", SoftwareEvent::PageFaultsMin),
-    ("fault_done_major", SoftwareEvent::PageFaultsMaj),
-];
-
-pub const BACKEND: &str = "tracepoint";
 
 /// The loaded programs; dropping this detaches everything and frees the maps.
 pub struct Probes {
@@ -73,57 +60,34 @@ impl Probes {
             .with_context(|| format!("adding pid {pid} to the traced set"))
     }
 
-    /// Attaches every program. Process-tree tracking comes first, so a child forked while the
-    /// rest attaches is already followed.
-    pub fn attach(&mut self, verbose: bool) -> anyhow::Result<()> {
-        for (program, category, event) in TRACEPOINTS {
-            let tracepoint: &mut TracePoint = self
-                .ebpf
-                .program_mut(program)
-                .with_context(|| format!("program {program} missing from the object"))?
-                .try_into()?;
-            tracepoint
-                .load()
-                .map_err(|e| kernel_error(&format!("loading {program}"), e))?;
-            tracepoint.attach(category, event).map_err(|e| {
-                kernel_error(&format!("attaching to tracepoint {category}:{event}"), e)
-            })?;
+    /// Attaches the shared programs, then the first backend of `choice` the kernel accepts.
+    pub fn attach(&mut self, choice: BackendChoice, verbose: bool) -> anyhow::Result<Backend> {
+        for (program, category, event) in COMMON {
+            backends::attach_tracepoint(&mut self.ebpf, program, category, event)?;
             if verbose {
                 eprintln!("cow-trace: attached {program} to tracepoint {category}:{event}");
             }
         }
-        let cpus = online_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?;
-        for (program, event) in COMPLETIONS {
-            let perf: &mut PerfEvent = self
-                .ebpf
-                .program_mut(program)
-                .with_context(|| format!("program {program} missing from the object"))?
-                .try_into()?;
-            perf.load()
-                .map_err(|e| kernel_error(&format!("loading {program}"), e))?;
-            for &cpu in &cpus {
-                perf.attach(
-                    PerfEventConfig::Software(event),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    // Every fault, never a sample: counts must match the kernel's.
-                    SamplePolicy::Period(1),
-                    false,
-                )
-                .map_err(|e| {
-                    kernel_error(
-                        &format!("attaching {program} to perf event {event:?} on CPU {cpu}"),
-                        e,
-                    )
-                })?;
-            }
-            if verbose {
-                eprintln!(
-                    "cow-trace: attached {program} to perf software event {event:?} on {} CPUs",
-                    cpus.len()
-                );
+        let mut refusals = Vec::new();
+        for &backend in choice.candidates() {
+            match backends::attach(&mut self.ebpf, backend, verbose) {
+                Ok(()) => return Ok(backend),
+                Err(error) => {
+                    if verbose {
+                        eprintln!("cow-trace: backend {} refused: {error:#}", backend.name());
+                    }
+                    refusals.push(format!("{}: {error:#}", backend.name()));
+                }
             }
         }
-        Ok(())
+        let hint = match choice {
+            BackendChoice::Auto => "check that tracefs and perf events are available",
+            _ => "try --backend auto",
+        };
+        Err(failure(
+            Kind::Kernel,
+            format!("no backend could attach ({}); {hint}", refusals.join("; ")),
+        ))
     }
 }
 
@@ -170,7 +134,7 @@ fn check_privilege() -> anyhow::Result<()> {
     }
     Err(failure(
         Kind::Privilege,
-        "cow-trace needs root, or the CAP_BPF and CAP_PERFMON capabilities, to load eBPF programs: run it with sudo",
+        "tracing needs root, or the CAP_BPF and CAP_PERFMON capabilities, to load eBPF programs: run it with sudo",
     ))
 }
 
@@ -184,7 +148,7 @@ fn raise_memlock_limit() {
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
-fn kernel_error(what: &str, error: impl std::error::Error) -> anyhow::Error {
+pub fn kernel_error(what: &str, error: impl std::error::Error) -> anyhow::Error {
     let mut detail = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

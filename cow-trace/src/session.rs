@@ -9,18 +9,22 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    backends::BackendChoice,
+    cli::Format,
     event::{Change, Event, ProcessEvent},
     failure::{Kind, failure},
     kstats,
-    probes::{BACKEND, Probes},
+    probes::Probes,
     ring::{Ring, read_lost},
-    sink::Sink,
+    sink::{self, Sink, WallClock},
     summary::{Summary, human_bytes},
     target::{self, HeldCommand},
 };
 
 pub struct Options {
     pub root: u32,
+    pub backend: BackendChoice,
+    pub format: Format,
     pub ring_size: u32,
     pub duration: Option<Duration>,
     pub verbose: bool,
@@ -86,13 +90,13 @@ impl Tree {
 pub async fn run(
     options: Options,
     mut held: Option<HeldCommand>,
-    mut sink: Box<dyn Sink>,
+    out: Box<dyn io::Write>,
 ) -> anyhow::Result<i32> {
     let mut probes = Probes::load(options.ring_size, options.kernel_summary)?;
     // The root joins the map before process-tree tracking attaches; descendants that exist
     // already are found in /proc after it attached, so none slips between the two.
     probes.trace(options.root)?;
-    probes.attach(options.verbose)?;
+    let backend = probes.attach(options.backend, options.verbose)?;
     let mut tree = Tree::default();
     tree.add(options.root);
     for child in target::descendants(options.root as i32) {
@@ -100,6 +104,7 @@ pub async fn run(
         tree.add(child as u32);
     }
     let mut ring = Ring::new(&mut probes)?;
+    let mut sink = sink::new(options.format, out, WallClock::now(), backend.name());
     // Streaming: faults are counted here as they arrive.
     let mut streamed = Summary::default();
     if !options.kernel_summary {
@@ -113,8 +118,9 @@ pub async fn run(
         ""
     };
     eprintln!(
-        "Tracing {what} {} and its children (backend: {BACKEND}{mode}). Ctrl-C to end.",
-        options.root
+        "Tracing {what} {} and its children (backend: {}{mode}). Ctrl-C to end.",
+        options.root,
+        backend.name()
     );
     if options.verbose && tree.live.len() > 1 {
         eprintln!(

@@ -27,6 +27,8 @@ pub struct Counts {
     pub reused: u64,
     /// Faults that entered the handler but never completed.
     pub incomplete: u64,
+    /// Attempts that returned VM_FAULT_RETRY (the fault completed in a later attempt).
+    pub retries: u64,
     /// Completions whose entry was not seen (access unknown).
     pub unknown_access: u64,
     pub latency_ns_total: u64,
@@ -34,6 +36,10 @@ pub struct Counts {
 
 impl Counts {
     fn add(&mut self, fault_class: u32, count: u64, latency_ns: u64) {
+        if fault_class & class::RETRY != 0 {
+            self.retries += count;
+            return;
+        }
         if fault_class & class::INCOMPLETE != 0 {
             self.incomplete += count;
             return;
@@ -142,6 +148,7 @@ impl Summary {
             total.copied += counts.copied;
             total.reused += counts.reused;
             total.incomplete += counts.incomplete;
+            total.retries += counts.retries;
             total.unknown_access += counts.unknown_access;
             total.latency_ns_total += counts.latency_ns_total;
         }
@@ -254,7 +261,9 @@ pub fn class_label(fault_class: u32) -> String {
         class::EXEC => "x",
         _ => "?",
     };
-    let outcome = if fault_class & class::INCOMPLETE != 0 {
+    let outcome = if fault_class & class::RETRY != 0 {
+        "RETRY"
+    } else if fault_class & class::INCOMPLETE != 0 {
         "INCOMPLETE"
     } else if fault_class & class::MAJOR != 0 {
         "MAJOR"

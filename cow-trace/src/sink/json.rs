@@ -6,7 +6,6 @@ use serde::Serialize;
 use super::{Sink, WallClock};
 use crate::{
     event::{Change, Fault, ProcessEvent},
-    probes::BACKEND,
     summary::{Counts, Summary, class_label},
 };
 
@@ -15,11 +14,16 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct JsonSink {
     out: Box<dyn Write>,
     clock: WallClock,
+    backend: &'static str,
 }
 
 impl JsonSink {
-    pub fn new(out: Box<dyn Write>, clock: WallClock) -> JsonSink {
-        JsonSink { out, clock }
+    pub fn new(out: Box<dyn Write>, clock: WallClock, backend: &'static str) -> JsonSink {
+        JsonSink {
+            out,
+            clock,
+            backend,
+        }
     }
 
     fn time(&self, ts_ns: u64) -> String {
@@ -125,7 +129,7 @@ impl Sink for JsonSink {
         let line = FaultLine {
             v: SCHEMA_VERSION,
             event: "fault",
-            backend: BACKEND,
+            backend: self.backend,
             time: self
                 .clock
                 .to_utc(fault.ts_ns)
@@ -212,7 +216,7 @@ impl Sink for JsonSink {
         self.line(&TotalsLine {
             v: SCHEMA_VERSION,
             event: "totals",
-            backend: BACKEND,
+            backend: self.backend,
             faults: total.faults,
             copied_bytes: total.copied_bytes(),
             lost: summary.lost.events(),
@@ -233,7 +237,11 @@ mod tests {
     #[test]
     fn fault_fields() {
         let out = Captured::default();
-        let mut sink = JsonSink::new(Box::new(out.clone()), WallClock::with_offset(0));
+        let mut sink = JsonSink::new(
+            Box::new(out.clone()),
+            WallClock::with_offset(0),
+            "tracepoint",
+        );
         sink.fault(&article_fault()).unwrap();
         let value: serde_json::Value = serde_json::from_str(out.text().trim()).unwrap();
         assert_eq!(value["v"], 1);
@@ -252,7 +260,11 @@ mod tests {
     #[test]
     fn unknown_fields_are_null() {
         let out = Captured::default();
-        let mut sink = JsonSink::new(Box::new(out.clone()), WallClock::with_offset(0));
+        let mut sink = JsonSink::new(
+            Box::new(out.clone()),
+            WallClock::with_offset(0),
+            "tracepoint",
+        );
         let mut fault = article_fault();
         let outcome = fault.outcome;
         reclassify(&mut fault, None, outcome);
@@ -267,7 +279,11 @@ mod tests {
     #[test]
     fn fork_and_exit_lines() {
         let out = Captured::default();
-        let mut sink = JsonSink::new(Box::new(out.clone()), WallClock::with_offset(0));
+        let mut sink = JsonSink::new(
+            Box::new(out.clone()),
+            WallClock::with_offset(0),
+            "tracepoint",
+        );
         let mut event = ProcessEvent {
             ts_ns: 0,
             pid: 10,
@@ -292,7 +308,11 @@ mod tests {
     #[test]
     fn summary_and_totals_lines() {
         let out = Captured::default();
-        let mut sink = JsonSink::new(Box::new(out.clone()), WallClock::with_offset(0));
+        let mut sink = JsonSink::new(
+            Box::new(out.clone()),
+            WallClock::with_offset(0),
+            "tracepoint",
+        );
         let mut summary = Summary::default();
         summary.record(&article_fault());
         summary.lost.ring_full = 2;

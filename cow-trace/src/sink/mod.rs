@@ -36,11 +36,17 @@ pub trait Sink {
     fn flush(&mut self) -> io::Result<()>;
 }
 
-pub fn new(format: Format, out: Box<dyn Write>, clock: WallClock) -> Box<dyn Sink> {
+/// `backend` names the backend in machine-readable output.
+pub fn new(
+    format: Format,
+    out: Box<dyn Write>,
+    clock: WallClock,
+    backend: &'static str,
+) -> Box<dyn Sink> {
     match format {
         Format::Text => Box::new(TextSink::new(out, clock)),
         Format::Stap => Box::new(StapSink::new(out, clock)),
-        Format::Json => Box::new(JsonSink::new(out, clock)),
+        Format::Json => Box::new(JsonSink::new(out, clock, backend)),
     }
 }
 
@@ -156,6 +162,7 @@ pub(crate) mod test_support {
             kernel_mode: false,
             class: cow_trace_common::class::WRITE | cow_trace_common::class::WRITE_PROTECT,
             window: 0,
+            vm_fault: 0,
         }
     }
 }

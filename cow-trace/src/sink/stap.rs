@@ -20,7 +20,8 @@ impl Sink for StapSink {
     fn fault(&mut self, fault: &Fault) -> io::Result<()> {
         // The script prints only faults that returned MINOR or MAJOR (`next` otherwise), and
         // stap's ctime() is whole seconds, UTC.
-        if fault.outcome == Outcome::Incomplete {
+        // Unlike the stap tapset, a retried attempt is not called MINOR: it is no fault yet.
+        if matches!(fault.outcome, Outcome::Incomplete | Outcome::Retry) {
             return Ok(());
         }
         // stap's write_access is 0 or 1: anything but a write prints "r".

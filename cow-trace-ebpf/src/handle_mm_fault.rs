@@ -1,0 +1,198 @@
+//! The "fexit" and "kprobe" backends: `handle_mm_fault(vma, address, flags, regs)` itself, as
+//! the SystemTap probes hooked it. Each call is one attempt; its return value says how it
+//! ended. `do_wp_page` marks the write-protect (copy-on-write) faults.
+//!
+//! Kernels forbid these on some machines (no kprobes, BPF trampolines refused): userspace then
+//! falls back to the tracepoint backend in `faults`.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::{fentry, fexit, kprobe, kretprobe},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+};
+use cow_trace_common::{PendingFault, Record, counter, flags, kind, x86_pf};
+
+use crate::{
+    maps::{PENDING, bump, is_traced, settings},
+    report,
+};
+
+/// include/linux/mm_types.h `enum fault_flag`, stable since 5.x.
+const FAULT_FLAG_WRITE: u64 = 1 << 0;
+const FAULT_FLAG_TRIED: u64 = 1 << 5;
+const FAULT_FLAG_USER: u64 = 1 << 6;
+const FAULT_FLAG_INSTRUCTION: u64 = 1 << 8;
+
+/// include/linux/mm_types.h `enum vm_fault_reason`.
+const VM_FAULT_OOM: u32 = 0x0001;
+const VM_FAULT_SIGBUS: u32 = 0x0002;
+const VM_FAULT_MAJOR: u32 = 0x0004;
+const VM_FAULT_HWPOISON: u32 = 0x0010;
+const VM_FAULT_HWPOISON_LARGE: u32 = 0x0020;
+const VM_FAULT_SIGSEGV: u32 = 0x0040;
+const VM_FAULT_RETRY: u32 = 0x0400;
+const VM_FAULT_FALLBACK: u32 = 0x0800;
+const VM_FAULT_ERROR: u32 = VM_FAULT_OOM
+    | VM_FAULT_SIGBUS
+    | VM_FAULT_SIGSEGV
+    | VM_FAULT_HWPOISON
+    | VM_FAULT_HWPOISON_LARGE
+    | VM_FAULT_FALLBACK;
+
+/// x86-64 `struct pt_regs`: ip and orig_ax (the page fault's error code) offsets.
+const PT_REGS_IP: usize = 16 * 8;
+const PT_REGS_ORIG_AX: usize = 15 * 8;
+
+/// Set in a pending entry when `do_wp_page` ran for it.
+const WRITE_PROTECT_SEEN: u32 = 1 << 31;
+
+#[fentry(function = "handle_mm_fault")]
+pub fn handle_mm_fault_fentry(ctx: FEntryContext) -> u32 {
+    attempt_begins(ctx.arg(1), ctx.arg(2), ctx.arg(3));
+    0
+}
+
+#[fexit(function = "handle_mm_fault")]
+pub fn handle_mm_fault_fexit(ctx: FExitContext) -> u32 {
+    // The return value follows the four arguments.
+    attempt_ends(ctx.arg::<u64>(4) as u32, ctx.arg(2));
+    0
+}
+
+#[fentry(function = "do_wp_page")]
+pub fn do_wp_page_fentry(_ctx: FEntryContext) -> u32 {
+    write_protect_seen();
+    0
+}
+
+#[kprobe]
+pub fn handle_mm_fault_kprobe(ctx: ProbeContext) -> u32 {
+    attempt_begins(
+        ctx.arg(1).unwrap_or(0),
+        ctx.arg(2).unwrap_or(0),
+        ctx.arg(3).unwrap_or(0),
+    );
+    0
+}
+
+#[kretprobe]
+pub fn handle_mm_fault_kretprobe(ctx: RetProbeContext) -> u32 {
+    // kretprobes do not see the arguments: the flags were kept at entry.
+    attempt_ends(ctx.ret::<u64>() as u32, u64::MAX);
+    0
+}
+
+#[kprobe]
+pub fn do_wp_page_kprobe(_ctx: ProbeContext) -> u32 {
+    write_protect_seen();
+    0
+}
+
+#[inline(always)]
+fn attempt_begins(address: u64, fault_flags: u64, regs: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_traced((pid_tgid >> 32) as u32) {
+        return;
+    }
+    // With regs (a fault from an exception) the x86 error code is in orig_ax; without (a
+    // get_user_pages() fault) rebuild what the flags tell.
+    let (ip, error_code) = if regs != 0 {
+        // SAFETY: regs points to the faulting context's pt_regs.
+        unsafe {
+            (
+                bpf_probe_read_kernel((regs as usize + PT_REGS_IP) as *const u64).unwrap_or(0),
+                bpf_probe_read_kernel((regs as usize + PT_REGS_ORIG_AX) as *const u64).unwrap_or(0),
+            )
+        }
+    } else {
+        let mut code = 0;
+        if fault_flags & FAULT_FLAG_WRITE != 0 {
+            code |= x86_pf::WRITE;
+        }
+        if fault_flags & FAULT_FLAG_INSTRUCTION != 0 {
+            code |= x86_pf::INSTR;
+        }
+        (0, code)
+    };
+    let mut entry_flags = if fault_flags & FAULT_FLAG_USER == 0 {
+        flags::KERNEL_MODE
+    } else {
+        0
+    };
+    // kretprobes cannot read the flags at return: keep TRIED (a retried fault is major).
+    if fault_flags & FAULT_FLAG_TRIED != 0 {
+        entry_flags |= flags::MAJOR;
+    }
+    let pending = PendingFault {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        address,
+        ip,
+        error_code,
+        flags: entry_flags,
+        _pad: 0,
+    };
+    if PENDING.insert(&(pid_tgid as u32), &pending, 0).is_err() {
+        bump(counter::PENDING_FULL);
+    }
+}
+
+#[inline(always)]
+fn write_protect_seen() {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(pending) = PENDING.get_ptr_mut(&tid) {
+        // SAFETY: the entry belongs to this thread, which is running this program.
+        unsafe { (*pending).flags |= WRITE_PROTECT_SEEN };
+    }
+}
+
+/// `fault_flags` is u64::MAX where the caller cannot know them (kretprobe).
+#[inline(always)]
+fn attempt_ends(vm_fault: u32, fault_flags: u64) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_traced(tgid) {
+        return;
+    }
+    let tid = pid_tgid as u32;
+    // SAFETY: only this thread touches its entry.
+    let Some(entry) = (unsafe { PENDING.get(&tid) }) else {
+        return;
+    };
+    let mut record = Record::zeroed();
+    record.pid = tgid;
+    record.tid = tid;
+    record.ts_ns = entry.ts_ns;
+    record.latency_ns = now - entry.ts_ns;
+    record.address = entry.address;
+    record.ip = entry.ip;
+    record.error_code = entry.error_code;
+    if entry.flags & WRITE_PROTECT_SEEN != 0 {
+        record.error_code |= x86_pf::PROT | x86_pf::WRITE;
+    }
+    record.flags = entry.flags & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED);
+    record.vm_fault = vm_fault;
+    let _ = PENDING.remove(&tid);
+    record.kind = if vm_fault & VM_FAULT_RETRY != 0 {
+        kind::FAULT_RETRY
+    } else if vm_fault & VM_FAULT_ERROR != 0 {
+        kind::FAULT_INCOMPLETE
+    } else {
+        kind::FAULT
+    };
+    // As mm_account_fault(): major if the final attempt was major, or the fault was retried.
+    let tried = if fault_flags == u64::MAX {
+        entry.flags & flags::MAJOR != 0
+    } else {
+        fault_flags & FAULT_FLAG_TRIED != 0
+    };
+    if record.kind == kind::FAULT && (vm_fault & VM_FAULT_MAJOR != 0 || tried) {
+        record.flags |= flags::MAJOR;
+    }
+    if settings().copy_detection != 0 {
+        record.flags |= flags::COPY_KNOWN;
+    }
+    record.comm = bpf_get_current_comm().unwrap_or_default();
+    report::fault(&mut record);
+}

@@ -1,0 +1,225 @@
+//! The ways to see a fault, tried in order by `--backend auto` (as kunai tries its probes):
+//! - fexit: BTF trampolines on handle_mm_fault (fentry + fexit), do_wp_page for write-protect;
+//! - kprobe: kprobe + kretprobe on handle_mm_fault, kprobe on do_wp_page;
+//! - tracepoint: exceptions:page_fault_{user,kernel} at entry, the PAGE_FAULTS_MIN/MAJ perf
+//!   software events at completion. Works where kprobes and trampolines are forbidden.
+use aya::{
+    Btf, Ebpf,
+    programs::{
+        FEntry, FExit, KProbe, PerfEvent, Program, TracePoint,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
+};
+use clap::ValueEnum;
+
+use crate::probes::kernel_error;
+
+/// What the user asked for with --backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// fexit, else kprobe, else tracepoint.
+    Auto,
+    Fexit,
+    Kprobe,
+    Tracepoint,
+}
+
+/// A backend that attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Fexit,
+    Kprobe,
+    Tracepoint,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Fexit => "fexit",
+            Backend::Kprobe => "kprobe",
+            Backend::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+impl BackendChoice {
+    pub fn candidates(self) -> &'static [Backend] {
+        match self {
+            BackendChoice::Auto => &[Backend::Fexit, Backend::Kprobe, Backend::Tracepoint],
+            BackendChoice::Fexit => &[Backend::Fexit],
+            BackendChoice::Kprobe => &[Backend::Kprobe],
+            BackendChoice::Tracepoint => &[Backend::Tracepoint],
+        }
+    }
+}
+
+/// Attaches one backend's programs; on failure, unloads what it had attached.
+pub fn attach(ebpf: &mut Ebpf, backend: Backend, verbose: bool) -> anyhow::Result<()> {
+    let result = match backend {
+        Backend::Fexit => attach_fexit(ebpf, verbose),
+        Backend::Kprobe => attach_kprobe(ebpf, verbose),
+        Backend::Tracepoint => attach_tracepoint_backend(ebpf, verbose),
+    };
+    if result.is_err() {
+        for program in programs_of(backend) {
+            let _ = match ebpf.program_mut(program) {
+                Some(Program::FEntry(p)) => p.unload(),
+                Some(Program::FExit(p)) => p.unload(),
+                Some(Program::KProbe(p)) => p.unload(),
+                Some(Program::TracePoint(p)) => p.unload(),
+                Some(Program::PerfEvent(p)) => p.unload(),
+                _ => Ok(()),
+            };
+        }
+    }
+    result
+}
+
+fn programs_of(backend: Backend) -> &'static [&'static str] {
+    match backend {
+        Backend::Fexit => &[
+            "handle_mm_fault_fentry",
+            "handle_mm_fault_fexit",
+            "do_wp_page_fentry",
+        ],
+        Backend::Kprobe => &[
+            "handle_mm_fault_kprobe",
+            "handle_mm_fault_kretprobe",
+            "do_wp_page_kprobe",
+        ],
+        Backend::Tracepoint => &[
+            "exceptions_page_fault_user",
+            "exceptions_page_fault_kernel",
+            "fault_done_minor",
+            "fault_done_major",
+        ],
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow::anyhow!("program {name} missing from the object"))?;
+    Ok(program.try_into()?)
+}
+
+fn attach_fexit(ebpf: &mut Ebpf, verbose: bool) -> anyhow::Result<()> {
+    let btf = Btf::from_sys_fs().map_err(|e| kernel_error("reading /sys/kernel/btf/vmlinux", e))?;
+    let entry: &mut FEntry = program(ebpf, "handle_mm_fault_fentry")?;
+    entry
+        .load("handle_mm_fault", &btf)
+        .map_err(|e| kernel_error("loading fentry on handle_mm_fault", e))?;
+    entry
+        .attach()
+        .map_err(|e| kernel_error("attaching fentry to handle_mm_fault", e))?;
+    let exit: &mut FExit = program(ebpf, "handle_mm_fault_fexit")?;
+    exit.load("handle_mm_fault", &btf)
+        .map_err(|e| kernel_error("loading fexit on handle_mm_fault", e))?;
+    exit.attach()
+        .map_err(|e| kernel_error("attaching fexit to handle_mm_fault", e))?;
+    // do_wp_page marks write-protect faults the error code cannot (get_user_pages faults).
+    // Where it is inlined away, the error code still marks the others.
+    let wp: &mut FEntry = program(ebpf, "do_wp_page_fentry")?;
+    match wp
+        .load("do_wp_page", &btf)
+        .and_then(|()| wp.attach().map(drop))
+    {
+        Ok(()) => {}
+        Err(e) if verbose => {
+            eprintln!("cow-trace: no fentry on do_wp_page ({e}); using error codes")
+        }
+        Err(_) => {}
+    }
+    if verbose {
+        eprintln!("cow-trace: attached fentry/fexit to handle_mm_fault");
+    }
+    Ok(())
+}
+
+fn attach_kprobe(ebpf: &mut Ebpf, verbose: bool) -> anyhow::Result<()> {
+    for name in ["handle_mm_fault_kprobe", "handle_mm_fault_kretprobe"] {
+        let probe: &mut KProbe = program(ebpf, name)?;
+        probe
+            .load()
+            .map_err(|e| kernel_error(&format!("loading {name}"), e))?;
+        probe
+            .attach("handle_mm_fault", 0)
+            .map_err(|e| kernel_error(&format!("attaching {name} to handle_mm_fault"), e))?;
+    }
+    let wp: &mut KProbe = program(ebpf, "do_wp_page_kprobe")?;
+    match wp
+        .load()
+        .and_then(|()| wp.attach("do_wp_page", 0).map(drop))
+    {
+        Ok(()) => {}
+        Err(e) if verbose => {
+            eprintln!("cow-trace: no kprobe on do_wp_page ({e}); using error codes")
+        }
+        Err(_) => {}
+    }
+    if verbose {
+        eprintln!("cow-trace: attached kprobe/kretprobe to handle_mm_fault");
+    }
+    Ok(())
+}
+
+/// Attaches one tracepoint program.
+pub fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &str,
+    category: &str,
+    event: &str,
+) -> anyhow::Result<()> {
+    let tracepoint: &mut TracePoint = program(ebpf, name)?;
+    tracepoint
+        .load()
+        .map_err(|e| kernel_error(&format!("loading {name}"), e))?;
+    tracepoint
+        .attach(category, event)
+        .map_err(|e| kernel_error(&format!("attaching to tracepoint {category}:{event}"), e))?;
+    Ok(())
+}
+
+/// Fault entries from the exceptions tracepoints; completions from the perf software events,
+/// which the kernel fires exactly where it counts min_flt / maj_flt.
+fn attach_tracepoint_backend(ebpf: &mut Ebpf, verbose: bool) -> anyhow::Result<()> {
+    for (name, event) in [
+        ("exceptions_page_fault_user", "page_fault_user"),
+        ("exceptions_page_fault_kernel", "page_fault_kernel"),
+    ] {
+        attach_tracepoint(ebpf, name, "exceptions", event)?;
+        if verbose {
+            eprintln!("cow-trace: attached {name} to tracepoint exceptions:{event}");
+        }
+    }
+    let cpus = online_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?;
+    for (name, event) in [
+        ("fault_done_minor", SoftwareEvent::PageFaultsMin),
+        ("fault_done_major", SoftwareEvent::PageFaultsMaj),
+    ] {
+        let perf: &mut PerfEvent = program(ebpf, name)?;
+        perf.load()
+            .map_err(|e| kernel_error(&format!("loading {name}"), e))?;
+        for &cpu in &cpus {
+            perf.attach(
+                PerfEventConfig::Software(event),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                // Every fault, never a sample: counts must match the kernel's.
+                SamplePolicy::Period(1),
+                false,
+            )
+            .map_err(|e| kernel_error(&format!("attaching {name} to {event:?} on CPU {cpu}"), e))?;
+        }
+        if verbose {
+            eprintln!(
+                "cow-trace: attached {name} to perf software event {event:?} on {} CPUs",
+                cpus.len()
+            );
+        }
+    }
+    Ok(())
+}
