@@ -3,6 +3,7 @@
 //! - kprobe: kprobe + kretprobe on handle_mm_fault, kprobe on do_wp_page;
 //! - tracepoint: exceptions:page_fault_{user,kernel} at entry, the PAGE_FAULTS_MIN/MAJ perf
 //!   software events at completion. Works where kprobes and trampolines are forbidden.
+use crate::{cli::BackendChoice, probes::kernel_error};
 use aya::{
     Btf, Ebpf,
     programs::{
@@ -11,19 +12,6 @@ use aya::{
     },
     util::online_cpus,
 };
-use clap::ValueEnum;
-
-use crate::probes::kernel_error;
-
-/// What the user asked for with --backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum BackendChoice {
-    /// fexit, else kprobe, else tracepoint.
-    Auto,
-    Fexit,
-    Kprobe,
-    Tracepoint,
-}
 
 /// A backend that attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,14 +31,13 @@ impl Backend {
     }
 }
 
-impl BackendChoice {
-    pub fn candidates(self) -> &'static [Backend] {
-        match self {
-            BackendChoice::Auto => &[Backend::Fexit, Backend::Kprobe, Backend::Tracepoint],
-            BackendChoice::Fexit => &[Backend::Fexit],
-            BackendChoice::Kprobe => &[Backend::Kprobe],
-            BackendChoice::Tracepoint => &[Backend::Tracepoint],
-        }
+/// The backends `choice` allows, in the order to try them.
+pub fn candidates(choice: BackendChoice) -> &'static [Backend] {
+    match choice {
+        BackendChoice::Auto => &[Backend::Fexit, Backend::Kprobe, Backend::Tracepoint],
+        BackendChoice::Fexit => &[Backend::Fexit],
+        BackendChoice::Kprobe => &[Backend::Kprobe],
+        BackendChoice::Tracepoint => &[Backend::Tracepoint],
     }
 }
 

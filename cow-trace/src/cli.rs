@@ -1,9 +1,8 @@
-//! Command-line options.
+//! Command-line options. Self-contained (clap only), so xtask can include this file to
+//! generate the man page and shell completions.
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
-
-use crate::backends::BackendChoice;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -82,6 +81,16 @@ pub struct Args {
     /// Start CMD held until the probes are attached, trace it and its descendants.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// What the user asked for with --backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// fexit, else kprobe, else tracepoint.
+    Auto,
+    Fexit,
+    Kprobe,
+    Tracepoint,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

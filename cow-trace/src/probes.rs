@@ -10,7 +10,8 @@ use aya::{
 use cow_trace_common::{NO_FIELD, Settings};
 
 use crate::{
-    backends::{self, Backend, BackendChoice},
+    backends::{self, Backend},
+    cli::BackendChoice,
     failure::{Kind, failure},
     tracefs,
 };
@@ -69,7 +70,7 @@ impl Probes {
             }
         }
         let mut refusals = Vec::new();
-        for &backend in choice.candidates() {
+        for &backend in backends::candidates(choice) {
             match backends::attach(&mut self.ebpf, backend, verbose) {
                 Ok(()) => return Ok(backend),
                 Err(error) => {

@@ -9,8 +9,7 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    backends::BackendChoice,
-    cli::Format,
+    cli::{BackendChoice, Format},
     event::{Change, Event, ProcessEvent},
     failure::{Kind, failure},
     kstats,

@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask <task>`. Each task lives in its own module.
 mod demo;
+mod docs;
 mod setup;
 mod test;
 mod util;
@@ -7,7 +8,10 @@ mod util;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "xtask", about = "cow-trace's build, set-up, demo and test tasks")]
+#[command(
+    name = "xtask",
+    about = "cow-trace's build, set-up, demo and test tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -21,6 +25,10 @@ enum Task {
     Demo,
     /// Set up, build, and run every check and test (formatting, clippy, unit, privileged).
     Test,
+    /// Generate the man page (target/man/cow-trace.1) from the command-line definition.
+    Man,
+    /// Generate shell completions (target/completions/) from the command-line definition.
+    Completions,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,5 +36,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Demo => demo::run(),
         Task::Test => test::run(),
+        Task::Man => docs::man(),
+        Task::Completions => docs::completions(),
     }
 }
