@@ -132,8 +132,10 @@ pub mod counter {
     pub const TRACED_FULL: u32 = 2;
     /// Faults not aggregated because a summary map was full.
     pub const SUMMARY_FULL: u32 = 3;
+    /// Stacks not captured (the stack map was full, or the stack unreadable).
+    pub const STACK_FAILED: u32 = 4;
     /// Number of counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Settings userspace writes into the object before loading it: tracepoint field offsets,
@@ -154,7 +156,13 @@ pub struct Settings {
     pub summary_mode: u32,
     /// Non-zero: the mm_page_alloc program is attached, so copy vs reuse is known.
     pub copy_detection: u32,
+    /// Non-zero: capture the user stack of each fault (--stack).
+    pub stacks: u32,
+    pub _pad: u32,
 }
+
+/// No stack captured (not asked for, or the stack map was full).
+pub const NO_STACK: i32 = -1;
 
 /// Marks a tracepoint field this kernel does not have.
 pub const NO_FIELD: u32 = u32::MAX;
@@ -199,6 +207,9 @@ pub struct Record {
     pub vm_fault: u32,
     /// The task's command name, NUL padded.
     pub comm: [u8; COMM_LEN],
+    /// Id of the user stack in the STACKS map, or [`NO_STACK`].
+    pub stack_id: i32,
+    pub _pad: u32,
 }
 
 impl Record {
@@ -217,6 +228,8 @@ impl Record {
             other_pid: 0,
             vm_fault: 0,
             comm: [0; COMM_LEN],
+            stack_id: NO_STACK,
+            _pad: 0,
         }
     }
 }
@@ -232,7 +245,8 @@ pub struct PendingFault {
     /// Bits of [`flags`] known at entry (KERNEL_MODE) or set while handling
     /// (PAGE_ALLOCATED).
     pub flags: u32,
-    pub _pad: u32,
+    /// The user stack at entry, or [`NO_STACK`].
+    pub stack_id: i32,
 }
 
 /// Key of the in-kernel summary's counts.
@@ -244,7 +258,8 @@ pub struct StatKey {
     pub class: u32,
     /// The snapshot window (see [`Record::other_pid`]), or 0.
     pub window: u32,
-    pub _pad: u32,
+    /// The user stack (with --stack), or [`NO_STACK`].
+    pub stack_id: i32,
     /// `address >> REGION_SHIFT`.
     pub region: u64,
 }
@@ -255,6 +270,9 @@ pub struct StatKey {
 pub struct StatValue {
     pub faults: u64,
     pub latency_ns: u64,
+    /// The first faulting address counted here: userspace resolves the region's mapping
+    /// from it (a region can straddle two mappings; this names the one faulted first).
+    pub sample_address: u64,
 }
 
 /// Key of the in-kernel latency histograms.

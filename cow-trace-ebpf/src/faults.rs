@@ -11,7 +11,7 @@ use aya_ebpf::{
 use cow_trace_common::{PendingFault, Record, counter, flags, kind};
 
 use crate::{
-    maps::{PENDING, bump, is_traced, settings},
+    maps::{PENDING, bump, is_traced, settings, user_stack},
     report,
 };
 
@@ -77,7 +77,7 @@ fn fault_entry(ctx: &TracePointContext, kernel_mode: bool) {
         ip,
         error_code,
         flags: if kernel_mode { flags::KERNEL_MODE } else { 0 },
-        _pad: 0,
+        stack_id: user_stack(ctx),
     };
     if PENDING.insert(&tid, &pending, 0).is_err() {
         bump(counter::PENDING_FULL);
@@ -112,6 +112,7 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
             record.ip = entry.ip;
             record.error_code = entry.error_code;
             record.flags |= entry.flags;
+            record.stack_id = entry.stack_id;
             if settings().copy_detection != 0 {
                 record.flags |= flags::COPY_KNOWN;
             }
@@ -125,6 +126,7 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
             record.ts_ns = now;
             record.ip = regs_ip;
             record.flags |= flags::NO_ENTRY;
+            record.stack_id = user_stack(ctx);
         }
     }
     record.comm = bpf_get_current_comm().unwrap_or_default();
@@ -147,6 +149,7 @@ pub fn flush_pending(tid: u32) {
     record.ip = entry.ip;
     record.error_code = entry.error_code;
     record.flags = entry.flags & flags::KERNEL_MODE;
+    record.stack_id = entry.stack_id;
     record.pid = (pid_tgid >> 32) as u32;
     record.tid = pid_tgid as u32;
     record.comm = bpf_get_current_comm().unwrap_or_default();

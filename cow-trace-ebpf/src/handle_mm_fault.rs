@@ -9,12 +9,14 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{fentry, fexit, kprobe, kretprobe},
-    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+    programs::{
+        FEntryContext, FExitContext, ProbeContext, RetProbeContext, tracing::StackIdContext,
+    },
 };
 use cow_trace_common::{PendingFault, Record, counter, flags, kind, x86_pf};
 
 use crate::{
-    maps::{PENDING, bump, is_traced, settings},
+    maps::{PENDING, bump, is_traced, settings, user_stack},
     report,
 };
 
@@ -49,7 +51,7 @@ const WRITE_PROTECT_SEEN: u32 = 1 << 31;
 
 #[fentry(function = "handle_mm_fault")]
 pub fn handle_mm_fault_fentry(ctx: FEntryContext) -> u32 {
-    attempt_begins(ctx.arg(1), ctx.arg(2), ctx.arg(3));
+    attempt_begins(&ctx, ctx.arg(1), ctx.arg(2), ctx.arg(3));
     0
 }
 
@@ -69,6 +71,7 @@ pub fn do_wp_page_fentry(_ctx: FEntryContext) -> u32 {
 #[kprobe]
 pub fn handle_mm_fault_kprobe(ctx: ProbeContext) -> u32 {
     attempt_begins(
+        &ctx,
         ctx.arg(1).unwrap_or(0),
         ctx.arg(2).unwrap_or(0),
         ctx.arg(3).unwrap_or(0),
@@ -90,7 +93,7 @@ pub fn do_wp_page_kprobe(_ctx: ProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn attempt_begins(address: u64, fault_flags: u64, regs: u64) {
+fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, regs: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !is_traced((pid_tgid >> 32) as u32) {
         return;
@@ -130,7 +133,7 @@ fn attempt_begins(address: u64, fault_flags: u64, regs: u64) {
         ip,
         error_code,
         flags: entry_flags,
-        _pad: 0,
+        stack_id: user_stack(ctx),
     };
     if PENDING.insert(&(pid_tgid as u32), &pending, 0).is_err() {
         bump(counter::PENDING_FULL);
@@ -173,6 +176,7 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
     }
     record.flags = entry.flags & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED);
     record.vm_fault = vm_fault;
+    record.stack_id = entry.stack_id;
     let _ = PENDING.remove(&tid);
     record.kind = if vm_fault & VM_FAULT_RETRY != 0 {
         kind::FAULT_RETRY

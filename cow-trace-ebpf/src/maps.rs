@@ -1,10 +1,11 @@
 //! Maps shared by every program, and the settings userspace writes before loading.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    programs::tracing::StackIdContext,
 };
 use cow_trace_common::{
-    Hist, HistKey, NO_FIELD, PendingFault, Settings, StatKey, StatValue, counter,
+    Hist, HistKey, NO_FIELD, NO_STACK, PendingFault, Settings, StatKey, StatValue, counter,
 };
 
 /// Thread-group ids being traced: the target, its descendants at attach time (written by
@@ -41,6 +42,10 @@ pub static PARENT: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
 #[map]
 pub static WINDOW: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
 
+/// User stacks of faults (--stack), deduplicated by the kernel.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
 /// Written by userspace before loading; the defaults are 6.18's offsets.
 #[unsafe(no_mangle)]
 static SETTINGS: Settings = Settings {
@@ -50,6 +55,8 @@ static SETTINGS: Settings = Settings {
     page_alloc_gfp: 24,
     summary_mode: 0,
     copy_detection: 0,
+    stacks: 0,
+    _pad: 0,
 };
 
 /// The settings userspace wrote (a volatile read, so the compiler cannot fold the defaults).
@@ -70,5 +77,22 @@ pub fn bump(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot; programs do not migrate while running.
         unsafe { *slot += 1 };
+    }
+}
+
+const BPF_F_USER_STACK: u64 = 1 << 8;
+
+/// The current task's user stack id, with --stack; else (or on failure) NO_STACK.
+#[inline(always)]
+pub fn user_stack<C: StackIdContext>(ctx: &C) -> i32 {
+    if settings().stacks == 0 {
+        return NO_STACK;
+    }
+    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
+        Ok(id) => id as i32,
+        Err(_) => {
+            bump(counter::STACK_FAILED);
+            NO_STACK
+        }
     }
 }

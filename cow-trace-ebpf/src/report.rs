@@ -32,7 +32,7 @@ pub fn fault(record: &mut Record) {
         pid: record.pid,
         class,
         window: record.other_pid,
-        _pad: 0,
+        stack_id: record.stack_id,
         region: record.address >> REGION_SHIFT,
     };
     match STATS.get_ptr_mut(&key) {
@@ -45,6 +45,7 @@ pub fn fault(record: &mut Record) {
             let value = StatValue {
                 faults: 1,
                 latency_ns: record.latency_ns,
+                sample_address: record.address,
             };
             if STATS.insert(&key, &value, 0).is_err() {
                 bump(counter::SUMMARY_FULL);

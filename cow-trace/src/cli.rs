@@ -10,6 +10,8 @@ Examples:
   cow-trace -- ./cow                   start ./cow, held until the probes are attached
   cow-trace -x 1234 --format stap      the article's SystemTap line format
   cow-trace --json -o faults.json -- make -j2
+  cow-trace -r -g -x 1234              with mappings, symbols and user stacks
+  cow-trace --plot cow.svg -- ./cow    draw the run
   cow-trace -x $(pidof redis-server) --duration 30s
   cow-trace --summary --interval 1s -x $(pidof redis-server)
   cow-trace --summary --fail-over-cow 64MiB -- ./fork-heavy-test   (CI gate)
@@ -60,6 +62,21 @@ pub struct Args {
     /// With --summary (or streaming, on stderr): print the summary every TIME as well.
     #[arg(short = 'i', long, value_name = "TIME", value_parser = parse_duration)]
     pub interval: Option<Duration>,
+
+    /// Resolve each fault's address to its mapping ([heap], [stack], file@offset) and its
+    /// instruction pointer to function+offset (module).
+    #[arg(short = 'r', long)]
+    pub resolve: bool,
+
+    /// Capture each fault's user stack (symbolized); with --summary, the stacks that took the
+    /// most copy-on-write faults.
+    #[arg(short = 'g', long)]
+    pub stack: bool,
+
+    /// Draw faults over time per pid and class, cumulative bytes copied, and where in the
+    /// address space copy-on-write faults landed, into an SVG file.
+    #[arg(long, value_name = "FILE.svg", conflicts_with = "summary")]
+    pub plot: Option<PathBuf>,
 
     /// Exit with status 7 if the traced processes copied more than SIZE on write (e.g.
     /// 64MiB): a gate for CI jobs.

@@ -75,6 +75,14 @@ pub struct Fault {
     pub window: u32,
     /// handle_mm_fault's vm_fault_t result, where the backend sees it (else 0).
     pub vm_fault: u32,
+    /// The user stack's id in the kernel's stack map (with --stack).
+    pub stack_id: Option<u32>,
+    /// Filled in userspace with --resolve: the mapping holding the address...
+    pub mapping: Option<String>,
+    /// ... and the faulting instruction as `function+0xoff (module)`.
+    pub symbol: Option<String>,
+    /// Filled with --stack: the symbolized user stack, innermost first.
+    pub stack: Vec<String>,
 }
 
 impl Fault {
@@ -154,6 +162,10 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 latency_ns: (!no_entry && outcome != Outcome::Incomplete)
                     .then_some(record.latency_ns),
                 vm_fault: record.vm_fault,
+                stack_id: u32::try_from(record.stack_id).ok(),
+                mapping: None,
+                symbol: None,
+                stack: Vec::new(),
                 kernel_mode: record.flags & flags::KERNEL_MODE != 0,
                 class: class::of_record(&record),
                 window: record.other_pid,

@@ -1,16 +1,16 @@
 //! Reads the in-kernel summary (--summary): per-CPU counts and histograms, summed.
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuHashMap};
-use cow_trace_common::{HIST_BUCKETS, Hist, HistKey, StatKey, StatValue};
+use cow_trace_common::{HIST_BUCKETS, Hist, HistKey, REGION_SHIFT, StatKey, StatValue};
 
 use crate::{probes::Probes, summary::Summary};
 
-/// One aggregated row: `faults` faults of one class at `region` (address >> REGION_SHIFT).
-#[allow(dead_code)] // read once mapping attribution (attribute.rs) is wired in
+/// One aggregated row: `faults` faults of one class in one region (address >> REGION_SHIFT),
+/// the first of them at `address`.
 pub struct RegionCount {
     pub pid: u32,
     pub class: u32,
-    pub region: u64,
+    pub address: u64,
     pub faults: u64,
 }
 
@@ -26,14 +26,22 @@ pub fn read(probes: &Probes, summary: &mut Summary) -> anyhow::Result<Vec<Region
         let (faults, latency_ns) = per_cpu
             .iter()
             .fold((0, 0), |(f, l), v| (f + v.faults, l + v.latency_ns));
+        // Any CPU's first address lies in the region; take one that counted something.
+        let address = per_cpu
+            .iter()
+            .find(|v| v.faults > 0)
+            .map_or(key.region << REGION_SHIFT, |v| v.sample_address);
         if faults == 0 {
             continue;
         }
         summary.add(key.pid, key.class, key.window, faults, latency_ns);
+        if let Ok(stack_id) = u32::try_from(key.stack_id) {
+            summary.add_stack(key.pid, stack_id, key.class, faults);
+        }
         regions.push(RegionCount {
             pid: key.pid,
             class: key.class,
-            region: key.region,
+            address,
             faults,
         });
     }

@@ -1,15 +1,19 @@
 //! cow-trace: a copy-on-write page-fault tracer. The data flow is in ARCHITECTURE.md:
 //! cli -> target -> probes (kernel side) -> ring -> event -> summary / sink.
+mod attribute;
 mod backends;
 mod cli;
+mod enrich;
 mod event;
 mod failure;
 mod kstats;
+mod plot;
 mod probes;
 mod ring;
 mod session;
 mod sink;
 mod summary;
+mod symbolize;
 mod target;
 mod tracefs;
 
@@ -96,6 +100,9 @@ fn run(args: Args) -> anyhow::Result<i32> {
         print_summary: !args.no_summary,
         interval: args.interval,
         fail_over_cow: args.fail_over_cow,
+        resolve: args.resolve,
+        stacks: args.stack,
+        plot: args.plot.clone(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -35,10 +35,10 @@ pub struct Probes {
 
 impl Probes {
     /// Loads the object with this kernel's tracepoint offsets, the mode and the ring size.
-    pub fn load(ring_size: u32, summary_mode: bool) -> anyhow::Result<Probes> {
+    pub fn load(ring_size: u32, summary_mode: bool, stacks: bool) -> anyhow::Result<Probes> {
         check_privilege()?;
         let root = tracefs::ensure_mounted()?;
-        let settings = read_settings(&root, summary_mode)?;
+        let settings = read_settings(&root, summary_mode, stacks)?;
         raise_memlock_limit();
         let ebpf = EbpfLoader::new()
             .override_global("SETTINGS", &settings, true)
@@ -92,7 +92,7 @@ impl Probes {
     }
 }
 
-fn read_settings(root: &Path, summary_mode: bool) -> anyhow::Result<Settings> {
+fn read_settings(root: &Path, summary_mode: bool, stacks: bool) -> anyhow::Result<Settings> {
     let required = |category, event, field| -> anyhow::Result<u32> {
         tracefs::field_offset(root, category, event, field)?.ok_or_else(|| {
             failure(
@@ -109,6 +109,8 @@ fn read_settings(root: &Path, summary_mode: bool) -> anyhow::Result<Settings> {
         page_alloc_gfp: required("kmem", "mm_page_alloc", "gfp_flags")?,
         summary_mode: summary_mode.into(),
         copy_detection: 1,
+        stacks: stacks.into(),
+        _pad: 0,
     })
 }
 

@@ -2,6 +2,7 @@
 use std::{
     collections::{HashMap, HashSet},
     io,
+    path::PathBuf,
     time::Duration,
 };
 
@@ -10,9 +11,11 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{BackendChoice, Format},
+    enrich::Enricher,
     event::{Change, Event, ProcessEvent},
     failure::{Kind, failure},
     kstats,
+    plot::FaultPlot,
     probes::Probes,
     ring::{Ring, read_lost},
     sink::{self, Sink, WallClock},
@@ -33,6 +36,11 @@ pub struct Options {
     pub print_summary: bool,
     pub interval: Option<Duration>,
     pub fail_over_cow: Option<u64>,
+    /// Resolve mappings and symbols of each fault.
+    pub resolve: bool,
+    /// Capture user stacks.
+    pub stacks: bool,
+    pub plot: Option<PathBuf>,
 }
 
 /// Exit status when more than --fail-over-cow was copied.
@@ -84,6 +92,108 @@ impl Tree {
     }
 }
 
+/// Everything one run holds between attaching and detaching.
+struct Session {
+    options: Options,
+    probes: Probes,
+    ring: Ring,
+    sink: Box<dyn Sink>,
+    tree: Tree,
+    /// Streaming: faults are counted here as they arrive.
+    streamed: Summary,
+    enricher: Enricher,
+    plot: Option<FaultPlot>,
+}
+
+impl Session {
+    /// Hands everything the kernel has written to the summary, plot and sink.
+    fn drain(&mut self) -> io::Result<()> {
+        let Session {
+            options,
+            probes,
+            ring,
+            sink,
+            tree,
+            streamed,
+            enricher,
+            plot,
+        } = self;
+        let mut result = Ok(());
+        ring.drain(|event| {
+            match event {
+                Event::Fault(mut fault) => {
+                    if options.resolve {
+                        enricher.resolve(&mut fault);
+                    }
+                    if let Some(stack_id) = fault.stack_id {
+                        fault.stack = enricher.stack(probes, fault.pid, stack_id);
+                    }
+                    streamed.record(&fault);
+                    if let Some(plot) = plot.as_mut() {
+                        plot.add_fault(&fault);
+                    }
+                    result = sink.fault(&fault);
+                }
+                Event::Process(process) => {
+                    tree.apply(&process);
+                    match process.change {
+                        Change::Fork { child } => enricher.on_fork(process.pid, child),
+                        Change::Exit => enricher.on_exit(process.pid),
+                    }
+                    if !options.kernel_summary {
+                        result = sink.process(&process);
+                    }
+                }
+            }
+            result.is_ok()
+        });
+        result.and_then(|()| sink.flush())
+    }
+
+    /// The totals so far: the kernel's (in --summary mode) or the streamed ones, with
+    /// mappings and stacks resolved.
+    fn totals(&mut self) -> anyhow::Result<Summary> {
+        let mut summary = if self.options.kernel_summary {
+            let mut summary = Summary::default();
+            let regions = kstats::read(&self.probes, &mut summary)?;
+            for region in regions {
+                let label = self.enricher.mapping_label(region.pid, region.address);
+                *summary
+                    .mappings
+                    .entry((region.pid, label, region.class))
+                    .or_default() += region.faults;
+            }
+            summary
+        } else {
+            self.streamed.clone()
+        };
+        for (pid, comm) in &self.tree.comms {
+            summary.comms.entry(*pid).or_insert_with(|| comm.clone());
+        }
+        for ((pid, stack_id), _) in summary.top_stacks(10) {
+            let frames = self.enricher.stack(&self.probes, pid, stack_id);
+            summary.stack_frames.insert((pid, stack_id), frames);
+        }
+        summary.lost = read_lost(&self.probes)?;
+        Ok(summary)
+    }
+
+    /// Prints the totals so far: into the output in --summary mode, else on stderr.
+    fn report(&mut self) -> anyhow::Result<io::Result<()>> {
+        let live: Vec<u32> = self.tree.live.iter().copied().collect();
+        for pid in live {
+            self.tree.refresh_comm(pid);
+        }
+        let summary = self.totals()?;
+        if self.options.kernel_summary {
+            Ok(self.sink.summary(&summary).and_then(|()| self.sink.flush()))
+        } else {
+            let _ = summary.write_table(&mut io::stderr().lock());
+            Ok(Ok(()))
+        }
+    }
+}
+
 /// Runs until every traced process has exited, a signal arrives or the duration is over.
 /// Returns the exit status: the held command's own, else 0 (or 7 over --fail-over-cow).
 pub async fn run(
@@ -91,7 +201,7 @@ pub async fn run(
     mut held: Option<HeldCommand>,
     out: Box<dyn io::Write>,
 ) -> anyhow::Result<i32> {
-    let mut probes = Probes::load(options.ring_size, options.kernel_summary)?;
+    let mut probes = Probes::load(options.ring_size, options.kernel_summary, options.stacks)?;
     // The root joins the map before process-tree tracking attaches; descendants that exist
     // already are found in /proc after it attached, so none slips between the two.
     probes.trace(options.root)?;
@@ -102,14 +212,11 @@ pub async fn run(
         probes.trace(child as u32)?;
         tree.add(child as u32);
     }
-    let mut ring = Ring::new(&mut probes)?;
+    let ring = Ring::new(&mut probes)?;
     let mut sink = sink::new(options.format, out, WallClock::now(), backend.name());
-    // Streaming: faults are counted here as they arrive.
-    let mut streamed = Summary::default();
     if !options.kernel_summary {
         sink.begin().map_err(output_error)?;
     }
-
     let what = if held.is_some() { "command" } else { "pid" };
     let mode = if options.kernel_summary {
         ", counting in the kernel"
@@ -127,6 +234,21 @@ pub async fn run(
             tree.live.len() - 1
         );
     }
+    let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut report = options
+        .interval
+        .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
+    let plot = options.plot.as_ref().map(|_| FaultPlot::new());
+    let mut session = Session {
+        options,
+        probes,
+        ring,
+        sink,
+        tree,
+        streamed: Summary::default(),
+        enricher: Enricher::default(),
+        plot,
+    };
     if let Some(command) = held.as_mut() {
         command.release()?;
     }
@@ -134,65 +256,27 @@ pub async fn run(
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let mut report = options
-        .interval
-        .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
     let mut reported_lost = 0;
-
-    let kernel_summary = options.kernel_summary;
-    let consume =
-        |ring: &mut Ring, tree: &mut Tree, streamed: &mut Summary, sink: &mut Box<dyn Sink>| {
-            let mut result = Ok(());
-            ring.drain(|event| {
-                match event {
-                    Event::Fault(fault) => {
-                        streamed.record(&fault);
-                        result = sink.fault(&fault);
-                    }
-                    Event::Process(process) => {
-                        tree.apply(&process);
-                        if !kernel_summary {
-                            result = sink.process(&process);
-                        }
-                    }
-                }
-                result.is_ok()
-            });
-            result.and_then(|()| sink.flush())
-        };
 
     let stop = loop {
         let step = tokio::select! {
-            ready = ring.readable() => {
+            ready = session.ring.readable() => {
                 ready.context("waiting on the ring buffer")?;
-                consume(&mut ring, &mut tree, &mut streamed, &mut sink)
+                session.drain()
             }
             _ = tick.tick() => {
-                let drained = consume(&mut ring, &mut tree, &mut streamed, &mut sink);
+                let drained = session.drain();
                 // Exit records can be lost when the ring is full: /proc has the last word.
-                tree.live.retain(|&pid| target::is_alive(pid));
-                let lost = read_lost(&probes)?.events();
+                session.tree.live.retain(|&pid| target::is_alive(pid));
+                let lost = read_lost(&session.probes)?.events();
                 if lost > reported_lost {
                     eprintln!("cow-trace: LOST {} events (ring buffer full): try a larger --ring-size", lost - reported_lost);
                     reported_lost = lost;
                 }
                 drained
             }
-            _ = next_tick(&mut report) => {
-                let live: Vec<u32> = tree.live.iter().copied().collect();
-                for pid in live {
-                    tree.refresh_comm(pid);
-                }
-                let summary = totals(&probes, &streamed, &tree, kernel_summary)?;
-                if kernel_summary {
-                    sink.summary(&summary).and_then(|()| sink.flush())
-                } else {
-                    let _ = summary.write_table(&mut io::stderr().lock());
-                    Ok(())
-                }
-            }
+            _ = next_tick(&mut report) => session.report()?,
             _ = interrupt.recv() => break Stop::Signal("SIGINT"),
             _ = terminate.recv() => break Stop::Signal("SIGTERM"),
             _ = hangup.recv() => break Stop::Signal("SIGHUP"),
@@ -203,7 +287,7 @@ pub async fn run(
             Err(e) => return Err(output_error(e)),
             Ok(()) => {}
         }
-        if tree.live.is_empty() {
+        if session.tree.live.is_empty() {
             break Stop::AllExited;
         }
     };
@@ -212,10 +296,18 @@ pub async fn run(
     let last = if stop == Stop::OutputClosed {
         Ok(())
     } else {
-        consume(&mut ring, &mut tree, &mut streamed, &mut sink)
+        session.drain()
     };
-    let summary = totals(&probes, &streamed, &tree, kernel_summary)?;
+    let summary = session.totals()?;
     // Detach before waiting for anything else.
+    let Session {
+        options,
+        probes,
+        ring,
+        mut sink,
+        plot,
+        ..
+    } = session;
     drop(ring);
     drop(probes);
     if options.verbose {
@@ -227,7 +319,7 @@ pub async fn run(
     if output_open {
         last.map_err(output_error)?;
         // Streaming text stays pure event lines; the human table goes to stderr instead.
-        let to_output = kernel_summary || sink.is_machine_readable();
+        let to_output = options.kernel_summary || sink.is_machine_readable();
         if to_output {
             match sink.summary(&summary).and_then(|()| sink.flush()) {
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
@@ -235,8 +327,17 @@ pub async fn run(
             }
         }
     }
-    if !kernel_summary && options.print_summary {
-        let _ = summary.write_table(&mut io::stderr().lock());
+    if !options.kernel_summary && options.print_summary {
+        let mut stderr = io::stderr().lock();
+        let _ = summary.write_table(&mut stderr);
+        let _ = summary.write_mappings(&mut stderr);
+        let _ = summary.write_stacks(&mut stderr);
+    }
+    if let (Some(plot), Some(path)) = (plot, &options.plot) {
+        let title = format!("cow-trace: pid {} and its children", options.root);
+        plot.render_svg(path, &title)
+            .map_err(|e| failure(Kind::Output, format!("drawing {}: {e:#}", path.display())))?;
+        eprintln!("cow-trace: plot written to {}", path.display());
     }
 
     let mut status = match held.as_mut() {
@@ -263,27 +364,6 @@ pub async fn run(
         }
     }
     Ok(status)
-}
-
-/// The totals so far: the kernel's (in --summary mode) or the streamed ones.
-fn totals(
-    probes: &Probes,
-    streamed: &Summary,
-    tree: &Tree,
-    kernel_summary: bool,
-) -> anyhow::Result<Summary> {
-    let mut summary = if kernel_summary {
-        let mut summary = Summary::default();
-        kstats::read(probes, &mut summary)?;
-        summary
-    } else {
-        streamed.clone()
-    };
-    for (pid, comm) in &tree.comms {
-        summary.comms.entry(*pid).or_insert_with(|| comm.clone());
-    }
-    summary.lost = read_lost(probes)?;
-    Ok(summary)
 }
 
 async fn next_tick(interval: &mut Option<tokio::time::Interval>) {

@@ -105,6 +105,10 @@ pub struct Summary {
     pub mappings: BTreeMap<(u32, String, u32), u64>,
     /// (pid, class) -> log2 latency histogram.
     pub hists: BTreeMap<(u32, u32), [u64; HIST_BUCKETS]>,
+    /// (pid, stack id) -> copy-on-write faults taken there (with --stack).
+    pub stacks: BTreeMap<(u32, u32), u64>,
+    /// (pid, stack id) -> symbolized frames, filled before printing.
+    pub stack_frames: BTreeMap<(u32, u32), Vec<String>>,
     pub lost: Lost,
 }
 
@@ -113,6 +117,16 @@ impl Summary {
     pub fn record(&mut self, fault: &Fault) {
         if self.comms.get(&fault.pid) != Some(&fault.comm) {
             self.comms.insert(fault.pid, fault.comm.clone());
+        }
+        if let Some(mapping) = &fault.mapping {
+            let label = mapping.split('@').next().unwrap_or(mapping).to_string();
+            *self
+                .mappings
+                .entry((fault.pid, label, fault.class))
+                .or_default() += 1;
+        }
+        if let Some(stack_id) = fault.stack_id {
+            self.add_stack(fault.pid, stack_id, fault.class, 1);
         }
         self.add(
             fault.pid,
@@ -135,6 +149,46 @@ impl Summary {
                 .or_default()
                 .add(fault_class, count, latency_ns);
         }
+    }
+
+    /// Counts copy-on-write faults per stack.
+    pub fn add_stack(&mut self, pid: u32, stack_id: u32, fault_class: u32, count: u64) {
+        if fault_class & class::WRITE_PROTECT != 0 && fault_class & class::RETRY == 0 {
+            *self.stacks.entry((pid, stack_id)).or_default() += count;
+        }
+    }
+
+    /// The stacks with the most copy-on-write faults, most first.
+    pub fn top_stacks(&self, limit: usize) -> Vec<((u32, u32), u64)> {
+        let mut stacks: Vec<((u32, u32), u64)> = self
+            .stacks
+            .iter()
+            .map(|(&key, &count)| (key, count))
+            .collect();
+        stacks.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        stacks.truncate(limit);
+        stacks
+    }
+
+    /// The user stacks that took the most copy-on-write faults.
+    pub fn write_stacks(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        let top = self.top_stacks(10);
+        if top.is_empty() {
+            return Ok(());
+        }
+        writeln!(out, "\nStacks with the most copy-on-write faults:")?;
+        for ((pid, stack_id), count) in top {
+            writeln!(out, "  {count} faults, pid {pid} ({}):", self.comm(pid))?;
+            for frame in self
+                .stack_frames
+                .get(&(pid, stack_id))
+                .into_iter()
+                .flatten()
+            {
+                writeln!(out, "      {frame}")?;
+            }
+        }
+        Ok(())
     }
 
     pub fn total(&self) -> Counts {

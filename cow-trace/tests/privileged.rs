@@ -529,3 +529,176 @@ fn snapshot_window_and_kernel_summary_agree_with_the_stream() {
     );
     faulter.exit();
 }
+
+/// --resolve and --stack: a forked child's COW faults resolve to the anonymous mapping the
+/// workload made, to code in the workload binary, with a user stack down to main.
+#[test]
+fn resolve_mappings_symbols_and_stacks() {
+    if !require_root("resolve_mappings_symbols_and_stacks") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json", "--resolve", "--stack"]);
+    let printed = faulter.run("cow 16");
+    let done = tracer.stop();
+    let base = parse_hex_after(&printed, "pages ");
+    let cow: Vec<Value> = done
+        .faults()
+        .into_iter()
+        .filter(|f| f["pid"] != pid && (base..base + 16 * 4096).contains(&address(f)))
+        .collect();
+    assert_eq!(cow.len(), 16);
+    for fault in &cow {
+        assert_eq!(fault["mapping"], "[anon]", "{fault}");
+        let symbol = fault["symbol"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no symbol: {fault}"));
+        assert!(symbol.contains("faulter"), "{symbol}");
+        let frames: Vec<&str> = fault["stack"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        assert!(frames.iter().any(|f| f.starts_with("main+")), "{frames:?}");
+    }
+    // Faults on the workload's code resolve to its file with an offset.
+    assert!(
+        done.faults_of(pid).iter().any(|f| f["mapping"]
+            .as_str()
+            .is_some_and(|m| m.contains("faulter@0x"))),
+        "no fault resolved into the faulter binary"
+    );
+    faulter.exit();
+}
+
+/// --summary with --stack: per-mapping rows, and the stacks that took the COW faults.
+#[test]
+fn kernel_summary_by_mapping_and_stack() {
+    if !require_root("kernel_summary_by_mapping_and_stack") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json", "--summary", "--stack"]);
+    faulter.run("reuse 32");
+    let done = tracer.stop();
+    let json = done.json();
+    let anon_cow: u64 = json
+        .iter()
+        .filter(|v| v["event"] == "mapping" && v["pid"] == pid && v["mapping"] == "[anon]")
+        .filter(|v| v["class"].as_str().unwrap().contains("cow-reused"))
+        .map(|v| v["faults"].as_u64().unwrap())
+        .sum();
+    // The parent reuses the 32 pages it wrote after the child exited (plus, at most, a page or
+    // two of its other anonymous memory, such as libc's, which the child also shared).
+    assert!(
+        (32..32 + 4).contains(&anon_cow),
+        "{anon_cow} reuses in [anon]"
+    );
+    let stacks: Vec<&Value> = json.iter().filter(|v| v["event"] == "stack").collect();
+    assert!(!stacks.is_empty(), "no stack lines");
+    let top = stacks
+        .iter()
+        .max_by_key(|s| s["cow_faults"].as_u64().unwrap())
+        .unwrap();
+    assert!(top["cow_faults"].as_u64().unwrap() >= 32, "{top}");
+    let frames = top["frames"].as_array().unwrap();
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.as_str().unwrap().starts_with("main+")),
+        "{top}"
+    );
+    faulter.exit();
+}
+
+/// --plot draws a valid SVG with the classes that occurred.
+#[test]
+fn plot_is_a_valid_svg() {
+    if !require_root("plot_is_a_valid_svg") {
+        return;
+    }
+    let svg = scratch().join(format!("plot-{}.svg", std::process::id()));
+    let script = format!(
+        "printf 'cow 64\\nexit\\n' | {}",
+        workload("faulter").display()
+    );
+    let done = Tracer::start(&[
+        "--json",
+        "--plot",
+        svg.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ])
+    .wait();
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    std::fs::remove_file(&svg).unwrap();
+    let document = roxmltree::Document::parse(&text).expect("not XML");
+    assert_eq!(document.root_element().tag_name().name(), "svg");
+    let texts: Vec<&str> = document.descendants().filter_map(|n| n.text()).collect();
+    for label in ["COW writes", "reads and exec"] {
+        assert!(
+            texts.iter().any(|t| t.contains(label)),
+            "{label} missing: {texts:?}"
+        );
+    }
+    assert!(document.descendants().count() > 100);
+}
+
+/// --fail-over-cow: the gate trips above the limit (status 7, one line why), not below, and a
+/// failing command's own status wins.
+#[test]
+fn fail_over_cow_gates_ci() {
+    if !require_root("fail_over_cow_gates_ci") {
+        return;
+    }
+    let script = format!(
+        "printf 'cow 64\\nexit\\n' | {}",
+        workload("faulter").display()
+    );
+    let over = Tracer::start(&[
+        "--fail-over-cow",
+        "64KiB",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ])
+    .wait();
+    assert_eq!(over.status, 7, "{}", over.stderr);
+    assert!(
+        over.stderr
+            .contains("over the --fail-over-cow limit of 64.0 KiB"),
+        "{}",
+        over.stderr
+    );
+    let under = Tracer::start(&[
+        "--fail-over-cow",
+        "1GiB",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ])
+    .wait();
+    assert_eq!(under.status, 0, "{}", under.stderr);
+    let failing = format!("{script}; exit 3");
+    let both = Tracer::start(&[
+        "--fail-over-cow",
+        "64KiB",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        &failing,
+    ])
+    .wait();
+    assert_eq!(both.status, 3, "{}", both.stderr);
+}

@@ -60,6 +60,12 @@ struct FaultLine<'a> {
     kernel_mode: bool,
     error_code: Option<u64>,
     latency_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mapping: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    symbol: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stack: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -97,6 +103,15 @@ struct MappingLine<'a> {
     mapping: &'a str,
     class: String,
     faults: u64,
+}
+
+#[derive(Serialize)]
+struct StackLine<'a> {
+    v: u32,
+    event: &'static str,
+    pid: u32,
+    cow_faults: u64,
+    frames: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -148,6 +163,9 @@ impl Sink for JsonSink {
             kernel_mode: fault.kernel_mode,
             error_code: fault.error_code,
             latency_ns: fault.latency_ns,
+            mapping: fault.mapping.as_deref(),
+            symbol: fault.symbol.as_deref(),
+            stack: &fault.stack,
         };
         self.line(&line)
     }
@@ -201,6 +219,16 @@ impl Sink for JsonSink {
                 mapping,
                 class: class_label(*class),
                 faults,
+            })?;
+        }
+        for ((pid, stack_id), cow_faults) in summary.top_stacks(usize::MAX) {
+            let frames = summary.stack_frames.get(&(pid, stack_id));
+            self.line(&StackLine {
+                v: SCHEMA_VERSION,
+                event: "stack",
+                pid,
+                cow_faults,
+                frames: frames.map_or(&[], Vec::as_slice),
             })?;
         }
         for (&(pid, class), buckets) in &summary.hists {

@@ -163,6 +163,10 @@ pub(crate) mod test_support {
             class: cow_trace_common::class::WRITE | cow_trace_common::class::WRITE_PROTECT,
             window: 0,
             vm_fault: 0,
+            stack_id: None,
+            mapping: None,
+            symbol: None,
+            stack: Vec::new(),
         }
     }
 }

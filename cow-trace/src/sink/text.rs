@@ -52,12 +52,24 @@ impl Sink for TextSink {
     }
 
     fn fault(&mut self, fault: &Fault) -> io::Result<()> {
-        writeln!(
+        write!(
             self.out,
             "{} {}",
             self.clock.to_utc(fault.ts_ns).format("%H:%M:%S%.6f"),
             columns(fault)
-        )
+        )?;
+        // --resolve: where the address lies and which code touched it, as perf trace shows.
+        if let Some(mapping) = &fault.mapping {
+            write!(self.out, " {mapping}")?;
+        }
+        if let Some(symbol) = &fault.symbol {
+            write!(self.out, " {symbol}")?;
+        }
+        writeln!(self.out)?;
+        for frame in &fault.stack {
+            writeln!(self.out, "{:>24}{frame}", "")?;
+        }
+        Ok(())
     }
 
     fn process(&mut self, event: &ProcessEvent) -> io::Result<()> {
@@ -78,6 +90,7 @@ impl Sink for TextSink {
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
         summary.write_table(&mut self.out)?;
         summary.write_mappings(&mut self.out)?;
+        summary.write_stacks(&mut self.out)?;
         summary.write_hists(&mut self.out)
     }
 
@@ -127,6 +140,29 @@ mod tests {
         let line = columns(&fault);
         assert!(line.contains(" ?u MAJOR      ?     "), "{line}");
         assert!(line.ends_with("       -"), "{line}");
+    }
+
+    #[test]
+    fn resolved_mapping_symbol_and_stack() {
+        let out = Captured::default();
+        let mut sink = TextSink::new(Box::new(out.clone()), WallClock::with_offset(0));
+        let mut fault = article_fault();
+        fault.mapping = Some("[stack]".into());
+        fault.symbol = Some("main+0x42 (/tmp/cow)".into());
+        fault.stack = vec![
+            "main+0x42 (/tmp/cow)".into(),
+            "__libc_start_call_main+0x7a".into(),
+        ];
+        sink.fault(&fault).unwrap();
+        let text = out.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].ends_with("1.5us [stack] main+0x42 (/tmp/cow)"),
+            "{text}"
+        );
+        assert_eq!(lines[1].trim(), "main+0x42 (/tmp/cow)");
+        assert_eq!(lines[2].trim(), "__libc_start_call_main+0x7a");
+        assert_eq!(lines.len(), 3);
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub fn workload(name: &str) -> PathBuf {
             .join("tests/workloads")
             .join(format!("{name}.c"));
         let status = Command::new("cc")
-            .args(["-O1", "-pthread", "-Wall", "-o"])
+            .args(["-O1", "-fno-omit-frame-pointer", "-pthread", "-Wall", "-o"])
             .arg(&binary)
             .arg(&source)
             .status()

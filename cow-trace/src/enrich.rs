@@ -1,0 +1,105 @@
+//! Where and why, for the session: each fault's mapping and symbolized ip (--resolve), its user
+//! stack (--stack), and the mapping of a summary region. A process that has exited is looked up
+//! through its parent: a forked child that did not exec has its parent's layout.
+use std::collections::HashMap;
+
+use aya::maps::{MapData, StackTraceMap};
+
+use crate::{
+    attribute::{Attribution, Mappings},
+    event::Fault,
+    probes::Probes,
+    symbolize::Symbols,
+};
+
+/// At most this many stacks are kept symbolized; then the cache starts over.
+const STACK_CACHE_CAP: usize = 1 << 14;
+
+#[derive(Default)]
+pub struct Enricher {
+    mappings: Mappings,
+    symbols: Symbols,
+    /// child -> parent, from fork records, for the parent fallback.
+    parents: HashMap<u32, u32>,
+    stacks: HashMap<(u32, u32), Vec<String>>,
+}
+
+impl Enricher {
+    pub fn on_fork(&mut self, parent: u32, child: u32) {
+        self.parents.insert(child, parent);
+    }
+
+    /// A process exited: drop its cached maps and symbols, so caches stay bounded however
+    /// many processes come and go. Its later lookups go through its parent.
+    pub fn on_exit(&mut self, pid: u32) {
+        self.mappings.forget(pid);
+        self.symbols.forget(pid);
+    }
+
+    /// Fills in `fault.mapping` and `fault.symbol`.
+    pub fn resolve(&mut self, fault: &mut Fault) {
+        fault.mapping = Some(self.mapping(fault.pid, fault.address, Some(fault.ts_ns)));
+        fault.symbol = self.symbol(fault.pid, fault.ip);
+    }
+
+    /// The label of the mapping holding `address` in `pid` (or, once it exited, in its
+    /// nearest live ancestor's layout).
+    pub fn mapping(&mut self, pid: u32, address: u64, ts_ns: Option<u64>) -> String {
+        let mut current = pid;
+        for _ in 0..8 {
+            let found = match ts_ns {
+                Some(ts) if current == pid => self.mappings.resolve_at(current, address, ts),
+                _ => self.mappings.resolve(current, address),
+            };
+            match (found, self.parents.get(&current)) {
+                (Attribution::Gone, Some(&parent)) => current = parent,
+                (found, _) => return found.to_string(),
+            }
+        }
+        Attribution::Gone.to_string()
+    }
+
+    /// As `mapping`, without the offset: the name a summary groups faults by.
+    pub fn mapping_label(&mut self, pid: u32, address: u64) -> String {
+        let mapping = self.mapping(pid, address, None);
+        match mapping.rsplit_once('@') {
+            Some((label, offset)) if offset.starts_with("0x") => label.to_string(),
+            _ => mapping,
+        }
+    }
+
+    fn symbol(&mut self, pid: u32, ip: u64) -> Option<String> {
+        let mut current = pid;
+        for _ in 0..8 {
+            if let Some(symbol) = self.symbols.symbolize_one(current, ip) {
+                return Some(symbol);
+            }
+            current = *self.parents.get(&current)?;
+        }
+        None
+    }
+
+    /// The symbolized frames of user stack `stack_id` of `pid`, innermost first.
+    pub fn stack(&mut self, probes: &Probes, pid: u32, stack_id: u32) -> Vec<String> {
+        if let Some(frames) = self.stacks.get(&(pid, stack_id)) {
+            return frames.clone();
+        }
+        let ips: Vec<u64> = probes
+            .ebpf
+            .map("STACKS")
+            .and_then(|map| StackTraceMap::<&MapData>::try_from(map).ok())
+            .and_then(|map| map.get(&stack_id, 0).ok())
+            .map(|trace| trace.frames().iter().map(|frame| frame.ip).collect())
+            .unwrap_or_default();
+        let mut frames = Vec::with_capacity(ips.len());
+        for ip in ips {
+            let symbol = self.symbol(pid, ip);
+            frames.push(symbol.unwrap_or_else(|| format!("{ip:#x}")));
+        }
+        if self.stacks.len() >= STACK_CACHE_CAP {
+            self.stacks.clear();
+        }
+        self.stacks.insert((pid, stack_id), frames.clone());
+        frames
+    }
+}
