@@ -158,7 +158,9 @@ pub struct Settings {
     pub copy_detection: u32,
     /// Non-zero: capture the user stack of each fault (--stack).
     pub stacks: u32,
-    pub _pad: u32,
+    /// Wake userspace only once this many bytes wait in the ring: waking it for every fault
+    /// would cost a context switch each. Userspace also drains on a short timer.
+    pub wakeup_bytes: u32,
 }
 
 /// No stack captured (not asked for, or the stack map was full).

@@ -31,8 +31,8 @@ pub fn kmem_mm_page_alloc(ctx: TracePointContext) -> u32 {
     // either way (little endian).
     // SAFETY: offset from this kernel's tracepoint format.
     let gfp = unsafe { ctx.read_at::<u32>(settings().page_alloc_gfp as usize) }.unwrap_or(0);
-    if gfp & USER_PAGE_GFP == USER_PAGE_GFP {
-        // SAFETY: the entry belongs to this thread, which is running this program.
+    // SAFETY: the slot belongs to this thread, which is running this program.
+    if gfp & USER_PAGE_GFP == USER_PAGE_GFP && unsafe { (*pending).ts_ns } != 0 {
         unsafe { (*pending).flags |= flags::PAGE_ALLOCATED };
     }
     0

@@ -4,14 +4,14 @@
 //! The kernel fires those perf events in `mm_account_fault()`, right where it increments the
 //! task's min_flt / maj_flt, so one completion record is emitted per fault the kernel counts.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{perf_event, tracepoint},
     programs::{PerfEventContext, TracePointContext},
 };
-use cow_trace_common::{PendingFault, Record, counter, flags, kind};
+use cow_trace_common::{PendingFault, Record, flags, kind};
 
 use crate::{
-    maps::{PENDING, bump, is_traced, settings, user_stack},
+    maps::{PENDING, is_traced, pending_slot, settings, user_stack},
     report,
 };
 
@@ -68,19 +68,21 @@ fn fault_entry(ctx: &TracePointContext, kernel_mode: bool) {
     if kernel_mode && (address as i64) < 0 {
         return;
     }
-    let tid = pid_tgid as u32;
-    // An entry still pending in this thread never completed: report it before replacing it.
-    flush_pending(tid);
-    let pending = PendingFault {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        address,
-        ip,
-        error_code,
-        flags: if kernel_mode { flags::KERNEL_MODE } else { 0 },
-        stack_id: user_stack(ctx),
+    let Some(slot) = pending_slot(pid_tgid as u32) else {
+        return;
     };
-    if PENDING.insert(&tid, &pending, 0).is_err() {
-        bump(counter::PENDING_FULL);
+    // An entry still pending in this thread never completed: report it before replacing it.
+    flush(slot);
+    // SAFETY: the slot belongs to this thread, which is running this program.
+    unsafe {
+        *slot = PendingFault {
+            ts_ns: bpf_ktime_get_ns(),
+            address,
+            ip,
+            error_code,
+            flags: if kernel_mode { flags::KERNEL_MODE } else { 0 },
+            stack_id: user_stack(ctx),
+        };
     }
 }
 
@@ -104,9 +106,10 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
     if major {
         record.flags |= flags::MAJOR;
     }
-    // SAFETY: the entry is only touched by its own thread, which is running this program.
-    match unsafe { PENDING.get(&tid) } {
-        Some(entry) if (entry.address ^ address) >> 12 == 0 => {
+    let slot = PENDING.get_ptr_mut(&tid);
+    // SAFETY: the slot belongs to this thread, which is running this program.
+    match slot.map(|slot| unsafe { (slot, *slot) }) {
+        Some((slot, entry)) if entry.ts_ns != 0 && (entry.address ^ address) >> 12 == 0 => {
             record.ts_ns = entry.ts_ns;
             record.latency_ns = now - entry.ts_ns;
             record.ip = entry.ip;
@@ -116,31 +119,33 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
             if settings().copy_detection != 0 {
                 record.flags |= flags::COPY_KNOWN;
             }
-            let _ = PENDING.remove(&tid);
+            unsafe { (*slot).ts_ns = 0 };
         }
-        _ => {
+        other => {
             // The entry predates attaching, was not stored, or belongs to another fault that
             // never completed: count this completion all the same, with what it knows.
-            flush_pending(tid);
-            let _ = PENDING.remove(&tid);
+            if let Some((slot, _)) = other {
+                flush(slot);
+            }
             record.ts_ns = now;
             record.ip = regs_ip;
             record.flags |= flags::NO_ENTRY;
             record.stack_id = user_stack(ctx);
         }
     }
-    record.comm = bpf_get_current_comm().unwrap_or_default();
     report::fault(&mut record);
 }
 
-/// Reports the thread's pending entry, if any, as a fault that never completed. The caller
-/// replaces or removes the entry.
+/// Reports the fault pending in `slot`, if any, as one that never completed, and empties the
+/// slot. `slot` must be the current thread's.
 #[inline(always)]
-pub fn flush_pending(tid: u32) {
-    // SAFETY: as in fault_done, only this thread touches its entry.
-    let Some(entry) = (unsafe { PENDING.get(&tid) }) else {
+pub fn flush(slot: *mut PendingFault) {
+    // SAFETY: the slot belongs to the current thread, which is running this program.
+    let entry = unsafe { *slot };
+    if entry.ts_ns == 0 {
         return;
-    };
+    }
+    unsafe { (*slot).ts_ns = 0 };
     let pid_tgid = bpf_get_current_pid_tgid();
     let mut record = Record::zeroed();
     record.kind = kind::FAULT_INCOMPLETE;
@@ -152,6 +157,5 @@ pub fn flush_pending(tid: u32) {
     record.stack_id = entry.stack_id;
     record.pid = (pid_tgid >> 32) as u32;
     record.tid = pid_tgid as u32;
-    record.comm = bpf_get_current_comm().unwrap_or_default();
     report::fault(&mut record);
 }

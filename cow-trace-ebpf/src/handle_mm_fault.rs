@@ -5,18 +5,16 @@
 //! Kernels forbid these on some machines (no kprobes, BPF trampolines refused): userspace then
 //! falls back to the tracepoint backend in `faults`.
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{
         FEntryContext, FExitContext, ProbeContext, RetProbeContext, tracing::StackIdContext,
     },
 };
-use cow_trace_common::{PendingFault, Record, counter, flags, kind, x86_pf};
+use cow_trace_common::{PendingFault, Record, flags, kind, x86_pf};
 
 use crate::{
-    maps::{PENDING, bump, is_traced, settings, user_stack},
+    maps::{PENDING, is_traced, pending_slot, settings, user_stack},
     report,
 };
 
@@ -127,16 +125,19 @@ fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, re
     if fault_flags & FAULT_FLAG_TRIED != 0 {
         entry_flags |= flags::MAJOR;
     }
-    let pending = PendingFault {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        address,
-        ip,
-        error_code,
-        flags: entry_flags,
-        stack_id: user_stack(ctx),
+    let Some(slot) = pending_slot(pid_tgid as u32) else {
+        return;
     };
-    if PENDING.insert(&(pid_tgid as u32), &pending, 0).is_err() {
-        bump(counter::PENDING_FULL);
+    // SAFETY: the slot belongs to this thread, which is running this program.
+    unsafe {
+        *slot = PendingFault {
+            ts_ns: bpf_ktime_get_ns(),
+            address,
+            ip,
+            error_code,
+            flags: entry_flags,
+            stack_id: user_stack(ctx),
+        };
     }
 }
 
@@ -144,7 +145,7 @@ fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, re
 fn write_protect_seen() {
     let tid = bpf_get_current_pid_tgid() as u32;
     if let Some(pending) = PENDING.get_ptr_mut(&tid) {
-        // SAFETY: the entry belongs to this thread, which is running this program.
+        // SAFETY: the slot belongs to this thread, which is running this program.
         unsafe { (*pending).flags |= WRITE_PROTECT_SEEN };
     }
 }
@@ -159,10 +160,15 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
         return;
     }
     let tid = pid_tgid as u32;
-    // SAFETY: only this thread touches its entry.
-    let Some(entry) = (unsafe { PENDING.get(&tid) }) else {
+    let Some(slot) = PENDING.get_ptr_mut(&tid) else {
         return;
     };
+    // SAFETY: the slot belongs to this thread, which is running this program.
+    let entry = unsafe { *slot };
+    if entry.ts_ns == 0 {
+        return;
+    }
+    unsafe { (*slot).ts_ns = 0 };
     let mut record = Record::zeroed();
     record.pid = tgid;
     record.tid = tid;
@@ -177,7 +183,6 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
     record.flags = entry.flags & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED);
     record.vm_fault = vm_fault;
     record.stack_id = entry.stack_id;
-    let _ = PENDING.remove(&tid);
     record.kind = if vm_fault & VM_FAULT_RETRY != 0 {
         kind::FAULT_RETRY
     } else if vm_fault & VM_FAULT_ERROR != 0 {
@@ -197,6 +202,5 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
     if settings().copy_detection != 0 {
         record.flags |= flags::COPY_KNOWN;
     }
-    record.comm = bpf_get_current_comm().unwrap_or_default();
     report::fault(&mut record);
 }

@@ -56,7 +56,7 @@ static SETTINGS: Settings = Settings {
     summary_mode: 0,
     copy_detection: 0,
     stacks: 0,
-    _pad: 0,
+    wakeup_bytes: 0,
 };
 
 /// The settings userspace wrote (a volatile read, so the compiler cannot fold the defaults).
@@ -95,4 +95,31 @@ pub fn user_stack<C: StackIdContext>(ctx: &C) -> i32 {
             NO_STACK
         }
     }
+}
+
+/// An empty pending slot: `ts_ns == 0` means no fault is pending in that thread.
+static EMPTY_PENDING: PendingFault = PendingFault {
+    ts_ns: 0,
+    address: 0,
+    ip: 0,
+    error_code: 0,
+    flags: 0,
+    stack_id: NO_STACK,
+};
+
+const BPF_NOEXIST: u64 = 1;
+
+/// The thread's pending-fault slot, created empty on first use. Slots are filled at entry and
+/// emptied at completion, never inserted and deleted per fault: writing in place costs far
+/// less than a hash-map insert and delete. The thread's exit removes its slot.
+#[inline(always)]
+pub fn pending_slot(tid: u32) -> Option<*mut PendingFault> {
+    if let Some(slot) = PENDING.get_ptr_mut(&tid) {
+        return Some(slot);
+    }
+    if PENDING.insert(&tid, &EMPTY_PENDING, BPF_NOEXIST).is_err() {
+        bump(counter::PENDING_FULL);
+        return None;
+    }
+    PENDING.get_ptr_mut(&tid)
 }

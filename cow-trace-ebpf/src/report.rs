@@ -1,18 +1,31 @@
 //! The last step of every fault: stream it to userspace, or count it in the kernel.
+use aya_ebpf::helpers::bpf_get_current_comm;
 use cow_trace_common::{
     HIST_BUCKETS, Hist, HistKey, REGION_SHIFT, Record, StatKey, StatValue, class, counter,
-    hist_bucket,
+    hist_bucket, kind,
 };
 
 use crate::maps::{EVENTS, HISTS, STATS, WINDOW, bump, settings};
 
-/// Writes `record` to the ring buffer, counting a loss when it is full.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Writes `record` to the ring buffer, counting a loss when it is full. Userspace is woken
+/// only once enough has piled up (it also drains on a timer), or for a process event.
 #[inline(always)]
 pub fn emit(record: &Record) {
     match EVENTS.reserve::<Record>(0) {
         Some(mut entry) => {
             entry.write(*record);
-            entry.submit(0);
+            let urgent = record.kind == kind::FORK || record.kind == kind::EXIT;
+            let wake =
+                urgent || EVENTS.query(BPF_RB_AVAIL_DATA) >= u64::from(settings().wakeup_bytes);
+            entry.submit(if wake {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            });
         }
         None => bump(counter::RING_FULL),
     }
@@ -24,6 +37,7 @@ pub fn fault(record: &mut Record) {
     // SAFETY: plain value read.
     record.other_pid = unsafe { WINDOW.get(&record.pid) }.copied().unwrap_or(0);
     if settings().summary_mode == 0 {
+        record.comm = bpf_get_current_comm().unwrap_or_default();
         emit(record);
         return;
     }

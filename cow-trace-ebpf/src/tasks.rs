@@ -7,7 +7,7 @@ use aya_ebpf::{
 use cow_trace_common::{NO_FIELD, Record, counter, kind};
 
 use crate::{
-    faults::flush_pending,
+    faults::flush,
     maps::{PARENT, PENDING, TRACED, WINDOW, bump, is_traced, settings},
     report::emit,
 };
@@ -74,8 +74,10 @@ pub fn sched_sched_process_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // A fault still pending in an exiting thread never completed (e.g. SIGSEGV killed it).
-    flush_pending(tid);
-    let _ = PENDING.remove(&tid);
+    if let Some(slot) = PENDING.get_ptr_mut(&tid) {
+        flush(slot);
+        let _ = PENDING.remove(&tid);
+    }
 
     let settings = settings();
     let group_dead = if settings.exit_group_dead == NO_FIELD {

@@ -38,7 +38,8 @@ impl Probes {
     pub fn load(ring_size: u32, summary_mode: bool, stacks: bool) -> anyhow::Result<Probes> {
         check_privilege()?;
         let root = tracefs::ensure_mounted()?;
-        let settings = read_settings(&root, summary_mode, stacks)?;
+        let mut settings = read_settings(&root, summary_mode, stacks)?;
+        settings.wakeup_bytes = ring_size / 8;
         raise_memlock_limit();
         let ebpf = EbpfLoader::new()
             .override_global("SETTINGS", &settings, true)
@@ -110,7 +111,7 @@ fn read_settings(root: &Path, summary_mode: bool, stacks: bool) -> anyhow::Resul
         summary_mode: summary_mode.into(),
         copy_detection: 1,
         stacks: stacks.into(),
-        _pad: 0,
+        wakeup_bytes: 0,
     })
 }
 
