@@ -71,8 +71,19 @@ fn fault_entry(ctx: &TracePointContext, kernel_mode: bool) {
     let Some(slot) = pending_slot(pid_tgid as u32) else {
         return;
     };
-    // An entry still pending in this thread never completed: report it before replacing it.
-    flush(slot);
+    // SAFETY: the slot belongs to this thread, which is running this program.
+    let pending = unsafe { *slot };
+    if pending.ts_ns != 0 {
+        // A kernel-mode fault while a user fault is pending is nested in it (a user-memory
+        // access on the fault path, or a profiler's user-stack walk from an interrupt): the
+        // outer fault goes on. Keep it; the nested one, if it completes, is counted without
+        // its entry.
+        if kernel_mode && pending.flags & flags::KERNEL_MODE == 0 {
+            return;
+        }
+        // User faults do not nest: a pending entry now never completed. Report it.
+        flush(slot);
+    }
     // SAFETY: the slot belongs to this thread, which is running this program.
     unsafe {
         *slot = PendingFault {
@@ -121,12 +132,10 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
             }
             unsafe { (*slot).ts_ns = 0 };
         }
-        other => {
-            // The entry predates attaching, was not stored, or belongs to another fault that
-            // never completed: count this completion all the same, with what it knows.
-            if let Some((slot, _)) = other {
-                flush(slot);
-            }
+        _ => {
+            // The entry predates attaching or was not stored, or this completes a fault nested
+            // in the pending one (which stays pending): count it all the same, with what it
+            // knows.
             record.ts_ns = now;
             record.ip = regs_ip;
             record.flags |= flags::NO_ENTRY;

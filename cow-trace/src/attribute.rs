@@ -224,6 +224,34 @@ impl Mappings {
         self.lookup(pid, address, Some(ts_ns))
     }
 
+    /// Re-reads `pid`'s mappings now, while it is alive, keeping the regions of the last read
+    /// that the new one does not overlap (unmapped since, but faulted on before). For
+    /// summaries resolved after the process has exited. False if it could not be read.
+    pub fn refresh(&mut self, pid: u32) -> bool {
+        let read_at_ns = monotonic_ns();
+        let Some(mut regions) = read_regions(pid) else {
+            return false;
+        };
+        if let Some(old) = self.tables.remove(&pid) {
+            let overlaps = |old: &Region| {
+                let after = regions.partition_point(|r| r.start < old.end);
+                regions[..after].last().is_some_and(|r| r.end > old.start)
+            };
+            let kept: Vec<Region> = old.regions.into_iter().filter(|r| !overlaps(r)).collect();
+            regions.extend(kept);
+            regions.sort_unstable_by_key(|r| r.start);
+        }
+        self.tables.insert(
+            pid,
+            Table {
+                regions,
+                read_at_ns,
+                gone: false,
+            },
+        );
+        true
+    }
+
     /// Drops what is cached for `pid`: call it when the process exits (or execs), so the cache
     /// stays bounded and a reused pid is read afresh.
     pub fn forget(&mut self, pid: u32) {
@@ -308,6 +336,52 @@ fn monotonic_ns() -> u64 {
     // SAFETY: a valid clock id and pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod refresh_tests {
+    use super::*;
+
+    #[test]
+    fn refresh_keeps_unmapped_regions_and_adds_new_ones() {
+        let pid = std::process::id();
+        let mut mappings = Mappings::default();
+        // SAFETY: plain anonymous mmap/munmap of our own memory.
+        let old = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as u64;
+        assert!(mappings.refresh(pid));
+        assert!(matches!(mappings.resolve(pid, old), Attribution::Mapped(_)));
+        unsafe { libc::munmap(old as *mut libc::c_void, 4096) };
+        let new = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8192,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as u64;
+        assert!(mappings.refresh(pid));
+        // The new mapping is known without another read...
+        let table = &mappings.tables[&pid];
+        assert!(table.find(new).is_some());
+        // ... and the unmapped one still answers for faults taken while it existed, unless
+        // the new mapping took its place.
+        if !(new..new + 8192).contains(&old) {
+            assert!(table.find(old).is_some());
+        }
+        unsafe { libc::munmap(new as *mut libc::c_void, 8192) };
+        assert!(!mappings.refresh(u32::MAX));
+    }
 }
 
 #[cfg(test)]

@@ -29,6 +29,14 @@ impl Enricher {
         self.parents.insert(child, parent);
     }
 
+    /// Re-reads the mappings of live `pids` (for --summary, which resolves them at the end,
+    /// when some may have exited).
+    pub fn refresh(&mut self, pids: impl IntoIterator<Item = u32>) {
+        for pid in pids {
+            self.mappings.refresh(pid);
+        }
+    }
+
     /// A process exited: drop its cached maps and symbols, so caches stay bounded however
     /// many processes come and go. Its later lookups go through its parent.
     pub fn on_exit(&mut self, pid: u32) {

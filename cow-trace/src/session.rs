@@ -137,8 +137,16 @@ impl Session {
                 Event::Process(process) => {
                     tree.apply(&process);
                     match process.change {
-                        Change::Fork { child } => enricher.on_fork(process.pid, child),
-                        Change::Exit => enricher.on_exit(process.pid),
+                        Change::Fork { child } => {
+                            enricher.on_fork(process.pid, child);
+                            // --summary resolves mappings at the end: read them while alive.
+                            if options.kernel_summary {
+                                enricher.refresh([child]);
+                            }
+                        }
+                        // Streaming resolved this process's faults already.
+                        Change::Exit if !options.kernel_summary => enricher.on_exit(process.pid),
+                        Change::Exit => {}
                     }
                     if !options.kernel_summary {
                         result = sink.process(&process);
@@ -259,6 +267,11 @@ pub async fn run(
     // The kernel wakes us only once an eighth of the ring is full; this tick drains the rest.
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut reported_lost = 0;
+    let mut ticks: u64 = 0;
+    if session.options.kernel_summary {
+        let live: Vec<u32> = session.tree.live.iter().copied().collect();
+        session.enricher.refresh(live);
+    }
 
     let stop = loop {
         let step = tokio::select! {
@@ -268,6 +281,11 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 let drained = session.drain();
+                ticks += 1;
+                if session.options.kernel_summary && ticks.is_multiple_of(10) {
+                    let live: Vec<u32> = session.tree.live.iter().copied().collect();
+                    session.enricher.refresh(live);
+                }
                 // Exit records can be lost when the ring is full: /proc has the last word.
                 session.tree.live.retain(|&pid| target::is_alive(pid));
                 let lost = read_lost(&session.probes)?.events();
@@ -299,6 +317,10 @@ pub async fn run(
     } else {
         session.drain()
     };
+    if session.options.kernel_summary {
+        let live: Vec<u32> = session.tree.live.iter().copied().collect();
+        session.enricher.refresh(live);
+    }
     let summary = session.totals()?;
     // Detach before waiting for anything else.
     let Session {

@@ -266,13 +266,14 @@ impl Summary {
         }
         writeln!(
             out,
-            "{:>7} {:<40} {:<16} {:>9}",
+            "\n{:>7} {:<48} {:<24} {:>9}",
             "PID", "MAPPING", "CLASS", "FAULTS"
         )?;
         for ((pid, mapping, fault_class), count) in &self.mappings {
             writeln!(
                 out,
-                "{pid:>7} {mapping:<40} {:<16} {count:>9}",
+                "{pid:>7} {:<48} {:<24} {count:>9}",
+                shorten(mapping, 48),
                 class_label(*fault_class)
             )?;
         }
@@ -305,6 +306,16 @@ fn write_row(out: &mut dyn io::Write, label: &str, c: &Counts) -> io::Result<()>
         "{label} {:>9} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>10} {:>9}",
         c.faults, c.minor, c.major, c.writes, c.cow, c.copied, c.reused, c.incomplete, average
     )
+}
+
+/// Keeps the end of a long path (the file name matters most): "...x86_64-linux-gnu/libc.so.6".
+fn shorten(text: &str, width: usize) -> String {
+    let chars = text.chars().count();
+    if chars <= width {
+        return text.to_string();
+    }
+    let tail: String = text.chars().skip(chars - (width - 3)).collect();
+    format!("...{tail}")
 }
 
 /// "w MINOR cow-copied", "r MAJOR", "x MINOR kernel", ...
@@ -500,6 +511,18 @@ mod tests {
         assert!(
             lines[1].contains(&format!("|{}{}|", "@".repeat(26), " ".repeat(26))),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn long_mapping_names_keep_their_end() {
+        assert_eq!(shorten("[heap]", 10), "[heap]");
+        let long = "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2";
+        let short = shorten(long, 20);
+        assert_eq!(short.chars().count(), 20);
+        assert!(
+            short.starts_with("...") && short.ends_with("x86-64.so.2"),
+            "{short}"
         );
     }
 
