@@ -18,6 +18,8 @@ pub mod kind {
     /// One attempt at a fault returned VM_FAULT_RETRY; the fault goes on (handle_mm_fault
     /// backends only: the tracepoint backend sees faults whole).
     pub const FAULT_RETRY: u32 = 5;
+    /// A traced process executed a new program (`comm` is its new name).
+    pub const EXEC: u32 = 6;
 }
 
 /// Bits of [`Record::flags`] for faults.

@@ -18,7 +18,7 @@ pub fn emit(record: &Record) {
     match EVENTS.reserve::<Record>(0) {
         Some(mut entry) => {
             entry.write(*record);
-            let urgent = record.kind == kind::FORK || record.kind == kind::EXIT;
+            let urgent = matches!(record.kind, kind::FORK | kind::EXIT | kind::EXEC);
             let wake =
                 urgent || EVENTS.query(BPF_RB_AVAIL_DATA) >= u64::from(settings().wakeup_bytes);
             entry.submit(if wake {

@@ -109,3 +109,26 @@ pub fn sched_sched_process_exit(ctx: TracePointContext) -> u32 {
     emit(&record);
     0
 }
+
+/// sched:sched_process_exec, fired in the process once its new program is loaded.
+/// ```text
+/// field:__data_loc char[] filename;  offset:8;  size:4;   field:pid_t pid;  offset:12;  size:4;
+/// field:pid_t old_pid;  offset:16;  size:4;
+/// ```
+/// Userspace reads the new program's mappings and forgets the old ones.
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn sched_sched_process_exec(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_traced(tgid) {
+        return 0;
+    }
+    let mut record = Record::zeroed();
+    record.kind = kind::EXEC;
+    record.ts_ns = unsafe { bpf_ktime_get_ns() };
+    record.pid = tgid;
+    record.tid = pid_tgid as u32;
+    record.comm = bpf_get_current_comm().unwrap_or_default();
+    emit(&record);
+    0
+}

@@ -118,7 +118,11 @@ pub struct ProcessEvent {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
-    Fork { child: u32 },
+    Fork {
+        child: u32,
+    },
+    /// A new program; the event's comm is its name.
+    Exec,
     Exit,
 }
 
@@ -171,17 +175,17 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 window: record.other_pid,
             }))
         }
-        kind::FORK | kind::EXIT => Some(Event::Process(ProcessEvent {
+        kind::FORK | kind::EXEC | kind::EXIT => Some(Event::Process(ProcessEvent {
             ts_ns: record.ts_ns,
             pid: record.pid,
             tid: record.tid,
             comm,
-            change: if record.kind == kind::FORK {
-                Change::Fork {
+            change: match record.kind {
+                kind::FORK => Change::Fork {
                     child: record.other_pid,
-                }
-            } else {
-                Change::Exit
+                },
+                kind::EXEC => Change::Exec,
+                _ => Change::Exit,
             },
         })),
         _ => None,
@@ -353,6 +357,15 @@ mod tests {
             Some(Event::Process(ProcessEvent {
                 pid: 10,
                 change: Change::Fork { child: 11 },
+                ..
+            }))
+        ));
+        record.kind = kind::EXEC;
+        assert!(matches!(
+            decode(&bytes(&record)),
+            Some(Event::Process(ProcessEvent {
+                pid: 10,
+                change: Change::Exec,
                 ..
             }))
         ));

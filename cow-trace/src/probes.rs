@@ -22,9 +22,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/co
 /// Process-tree tracking and copy detection, shared by every backend: (program, category,
 /// event). Tracking comes first, so a child forked while the rest attaches is followed.
 #[rustfmt::skip]
-const COMMON: [(&str, &str, &str); 3] = [
+const COMMON: [(&str, &str, &str); 4] = [
     ("task_task_newtask", "task", "task_newtask"),
     ("sched_sched_process_exit", "sched", "sched_process_exit"),
+    ("sched_sched_process_exec", "sched", "sched_process_exec"),
     ("kmem_mm_page_alloc", "kmem", "mm_page_alloc"),
 ];
 

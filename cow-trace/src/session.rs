@@ -73,6 +73,9 @@ impl Tree {
                 // A child starts with its parent's name; exec may change it later.
                 self.comms.insert(child, event.comm.clone());
             }
+            Change::Exec => {
+                self.comms.insert(event.pid, event.comm.clone());
+            }
             Change::Exit => {
                 self.live.remove(&event.pid);
                 self.comms.insert(event.pid, event.comm.clone());
@@ -143,6 +146,11 @@ impl Session {
                             if options.kernel_summary {
                                 enricher.refresh([child]);
                             }
+                        }
+                        // The old program's maps and symbols are stale now.
+                        Change::Exec => {
+                            enricher.on_exit(process.pid);
+                            enricher.refresh([process.pid]);
                         }
                         // Streaming resolved this process's faults already.
                         Change::Exit if !options.kernel_summary => enricher.on_exit(process.pid),
@@ -221,10 +229,7 @@ pub async fn run(
         tree.add(child as u32);
     }
     let ring = Ring::new(&mut probes)?;
-    let mut sink = sink::new(options.format, out, WallClock::now(), backend.name());
-    if !options.kernel_summary {
-        sink.begin().map_err(output_error)?;
-    }
+    let sink = sink::new(options.format, out, WallClock::now(), backend.name());
     let what = if held.is_some() { "command" } else { "pid" };
     let mode = if options.kernel_summary {
         ", counting in the kernel"
@@ -257,6 +262,9 @@ pub async fn run(
         enricher: Enricher::default(),
         plot,
     };
+    if !session.options.kernel_summary {
+        session.sink.begin().map_err(output_error)?;
+    }
     if let Some(command) = held.as_mut() {
         command.release()?;
     }

@@ -37,7 +37,7 @@ pub fn run() -> anyhow::Result<()> {
 
     // Relay cow-trace's stderr, and note when it is ready.
     let mut tracer = Command::new(&cow_trace)
-        .args(["-x", &child])
+        .args(["-x", &child, "--resolve"])
         .stderr(Stdio::piped())
         .spawn()
         .context("starting cow-trace")?;
@@ -74,8 +74,9 @@ pub fn run() -> anyhow::Result<()> {
         bail!("cow-trace failed: {status}");
     }
     println!(
-        "\nEach address cow printed appears above as a 'w' MINOR COW fault of pid {child}: the\n\
-         child's first write to a page it shared with its parent made the kernel copy that page."
+        "\nEach address cow printed appears above as a write (w), MINOR fault of pid {child} in its\n\
+         [stack], marked copy: the child's first write to a page it shared with its parent made\n\
+         the kernel copy that page. (`cargo xtask demo` ran: cow-trace -x {child} --resolve)"
     );
     Ok(())
 }

@@ -173,6 +173,7 @@ impl Sink for JsonSink {
     fn process(&mut self, event: &ProcessEvent) -> io::Result<()> {
         let (name, child) = match event.change {
             Change::Fork { child } => ("fork", Some(child)),
+            Change::Exec => ("exec", None),
             Change::Exit => ("exit", None),
         };
         self.line(&ProcessLine {

@@ -75,6 +75,7 @@ impl Sink for TextSink {
     fn process(&mut self, event: &ProcessEvent) -> io::Result<()> {
         let what = match event.change {
             Change::Fork { child } => format!("fork: child {child}"),
+            Change::Exec => "exec".to_string(),
             Change::Exit => "exit".to_string(),
         };
         writeln!(
