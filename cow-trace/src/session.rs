@@ -230,6 +230,10 @@ pub async fn run(
     }
     let ring = Ring::new(&mut probes)?;
     let sink = sink::new(options.format, out, WallClock::now(), backend.name());
+    // Handlers first: a signal right after the readiness line must end the run cleanly.
+    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let what = if held.is_some() { "command" } else { "pid" };
     let mode = if options.kernel_summary {
         ", counting in the kernel"
@@ -269,9 +273,6 @@ pub async fn run(
         command.release()?;
     }
 
-    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     // The kernel wakes us only once an eighth of the ring is full; this tick drains the rest.
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut reported_lost = 0;

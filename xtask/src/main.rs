@@ -1,6 +1,8 @@
 //! Project tasks: `cargo xtask <task>`. Each task lives in its own module.
+mod bench;
 mod demo;
 mod docs;
+mod redis_demo;
 mod setup;
 mod test;
 mod util;
@@ -29,6 +31,12 @@ enum Task {
     Man,
     /// Generate shell completions (target/completions/) from the command-line definition.
     Completions,
+    /// Measure what tracing costs a fork-and-write workload, against bpftrace and perf trace;
+    /// writes BENCHMARKS.md (takes minutes; not part of CI).
+    Bench(bench::Args),
+    /// Trace a Redis BGSAVE under overwrites and print cow-trace's copies beside Redis's own
+    /// rdb_last_cow_size (installs redis-server and redis-tools if missing).
+    RedisDemo(redis_demo::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +46,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test => test::run(),
         Task::Man => docs::man(),
         Task::Completions => docs::completions(),
+        Task::Bench(args) => bench::run(args),
+        Task::RedisDemo(args) => redis_demo::run(args),
     }
 }

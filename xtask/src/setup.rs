@@ -15,6 +15,8 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "bpftrace",
     "linux-perf",
+    "redis-server",
+    "redis-tools",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
