@@ -24,7 +24,7 @@ pub fn kmem_mm_page_alloc(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let tid = pid_tgid as u32;
-    let Some(pending) = PENDING.get_ptr_mut(&tid) else {
+    let Some(pending) = PENDING.get_ptr_mut(tid) else {
         return 0;
     };
     // gfp_flags is 4 or 8 bytes depending on the kernel; its low 32 bits hold these flags

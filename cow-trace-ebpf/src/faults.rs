@@ -117,7 +117,7 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
     if major {
         record.flags |= flags::MAJOR;
     }
-    let slot = PENDING.get_ptr_mut(&tid);
+    let slot = PENDING.get_ptr_mut(tid);
     // SAFETY: the slot belongs to this thread, which is running this program.
     match slot.map(|slot| unsafe { (slot, *slot) }) {
         Some((slot, entry)) if entry.ts_ns != 0 && (entry.address ^ address) >> 12 == 0 => {

@@ -144,7 +144,7 @@ fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, re
 #[inline(always)]
 fn write_protect_seen() {
     let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(pending) = PENDING.get_ptr_mut(&tid) {
+    if let Some(pending) = PENDING.get_ptr_mut(tid) {
         // SAFETY: the slot belongs to this thread, which is running this program.
         unsafe { (*pending).flags |= WRITE_PROTECT_SEEN };
     }
@@ -160,7 +160,7 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
         return;
     }
     let tid = pid_tgid as u32;
-    let Some(slot) = PENDING.get_ptr_mut(&tid) else {
+    let Some(slot) = PENDING.get_ptr_mut(tid) else {
         return;
     };
     // SAFETY: the slot belongs to this thread, which is running this program.

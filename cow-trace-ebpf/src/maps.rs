@@ -69,7 +69,7 @@ pub fn settings() -> Settings {
 #[inline(always)]
 pub fn is_traced(tgid: u32) -> bool {
     // SAFETY: only presence is checked; the value is never read.
-    unsafe { TRACED.get(&tgid).is_some() }
+    unsafe { TRACED.get(tgid).is_some() }
 }
 
 #[inline(always)]
@@ -114,12 +114,12 @@ const BPF_NOEXIST: u64 = 1;
 /// less than a hash-map insert and delete. The thread's exit removes its slot.
 #[inline(always)]
 pub fn pending_slot(tid: u32) -> Option<*mut PendingFault> {
-    if let Some(slot) = PENDING.get_ptr_mut(&tid) {
+    if let Some(slot) = PENDING.get_ptr_mut(tid) {
         return Some(slot);
     }
-    if PENDING.insert(&tid, &EMPTY_PENDING, BPF_NOEXIST).is_err() {
+    if PENDING.insert(tid, EMPTY_PENDING, BPF_NOEXIST).is_err() {
         bump(counter::PENDING_FULL);
         return None;
     }
-    PENDING.get_ptr_mut(&tid)
+    PENDING.get_ptr_mut(tid)
 }

@@ -35,7 +35,7 @@ pub fn emit(record: &Record) {
 #[inline(always)]
 pub fn fault(record: &mut Record) {
     // SAFETY: plain value read.
-    record.other_pid = unsafe { WINDOW.get(&record.pid) }.copied().unwrap_or(0);
+    record.other_pid = unsafe { WINDOW.get(record.pid) }.copied().unwrap_or(0);
     if settings().summary_mode == 0 {
         record.comm = bpf_get_current_comm().unwrap_or_default();
         emit(record);
@@ -49,7 +49,7 @@ pub fn fault(record: &mut Record) {
         stack_id: record.stack_id,
         region: record.address >> REGION_SHIFT,
     };
-    match STATS.get_ptr_mut(&key) {
+    match STATS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, only this CPU writes it.
         Some(value) => unsafe {
             (*value).faults += 1;
@@ -61,7 +61,7 @@ pub fn fault(record: &mut Record) {
                 latency_ns: record.latency_ns,
                 sample_address: record.address,
             };
-            if STATS.insert(&key, &value, 0).is_err() {
+            if STATS.insert(key, value, 0).is_err() {
                 bump(counter::SUMMARY_FULL);
             }
         }
@@ -71,11 +71,11 @@ pub fn fault(record: &mut Record) {
         class,
     };
     let bucket = hist_bucket(record.latency_ns) & (HIST_BUCKETS - 1);
-    if HISTS.get_ptr_mut(&key).is_none() {
+    if HISTS.get_ptr_mut(key).is_none() {
         // Insert zeroes from a static: a Hist is too big for the BPF stack.
-        let _ = HISTS.insert(&key, &EMPTY_HIST, BPF_NOEXIST);
+        let _ = HISTS.insert(key, EMPTY_HIST, BPF_NOEXIST);
     }
-    match HISTS.get_ptr_mut(&key) {
+    match HISTS.get_ptr_mut(key) {
         // SAFETY: per-CPU value; the index is masked into range for the verifier.
         Some(hist) => unsafe { (*hist).buckets[bucket] += 1 },
         None => bump(counter::SUMMARY_FULL),

@@ -42,13 +42,13 @@ pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let child = child as u32;
-    if TRACED.insert(&child, &1, 0).is_err() {
+    if TRACED.insert(child, 1, 0).is_err() {
         bump(counter::TRACED_FULL);
         return 0;
     }
     // The parent's faults from now until this child exits fall in the child's window.
-    let _ = PARENT.insert(&child, &parent, 0);
-    let _ = WINDOW.insert(&parent, &child, 0);
+    let _ = PARENT.insert(child, parent, 0);
+    let _ = WINDOW.insert(parent, child, 0);
     let mut record = Record::zeroed();
     record.kind = kind::FORK;
     record.ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -74,9 +74,9 @@ pub fn sched_sched_process_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // A fault still pending in an exiting thread never completed (e.g. SIGSEGV killed it).
-    if let Some(slot) = PENDING.get_ptr_mut(&tid) {
+    if let Some(slot) = PENDING.get_ptr_mut(tid) {
         flush(slot);
-        let _ = PENDING.remove(&tid);
+        let _ = PENDING.remove(tid);
     }
 
     let settings = settings();
@@ -90,15 +90,15 @@ pub fn sched_sched_process_exit(ctx: TracePointContext) -> u32 {
     if !group_dead {
         return 0;
     }
-    let _ = TRACED.remove(&tgid);
-    let _ = WINDOW.remove(&tgid);
+    let _ = TRACED.remove(tgid);
+    let _ = WINDOW.remove(tgid);
     // Close the parent's window if it is this child's.
     // SAFETY: plain value reads.
-    if let Some(&parent) = unsafe { PARENT.get(&tgid) } {
-        if unsafe { WINDOW.get(&parent) }.copied() == Some(tgid) {
-            let _ = WINDOW.remove(&parent);
+    if let Some(&parent) = unsafe { PARENT.get(tgid) } {
+        if unsafe { WINDOW.get(parent) }.copied() == Some(tgid) {
+            let _ = WINDOW.remove(parent);
         }
-        let _ = PARENT.remove(&tgid);
+        let _ = PARENT.remove(tgid);
     }
     let mut record = Record::zeroed();
     record.kind = kind::EXIT;
