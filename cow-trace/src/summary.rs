@@ -259,6 +259,15 @@ impl Summary {
         )
     }
 
+    /// Everything a human reads at the end of --summary: the table, mappings, stacks and
+    /// histograms.
+    pub fn write_report(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        self.write_table(out)?;
+        self.write_mappings(out)?;
+        self.write_stacks(out)?;
+        self.write_hists(out)
+    }
+
     /// Per pid x mapping x class counts, as --summary prints them.
     pub fn write_mappings(&self, out: &mut dyn io::Write) -> io::Result<()> {
         if self.mappings.is_empty() {

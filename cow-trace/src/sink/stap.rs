@@ -47,10 +47,7 @@ impl Sink for StapSink {
     }
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
-        summary.write_table(&mut self.out)?;
-        summary.write_mappings(&mut self.out)?;
-        summary.write_stacks(&mut self.out)?;
-        summary.write_hists(&mut self.out)
+        summary.write_report(&mut self.out)
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -51,7 +51,9 @@ static void readpages(long n) {
     if (sum != 0) _exit(4);
 }
 
-static void cow(long n) {
+// Maps and fills n pages, prints "pages ADDR", forks; the child writes each page (n COW
+// faults, each a copy) and exits. Returns the pages to the parent once the child is gone.
+static char *cow(long n) {
     char *p = map_pages(n);
     for (long i = 0; i < n; i++) p[i * PAGE] = 1;
     char line[64];
@@ -63,22 +65,12 @@ static void cow(long n) {
         _exit(0);
     }
     waitpid(child, NULL, 0);
+    return p;
 }
 
-// The child writes each page and exits; then the parent writes each page again: the child
-// copies every page, the parent, their last sharer, reuses every page.
+// As cow, then the parent writes each page again: the parent, their last sharer, reuses each.
 static void reuse(long n) {
-    char *p = map_pages(n);
-    for (long i = 0; i < n; i++) p[i * PAGE] = 1;
-    char line[64];
-    snprintf(line, sizeof line, "pages %lx\n", (unsigned long)p);
-    say(line);
-    pid_t child = fork();
-    if (child == 0) {
-        for (long i = 0; i < n; i++) p[i * PAGE] = 2;
-        _exit(0);
-    }
-    waitpid(child, NULL, 0);
+    char *p = cow(n);
     for (long i = 0; i < n; i++) p[i * PAGE] = 3;
 }
 
