@@ -28,7 +28,13 @@ pub fn run() -> anyhow::Result<()> {
     util::run(
         Command::new("cargo")
             .current_dir(root.join("cow-trace-ebpf"))
-            .args(["+nightly", "clippy", "--release", "--target", "bpfel-unknown-none"])
+            .args([
+                "+nightly",
+                "clippy",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+            ])
             .args(["-Z", "build-std=core", "--", "-D", "warnings"]),
     )?;
     let totals = cargo_test(&root)?;
