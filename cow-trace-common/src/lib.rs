@@ -34,8 +34,13 @@ pub mod flags {
     /// A user page was allocated while the fault was handled: on a write-protect fault, the
     /// page was copied (a real copy-on-write), not reused.
     pub const PAGE_ALLOCATED: u32 = 1 << 3;
-    /// Copy detection was active for this fault, so the absence of PAGE_ALLOCATED means reuse.
+    /// Copy detection was active for this fault, so the absence of PAGE_ALLOCATED and
+    /// PAGE_ZEROED means reuse.
     pub const COPY_KNOWN: u32 = 1 << 4;
+    /// A zeroed user page was allocated while the fault was handled: on a write-protect fault,
+    /// a write to the shared zero page (memory read, never written, since it was mapped), which
+    /// fills a fresh page rather than copying a shared one.
+    pub const PAGE_ZEROED: u32 = 1 << 5;
 }
 
 /// x86 page-fault error code bits (arch/x86/include/asm/trap_pf.h).
@@ -72,6 +77,9 @@ pub mod class {
     pub const KERNEL_MODE: u32 = 1 << 7;
     /// An attempt that returned VM_FAULT_RETRY (the fault itself goes on).
     pub const RETRY: u32 = 1 << 8;
+    /// On a write-protect fault with COPY_KNOWN: a write to the shared zero page, filled with a
+    /// fresh zeroed page (nothing shared was copied).
+    pub const ZERO_FILL: u32 = 1 << 9;
 
     use super::{flags, x86_pf};
 
@@ -117,6 +125,8 @@ pub mod class {
                 class |= COPY_KNOWN;
                 if record_flags & flags::PAGE_ALLOCATED != 0 {
                     class |= COPIED;
+                } else if record_flags & flags::PAGE_ZEROED != 0 {
+                    class |= ZERO_FILL;
                 }
             }
         }
@@ -342,6 +352,10 @@ mod tests {
         assert_eq!(
             class::of(false, flags::COPY_KNOWN, wp),
             class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN
+        );
+        assert_eq!(
+            class::of(false, flags::COPY_KNOWN | flags::PAGE_ZEROED, wp),
+            class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN | class::ZERO_FILL
         );
         // A page allocated on a first-touch write is no copy-on-write.
         assert_eq!(

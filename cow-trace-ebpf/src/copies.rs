@@ -11,6 +11,8 @@ use crate::maps::{PENDING, is_traced, settings};
 /// __GFP_HIGHMEM | __GFP_MOVABLE: set for user pages (GFP_HIGHUSER_MOVABLE), never for slab
 /// or page-table allocations.
 const USER_PAGE_GFP: u32 = (1 << 1) | (1 << 3);
+/// __GFP_ZERO: a write to the shared zero page allocates a zeroed page instead of a copy.
+const GFP_ZERO: u32 = 1 << 8;
 
 /// kmem:mm_page_alloc.
 /// ```text
@@ -33,7 +35,12 @@ pub fn kmem_mm_page_alloc(ctx: TracePointContext) -> u32 {
     let gfp = unsafe { ctx.read_at::<u32>(settings().page_alloc_gfp as usize) }.unwrap_or(0);
     // SAFETY: the slot belongs to this thread, which is running this program.
     if gfp & USER_PAGE_GFP == USER_PAGE_GFP && unsafe { (*pending).ts_ns } != 0 {
-        unsafe { (*pending).flags |= flags::PAGE_ALLOCATED };
+        let allocated = if gfp & GFP_ZERO != 0 {
+            flags::PAGE_ZEROED
+        } else {
+            flags::PAGE_ALLOCATED
+        };
+        unsafe { (*pending).flags |= allocated };
     }
     0
 }

@@ -180,7 +180,7 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
     if entry.flags & WRITE_PROTECT_SEEN != 0 {
         record.error_code |= x86_pf::PROT | x86_pf::WRITE;
     }
-    record.flags = entry.flags & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED);
+    record.flags = entry.flags & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED | flags::PAGE_ZEROED);
     record.vm_fault = vm_fault;
     record.stack_id = entry.stack_id;
     record.kind = if vm_fault & VM_FAULT_RETRY != 0 {

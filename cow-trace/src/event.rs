@@ -30,6 +30,41 @@ impl Access {
     }
 }
 
+/// What a write-protect (copy-on-write) fault did to the page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CowOutcome {
+    /// A page shared with another process was copied.
+    Copied,
+    /// The page was no longer shared: its last sharer kept it.
+    Reused,
+    /// The page was the shared zero page (read, never written): a zeroed page was filled.
+    ZeroFilled,
+}
+
+impl CowOutcome {
+    pub fn of_class(fault_class: u32) -> Option<CowOutcome> {
+        let known = class::WRITE_PROTECT | class::COPY_KNOWN;
+        if fault_class & known != known {
+            return None;
+        }
+        Some(if fault_class & class::COPIED != 0 {
+            CowOutcome::Copied
+        } else if fault_class & class::ZERO_FILL != 0 {
+            CowOutcome::ZeroFilled
+        } else {
+            CowOutcome::Reused
+        })
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CowOutcome::Copied => "copy",
+            CowOutcome::Reused => "reuse",
+            CowOutcome::ZeroFilled => "zero",
+        }
+    }
+}
+
 /// How the kernel accounted the fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -97,11 +132,16 @@ impl Fault {
             .map(|_| self.class & class::WRITE_PROTECT != 0)
     }
 
-    /// On a copy-on-write fault: Some(true) if the page was copied, Some(false) if it was
-    /// reused (its last sharer kept it). None for other faults, or where unknown.
+    /// How a copy-on-write fault ended; None for other faults, or where unknown.
+    pub fn cow_outcome(&self) -> Option<CowOutcome> {
+        CowOutcome::of_class(self.class)
+    }
+
+    /// On a copy-on-write fault: Some(true) if a shared page was copied, Some(false) if it was
+    /// reused (its last sharer kept it) or was the zero page, filled afresh.
     pub fn copied(&self) -> Option<bool> {
-        let known = class::WRITE_PROTECT | class::COPY_KNOWN;
-        (self.class & known == known).then_some(self.class & class::COPIED != 0)
+        self.cow_outcome()
+            .map(|outcome| outcome == CowOutcome::Copied)
     }
 }
 
@@ -286,6 +326,13 @@ mod tests {
             panic!("not a fault");
         };
         assert_eq!(fault.copied(), None);
+        // A write to the zero page is neither a copy nor a reuse.
+        let zeroed = flags::COPY_KNOWN | flags::PAGE_ZEROED;
+        let Some(Event::Fault(fault)) = decode(&bytes(&fault_record(0x7, zeroed))) else {
+            panic!("not a fault");
+        };
+        assert_eq!(fault.cow_outcome(), Some(CowOutcome::ZeroFilled));
+        assert_eq!(fault.copied(), Some(false));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, io};
 use cow_trace_common::{HIST_BUCKETS, class};
 use serde::Serialize;
 
-use crate::event::Fault;
+use crate::event::{CowOutcome, Fault};
 
 pub const PAGE_SIZE: u64 = 4096;
 
@@ -25,6 +25,8 @@ pub struct Counts {
     pub copied: u64,
     /// Copy-on-write faults that reused the page (its last sharer kept it).
     pub reused: u64,
+    /// Copy-on-write faults on the shared zero page, filled with a fresh zeroed page.
+    pub zero_fills: u64,
     /// Faults that entered the handler but never completed.
     pub incomplete: u64,
     /// Attempts that returned VM_FAULT_RETRY (the fault completed in a later attempt).
@@ -57,12 +59,11 @@ impl Counts {
         }
         if fault_class & class::WRITE_PROTECT != 0 {
             self.cow += count;
-            if fault_class & class::COPY_KNOWN != 0 {
-                if fault_class & class::COPIED != 0 {
-                    self.copied += count;
-                } else {
-                    self.reused += count;
-                }
+            match CowOutcome::of_class(fault_class) {
+                Some(CowOutcome::Copied) => self.copied += count,
+                Some(CowOutcome::Reused) => self.reused += count,
+                Some(CowOutcome::ZeroFilled) => self.zero_fills += count,
+                None => {}
             }
         }
         self.latency_ns_total += latency_ns;
@@ -201,6 +202,7 @@ impl Summary {
             total.cow += counts.cow;
             total.copied += counts.copied;
             total.reused += counts.reused;
+            total.zero_fills += counts.zero_fills;
             total.incomplete += counts.incomplete;
             total.retries += counts.retries;
             total.unknown_access += counts.unknown_access;
@@ -217,7 +219,7 @@ impl Summary {
     pub fn write_table(&self, out: &mut dyn io::Write) -> io::Result<()> {
         writeln!(
             out,
-            "{:>7} {:<16} {:>9} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>10} {:>9}",
+            "{:>7} {:<16} {:>9} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>6} {:>10} {:>9}",
             "PID",
             "COMM",
             "FAULTS",
@@ -227,6 +229,7 @@ impl Summary {
             "COW",
             "COPIED",
             "REUSED",
+            "ZERO",
             "INCOMPLETE",
             "AVG LAT"
         )?;
@@ -312,8 +315,17 @@ fn write_row(out: &mut dyn io::Write, label: &str, c: &Counts) -> io::Result<()>
         .map_or_else(|| "-".to_string(), crate::sink::human_ns);
     writeln!(
         out,
-        "{label} {:>9} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>10} {:>9}",
-        c.faults, c.minor, c.major, c.writes, c.cow, c.copied, c.reused, c.incomplete, average
+        "{label} {:>9} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>6} {:>10} {:>9}",
+        c.faults,
+        c.minor,
+        c.major,
+        c.writes,
+        c.cow,
+        c.copied,
+        c.reused,
+        c.zero_fills,
+        c.incomplete,
+        average
     )
 }
 
@@ -346,16 +358,12 @@ pub fn class_label(fault_class: u32) -> String {
     };
     let mut label = format!("{access} {outcome}");
     if fault_class & class::WRITE_PROTECT != 0 {
-        label.push_str(
-            match (
-                fault_class & class::COPY_KNOWN != 0,
-                fault_class & class::COPIED != 0,
-            ) {
-                (true, true) => " cow-copied",
-                (true, false) => " cow-reused",
-                (false, _) => " cow",
-            },
-        );
+        label.push_str(match CowOutcome::of_class(fault_class) {
+            Some(CowOutcome::Copied) => " cow-copied",
+            Some(CowOutcome::Reused) => " cow-reused",
+            Some(CowOutcome::ZeroFilled) => " cow-zero",
+            None => " cow",
+        });
     }
     if fault_class & class::KERNEL_MODE != 0 {
         label.push_str(" kernel");

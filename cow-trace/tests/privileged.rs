@@ -702,3 +702,38 @@ fn fail_over_cow_gates_ci() {
     .wait();
     assert_eq!(both.status, 3, "{}", both.stderr);
 }
+
+/// A write to a page only read so far (the shared zero page) is a write-protect fault that fills
+/// a zeroed page: neither a copy of shared memory nor a reuse, and no bytes copied.
+#[test]
+fn zero_page_writes_are_zero_fills_not_copies() {
+    if !require_root("zero_page_writes_are_zero_fills_not_copies") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json"]);
+    let printed = faulter.run("zero 32");
+    let done = tracer.stop();
+    let base = parse_hex_after(&printed, "pages ");
+    let writes: Vec<Value> = done
+        .faults_of(pid)
+        .into_iter()
+        .filter(|f| (base..base + 32 * 4096).contains(&address(f)) && f["access"] == "w")
+        .collect();
+    assert_eq!(writes.len(), 32);
+    assert!(
+        writes
+            .iter()
+            .all(|f| f["cow"] == true && f["cow_outcome"] == "zero-fill" && f["copied"] == false),
+        "{:?}",
+        writes[0]
+    );
+    let summary = done
+        .json()
+        .into_iter()
+        .find(|v| v["event"] == "summary" && v["pid"] == pid)
+        .unwrap();
+    assert!(summary["zero_fills"].as_u64().unwrap() >= 32, "{summary}");
+    faulter.exit();
+}

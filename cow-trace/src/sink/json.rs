@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::{Sink, WallClock};
 use crate::{
-    event::{Change, Fault, ProcessEvent},
+    event::{Change, CowOutcome, Fault, ProcessEvent},
     summary::{Counts, Summary, class_label},
 };
 
@@ -55,6 +55,8 @@ struct FaultLine<'a> {
     kind: &'static str,
     cow: Option<bool>,
     copied: Option<bool>,
+    /// "copied", "reused" or "zero-fill" on a copy-on-write fault.
+    cow_outcome: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     window: Option<u32>,
     kernel_mode: bool,
@@ -159,6 +161,11 @@ impl Sink for JsonSink {
             kind: fault.outcome.label(),
             cow: fault.is_cow(),
             copied: fault.copied(),
+            cow_outcome: fault.cow_outcome().map(|outcome| match outcome {
+                CowOutcome::Copied => "copied",
+                CowOutcome::Reused => "reused",
+                CowOutcome::ZeroFilled => "zero-fill",
+            }),
             window: (fault.window != 0).then_some(fault.window),
             kernel_mode: fault.kernel_mode,
             error_code: fault.error_code,

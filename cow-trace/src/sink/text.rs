@@ -18,9 +18,8 @@ impl TextSink {
 /// The fault's columns after the time.
 pub fn columns(fault: &Fault) -> String {
     let access = fault.access().map_or('?', |a| a.letter());
-    let cow = match (fault.is_cow(), fault.copied()) {
-        (Some(true), Some(true)) => "copy",
-        (Some(true), Some(false)) => "reuse",
+    let cow = match (fault.is_cow(), fault.cow_outcome()) {
+        (Some(true), Some(outcome)) => outcome.label(),
         (Some(true), None) => "cow",
         (Some(false), _) => "-",
         (None, _) => "?",

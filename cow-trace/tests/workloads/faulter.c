@@ -3,6 +3,7 @@
 // It writes "ok\n" to stdout after each command.
 //   touch N      map N private anonymous pages and write one byte to each
 //   read N       map N private anonymous pages and read each (the shared zero page)
+//   zero N       as read N, print "pages ADDR", then write each page (N zero-page fills)
 //   cow N        map and fill N pages, print "pages ADDR", fork; the child writes each page
 //                (N COW faults) and exits
 //   reuse N      like cow, then the parent writes each page again after the child exited
@@ -41,6 +42,19 @@ static char *map_pages(long n) {
 
 static void touch(long n) {
     char *p = map_pages(n);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 1;
+}
+
+// Reads n fresh pages (each maps the shared zero page), prints "pages ADDR", then writes each:
+// n write-protect faults on the zero page, each filled with a zeroed page, nothing copied.
+static void zero(long n) {
+    volatile char *p = map_pages(n);
+    long sum = 0;
+    for (long i = 0; i < n; i++) sum += p[i * PAGE];
+    if (sum != 0) _exit(4);
+    char line[64];
+    snprintf(line, sizeof line, "pages %lx\n", (unsigned long)p);
+    say(line);
     for (long i = 0; i < n; i++) p[i * PAGE] = 1;
 }
 
@@ -173,6 +187,7 @@ int main(void) {
         long a = 0, b = 0;
         if (sscanf(line, "touch %ld", &a) == 1) touch(a);
         else if (sscanf(line, "read %ld", &a) == 1) readpages(a);
+        else if (sscanf(line, "zero %ld", &a) == 1) zero(a);
         else if (sscanf(line, "cow %ld", &a) == 1) cow(a);
         else if (sscanf(line, "reuse %ld", &a) == 1) reuse(a);
         else if (sscanf(line, "snapshot %ld", &a) == 1) snapshot(a);
