@@ -1,6 +1,7 @@
 //! The "fexit" and "kprobe" backends: `handle_mm_fault(vma, address, flags, regs)` itself, as
 //! the SystemTap probes hooked it. Each call is one attempt; its return value says how it
-//! ended. `do_wp_page` marks the write-protect (copy-on-write) faults.
+//! ended. The fault flags give the access; `do_wp_page` marks the write-protect
+//! (copy-on-write) faults.
 //!
 //! Kernels forbid these on some machines (no kprobes, BPF trampolines refused): userspace then
 //! falls back to the tracepoint backend in `faults`.
@@ -40,9 +41,8 @@ const VM_FAULT_ERROR: u32 = VM_FAULT_OOM
     | VM_FAULT_HWPOISON_LARGE
     | VM_FAULT_FALLBACK;
 
-/// x86-64 `struct pt_regs`: ip and orig_ax (the page fault's error code) offsets.
+/// x86-64 `struct pt_regs`: offset of ip.
 const PT_REGS_IP: usize = 16 * 8;
-const PT_REGS_ORIG_AX: usize = 15 * 8;
 
 /// Set in a pending entry when `do_wp_page` ran for it.
 const WRITE_PROTECT_SEEN: u32 = 1 << 31;
@@ -96,25 +96,25 @@ fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, re
     if !is_traced((pid_tgid >> 32) as u32) {
         return;
     }
-    // With regs (a fault from an exception) the x86 error code is in orig_ax; without (a
-    // get_user_pages() fault) rebuild what the flags tell.
-    let (ip, error_code) = if regs != 0 {
+    // The access, from the fault flags. (x86's exception entry overwrites pt_regs->orig_ax
+    // with -1 after reading the error code, so regs cannot tell.) PROT is added when
+    // do_wp_page runs: a write-protect fault.
+    let mut error_code = 0;
+    if fault_flags & FAULT_FLAG_WRITE != 0 {
+        error_code |= x86_pf::WRITE;
+    }
+    if fault_flags & FAULT_FLAG_INSTRUCTION != 0 {
+        error_code |= x86_pf::INSTR;
+    }
+    if fault_flags & FAULT_FLAG_USER != 0 {
+        error_code |= x86_pf::USER;
+    }
+    // regs is NULL for a get_user_pages() fault.
+    let ip = if regs != 0 {
         // SAFETY: regs points to the faulting context's pt_regs.
-        unsafe {
-            (
-                bpf_probe_read_kernel((regs as usize + PT_REGS_IP) as *const u64).unwrap_or(0),
-                bpf_probe_read_kernel((regs as usize + PT_REGS_ORIG_AX) as *const u64).unwrap_or(0),
-            )
-        }
+        unsafe { bpf_probe_read_kernel((regs as usize + PT_REGS_IP) as *const u64) }.unwrap_or(0)
     } else {
-        let mut code = 0;
-        if fault_flags & FAULT_FLAG_WRITE != 0 {
-            code |= x86_pf::WRITE;
-        }
-        if fault_flags & FAULT_FLAG_INSTRUCTION != 0 {
-            code |= x86_pf::INSTR;
-        }
-        (0, code)
+        0
     };
     let mut entry_flags = if fault_flags & FAULT_FLAG_USER == 0 {
         flags::KERNEL_MODE

@@ -6,6 +6,7 @@ mod redis_demo;
 mod setup;
 mod test;
 mod util;
+mod vm_test;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +38,8 @@ enum Task {
     /// Trace a Redis BGSAVE under overwrites and print cow-trace's copies beside Redis's own
     /// rdb_last_cow_size (installs redis-server and redis-tools if missing).
     RedisDemo(redis_demo::Args),
+    /// Boot Debian's 6.1 and 6.12 kernels in qemu and run the privileged suite in each.
+    VmTest,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,5 +51,6 @@ fn main() -> anyhow::Result<()> {
         Task::Completions => docs::completions(),
         Task::Bench(args) => bench::run(args),
         Task::RedisDemo(args) => redis_demo::run(args),
+        Task::VmTest => vm_test::run(),
     }
 }

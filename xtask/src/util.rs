@@ -61,12 +61,14 @@ pub fn build_release() -> anyhow::Result<PathBuf> {
 }
 
 /// Compiles one of the C test workloads into target/xtask and returns the binary's path.
+/// The flags are the tests' own (cow-trace/tests/common/mod.rs): the VM tests run these
+/// binaries, and --stack needs the frame pointers.
 pub fn workload(name: &str) -> anyhow::Result<PathBuf> {
     let dir = root().join("target/xtask");
     std::fs::create_dir_all(&dir)?;
     let binary = dir.join(name);
     run(Command::new("cc")
-        .args(["-O1", "-pthread", "-Wall", "-o"])
+        .args(["-O1", "-fno-omit-frame-pointer", "-pthread", "-Wall", "-o"])
         .arg(&binary)
         .arg(root().join(format!("cow-trace/tests/workloads/{name}.c"))))?;
     Ok(binary)
