@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use cow_trace_common::flags;
 
-use crate::maps::{PENDING, is_traced, settings};
+use crate::maps::{PENDING, settings};
 
 /// __GFP_HIGHMEM | __GFP_MOVABLE: set for user pages (GFP_HIGHUSER_MOVABLE), never for slab
 /// or page-table allocations.
@@ -21,11 +21,8 @@ const GFP_ZERO: u32 = 1 << 8;
 /// ```
 #[tracepoint(category = "kmem", name = "mm_page_alloc")]
 pub fn kmem_mm_page_alloc(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_traced((pid_tgid >> 32) as u32) {
-        return 0;
-    }
-    let tid = pid_tgid as u32;
+    // Only traced threads have pending slots: one lookup filters and finds the slot.
+    let tid = bpf_get_current_pid_tgid() as u32;
     let Some(pending) = PENDING.get_ptr_mut(tid) else {
         return 0;
     };
