@@ -449,7 +449,7 @@ fn cpu_so_far(pid: u32) -> Option<Duration> {
 }
 
 /// A number of /proc/PID/status (VmRSS in KiB, voluntary_ctxt_switches).
-fn status_kib(pid: u32, key: &str) -> Option<u64> {
+fn status_number(pid: u32, key: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(key))?;
     line.split_whitespace().nth(1)?.parse().ok()
@@ -516,7 +516,7 @@ impl Tracer {
         tracer.attach = tracer.wait_ready()?;
         let pid = tracer.pid();
         tracer.cpu_at_ready = cpu_so_far(pid).unwrap_or_default();
-        tracer.sleeps_at_ready = status_kib(pid, "voluntary_ctxt_switches:").unwrap_or(0);
+        tracer.sleeps_at_ready = status_number(pid, "voluntary_ctxt_switches:").unwrap_or(0);
         Ok(tracer)
     }
 
@@ -1000,7 +1000,7 @@ fn sample_rss(
             Ok(line) => return (samples, Some(line)),
             Err(mpsc::RecvTimeoutError::Disconnected) => return (samples, None),
         }
-        if let Some(rss) = status_kib(pid, "VmRSS:") {
+        if let Some(rss) = status_number(pid, "VmRSS:") {
             samples.push((start.elapsed(), rss, cpu_so_far(pid).unwrap_or_default()));
         }
     }

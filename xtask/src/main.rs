@@ -26,7 +26,8 @@ enum Task {
     Setup,
     /// Set up, build, and trace the article's fork-and-write experiment live.
     Demo,
-    /// Set up, build, and run every check and test (formatting, clippy, unit, privileged).
+    /// Set up, build, and run every check and test (formatting, clippy, unit, privileged, and
+    /// the privileged suite in VMs on Debian 6.1 and 6.12 per backend).
     Test,
     /// Generate the man page (target/man/cow-trace.1) from the command-line definition.
     Man,

@@ -6,7 +6,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{setup, util};
+use crate::{setup, util, vm_test};
 
 pub fn run() -> anyhow::Result<()> {
     setup::run()?;
@@ -37,7 +37,12 @@ pub fn run() -> anyhow::Result<()> {
             ])
             .args(["-Z", "build-std=core", "--", "-D", "warnings"]),
     )?;
-    let totals = cargo_test(&root)?;
+    let mut totals = cargo_test(&root)?;
+    // The same privileged suite on Debian's 6.1 and 6.12 kernels, once per backend each
+    // allows (fexit and kprobe cannot attach on this host's kernel).
+    let (vm_passed, vm_failed) = vm_test::run_suites()?;
+    totals.passed += vm_passed;
+    totals.failed += vm_failed;
     println!(
         "xtask test: {} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored
