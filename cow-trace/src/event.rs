@@ -94,7 +94,7 @@ pub struct Fault {
     pub ts_ns: u64,
     pub pid: u32,
     pub tid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub address: u64,
     pub ip: u64,
     /// None when the fault's entry was not seen (it began before attaching).
@@ -181,7 +181,6 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     // SAFETY: Record is plain old data and the slice holds at least one; the ring buffer
     // gives 8-byte alignment but read_unaligned does not rely on it.
     let record: Record = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    let comm = comm_string(&record.comm);
     match record.kind {
         kind::FAULT | kind::FAULT_INCOMPLETE | kind::FAULT_RETRY => {
             let no_entry = record.flags & flags::NO_ENTRY != 0;
@@ -198,7 +197,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 ts_ns: record.ts_ns,
                 pid: record.pid,
                 tid: record.tid,
-                comm,
+                comm: Comm::from_kernel(&record.comm),
                 address: record.address,
                 ip: record.ip,
                 error_code: (!no_entry).then_some(record.error_code),
@@ -219,7 +218,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
             ts_ns: record.ts_ns,
             pid: record.pid,
             tid: record.tid,
-            comm,
+            comm: comm_string(&record.comm),
             change: match record.kind {
                 kind::FORK => Change::Fork {
                     child: record.other_pid,
@@ -233,8 +232,60 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
 }
 
 fn comm_string(comm: &[u8; COMM_LEN]) -> String {
-    let len = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
-    String::from_utf8_lossy(&comm[..len]).into_owned()
+    Comm::from_kernel(comm).as_str().to_string()
+}
+
+/// A task's command name, kept inline as the kernel gives it: a fault carries one, and a
+/// String per fault would be an allocation per fault.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Comm {
+    bytes: [u8; COMM_LEN],
+    len: u8,
+}
+
+impl Comm {
+    /// The kernel's NUL-padded comm; bytes that are not UTF-8 become '?'.
+    pub fn from_kernel(comm: &[u8; COMM_LEN]) -> Comm {
+        let len = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        let mut bytes = *comm;
+        if std::str::from_utf8(&bytes[..len]).is_err() {
+            for byte in &mut bytes[..len] {
+                if !byte.is_ascii() {
+                    *byte = b'?';
+                }
+            }
+        }
+        Comm {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?")
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(text: &str) -> Comm {
+        let mut bytes = [0u8; COMM_LEN];
+        let len = text.len().min(COMM_LEN);
+        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
+        Comm::from_kernel(&bytes)
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // pad() honours width and alignment, as the text format's columns need.
+        f.pad(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 #[cfg(test)]
@@ -291,7 +342,7 @@ mod tests {
         assert_eq!(fault.access(), Some(Access::Write));
         assert_eq!(fault.outcome, Outcome::Minor);
         assert_eq!(fault.latency_ns, Some(700));
-        assert_eq!(fault.comm, "cow");
+        assert_eq!(fault.comm.as_str(), "cow");
         assert_eq!((fault.pid, fault.tid), (12420, 12421));
     }
 
@@ -439,5 +490,13 @@ mod tests {
     #[test]
     fn comm_without_nul_uses_all_bytes() {
         assert_eq!(comm_string(b"0123456789abcdef"), "0123456789abcdef");
+    }
+
+    #[test]
+    fn comm_pads_like_a_string_and_survives_bad_bytes() {
+        assert_eq!(format!("[{:<6}]", Comm::from("sh")), "[sh    ]");
+        let mut raw = [0u8; COMM_LEN];
+        raw[..3].copy_from_slice(&[b'a', 0xff, b'b']);
+        assert_eq!(Comm::from_kernel(&raw).as_str(), "a?b");
     }
 }

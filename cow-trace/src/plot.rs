@@ -275,7 +275,7 @@ impl FaultPlot {
         if let Some(series) = self.pids.get_mut(&fault.pid)
             && series.comm.as_deref() != Some(fault.comm.as_str())
         {
-            series.comm = Some(fault.comm.clone());
+            series.comm = Some(fault.comm.as_str().to_string());
         }
     }
 

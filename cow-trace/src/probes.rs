@@ -45,6 +45,10 @@ impl Probes {
         let ebpf = EbpfLoader::new()
             .override_global("SETTINGS", &settings, true)
             .map_max_entries("EVENTS", ring_size)
+            // Maps a mode does not use shrink to one entry: kernel memory is not free.
+            .map_max_entries("STACKS", if stacks { 16384 } else { 1 })
+            .map_max_entries("STATS", if summary_mode { 65536 } else { 1 })
+            .map_max_entries("HISTS", if summary_mode { 4096 } else { 1 })
             .load(OBJECT)
             .map_err(|e| kernel_error("loading the eBPF object", e))?;
         Ok(Probes { ebpf })

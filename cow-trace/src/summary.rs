@@ -116,8 +116,9 @@ pub struct Summary {
 impl Summary {
     /// Adds one streamed fault.
     pub fn record(&mut self, fault: &Fault) {
-        if self.comms.get(&fault.pid) != Some(&fault.comm) {
-            self.comms.insert(fault.pid, fault.comm.clone());
+        if self.comms.get(&fault.pid).map(String::as_str) != Some(fault.comm.as_str()) {
+            self.comms
+                .insert(fault.pid, fault.comm.as_str().to_string());
         }
         if let Some(mapping) = &fault.mapping {
             let label = mapping.split('@').next().unwrap_or(mapping).to_string();

@@ -26,10 +26,8 @@ impl JsonSink {
         }
     }
 
-    fn time(&self, ts_ns: u64) -> String {
-        self.clock
-            .to_utc(ts_ns)
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    fn time(&self, ts_ns: u64) -> Time {
+        Time(self.clock.to_utc(ts_ns))
     }
 
     fn line(&mut self, value: &impl Serialize) -> io::Result<()> {
@@ -38,18 +36,37 @@ impl JsonSink {
     }
 }
 
+/// An address as a hex string ("0x7ffe0cdefb40"; a u64 does not fit a JSON double), written
+/// without an intermediate String.
+struct Hex(u64);
+
+impl Serialize for Hex {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{:#x}", self.0))
+    }
+}
+
+/// RFC 3339 time in UTC with microseconds ("2020-05-10T11:35:00.000000Z").
+struct Time(chrono::DateTime<chrono::Utc>);
+
+impl Serialize for Time {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
+    }
+}
+
 #[derive(Serialize)]
 struct FaultLine<'a> {
     v: u32,
     event: &'static str,
     backend: &'static str,
-    time: String,
+    time: Time,
     ts_ns: u64,
     pid: u32,
     tid: u32,
     comm: &'a str,
-    address: String,
-    ip: String,
+    address: Hex,
+    ip: Hex,
     access: Option<String>,
     #[serde(rename = "type")]
     kind: &'static str,
@@ -74,7 +91,7 @@ struct FaultLine<'a> {
 struct ProcessLine<'a> {
     v: u32,
     event: &'static str,
-    time: String,
+    time: Time,
     ts_ns: u64,
     pid: u32,
     tid: u32,
@@ -147,16 +164,13 @@ impl Sink for JsonSink {
             v: SCHEMA_VERSION,
             event: "fault",
             backend: self.backend,
-            time: self
-                .clock
-                .to_utc(fault.ts_ns)
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            time: self.time(fault.ts_ns),
             ts_ns: fault.ts_ns,
             pid: fault.pid,
             tid: fault.tid,
-            comm: &fault.comm,
-            address: format!("{:#x}", fault.address),
-            ip: format!("{:#x}", fault.ip),
+            comm: fault.comm.as_str(),
+            address: Hex(fault.address),
+            ip: Hex(fault.ip),
             access: fault.access().map(|a| a.letter().to_string()),
             kind: fault.outcome.label(),
             cow: fault.is_cow(),

@@ -1,7 +1,7 @@
 //! The default human format: aligned columns, one line per fault.
 use std::io::{self, Write};
 
-use super::{Sink, Summary, WallClock, human_ns};
+use super::{HumanNs, Sink, Summary, WallClock};
 use crate::event::{Change, Fault, ProcessEvent};
 
 pub struct TextSink {
@@ -15,30 +15,44 @@ impl TextSink {
     }
 }
 
-/// The fault's columns after the time.
-pub fn columns(fault: &Fault) -> String {
-    let access = fault.access().map_or('?', |a| a.letter());
-    let cow = match (fault.is_cow(), fault.cow_outcome()) {
-        (Some(true), Some(outcome)) => outcome.label(),
-        (Some(true), None) => "cow",
-        (Some(false), _) => "-",
-        (None, _) => "?",
-    };
-    let latency = fault.latency_ns.map_or_else(|| "-".to_string(), human_ns);
-    let mode = if fault.kernel_mode { "k" } else { "u" };
-    format!(
-        "{:<16} {:>7} {:>7} {}{} {:<10} {:<5} {:#018x} {:#018x} {:>8}",
-        fault.comm,
-        fault.pid,
-        fault.tid,
-        access,
-        mode,
-        fault.outcome.label(),
-        cow,
-        fault.address,
-        fault.ip,
-        latency,
-    )
+/// The fault's columns after the time, written straight into the output (no String per
+/// fault).
+pub struct Columns<'a>(pub &'a Fault);
+
+impl std::fmt::Display for Columns<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let fault = self.0;
+        let access = fault.access().map_or('?', |a| a.letter());
+        let cow = match (fault.is_cow(), fault.cow_outcome()) {
+            (Some(true), Some(outcome)) => outcome.label(),
+            (Some(true), None) => "cow",
+            (Some(false), _) => "-",
+            (None, _) => "?",
+        };
+        let mode = if fault.kernel_mode { "k" } else { "u" };
+        write!(
+            f,
+            "{:<16} {:>7} {:>7} {}{} {:<10} {:<5} {:#018x} {:#018x} ",
+            fault.comm,
+            fault.pid,
+            fault.tid,
+            access,
+            mode,
+            fault.outcome.label(),
+            cow,
+            fault.address,
+            fault.ip,
+        )?;
+        match fault.latency_ns {
+            Some(ns) => write!(f, "{:>8}", HumanNs(ns)),
+            None => write!(f, "{:>8}", "-"),
+        }
+    }
+}
+
+#[cfg(test)]
+fn columns(fault: &Fault) -> String {
+    Columns(fault).to_string()
 }
 
 impl Sink for TextSink {
@@ -55,7 +69,7 @@ impl Sink for TextSink {
             self.out,
             "{} {}",
             self.clock.to_utc(fault.ts_ns).format("%H:%M:%S%.6f"),
-            columns(fault)
+            Columns(fault)
         )?;
         // --resolve: where the address lies and which code touched it, as perf trace shows.
         if let Some(mapping) = &fault.mapping {
