@@ -75,5 +75,6 @@ pub fn read_lost(probes: &Probes) -> anyhow::Result<Lost> {
         pending_full: sum(counter::PENDING_FULL)?,
         traced_full: sum(counter::TRACED_FULL)?,
         summary_full: sum(counter::SUMMARY_FULL)?,
+        stacks_failed: sum(counter::STACK_FAILED)?,
     })
 }

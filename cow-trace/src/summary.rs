@@ -87,6 +87,9 @@ pub struct Lost {
     pub traced_full: u64,
     /// Faults not counted because an in-kernel summary map was full.
     pub summary_full: u64,
+    /// User stacks not captured (--stack): the stack map's bucket held another stack, or the
+    /// stack could not be read.
+    pub stacks_failed: u64,
 }
 
 impl Lost {
@@ -260,7 +263,11 @@ impl Summary {
             self.lost.summary_full,
             self.lost.pending_full,
             self.lost.traced_full
-        )
+        )?;
+        if self.lost.stacks_failed > 0 {
+            writeln!(out, "Stacks not taken: {}", self.lost.stacks_failed)?;
+        }
+        Ok(())
     }
 
     /// Everything a human reads at the end of --summary: the table, mappings, stacks and
