@@ -216,19 +216,9 @@ fn assert_thp_disabled(pid: u32) {
 }
 
 fn config_text(port: u16, dir: &Path) -> String {
-    format!(
-        "port {port}\n\
-         bind 127.0.0.1\n\
-         protected-mode yes\n\
-         daemonize no\n\
-         dir {dir}\n\
-         dbfilename dump.rdb\n\
-         logfile {dir}/redis.log\n\
-         save \"\"\n\
-         appendonly no\n\
-         disable-thp yes\n",
-        dir = dir.display()
-    )
+    include_str!("fixtures-redis.conf")
+        .replace("{port}", &port.to_string())
+        .replace("{dir}", &dir.display().to_string())
 }
 
 /// A loopback port nobody listens on now.

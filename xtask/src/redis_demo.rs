@@ -313,19 +313,9 @@ impl Drop for Server {
 }
 
 fn config_text(port: u16, dir: &Path) -> String {
-    format!(
-        "port {port}\n\
-         bind 127.0.0.1\n\
-         protected-mode yes\n\
-         daemonize no\n\
-         dir {dir}\n\
-         dbfilename dump.rdb\n\
-         logfile {dir}/redis.log\n\
-         save \"\"\n\
-         appendonly no\n\
-         disable-thp yes\n",
-        dir = dir.display()
-    )
+    include_str!("../../cow-trace/tests/fixtures-redis.conf")
+        .replace("{port}", &port.to_string())
+        .replace("{dir}", &dir.display().to_string())
 }
 
 fn free_port() -> anyhow::Result<u16> {
