@@ -263,6 +263,19 @@ pub struct PendingFault {
     pub stack_id: i32,
 }
 
+/// A traced process's snapshot window: its newest child still holding its memory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub child: u32,
+    pub _pad: u32,
+    /// 0 while the child lives; once it exits, when (CLOCK_MONOTONIC ns). Its memory is
+    /// released after its exit tracepoint (since 6.16, before it): until the parent's first
+    /// reusing write-protect fault shows it is gone, the parent's copies still count in the
+    /// window (for at most a second).
+    pub closing_since_ns: u64,
+}
+
 /// Key of the in-kernel summary's counts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -325,6 +338,7 @@ mod user {
     unsafe impl aya::Pod for super::StatValue {}
     unsafe impl aya::Pod for super::HistKey {}
     unsafe impl aya::Pod for super::Hist {}
+    unsafe impl aya::Pod for super::Window {}
 }
 
 #[cfg(test)]

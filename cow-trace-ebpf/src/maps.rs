@@ -5,7 +5,7 @@ use aya_ebpf::{
     programs::tracing::StackIdContext,
 };
 use cow_trace_common::{
-    Hist, HistKey, NO_FIELD, NO_STACK, PendingFault, Settings, StatKey, StatValue, counter,
+    Hist, HistKey, NO_FIELD, NO_STACK, PendingFault, Settings, StatKey, StatValue, Window, counter,
 };
 
 /// Thread-group ids being traced: the target, its descendants at attach time (written by
@@ -37,10 +37,11 @@ pub static HISTS: PerCpuHashMap<HistKey, Hist> = PerCpuHashMap::with_max_entries
 #[map]
 pub static PARENT: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
 
-/// Traced parent tgid -> its newest child still alive: faults of the parent meanwhile are
-/// "during child N" (the snapshot window of a fork-based snapshot such as Redis's BGSAVE).
+/// Traced parent tgid -> its newest child still holding its memory: faults of the parent
+/// meanwhile are "during child N" (the snapshot window of a fork-based snapshot such as
+/// Redis's BGSAVE).
 #[map]
-pub static WINDOW: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
+pub static WINDOW: HashMap<u32, Window> = HashMap::with_max_entries(65536, 0);
 
 /// User stacks of faults (--stack), deduplicated by the kernel.
 #[map]

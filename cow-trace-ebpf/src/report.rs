@@ -1,8 +1,8 @@
 //! The last step of every fault: stream it to userspace, or count it in the kernel.
 use aya_ebpf::helpers::bpf_get_current_comm;
 use cow_trace_common::{
-    HIST_BUCKETS, Hist, HistKey, REGION_SHIFT, Record, StatKey, StatValue, class, counter,
-    hist_bucket, kind,
+    HIST_BUCKETS, Hist, HistKey, REGION_SHIFT, Record, StatKey, StatValue, Window, class, counter,
+    flags, hist_bucket, kind, x86_pf,
 };
 
 use crate::maps::{EVENTS, HISTS, STATS, WINDOW, bump, settings};
@@ -31,11 +31,44 @@ pub fn emit(record: &Record) {
     }
 }
 
+/// How long a window stays open after its child's exit, waiting for the child's memory to go.
+const CLOSING_NS: u64 = 1_000_000_000;
+
+/// The snapshot window a fault of `record.pid` falls in (0: none). While the child's exit is
+/// still releasing its memory, only copies count in the window, and the first reuse shows the
+/// memory is gone and closes it.
+#[inline(always)]
+fn window_of(record: &Record) -> u32 {
+    let Some(window) = WINDOW.get_ptr_mut(record.pid) else {
+        return 0;
+    };
+    // SAFETY: a value of this map, read and written in place.
+    let Window {
+        child,
+        closing_since_ns,
+        ..
+    } = unsafe { *window };
+    if closing_since_ns == 0 {
+        return child;
+    }
+    let write_protect = x86_pf::PROT | x86_pf::WRITE;
+    let is_write_protect = record.kind == kind::FAULT
+        && record.flags & flags::COPY_KNOWN != 0
+        && record.error_code & write_protect == write_protect;
+    let copied = is_write_protect && record.flags & flags::PAGE_ALLOCATED != 0;
+    let expired = record.ts_ns.saturating_sub(closing_since_ns) > CLOSING_NS;
+    if expired || (is_write_protect && !copied && record.flags & flags::PAGE_ZEROED == 0) {
+        let _ = WINDOW.remove(record.pid);
+        return 0;
+    }
+    if copied { child } else { 0 }
+}
+
 /// Streams or aggregates a finished (or abandoned) fault. Fills in the snapshot window.
 #[inline(always)]
 pub fn fault(record: &mut Record) {
     // SAFETY: plain value read.
-    record.other_pid = unsafe { WINDOW.get(record.pid) }.copied().unwrap_or(0);
+    record.other_pid = window_of(record);
     if settings().summary_mode == 0 {
         record.comm = bpf_get_current_comm().unwrap_or_default();
         emit(record);

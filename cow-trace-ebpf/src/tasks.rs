@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use cow_trace_common::{NO_FIELD, Record, counter, kind};
+use cow_trace_common::{NO_FIELD, Record, Window, counter, kind};
 
 use crate::{
     faults::flush,
@@ -48,7 +48,12 @@ pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
     }
     // The parent's faults from now until this child exits fall in the child's window.
     let _ = PARENT.insert(child, parent, 0);
-    let _ = WINDOW.insert(parent, child, 0);
+    let window = Window {
+        child,
+        _pad: 0,
+        closing_since_ns: 0,
+    };
+    let _ = WINDOW.insert(parent, window, 0);
     let mut record = Record::zeroed();
     record.kind = kind::FORK;
     record.ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -92,11 +97,14 @@ pub fn sched_sched_process_exit(ctx: TracePointContext) -> u32 {
     }
     let _ = TRACED.remove(tgid);
     let _ = WINDOW.remove(tgid);
-    // Close the parent's window if it is this child's.
-    // SAFETY: plain value reads.
+    // Start closing the parent's window if it is this child's: the child's memory is released
+    // after this point (see Window).
+    // SAFETY: plain value reads; the window is written in place.
     if let Some(&parent) = unsafe { PARENT.get(tgid) } {
-        if unsafe { WINDOW.get(parent) }.copied() == Some(tgid) {
-            let _ = WINDOW.remove(parent);
+        if let Some(window) = WINDOW.get_ptr_mut(parent)
+            && unsafe { (*window).child } == tgid
+        {
+            unsafe { (*window).closing_since_ns = bpf_ktime_get_ns() };
         }
         let _ = PARENT.remove(tgid);
     }

@@ -431,6 +431,11 @@ fn first_writer_copies_last_sharer_reuses() {
         parent_cow.iter().all(|f| f["copied"] == false),
         "{parent_cow:?}"
     );
+    // Reuses show the child's memory is gone: none of them is in its window.
+    assert!(
+        parent_cow.iter().all(|f| f.get("window").is_none()),
+        "{parent_cow:?}"
+    );
     let summary = done
         .json()
         .into_iter()
