@@ -66,7 +66,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     setup::run()?;
     let tools = Tools::prepare()?;
     let programs_before = bpf_program_ids();
-    let load = Load::now();
     let matrix = match args.runs {
         0 => None,
         _ => Some(run_matrix(&args, &tools)?),
@@ -75,11 +74,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(seconds) => Some(run_soak(&tools, &args, seconds)?),
         None => None,
     };
-    let load = load.since();
     check_nothing_left(programs_before);
     let path = util::root().join(&args.output);
     let kept = kept_notes(&path);
-    let report = render(&tools, &load, matrix.as_ref(), soak.as_ref(), &kept);
+    let report = render(&tools, matrix.as_ref(), soak.as_ref(), &kept);
     fs::write(&path, report).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("bench: wrote {}", path.display());
     Ok(())
@@ -830,9 +828,12 @@ struct Sample {
     config: Config,
     outcome: Outcome,
     tracer: Option<TracerStats>,
+    /// CPU that processes not ours used during the run, in CPUs: noise.
+    others: f64,
 }
 
 struct Matrix {
+    load: LoadFigures,
     rounds: usize,
     configs: Vec<Config>,
     variants: Vec<Variant>,
@@ -843,11 +844,13 @@ fn run_matrix(args: &Args, tools: &Tools) -> anyhow::Result<Matrix> {
     let configs = Config::selected(tools, &args.only);
     let variants = Variant::selected(args);
     let mut samples = Vec::new();
+    let load = Load::now();
     for round in 0..args.runs {
         for (v, variant) in variants.iter().enumerate() {
             // Rotate the order, so no configuration always runs first or after another.
             for k in 0..configs.len() {
                 let config = configs[(k + round) % configs.len()];
+                let run_load = Load::now();
                 let (outcome, tracer) = run_once(tools, variant, config).with_context(|| {
                     format!(
                         "round {round}, {} MiB {}: {}",
@@ -856,18 +859,21 @@ fn run_matrix(args: &Args, tools: &Tools) -> anyhow::Result<Matrix> {
                         config.label()
                     )
                 })?;
-                progress(round, variant, config, &outcome, tracer.as_ref());
-                samples.push(Sample {
+                let sample = Sample {
                     round,
                     variant: v,
                     config,
                     outcome,
                     tracer,
-                });
+                    others: run_load.since().others,
+                };
+                progress(variant, &sample);
+                samples.push(sample);
             }
         }
     }
     Ok(Matrix {
+        load: load.since(),
         rounds: args.runs,
         configs,
         variants,
@@ -892,23 +898,17 @@ fn run_once(
     Ok((outcome, stats))
 }
 
-fn progress(
-    round: usize,
-    variant: &Variant,
-    config: Config,
-    outcome: &Outcome,
-    tracer: Option<&TracerStats>,
-) {
+fn progress(variant: &Variant, sample: &Sample) {
     let mut line = format!(
         "bench: round {} {:>5} MiB {:<7} {:<12} {:>8.1} ns/fault, {} faults",
-        round + 1,
+        sample.round + 1,
         variant.mib,
         variant.mode,
-        config.name(),
-        outcome.ns_per_fault,
-        outcome.expected
+        sample.config.name(),
+        sample.outcome.ns_per_fault,
+        sample.outcome.expected
     );
-    if let Some(t) = tracer {
+    if let Some(t) = &sample.tracer {
         let _ = write!(
             line,
             ", delivered {}, lost {}, attach {} ms",
@@ -917,6 +917,7 @@ fn progress(
             t.attach.as_millis()
         );
     }
+    let _ = write!(line, ", others {:.0}%", sample.others * 100.0);
     eprintln!("{line}");
 }
 
@@ -928,6 +929,7 @@ fn optional(value: Option<u64>) -> String {
 // The soak: cow-trace for a long time at a steady fault rate
 
 struct Soak {
+    load: LoadFigures,
     seconds: u64,
     rate: u64,
     mib: u64,
@@ -944,6 +946,7 @@ struct Soak {
 
 fn run_soak(tools: &Tools, args: &Args, seconds: u64) -> anyhow::Result<Soak> {
     let (rate, mib) = (args.soak_rate, args.soak_size);
+    let load = Load::now();
     eprintln!("bench: soak, {seconds} s at {rate} COW faults/s under cow-trace");
     let workload_args = [seconds, rate, mib].map(|n| n.to_string());
     let mut workload =
@@ -970,6 +973,7 @@ fn run_soak(tools: &Tools, args: &Args, seconds: u64) -> anyhow::Result<Soak> {
     }
     let (delivered, lost) = count_soak_table(&tracer.stderr_text, root);
     Ok(Soak {
+        load: load.since(),
         seconds,
         rate,
         mib,
@@ -1173,6 +1177,7 @@ struct Row {
     attach_ms: Vec<f64>,
     wakeups_per_1k: Vec<f64>,
     ipis_per_fault: Vec<f64>,
+    others_percent: Vec<f64>,
 }
 
 impl Matrix {
@@ -1204,6 +1209,7 @@ impl Matrix {
             attach_ms: vec![],
             wakeups_per_1k: vec![],
             ipis_per_fault: vec![],
+            others_percent: vec![],
         };
         for sample in self.samples_of(variant, config) {
             let o = &sample.outcome;
@@ -1216,6 +1222,7 @@ impl Matrix {
             row.expected.push(o.expected as f64);
             row.ipis_per_fault
                 .push(o.ipis as f64 / o.expected.max(1) as f64);
+            row.others_percent.push(sample.others * 100.0);
             let Some(t) = &sample.tracer else { continue };
             if let Some(d) = t.delivered {
                 row.delivered.push(d as f64);
@@ -1259,15 +1266,9 @@ fn fig(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "–".to_string(), |v| format!("{v:.decimals$}"))
 }
 
-fn render(
-    tools: &Tools,
-    load: &LoadFigures,
-    matrix: Option<&Matrix>,
-    soak: Option<&Soak>,
-    kept: &str,
-) -> String {
+fn render(tools: &Tools, matrix: Option<&Matrix>, soak: Option<&Soak>, kept: &str) -> String {
     let mut out = String::new();
-    let _ = render_header(&mut out, tools, load);
+    let _ = render_header(&mut out, tools, matrix, soak);
     if let Some(matrix) = matrix {
         let _ = render_matrix(&mut out, matrix);
         let _ = render_targets(&mut out, tools, matrix, soak);
@@ -1291,7 +1292,12 @@ fn kept_notes(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn render_header(out: &mut String, tools: &Tools, load: &LoadFigures) -> std::fmt::Result {
+fn render_header(
+    out: &mut String,
+    tools: &Tools,
+    matrix: Option<&Matrix>,
+    soak: Option<&Soak>,
+) -> std::fmt::Result {
     writeln!(out, "# Benchmarks\n")?;
     writeln!(
         out,
@@ -1313,14 +1319,22 @@ fn render_header(out: &mut String, tools: &Tools, load: &LoadFigures) -> std::fm
         first_line("bpftrace", &["--version"]),
         first_line("perf", &["version"]).trim_start_matches("perf version ")
     )?;
-    writeln!(
-        out,
-        "| load | {:.0} s session; other processes used {:.0}% of one CPU meanwhile, the \
-         hypervisor stole {:.1}% |",
-        load.seconds,
-        load.others * 100.0,
-        load.steal * 100.0
-    )?;
+    let phases = [
+        ("runs", matrix.map(|m| &m.load)),
+        ("soak", soak.map(|s| &s.load)),
+    ];
+    for (phase, load) in phases {
+        if let Some(load) = load {
+            writeln!(
+                out,
+                "| load during the {phase} | {:.0} s; processes not ours used {:.0}% of one CPU, \
+                 the hypervisor stole {:.1}% |",
+                load.seconds,
+                load.others * 100.0,
+                load.steal * 100.0
+            )?;
+        }
+    }
     writeln!(out)
 }
 
@@ -1393,16 +1407,17 @@ fn render_matrix(out: &mut String, matrix: &Matrix) -> std::fmt::Result {
          tracer's voluntary context switches after it was ready (each a sleep and a wake-up), \
          per 1000 expected faults; **IPIs** the inter-processor interrupts of the whole machine \
          (IRQ work, rescheduling, function call, TLB shootdown) during the loop, per fault: on \
-         a virtual machine each is an exit to the hypervisor.\n",
+         a virtual machine each is an exit to the hypervisor. **others %** is the most CPU that \
+         processes not started by the bench used during any one run, in % of one CPU: noise.\n",
         matrix.rounds
     )?;
     for (v, variant) in matrix.variants.iter().enumerate() {
         writeln!(out, "### {}\n", variant.title())?;
         writeln!(
             out,
-            "| configuration | ns/fault (min–max) | × untraced | expected | delivered | missing | lost | CPU ms | RSS MiB | attach ms | wake-ups /1k faults | IPIs /fault |"
+            "| configuration | ns/fault (min–max) | × untraced | expected | delivered | missing | lost | CPU ms | RSS MiB | attach ms | wake-ups /1k faults | IPIs /fault | others % |"
         )?;
-        writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")?;
+        writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")?;
         for &config in &matrix.configs {
             render_row(out, &matrix.row(v, config))?;
         }
@@ -1416,7 +1431,7 @@ fn render_row(out: &mut String, row: &Row) -> std::fmt::Result {
     let when_traced = |value: String| if traced { value } else { "".to_string() };
     writeln!(
         out,
-        "| {} | {} ({}–{}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} ({}–{}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         row.config.label(),
         fig(median(&row.ns), 0),
         fig(min(&row.ns), 0),
@@ -1435,6 +1450,7 @@ fn render_row(out: &mut String, row: &Row) -> std::fmt::Result {
         when_traced(fig(median(&row.attach_ms), 0)),
         when_traced(fig(median(&row.wakeups_per_1k), 0)),
         fig(median(&row.ipis_per_fault), 2),
+        fig(max(&row.others_percent), 0),
     )
 }
 
