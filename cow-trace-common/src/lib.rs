@@ -269,10 +269,9 @@ pub struct PendingFault {
 pub struct Window {
     pub child: u32,
     pub _pad: u32,
-    /// 0 while the child lives; once it exits, when (CLOCK_MONOTONIC ns). Its memory is
-    /// released after its exit tracepoint (since 6.16, before it): until the parent's first
-    /// reusing write-protect fault shows it is gone, the parent's copies still count in the
-    /// window (for at most a second).
+    /// 0 while the child lives; once it exits, when (CLOCK_MONOTONIC ns). Since 6.16 the exit
+    /// tracepoint fires before the child's memory is released: for a second after it, the
+    /// parent's copies (of pages the child still held) still count in the window.
     pub closing_since_ns: u64,
 }
 

@@ -31,36 +31,38 @@ pub fn emit(record: &Record) {
     }
 }
 
-/// How long a window stays open after its child's exit, waiting for the child's memory to go.
+/// How long a window keeps counting copies after its child's exit, while the kernel releases
+/// the child's memory.
 const CLOSING_NS: u64 = 1_000_000_000;
 
-/// The snapshot window a fault of `record.pid` falls in (0: none). While the child's exit is
-/// still releasing its memory, only copies count in the window, and the first reuse shows the
-/// memory is gone and closes it.
+/// The snapshot window a fault of `record.pid` falls in (0: none). After the child's exit
+/// event, the kernel is still releasing the child's memory, page range by page range: a copy
+/// the parent makes meanwhile is of a page the child still held, so it counts in the window;
+/// any other fault (a reuse of a page already released) counts outside. A second later the
+/// window closes.
 #[inline(always)]
 fn window_of(record: &Record) -> u32 {
-    let Some(window) = WINDOW.get_ptr_mut(record.pid) else {
+    // SAFETY: a plain value read.
+    let Some(window) = (unsafe { WINDOW.get(record.pid) }) else {
         return 0;
     };
-    // SAFETY: a value of this map, read and written in place.
     let Window {
         child,
         closing_since_ns,
         ..
-    } = unsafe { *window };
+    } = *window;
     if closing_since_ns == 0 {
         return child;
     }
-    let write_protect = x86_pf::PROT | x86_pf::WRITE;
-    let is_write_protect = record.kind == kind::FAULT
-        && record.flags & flags::COPY_KNOWN != 0
-        && record.error_code & write_protect == write_protect;
-    let copied = is_write_protect && record.flags & flags::PAGE_ALLOCATED != 0;
-    let expired = record.ts_ns.saturating_sub(closing_since_ns) > CLOSING_NS;
-    if expired || (is_write_protect && !copied && record.flags & flags::PAGE_ZEROED == 0) {
+    if record.ts_ns.saturating_sub(closing_since_ns) > CLOSING_NS {
         let _ = WINDOW.remove(record.pid);
         return 0;
     }
+    let write_protect = x86_pf::PROT | x86_pf::WRITE;
+    let copied = record.kind == kind::FAULT
+        && record.flags & (flags::COPY_KNOWN | flags::PAGE_ALLOCATED)
+            == flags::COPY_KNOWN | flags::PAGE_ALLOCATED
+        && record.error_code & write_protect == write_protect;
     if copied { child } else { 0 }
 }
 

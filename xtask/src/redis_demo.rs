@@ -905,9 +905,9 @@ fn print_after(after: &Tally) {
     let late = after.shared_copies();
     if late > 0 {
         println!(
-            "\nAfter the exit, {late} copies ({}) of pages the child still held: cow-trace closes\n\
-             the window at the child's exit event, which this kernel reports before it releases the\n\
-             child's memory.",
+            "\nAfter the exit, {late} copies ({}) of pages the child still held, more than a\n\
+             second after its exit event (cow-trace counts copies in the window for a second after\n\
+             it, while the kernel releases the child's memory).",
             human(late * PAGE)
         );
     }
