@@ -75,6 +75,38 @@ impl Counts {
     }
 }
 
+impl std::ops::AddAssign<&Counts> for Counts {
+    fn add_assign(&mut self, other: &Counts) {
+        // Destructured, so a new field cannot be forgotten here.
+        let Counts {
+            faults,
+            minor,
+            major,
+            writes,
+            cow,
+            copied,
+            reused,
+            zero_fills,
+            incomplete,
+            retries,
+            unknown_access,
+            latency_ns_total,
+        } = other;
+        self.faults += faults;
+        self.minor += minor;
+        self.major += major;
+        self.writes += writes;
+        self.cow += cow;
+        self.copied += copied;
+        self.reused += reused;
+        self.zero_fills += zero_fills;
+        self.incomplete += incomplete;
+        self.retries += retries;
+        self.unknown_access += unknown_access;
+        self.latency_ns_total += latency_ns_total;
+    }
+}
+
 /// Events the kernel side could not deliver or count.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Lost {
@@ -199,18 +231,7 @@ impl Summary {
     pub fn total(&self) -> Counts {
         let mut total = Counts::default();
         for counts in self.pids.values() {
-            total.faults += counts.faults;
-            total.minor += counts.minor;
-            total.major += counts.major;
-            total.writes += counts.writes;
-            total.cow += counts.cow;
-            total.copied += counts.copied;
-            total.reused += counts.reused;
-            total.zero_fills += counts.zero_fills;
-            total.incomplete += counts.incomplete;
-            total.retries += counts.retries;
-            total.unknown_access += counts.unknown_access;
-            total.latency_ns_total += counts.latency_ns_total;
+            total += counts;
         }
         total
     }
