@@ -9,8 +9,9 @@
 //   bench_cow threads MIB T    as cow, but T threads of the child share the pages between them
 //   bench_cow soak SECONDS RATE MIB
 //                              the root fills MIB MiB, then forks one child after another for
-//                              SECONDS; each child writes the inherited pages at RATE COW faults
-//                              per second (paced every 10 ms) and exits
+//                              SECONDS; each child writes the inherited pages and exits, paced
+//                              (every 10 ms) so that the soak as a whole takes RATE COW faults
+//                              per second
 //
 // Protocol. The root forks the measured child (in every mode, so one process is measured and the
 // root can read that child's lifetime fault count from wait4). The child prints
@@ -24,7 +25,7 @@
 //   exit pid=P minflt=M
 // Every fault from S on happened with the tracer attached: M - S is what a tracer should see.
 // In soak mode the root prints the target line for itself and, at the end,
-//   soak children=C faults=F seconds=S
+//   soak children=C faults=F elapsed_ms=T
 // where F sums the children's lifetime minflt from wait4.
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -177,14 +178,16 @@ static int measured(const char *mode, long mib, long threads) {
 
 // --- soak: a steady rate of COW faults from a stream of short-lived children ---
 
-static void paced_writes(char *p, long pages, long rate) {
+// Writes the pages in batches of 10 ms worth, each sleeping until the soak's one schedule
+// (start + faults so far / rate) says the next batch is due, so the time between children,
+// forking and exiting, is caught up and the rate holds over the whole soak.
+static void paced_writes(char *p, long pages, long rate, long start, long before) {
     long per_tick = rate / 100;
-    long tick = now_ns();
     for (long done = 0; done < pages; done += per_tick) {
         long end = done + per_tick < pages ? done + per_tick : pages;
         write_pages(p, done, end, 2);
-        tick += 10000000L;
-        struct timespec at = {tick / 1000000000L, tick % 1000000000L};
+        long due = start + (before + end) * 1000000000L / rate;
+        struct timespec at = {due / 1000000000L, due % 1000000000L};
         clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &at, NULL);
     }
 }
@@ -194,21 +197,22 @@ static int soak(long seconds, long rate, long mib) {
     char *p = map_pages(pages);
     write_pages(p, 0, pages, 1);
     wait_for_go();
-    long end = now_ns() + seconds * 1000000000L;
+    long start = now_ns();
+    long end = start + seconds * 1000000000L;
     long children = 0, faults = 0;
     while (now_ns() < end) {
         pid_t child = fork();
         if (child < 0) fail("fork");
         if (child == 0) {
-            paced_writes(p, pages, rate);
+            paced_writes(p, pages, rate, start, children * pages);
             _exit(0);
         }
         faults += reap(child);
         children++;
     }
     char line[128];
-    snprintf(line, sizeof line, "soak children=%ld faults=%ld seconds=%ld\n", children, faults,
-             seconds);
+    snprintf(line, sizeof line, "soak children=%ld faults=%ld elapsed_ms=%ld\n", children,
+             faults, (now_ns() - start) / 1000000);
     say(line);
     return 0;
 }
