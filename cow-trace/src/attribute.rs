@@ -415,15 +415,22 @@ mod tests {
     }
 
     impl AnonPages {
+        /// A fresh mapping at an address of its own, far from everything else: tests run in
+        /// parallel, and a mapping placed by the kernel could land where another test's
+        /// just-unmapped region still stands in a cached table, or merge with a neighbour.
         fn new(pages: usize) -> AnonPages {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let len = pages * PAGE;
-            // SAFETY: a fresh anonymous mapping; no existing memory is touched.
+            let slot = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let hint = 0x2000_0000_0000u64 + slot * 0x1000_0000;
+            // SAFETY: a fresh anonymous mapping where nothing is mapped (NOREPLACE refuses
+            // otherwise); no existing memory is touched.
             let address = unsafe {
                 libc::mmap(
-                    std::ptr::null_mut(),
+                    hint as *mut libc::c_void,
                     len,
                     libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
                     -1,
                     0,
                 )
