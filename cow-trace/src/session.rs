@@ -147,10 +147,13 @@ impl Session {
                                 enricher.refresh([child]);
                             }
                         }
-                        // The old program's maps and symbols are stale now.
+                        // The old program's maps and symbols are stale now. Streaming reads the
+                        // new ones on its next lookup; --summary reads them while alive.
                         Change::Exec => {
                             enricher.on_exit(process.pid);
-                            enricher.refresh([process.pid]);
+                            if options.kernel_summary {
+                                enricher.refresh([process.pid]);
+                            }
                         }
                         // Streaming resolved this process's faults already.
                         Change::Exit if !options.kernel_summary => enricher.on_exit(process.pid),
@@ -195,6 +198,14 @@ impl Session {
     }
 
     /// Prints the totals so far: into the output in --summary mode, else on stderr.
+    /// --summary resolves mappings at the end, when some processes may be gone: read the live
+    /// ones' now (at start, every second, and at the end).
+    fn read_live_mappings(&mut self) {
+        if self.options.kernel_summary {
+            self.enricher.refresh(self.tree.live.iter().copied());
+        }
+    }
+
     fn report(&mut self) -> anyhow::Result<io::Result<()>> {
         let live: Vec<u32> = self.tree.live.iter().copied().collect();
         for pid in live {
@@ -277,10 +288,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut reported_lost = 0;
     let mut ticks: u64 = 0;
-    if session.options.kernel_summary {
-        let live: Vec<u32> = session.tree.live.iter().copied().collect();
-        session.enricher.refresh(live);
-    }
+    session.read_live_mappings();
 
     let stop = loop {
         let step = tokio::select! {
@@ -291,9 +299,8 @@ pub async fn run(
             _ = tick.tick() => {
                 let drained = session.drain();
                 ticks += 1;
-                if session.options.kernel_summary && ticks.is_multiple_of(10) {
-                    let live: Vec<u32> = session.tree.live.iter().copied().collect();
-                    session.enricher.refresh(live);
+                if ticks.is_multiple_of(10) {
+                    session.read_live_mappings();
                 }
                 // Exit records can be lost when the ring is full: /proc has the last word.
                 session.tree.live.retain(|&pid| target::is_alive(pid));
@@ -326,10 +333,7 @@ pub async fn run(
     } else {
         session.drain()
     };
-    if session.options.kernel_summary {
-        let live: Vec<u32> = session.tree.live.iter().copied().collect();
-        session.enricher.refresh(live);
-    }
+    session.read_live_mappings();
     let summary = session.totals()?;
     // Detach before waiting for anything else.
     let Session {
