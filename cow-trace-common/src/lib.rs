@@ -162,8 +162,11 @@ pub struct Settings {
     pub task_newtask_clone_flags: u32,
     /// `sched_process_exit.group_dead`, or [`NO_FIELD`] where the kernel lacks it.
     pub exit_group_dead: u32,
-    /// `mm_page_alloc.gfp_flags`.
-    pub page_alloc_gfp: u32,
+    /// `task_rename.pid` (the renamed task), or [`NO_FIELD`] where the kernel lacks it (the
+    /// renamed task is then the current one).
+    pub task_rename_pid: u32,
+    /// `task_rename.newcomm`.
+    pub task_rename_newcomm: u32,
     /// Non-zero: aggregate faults in the kernel (STATS, HISTS) instead of streaming them.
     pub summary_mode: u32,
     /// Non-zero: the mm_page_alloc program is attached, so copy vs reuse is known.
@@ -261,6 +264,9 @@ pub struct PendingFault {
     pub flags: u32,
     /// The user stack at entry, or [`NO_STACK`].
     pub stack_id: i32,
+    /// The thread's command name, read when the slot is created and kept current by the
+    /// task_rename tracepoint: cheaper than reading it at every fault.
+    pub comm: [u8; COMM_LEN],
 }
 
 /// A traced process's snapshot window: its newest child still holding its memory.

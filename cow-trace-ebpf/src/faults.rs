@@ -4,37 +4,35 @@
 //! The kernel fires those perf events in `mm_account_fault()`, right where it increments the
 //! task's min_flt / maj_flt, so one completion record is emitted per fault the kernel counts.
 use aya_ebpf::{
-    EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{perf_event, tracepoint},
-    programs::{PerfEventContext, TracePointContext},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::{perf_event, raw_tracepoint},
+    programs::{PerfEventContext, RawTracePointContext},
 };
 use cow_trace_common::{PendingFault, Record, flags, kind};
 
 use crate::{
-    maps::{PENDING, is_traced, pending_slot, settings, user_stack},
+    maps::{FaultEntry, PENDING, begin_fault, is_traced, pending_slot, settings, user_stack},
     report,
 };
 
-/// Offsets shared by exceptions:page_fault_user and exceptions:page_fault_kernel.
-/// ```text
-/// field:unsigned long address;     offset:8;   size:8;
-/// field:unsigned long ip;          offset:16;  size:8;
-/// field:unsigned long error_code;  offset:24;  size:8;
-/// ```
-const ADDRESS: usize = 8;
-const IP: usize = 16;
-const ERROR_CODE: usize = 24;
+/// Offset of `ip` in x86-64's `struct pt_regs` (a fixed ABI).
+const PT_REGS_IP: u64 = 16 * 8;
 
-#[tracepoint(category = "exceptions", name = "page_fault_user")]
-pub fn exceptions_page_fault_user(ctx: TracePointContext) -> u32 {
+/// Raw tracepoints: the kernel calls the program with the tracepoint's arguments, skipping the
+/// trace record a classic tracepoint program would have it build first (half the cost here).
+/// `TP_PROTO(unsigned long address, struct pt_regs *regs, unsigned long error_code)`, the same
+/// on every kernel since 4.15.
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+pub fn exceptions_page_fault_user(ctx: RawTracePointContext) -> i32 {
     fault_entry(&ctx, false);
     0
 }
 
 /// Faults the kernel takes on a user address on the task's behalf (copy_to_user in read(), ...).
-#[tracepoint(category = "exceptions", name = "page_fault_kernel")]
-pub fn exceptions_page_fault_kernel(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "page_fault_kernel")]
+pub fn exceptions_page_fault_kernel(ctx: RawTracePointContext) -> i32 {
     fault_entry(&ctx, true);
     0
 }
@@ -52,27 +50,13 @@ pub fn fault_done_major(ctx: PerfEventContext) -> u32 {
 }
 
 #[inline(always)]
-fn fault_entry(ctx: &TracePointContext, kernel_mode: bool) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_traced((pid_tgid >> 32) as u32) {
-        return;
-    }
-    // Direct loads from the record (the verifier allows them at constant offsets): cheaper
-    // than a helper call each.
-    // SAFETY: offsets from the tracepoint format above, identical on every kernel with it.
-    let (address, ip, error_code) = unsafe {
-        let record = ctx.as_ptr().cast::<u8>();
-        (
-            record.add(ADDRESS).cast::<u64>().read(),
-            record.add(IP).cast::<u64>().read(),
-            record.add(ERROR_CODE).cast::<u64>().read(),
-        )
-    };
+fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
+    let address: u64 = ctx.arg(0);
     // Kernel-mode faults on kernel addresses are not the process's memory.
     if kernel_mode && (address as i64) < 0 {
         return;
     }
-    let Some(slot) = pending_slot(pid_tgid as u32) else {
+    let Some(slot) = pending_slot(bpf_get_current_pid_tgid()) else {
         return;
     };
     // SAFETY: the slot belongs to this thread, which is running this program.
@@ -88,17 +72,20 @@ fn fault_entry(ctx: &TracePointContext, kernel_mode: bool) {
         // User faults do not nest: a pending entry now never completed. Report it.
         flush(slot);
     }
-    // SAFETY: the slot belongs to this thread, which is running this program.
-    unsafe {
-        *slot = PendingFault {
-            ts_ns: bpf_ktime_get_ns(),
+    let regs: u64 = ctx.arg(1);
+    // SAFETY: regs is the kernel's pt_regs of this fault; a failed read leaves ip unknown.
+    let ip = unsafe { bpf_probe_read_kernel((regs + PT_REGS_IP) as *const u64) }.unwrap_or(0);
+    begin_fault(
+        slot,
+        FaultEntry {
+            ts_ns: unsafe { bpf_ktime_get_ns() },
             address,
             ip,
-            error_code,
+            error_code: ctx.arg(2),
             flags: if kernel_mode { flags::KERNEL_MODE } else { 0 },
             stack_id: user_stack(ctx),
-        };
-    }
+        },
+    );
 }
 
 #[inline(always)]
@@ -107,11 +94,9 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
-    // Only traced threads have pending slots: a live one spares the TRACED lookup.
+    // Only traced threads have pending slots: one spares the TRACED lookup.
     let slot = PENDING.get_ptr_mut(tid);
-    // SAFETY: the slot belongs to this thread, which is running this program.
-    let live = slot.is_some_and(|slot| unsafe { (*slot).ts_ns } != 0);
-    if !live && !is_traced(tgid) {
+    if slot.is_none() && !is_traced(tgid) {
         return;
     }
     // SAFETY: the context is the kernel's bpf_perf_event_data for this sample.
@@ -134,6 +119,7 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
             record.error_code = entry.error_code;
             record.flags |= entry.flags;
             record.stack_id = entry.stack_id;
+            record.comm = entry.comm;
             if settings().copy_detection != 0 {
                 record.flags |= flags::COPY_KNOWN;
             }
@@ -147,6 +133,11 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
             record.ip = regs_ip;
             record.flags |= flags::NO_ENTRY;
             record.stack_id = user_stack(ctx);
+            record.comm = match slot {
+                // SAFETY: as above.
+                Some(slot) => unsafe { (*slot).comm },
+                None => bpf_get_current_comm().unwrap_or_default(),
+            };
         }
     }
     report::fault(&mut record);
@@ -171,6 +162,7 @@ pub fn flush(slot: *mut PendingFault) {
     record.error_code = entry.error_code;
     record.flags = entry.flags & flags::KERNEL_MODE;
     record.stack_id = entry.stack_id;
+    record.comm = entry.comm;
     record.pid = (pid_tgid >> 32) as u32;
     record.tid = pid_tgid as u32;
     report::fault(&mut record);

@@ -12,10 +12,10 @@ use aya_ebpf::{
         FEntryContext, FExitContext, ProbeContext, RetProbeContext, tracing::StackIdContext,
     },
 };
-use cow_trace_common::{PendingFault, Record, flags, kind, x86_pf};
+use cow_trace_common::{Record, flags, kind, x86_pf};
 
 use crate::{
-    maps::{PENDING, is_traced, pending_slot, settings, user_stack},
+    maps::{FaultEntry, PENDING, begin_fault, pending_slot, settings, user_stack},
     report,
 };
 
@@ -92,10 +92,9 @@ pub fn do_wp_page_kprobe(_ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, regs: u64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_traced((pid_tgid >> 32) as u32) {
+    let Some(slot) = pending_slot(bpf_get_current_pid_tgid()) else {
         return;
-    }
+    };
     // The access, from the fault flags. (x86's exception entry overwrites pt_regs->orig_ax
     // with -1 after reading the error code, so regs cannot tell.) PROT is added when
     // do_wp_page runs: a write-protect fault.
@@ -125,20 +124,17 @@ fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, re
     if fault_flags & FAULT_FLAG_TRIED != 0 {
         entry_flags |= flags::MAJOR;
     }
-    let Some(slot) = pending_slot(pid_tgid as u32) else {
-        return;
-    };
-    // SAFETY: the slot belongs to this thread, which is running this program.
-    unsafe {
-        *slot = PendingFault {
-            ts_ns: bpf_ktime_get_ns(),
+    begin_fault(
+        slot,
+        FaultEntry {
+            ts_ns: unsafe { bpf_ktime_get_ns() },
             address,
             ip,
             error_code,
             flags: entry_flags,
             stack_id: user_stack(ctx),
-        };
-    }
+        },
+    );
 }
 
 #[inline(always)]
@@ -156,10 +152,8 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !is_traced(tgid) {
-        return;
-    }
     let tid = pid_tgid as u32;
+    // Only traced threads have slots.
     let Some(slot) = PENDING.get_ptr_mut(tid) else {
         return;
     };
@@ -183,6 +177,7 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
     record.flags = entry.flags & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED | flags::PAGE_ZEROED);
     record.vm_fault = vm_fault;
     record.stack_id = entry.stack_id;
+    record.comm = entry.comm;
     record.kind = if vm_fault & VM_FAULT_RETRY != 0 {
         kind::FAULT_RETRY
     } else if vm_fault & VM_FAULT_ERROR != 0 {

@@ -1,11 +1,13 @@
 //! Maps shared by every program, and the settings userspace writes before loading.
 use aya_ebpf::{
+    helpers::bpf_get_current_comm,
     macros::map,
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
     programs::tracing::StackIdContext,
 };
 use cow_trace_common::{
-    Hist, HistKey, NO_FIELD, NO_STACK, PendingFault, Settings, StatKey, StatValue, Window, counter,
+    COMM_LEN, Hist, HistKey, NO_FIELD, NO_STACK, PendingFault, Settings, StatKey, StatValue,
+    Window, counter,
 };
 
 /// Thread-group ids being traced: the target, its descendants at attach time (written by
@@ -53,7 +55,8 @@ static SETTINGS: Settings = Settings {
     task_newtask_pid: 8,
     task_newtask_clone_flags: 32,
     exit_group_dead: NO_FIELD,
-    page_alloc_gfp: 24,
+    task_rename_pid: 8,
+    task_rename_newcomm: 28,
     summary_mode: 0,
     copy_detection: 0,
     stacks: 0,
@@ -106,21 +109,54 @@ static EMPTY_PENDING: PendingFault = PendingFault {
     error_code: 0,
     flags: 0,
     stack_id: NO_STACK,
+    comm: [0; COMM_LEN],
 };
 
 const BPF_NOEXIST: u64 = 1;
 
-/// The thread's pending-fault slot, created empty on first use. Slots are filled at entry and
-/// emptied at completion, never inserted and deleted per fault: writing in place costs far
-/// less than a hash-map insert and delete. The thread's exit removes its slot.
+/// The thread's pending-fault slot, created empty (with the thread's comm) on first use.
+/// Slots are filled at entry and emptied at completion, never inserted and deleted per fault:
+/// writing in place costs far less than a hash-map insert and delete. The thread's exit
+/// removes its slot. Only traced threads have slots, so finding one also says "traced".
 #[inline(always)]
-pub fn pending_slot(tid: u32) -> Option<*mut PendingFault> {
+pub fn pending_slot(pid_tgid: u64) -> Option<*mut PendingFault> {
+    let tid = pid_tgid as u32;
     if let Some(slot) = PENDING.get_ptr_mut(tid) {
         return Some(slot);
+    }
+    if !is_traced((pid_tgid >> 32) as u32) {
+        return None;
     }
     if PENDING.insert(tid, EMPTY_PENDING, BPF_NOEXIST).is_err() {
         bump(counter::PENDING_FULL);
         return None;
     }
-    PENDING.get_ptr_mut(tid)
+    let slot = PENDING.get_ptr_mut(tid)?;
+    // SAFETY: the slot belongs to this thread, which is running this program.
+    unsafe { (*slot).comm = bpf_get_current_comm().unwrap_or_default() };
+    Some(slot)
+}
+
+/// Fills the thread's slot with a fault that has just begun (its comm stays).
+#[inline(always)]
+pub fn begin_fault(slot: *mut PendingFault, entry: FaultEntry) {
+    // SAFETY: the slot belongs to the current thread, which is running this program.
+    unsafe {
+        (*slot).ts_ns = entry.ts_ns;
+        (*slot).address = entry.address;
+        (*slot).ip = entry.ip;
+        (*slot).error_code = entry.error_code;
+        (*slot).flags = entry.flags;
+        (*slot).stack_id = entry.stack_id;
+    }
+}
+
+/// What a backend knows when a fault begins.
+pub struct FaultEntry {
+    pub ts_ns: u64,
+    pub address: u64,
+    pub ip: u64,
+    pub error_code: u64,
+    pub flags: u32,
+    pub stack_id: i32,
 }

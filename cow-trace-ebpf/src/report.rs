@@ -1,5 +1,4 @@
 //! The last step of every fault: stream it to userspace, or count it in the kernel.
-use aya_ebpf::helpers::bpf_get_current_comm;
 use cow_trace_common::{
     HIST_BUCKETS, Hist, HistKey, REGION_SHIFT, Record, StatKey, StatValue, Window, class, counter,
     flags, hist_bucket, kind, x86_pf,
@@ -66,13 +65,13 @@ fn window_of(record: &Record) -> u32 {
     if copied { child } else { 0 }
 }
 
-/// Streams or aggregates a finished (or abandoned) fault. Fills in the snapshot window.
+/// Streams or aggregates a finished (or abandoned) fault, whose comm the caller filled in.
+/// Fills in the snapshot window.
 #[inline(always)]
 pub fn fault(record: &mut Record) {
     // SAFETY: plain value read.
     record.other_pid = window_of(record);
     if settings().summary_mode == 0 {
-        record.comm = bpf_get_current_comm().unwrap_or_default();
         emit(record);
         return;
     }

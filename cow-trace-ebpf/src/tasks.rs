@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use cow_trace_common::{NO_FIELD, Record, Window, counter, kind};
+use cow_trace_common::{COMM_LEN, NO_FIELD, Record, Window, counter, kind};
 
 use crate::{
     faults::flush,
@@ -138,5 +138,35 @@ pub fn sched_sched_process_exec(_ctx: TracePointContext) -> u32 {
     record.tid = pid_tgid as u32;
     record.comm = bpf_get_current_comm().unwrap_or_default();
     emit(&record);
+    0
+}
+
+/// task:task_rename, fired as a task's comm changes (prctl(PR_SET_NAME), a write to
+/// /proc/PID/comm, exec), before the new name is stored: keeps the comm cached in the renamed
+/// thread's pending slot current.
+/// ```text
+/// field:pid_t pid;  offset:8;  size:4;   field:char oldcomm[16];  offset:12;  size:16;
+/// field:char newcomm[16];  offset:28;  size:16;
+/// ```
+#[tracepoint(category = "task", name = "task_rename")]
+pub fn task_task_rename(ctx: TracePointContext) -> u32 {
+    let settings = settings();
+    let tid = if settings.task_rename_pid == NO_FIELD {
+        bpf_get_current_pid_tgid() as u32
+    } else {
+        // SAFETY: offset from this kernel's tracepoint format.
+        unsafe { ctx.read_at::<u32>(settings.task_rename_pid as usize) }.unwrap_or(0)
+    };
+    // Only traced threads have slots.
+    let Some(slot) = PENDING.get_ptr_mut(tid) else {
+        return 0;
+    };
+    // SAFETY: as above; the slot's comm is only read by programs of the same thread, and a torn
+    // name during a rename is what the kernel's own readers may see too.
+    if let Ok(comm) =
+        unsafe { ctx.read_at::<[u8; COMM_LEN]>(settings.task_rename_newcomm as usize) }
+    {
+        unsafe { (*slot).comm = comm };
+    }
     0
 }

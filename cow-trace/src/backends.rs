@@ -7,7 +7,7 @@ use crate::{cli::BackendChoice, probes::kernel_error};
 use aya::{
     Btf, Ebpf,
     programs::{
-        FEntry, FExit, KProbe, PerfEvent, Program, TracePoint,
+        FEntry, FExit, KProbe, PerfEvent, Program, RawTracePoint, TracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
@@ -55,6 +55,7 @@ pub fn attach(ebpf: &mut Ebpf, backend: Backend, verbose: bool) -> anyhow::Resul
                 Some(Program::FExit(p)) => p.unload(),
                 Some(Program::KProbe(p)) => p.unload(),
                 Some(Program::TracePoint(p)) => p.unload(),
+                Some(Program::RawTracePoint(p)) => p.unload(),
                 Some(Program::PerfEvent(p)) => p.unload(),
                 _ => Ok(()),
             };
@@ -171,6 +172,18 @@ pub fn attach_tracepoint(
     Ok(())
 }
 
+/// Attaches one raw tracepoint program.
+pub fn attach_raw_tracepoint(ebpf: &mut Ebpf, name: &str, event: &str) -> anyhow::Result<()> {
+    let tracepoint: &mut RawTracePoint = program(ebpf, name)?;
+    tracepoint
+        .load()
+        .map_err(|e| kernel_error(&format!("loading {name}"), e))?;
+    tracepoint
+        .attach(event)
+        .map_err(|e| kernel_error(&format!("attaching to raw tracepoint {event}"), e))?;
+    Ok(())
+}
+
 /// Fault entries from the exceptions tracepoints; completions from the perf software events,
 /// which the kernel fires exactly where it counts min_flt / maj_flt.
 fn attach_tracepoint_backend(ebpf: &mut Ebpf, verbose: bool) -> anyhow::Result<()> {
@@ -178,9 +191,9 @@ fn attach_tracepoint_backend(ebpf: &mut Ebpf, verbose: bool) -> anyhow::Result<(
         ("exceptions_page_fault_user", "page_fault_user"),
         ("exceptions_page_fault_kernel", "page_fault_kernel"),
     ] {
-        attach_tracepoint(ebpf, name, "exceptions", event)?;
+        attach_raw_tracepoint(ebpf, name, event)?;
         if verbose {
-            eprintln!("cow-trace: attached {name} to tracepoint exceptions:{event}");
+            eprintln!("cow-trace: attached {name} to raw tracepoint {event}");
         }
     }
     let cpus = online_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?;

@@ -26,8 +26,11 @@ const COMMON: [(&str, &str, &str); 4] = [
     ("task_task_newtask", "task", "task_newtask"),
     ("sched_sched_process_exit", "sched", "sched_process_exit"),
     ("sched_sched_process_exec", "sched", "sched_process_exec"),
-    ("kmem_mm_page_alloc", "kmem", "mm_page_alloc"),
+    ("task_task_rename", "task", "task_rename"),
 ];
+
+/// Copy detection: a raw tracepoint, as it runs on every page allocation of the machine.
+const PAGE_ALLOC: (&str, &str) = ("kmem_mm_page_alloc", "mm_page_alloc");
 
 /// The loaded programs; dropping this detaches everything and frees the maps.
 pub struct Probes {
@@ -75,6 +78,11 @@ impl Probes {
                 eprintln!("cow-trace: attached {program} to tracepoint {category}:{event}");
             }
         }
+        let (program, event) = PAGE_ALLOC;
+        backends::attach_raw_tracepoint(&mut self.ebpf, program, event)?;
+        if verbose {
+            eprintln!("cow-trace: attached {program} to raw tracepoint {event}");
+        }
         let mut refusals = Vec::new();
         for &backend in backends::candidates(choice) {
             match backends::attach(&mut self.ebpf, backend, verbose) {
@@ -112,7 +120,9 @@ fn read_settings(root: &Path, summary_mode: bool, stacks: bool) -> anyhow::Resul
         task_newtask_clone_flags: required("task", "task_newtask", "clone_flags")?,
         exit_group_dead: tracefs::field_offset(root, "sched", "sched_process_exit", "group_dead")?
             .unwrap_or(NO_FIELD),
-        page_alloc_gfp: required("kmem", "mm_page_alloc", "gfp_flags")?,
+        task_rename_pid: tracefs::field_offset(root, "task", "task_rename", "pid")?
+            .unwrap_or(NO_FIELD),
+        task_rename_newcomm: required("task", "task_rename", "newcomm")?,
         summary_mode: summary_mode.into(),
         copy_detection: 1,
         stacks: stacks.into(),

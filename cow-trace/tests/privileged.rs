@@ -445,6 +445,36 @@ fn first_writer_copies_last_sharer_reuses() {
     faulter.exit();
 }
 
+/// The kernel caches each thread's comm (reading it per fault costs more than a map lookup):
+/// a rename after the thread's first faults must show in every fault after it.
+#[test]
+fn comm_follows_a_rename() {
+    if !require_root("comm_follows_a_rename") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json"]);
+    faulter.run("touch 8");
+    let printed = faulter.run("rename renamed-cow 32");
+    let done = tracer.stop();
+    let base = parse_hex_after(&printed, "pages ");
+    let faults = done.faults_of(pid);
+    let (after, before): (Vec<&Value>, Vec<&Value>) = faults
+        .iter()
+        .partition(|f| (base..base + 32 * 4096).contains(&address(f)));
+    assert_eq!(after.len(), 32, "{after:?}");
+    assert!(
+        after.iter().all(|f| f["comm"] == "renamed-cow"),
+        "{after:?}"
+    );
+    assert!(
+        before.iter().any(|f| f["comm"] == "faulter"),
+        "faults before the rename carry the old name: {before:?}"
+    );
+    faulter.exit();
+}
+
 /// Snapshot windows: the parent's writes while its snapshot child lives are copies, attributed
 /// to "while child N ran", and the kernel-side summary agrees with the stream.
 #[test]

@@ -15,6 +15,7 @@
 //   major PATH N write an N-page file at PATH, drop its page cache, map it and read each page
 //   tree N       fork a child that forks a grandchild; the grandchild writes N pages, prints
 //                "grandchild PID", and both exit
+//   rename NAME N  set the thread's name to NAME (prctl), print "pages ADDR", write N pages
 //   spin         fault forever (an unrelated busy process for filtering tests)
 //   exit         exit(0)
 #define _GNU_SOURCE
@@ -24,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -118,6 +120,16 @@ static void *thread_main(void *arg) {
     return NULL;
 }
 
+// The thread renames itself, then faults: each fault is the new name's.
+static void rename_and_touch(const char *name, long n) {
+    if (prctl(PR_SET_NAME, name, 0, 0, 0)) _exit(12);
+    char *p = map_pages(n);
+    char line[64];
+    snprintf(line, sizeof line, "pages %lx\n", (unsigned long)p);
+    say(line);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 1;
+}
+
 static void threads(long t, long n) {
     pthread_t ids[64];
     per_thread = n;
@@ -194,6 +206,7 @@ int main(void) {
         else if (sscanf(line, "threads %ld %ld", &a, &b) == 2) threads(a, b);
         else if (sscanf(line, "major %1023s %ld", path, &a) == 2) major(path, a);
         else if (sscanf(line, "tree %ld", &a) == 1) tree(a);
+        else if (sscanf(line, "rename %15s %ld", path, &a) == 2) rename_and_touch(path, a);
         else if (!strcmp(line, "spin")) spin();
         else if (!strcmp(line, "exit")) return 0;
         else { say("unknown command\n"); continue; }
