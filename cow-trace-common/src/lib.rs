@@ -41,6 +41,8 @@ pub mod flags {
     /// a write to the shared zero page (memory read, never written, since it was mapped), which
     /// fills a fresh page rather than copying a shared one.
     pub const PAGE_ZEROED: u32 = 1 << 5;
+    /// The fault was not timed (--no-latency): its latency is unknown.
+    pub const UNTIMED: u32 = 1 << 6;
 }
 
 /// x86 page-fault error code bits (arch/x86/include/asm/trap_pf.h).
@@ -171,6 +173,11 @@ pub struct Settings {
     pub summary_mode: u32,
     /// Non-zero: the mm_page_alloc program is attached, so copy vs reuse is known.
     pub copy_detection: u32,
+    /// Non-zero (--no-latency): faults are not timed. The tracepoint backend then attaches no
+    /// completion event for minor faults: a thread's fault is final when the thread next
+    /// faults, execs or exits, or when userspace collects it at stop (see
+    /// [`PendingFault::to_record`]).
+    pub untimed: u32,
     /// Non-zero: capture the user stack of each fault (--stack).
     pub stacks: u32,
     /// Wake userspace only once this many bytes wait in the ring: waking it for every fault
@@ -267,6 +274,38 @@ pub struct PendingFault {
     /// The thread's command name, read when the slot is created and kept current by the
     /// task_rename tracepoint: cheaper than reading it at every fault.
     pub comm: [u8; COMM_LEN],
+    /// The thread's thread group id.
+    pub pid: u32,
+    pub _pad: u32,
+}
+
+/// A [`PendingFault::flags`] bit of the tracepoint backend's own, never in a record: the fault
+/// was entered untimed (--no-latency), so no completion event will empty its slot; the
+/// thread's next fault, exec or exit does, or userspace when tracing stops.
+pub const PENDING_DEFERRED: u32 = 1 << 30;
+
+impl PendingFault {
+    /// The record of this thread's pending fault (`tid`) taken as complete: with --no-latency
+    /// the tracepoint backend cannot see a minor fault complete, so a pending fault is final
+    /// once its thread goes on. An untimed minor fault, or one that failed: they look alike.
+    #[inline(always)]
+    pub fn to_record(&self, tid: u32) -> Record {
+        let mut record = Record::zeroed();
+        record.kind = kind::FAULT;
+        record.flags = (self.flags
+            & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED | flags::PAGE_ZEROED))
+            | flags::COPY_KNOWN
+            | flags::UNTIMED;
+        record.ts_ns = self.ts_ns;
+        record.address = self.address;
+        record.ip = self.ip;
+        record.error_code = self.error_code;
+        record.pid = self.pid;
+        record.tid = tid;
+        record.comm = self.comm;
+        record.stack_id = self.stack_id;
+        record
+    }
 }
 
 /// A traced process's snapshot window: its newest child still holding its memory.
@@ -301,6 +340,8 @@ pub struct StatKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatValue {
     pub faults: u64,
+    /// Of `faults`, those timed (`latency_ns` sums their latencies).
+    pub timed: u64,
     pub latency_ns: u64,
     /// The first faulting address counted here: userspace resolves the region's mapping
     /// from it (a region can straddle two mappings; this names the one faulted first).

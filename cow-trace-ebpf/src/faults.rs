@@ -10,7 +10,7 @@ use aya_ebpf::{
     macros::{perf_event, raw_tracepoint},
     programs::{PerfEventContext, RawTracePointContext},
 };
-use cow_trace_common::{PendingFault, Record, flags, kind};
+use cow_trace_common::{PENDING_DEFERRED as DEFERRED, PendingFault, Record, flags, kind};
 
 use crate::{
     maps::{FaultEntry, PENDING, begin_fault, is_traced, pending_slot, settings, user_stack},
@@ -56,21 +56,21 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
     if kernel_mode && (address as i64) < 0 {
         return;
     }
-    let Some(slot) = pending_slot(bpf_get_current_pid_tgid()) else {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(slot) = pending_slot(pid_tgid) else {
         return;
     };
     // SAFETY: the slot belongs to this thread, which is running this program.
-    let pending = unsafe { *slot };
-    if pending.ts_ns != 0 {
-        // A kernel-mode fault while a user fault is pending is nested in it (a user-memory
-        // access on the fault path, or a profiler's user-stack walk from an interrupt): the
-        // outer fault goes on. Keep it; the nested one, if it completes, is counted without
-        // its entry.
-        if kernel_mode && pending.flags & flags::KERNEL_MODE == 0 {
+    let (pending_since, pending_flags) = unsafe { ((*slot).ts_ns, (*slot).flags) };
+    if pending_since != 0 {
+        // Timed, a kernel-mode fault while a user fault is pending is nested in it (a
+        // user-memory access on the fault path, or a profiler's user-stack walk from an
+        // interrupt): the outer fault goes on. Keep it; the nested one, if it completes, is
+        // counted without its entry. (Untimed, the pending fault is simply over.)
+        if kernel_mode && pending_flags & flags::KERNEL_MODE == 0 && settings().untimed == 0 {
             return;
         }
-        // User faults do not nest: a pending entry now never completed. Report it.
-        flush(slot);
+        finish_pending(slot, pid_tgid as u32);
     }
     let regs: u64 = ctx.arg(1);
     // SAFETY: regs is the kernel's pt_regs of this fault; a failed read leaves ip unknown.
@@ -82,7 +82,8 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
             address,
             ip,
             error_code: ctx.arg(2),
-            flags: if kernel_mode { flags::KERNEL_MODE } else { 0 },
+            flags: if kernel_mode { flags::KERNEL_MODE } else { 0 }
+                | if settings().untimed != 0 { DEFERRED } else { 0 },
             stack_id: user_stack(ctx),
         },
     );
@@ -114,10 +115,14 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
     match slot.map(|slot| unsafe { (slot, *slot) }) {
         Some((slot, entry)) if entry.ts_ns != 0 && (entry.address ^ address) >> 12 == 0 => {
             record.ts_ns = entry.ts_ns;
-            record.latency_ns = now - entry.ts_ns;
+            if settings().untimed == 0 {
+                record.latency_ns = now - entry.ts_ns;
+            } else {
+                record.flags |= flags::UNTIMED;
+            }
             record.ip = entry.ip;
             record.error_code = entry.error_code;
-            record.flags |= entry.flags;
+            record.flags |= entry.flags & !DEFERRED;
             record.stack_id = entry.stack_id;
             record.comm = entry.comm;
             if settings().copy_detection != 0 {
@@ -143,27 +148,35 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
     report::fault(&mut record);
 }
 
-/// Reports the fault pending in `slot`, if any, as one that never completed, and empties the
-/// slot. `slot` must be the current thread's.
+/// Reports the fault pending in thread `tid`'s `slot`, if any, and empties the slot. Normally
+/// the fault's completion would have emptied the slot: it never completed (SIGSEGV, a fatal
+/// signal, ...). Entered DEFERRED (--no-latency), a minor fault has no completion event: the
+/// thread has gone on, so its fault is over. The caller must be thread `tid`, or that thread must be
+/// past faulting (exiting).
 #[inline(always)]
-pub fn flush(slot: *mut PendingFault) {
-    // SAFETY: the slot belongs to the current thread, which is running this program.
+pub fn finish_pending(slot: *mut PendingFault, tid: u32) {
+    finish(slot, tid, true);
+}
+
+/// As [`finish_pending`], but only a DEFERRED fault (the thread has gone on: a normal pending
+/// fault might still be in progress).
+#[inline(always)]
+pub fn finish_deferred(slot: *mut PendingFault, tid: u32) {
+    finish(slot, tid, false);
+}
+
+#[inline(always)]
+fn finish(slot: *mut PendingFault, tid: u32, even_timed: bool) {
+    // SAFETY: see above: nothing else writes the slot meanwhile.
     let entry = unsafe { *slot };
-    if entry.ts_ns == 0 {
+    if entry.ts_ns == 0 || (entry.flags & DEFERRED == 0 && !even_timed) {
         return;
     }
     unsafe { (*slot).ts_ns = 0 };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let mut record = Record::zeroed();
-    record.kind = kind::FAULT_INCOMPLETE;
-    record.ts_ns = entry.ts_ns;
-    record.address = entry.address;
-    record.ip = entry.ip;
-    record.error_code = entry.error_code;
-    record.flags = entry.flags & flags::KERNEL_MODE;
-    record.stack_id = entry.stack_id;
-    record.comm = entry.comm;
-    record.pid = (pid_tgid >> 32) as u32;
-    record.tid = pid_tgid as u32;
+    let mut record = entry.to_record(tid);
+    if entry.flags & DEFERRED == 0 {
+        record.kind = kind::FAULT_INCOMPLETE;
+        record.flags = entry.flags & flags::KERNEL_MODE;
+    }
     report::fault(&mut record);
 }

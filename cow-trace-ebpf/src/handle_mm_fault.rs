@@ -167,7 +167,9 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
     record.pid = tgid;
     record.tid = tid;
     record.ts_ns = entry.ts_ns;
-    record.latency_ns = now - entry.ts_ns;
+    if settings().untimed == 0 {
+        record.latency_ns = now - entry.ts_ns;
+    }
     record.address = entry.address;
     record.ip = entry.ip;
     record.error_code = entry.error_code;
@@ -175,6 +177,9 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
         record.error_code |= x86_pf::PROT | x86_pf::WRITE;
     }
     record.flags = entry.flags & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED | flags::PAGE_ZEROED);
+    if settings().untimed != 0 {
+        record.flags |= flags::UNTIMED;
+    }
     record.vm_fault = vm_fault;
     record.stack_id = entry.stack_id;
     record.comm = entry.comm;

@@ -59,6 +59,7 @@ static SETTINGS: Settings = Settings {
     task_rename_newcomm: 28,
     summary_mode: 0,
     copy_detection: 0,
+    untimed: 0,
     stacks: 0,
     wakeup_bytes: 0,
 };
@@ -110,6 +111,8 @@ static EMPTY_PENDING: PendingFault = PendingFault {
     flags: 0,
     stack_id: NO_STACK,
     comm: [0; COMM_LEN],
+    pid: 0,
+    _pad: 0,
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -133,7 +136,10 @@ pub fn pending_slot(pid_tgid: u64) -> Option<*mut PendingFault> {
     }
     let slot = PENDING.get_ptr_mut(tid)?;
     // SAFETY: the slot belongs to this thread, which is running this program.
-    unsafe { (*slot).comm = bpf_get_current_comm().unwrap_or_default() };
+    unsafe {
+        (*slot).comm = bpf_get_current_comm().unwrap_or_default();
+        (*slot).pid = (pid_tgid >> 32) as u32;
+    }
     Some(slot)
 }
 

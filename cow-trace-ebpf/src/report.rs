@@ -83,15 +83,18 @@ pub fn fault(record: &mut Record) {
         stack_id: record.stack_id,
         region: record.address >> REGION_SHIFT,
     };
+    let timed = u64::from(record.flags & (flags::UNTIMED | flags::NO_ENTRY) == 0);
     match STATS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, only this CPU writes it.
         Some(value) => unsafe {
             (*value).faults += 1;
+            (*value).timed += timed;
             (*value).latency_ns += record.latency_ns;
         },
         None => {
             let value = StatValue {
                 faults: 1,
+                timed,
                 latency_ns: record.latency_ns,
                 sample_address: record.address,
             };
@@ -99,6 +102,9 @@ pub fn fault(record: &mut Record) {
                 bump(counter::SUMMARY_FULL);
             }
         }
+    }
+    if timed == 0 {
+        return;
     }
     let key = HistKey {
         pid: record.pid,

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use cow_trace_common::{COMM_LEN, NO_FIELD, Record, Window, counter, kind};
 
 use crate::{
-    faults::flush,
+    faults::{finish_deferred, finish_pending},
     maps::{PARENT, PENDING, TRACED, WINDOW, bump, is_traced, settings},
     report::emit,
 };
@@ -78,9 +78,10 @@ pub fn sched_sched_process_exit(ctx: TracePointContext) -> u32 {
     if !is_traced(tgid) {
         return 0;
     }
-    // A fault still pending in an exiting thread never completed (e.g. SIGSEGV killed it).
+    // A fault still pending in an exiting thread never completed (e.g. SIGSEGV killed it),
+    // or, untimed, is over.
     if let Some(slot) = PENDING.get_ptr_mut(tid) {
-        flush(slot);
+        finish_pending(slot, tid);
         let _ = PENDING.remove(tid);
     }
 
@@ -125,11 +126,21 @@ pub fn sched_sched_process_exit(ctx: TracePointContext) -> u32 {
 /// ```
 /// Userspace reads the new program's mappings and forgets the old ones.
 #[tracepoint(category = "sched", name = "sched_process_exec")]
-pub fn sched_sched_process_exec(_ctx: TracePointContext) -> u32 {
+pub fn sched_sched_process_exec(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !is_traced(tgid) {
         return 0;
+    }
+    // A thread other than the leader that execs takes the leader's id: its slot, under its
+    // old id, would be orphaned. Its untimed fault (from before execve) is over.
+    // SAFETY: old_pid's offset has been 16 since the tracepoint exists.
+    let old_tid = unsafe { ctx.read_at::<u32>(16) }.unwrap_or(0);
+    if old_tid != pid_tgid as u32
+        && let Some(slot) = PENDING.get_ptr_mut(old_tid)
+    {
+        finish_deferred(slot, old_tid);
+        let _ = PENDING.remove(old_tid);
     }
     let mut record = Record::zeroed();
     record.kind = kind::EXEC;
@@ -161,6 +172,11 @@ pub fn task_task_rename(ctx: TracePointContext) -> u32 {
     let Some(slot) = PENDING.get_ptr_mut(tid) else {
         return 0;
     };
+    // A thread renaming itself (as exec does) has gone on from its last fault: untimed, that
+    // fault is over, and keeps the name it had.
+    if tid == bpf_get_current_pid_tgid() as u32 {
+        finish_deferred(slot, tid);
+    }
     // SAFETY: as above; the slot's comm is only read by programs of the same thread, and a torn
     // name during a rename is what the kernel's own readers may see too.
     if let Ok(comm) =

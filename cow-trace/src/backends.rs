@@ -42,26 +42,38 @@ pub fn candidates(choice: BackendChoice) -> &'static [Backend] {
 }
 
 /// Attaches one backend's programs; on failure, unloads what it had attached.
-pub fn attach(ebpf: &mut Ebpf, backend: Backend, verbose: bool) -> anyhow::Result<()> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    backend: Backend,
+    untimed: bool,
+    verbose: bool,
+) -> anyhow::Result<()> {
     let result = match backend {
         Backend::Fexit => attach_fexit(ebpf, verbose),
         Backend::Kprobe => attach_kprobe(ebpf, verbose),
-        Backend::Tracepoint => attach_tracepoint_backend(ebpf, verbose),
+        Backend::Tracepoint => attach_tracepoint_backend(ebpf, untimed, verbose),
     };
     if result.is_err() {
-        for program in programs_of(backend) {
-            let _ = match ebpf.program_mut(program) {
-                Some(Program::FEntry(p)) => p.unload(),
-                Some(Program::FExit(p)) => p.unload(),
-                Some(Program::KProbe(p)) => p.unload(),
-                Some(Program::TracePoint(p)) => p.unload(),
-                Some(Program::RawTracePoint(p)) => p.unload(),
-                Some(Program::PerfEvent(p)) => p.unload(),
-                _ => Ok(()),
-            };
+        for name in programs_of(backend) {
+            if let Some(program) = ebpf.program_mut(name) {
+                unload(program);
+            }
         }
     }
     result
+}
+
+/// Detaches and unloads a program, if it was loaded.
+pub fn unload(program: &mut Program) {
+    let _ = match program {
+        Program::FEntry(p) => p.unload(),
+        Program::FExit(p) => p.unload(),
+        Program::KProbe(p) => p.unload(),
+        Program::TracePoint(p) => p.unload(),
+        Program::RawTracePoint(p) => p.unload(),
+        Program::PerfEvent(p) => p.unload(),
+        _ => Ok(()),
+    };
 }
 
 fn programs_of(backend: Backend) -> &'static [&'static str] {
@@ -185,8 +197,9 @@ pub fn attach_raw_tracepoint(ebpf: &mut Ebpf, name: &str, event: &str) -> anyhow
 }
 
 /// Fault entries from the exceptions tracepoints; completions from the perf software events,
-/// which the kernel fires exactly where it counts min_flt / maj_flt.
-fn attach_tracepoint_backend(ebpf: &mut Ebpf, verbose: bool) -> anyhow::Result<()> {
+/// which the kernel fires exactly where it counts min_flt / maj_flt. Untimed (--no-latency),
+/// minor faults go without: that perf event is most of the cost of tracing.
+fn attach_tracepoint_backend(ebpf: &mut Ebpf, untimed: bool, verbose: bool) -> anyhow::Result<()> {
     for (name, event) in [
         ("exceptions_page_fault_user", "page_fault_user"),
         ("exceptions_page_fault_kernel", "page_fault_kernel"),
@@ -201,6 +214,9 @@ fn attach_tracepoint_backend(ebpf: &mut Ebpf, verbose: bool) -> anyhow::Result<(
         ("fault_done_minor", SoftwareEvent::PageFaultsMin),
         ("fault_done_major", SoftwareEvent::PageFaultsMaj),
     ] {
+        if untimed && matches!(event, SoftwareEvent::PageFaultsMin) {
+            continue;
+        }
         let perf: &mut PerfEvent = program(ebpf, name)?;
         perf.load()
             .map_err(|e| kernel_error(&format!("loading {name}"), e))?;

@@ -83,6 +83,13 @@ pub struct Args {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub fail_over_cow: Option<u64>,
 
+    /// Do not time faults: the lightest tracing. The tracepoint backend then skips its
+    /// completion event (a perf event on every fault); each fault is reported once its thread
+    /// faults again, execs or exits, or tracing ends, and a fault that failed (SIGSEGV) is
+    /// counted like one that completed.
+    #[arg(long)]
+    pub no_latency: bool,
+
     /// Size of the kernel-to-user ring buffer (a power of two, e.g. 16MiB).
     #[arg(long, value_name = "SIZE", value_parser = parse_ring_size, default_value = "16MiB")]
     pub ring_size: u32,

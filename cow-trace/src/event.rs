@@ -181,6 +181,11 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     // SAFETY: Record is plain old data and the slice holds at least one; the ring buffer
     // gives 8-byte alignment but read_unaligned does not rely on it.
     let record: Record = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    from_record(&record)
+}
+
+/// The event a kernel record describes; None for an unknown kind.
+pub fn from_record(record: &Record) -> Option<Event> {
     match record.kind {
         kind::FAULT | kind::FAULT_INCOMPLETE | kind::FAULT_RETRY => {
             let no_entry = record.flags & flags::NO_ENTRY != 0;
@@ -202,7 +207,9 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 ip: record.ip,
                 error_code: (!no_entry).then_some(record.error_code),
                 outcome,
-                latency_ns: (!no_entry && outcome != Outcome::Incomplete)
+                latency_ns: (!no_entry
+                    && outcome != Outcome::Incomplete
+                    && record.flags & flags::UNTIMED == 0)
                     .then_some(record.latency_ns),
                 vm_fault: record.vm_fault,
                 stack_id: u32::try_from(record.stack_id).ok(),
@@ -210,7 +217,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
                 symbol: None,
                 stack: Vec::new(),
                 kernel_mode: record.flags & flags::KERNEL_MODE != 0,
-                class: class::of_record(&record),
+                class: class::of_record(record),
                 window: record.other_pid,
             }))
         }
@@ -291,6 +298,7 @@ impl std::fmt::Debug for Comm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cow_trace_common::{NO_STACK, PENDING_DEFERRED, PendingFault};
 
     fn bytes(record: &Record) -> Vec<u8> {
         // SAFETY: Record is plain old data.
@@ -442,6 +450,46 @@ mod tests {
         assert_eq!(fault.outcome, Outcome::Incomplete);
         assert_eq!(fault.latency_ns, None);
         assert_eq!(fault.access(), Some(Access::Write));
+    }
+
+    #[test]
+    fn untimed_fault_has_no_latency_but_all_else() {
+        let record = fault_record(
+            0x7,
+            flags::UNTIMED | flags::COPY_KNOWN | flags::PAGE_ALLOCATED,
+        );
+        let Some(Event::Fault(fault)) = decode(&bytes(&record)) else {
+            panic!("not a fault");
+        };
+        assert_eq!(fault.latency_ns, None);
+        assert_eq!(fault.outcome, Outcome::Minor);
+        assert_eq!(fault.cow_outcome(), Some(CowOutcome::Copied));
+    }
+
+    /// A fault collected from the kernel's slot at the end of an untimed run reads as the
+    /// same fault would from the ring.
+    #[test]
+    fn deferred_slot_becomes_a_complete_untimed_fault() {
+        let slot = PendingFault {
+            ts_ns: 5,
+            address: 0x7ffe_0cde_fb40,
+            ip: 0x401136,
+            error_code: 0x7,
+            flags: flags::PAGE_ALLOCATED | PENDING_DEFERRED,
+            stack_id: NO_STACK,
+            comm: *b"cow\0\0\0\0\0\0\0\0\0\0\0\0\0",
+            pid: 12420,
+            _pad: 0,
+        };
+        let Some(Event::Fault(fault)) = from_record(&slot.to_record(12421)) else {
+            panic!("not a fault");
+        };
+        assert_eq!((fault.pid, fault.tid), (12420, 12421));
+        assert_eq!(fault.comm.as_str(), "cow");
+        assert_eq!(fault.outcome, Outcome::Minor);
+        assert_eq!(fault.latency_ns, None);
+        assert_eq!(fault.cow_outcome(), Some(CowOutcome::Copied));
+        assert_eq!(fault.stack_id, None);
     }
 
     #[test]

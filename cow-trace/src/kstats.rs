@@ -23,9 +23,9 @@ pub fn read(probes: &Probes, summary: &mut Summary) -> anyhow::Result<Vec<Region
     let mut regions = Vec::new();
     for entry in stats.iter() {
         let (key, per_cpu) = entry.context("reading STATS")?;
-        let (faults, latency_ns) = per_cpu
-            .iter()
-            .fold((0, 0), |(f, l), v| (f + v.faults, l + v.latency_ns));
+        let (faults, timed, latency_ns) = per_cpu.iter().fold((0, 0, 0), |(f, t, l), v| {
+            (f + v.faults, t + v.timed, l + v.latency_ns)
+        });
         // Any CPU's first address lies in the region; take one that counted something.
         let address = per_cpu
             .iter()
@@ -34,7 +34,7 @@ pub fn read(probes: &Probes, summary: &mut Summary) -> anyhow::Result<Vec<Region
         if faults == 0 {
             continue;
         }
-        summary.add(key.pid, key.class, key.window, faults, latency_ns);
+        summary.add(key.pid, key.class, key.window, faults, timed, latency_ns);
         if let Ok(stack_id) = u32::try_from(key.stack_id) {
             summary.add_stack(key.pid, stack_id, key.class, faults);
         }

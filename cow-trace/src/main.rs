@@ -97,6 +97,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         duration: args.duration,
         verbose: args.verbose,
         kernel_summary: args.summary,
+        untimed: args.no_latency,
         print_summary: !args.no_summary,
         interval: args.interval,
         fail_over_cow: args.fail_over_cow,

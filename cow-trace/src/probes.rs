@@ -7,12 +7,13 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData},
 };
-use cow_trace_common::{NO_FIELD, Settings};
+use cow_trace_common::{NO_FIELD, PENDING_DEFERRED, PendingFault, Record, Settings};
 
 use crate::{
     backends::{self, Backend},
     cli::BackendChoice,
     failure::{Kind, failure},
+    session::Options,
     tracefs,
 };
 
@@ -35,15 +36,25 @@ const PAGE_ALLOC: (&str, &str) = ("kmem_mm_page_alloc", "mm_page_alloc");
 /// The loaded programs; dropping this detaches everything and frees the maps.
 pub struct Probes {
     pub ebpf: Ebpf,
+    /// --no-latency.
+    untimed: bool,
 }
 
 impl Probes {
     /// Loads the object with this kernel's tracepoint offsets, the mode and the ring size.
-    pub fn load(ring_size: u32, summary_mode: bool, stacks: bool) -> anyhow::Result<Probes> {
+    pub fn load(options: &Options) -> anyhow::Result<Probes> {
+        let Options {
+            ring_size,
+            kernel_summary: summary_mode,
+            stacks,
+            untimed,
+            ..
+        } = *options;
         check_privilege()?;
         let root = tracefs::ensure_mounted()?;
         let mut settings = read_settings(&root, summary_mode, stacks)?;
         settings.wakeup_bytes = ring_size / 8;
+        settings.untimed = untimed.into();
         raise_memlock_limit();
         let ebpf = EbpfLoader::new()
             .override_global("SETTINGS", &settings, true)
@@ -54,7 +65,7 @@ impl Probes {
             .map_max_entries("HISTS", if summary_mode { 4096 } else { 1 })
             .load(OBJECT)
             .map_err(|e| kernel_error("loading the eBPF object", e))?;
-        Ok(Probes { ebpf })
+        Ok(Probes { ebpf, untimed })
     }
 
     /// The map of traced thread-group ids.
@@ -68,6 +79,32 @@ impl Probes {
         self.traced()?
             .insert(pid, 1, 0)
             .with_context(|| format!("adding pid {pid} to the traced set"))
+    }
+
+    /// Detaches every program, keeping the maps: what the kernel wrote stays readable, and
+    /// nothing changes under a reader any more.
+    pub fn detach(&mut self) {
+        for (_, program) in self.ebpf.programs_mut() {
+            backends::unload(program);
+        }
+    }
+
+    /// The faults still waiting in threads' slots that are final: untimed (--no-latency), the
+    /// tracepoint backend leaves each thread's last fault there until the thread goes on.
+    /// Call after [`Probes::detach`]. Oldest first.
+    pub fn deferred_faults(&self) -> anyhow::Result<Vec<Record>> {
+        let map = self.ebpf.map("PENDING").context("PENDING map missing")?;
+        let pending: HashMap<&MapData, u32, PendingFault> =
+            HashMap::try_from(map).context("PENDING map has an unexpected type")?;
+        let mut records = Vec::new();
+        for entry in pending.iter() {
+            let (tid, slot) = entry.context("reading PENDING")?;
+            if slot.ts_ns != 0 && slot.flags & PENDING_DEFERRED != 0 {
+                records.push(slot.to_record(tid));
+            }
+        }
+        records.sort_by_key(|record| record.ts_ns);
+        Ok(records)
     }
 
     /// Attaches the shared programs, then the first backend of `choice` the kernel accepts.
@@ -85,7 +122,7 @@ impl Probes {
         }
         let mut refusals = Vec::new();
         for &backend in backends::candidates(choice) {
-            match backends::attach(&mut self.ebpf, backend, verbose) {
+            match backends::attach(&mut self.ebpf, backend, self.untimed, verbose) {
                 Ok(()) => return Ok(backend),
                 Err(error) => {
                     if verbose {
@@ -125,6 +162,7 @@ fn read_settings(root: &Path, summary_mode: bool, stacks: bool) -> anyhow::Resul
         task_rename_newcomm: required("task", "task_rename", "newcomm")?,
         summary_mode: summary_mode.into(),
         copy_detection: 1,
+        untimed: 0,
         stacks: stacks.into(),
         wakeup_bytes: 0,
     })

@@ -32,6 +32,8 @@ pub struct Options {
     pub verbose: bool,
     /// Count in the kernel instead of streaming each fault.
     pub kernel_summary: bool,
+    /// --no-latency.
+    pub untimed: bool,
     /// Print the human summary on stderr at the end of a streaming run.
     pub print_summary: bool,
     pub interval: Option<Duration>,
@@ -95,14 +97,14 @@ impl Tree {
     }
 }
 
-/// Everything one run holds between attaching and detaching.
+/// Everything one run holds between attaching and detaching (but the ring, drained into it).
 struct Session {
     options: Options,
     probes: Probes,
-    ring: Ring,
     sink: Box<dyn Sink>,
     tree: Tree,
-    /// Streaming: faults are counted here as they arrive.
+    /// Streaming: faults are counted here as they arrive. --summary: only the faults
+    /// collected from the kernel's slots at the end (--no-latency), added to its counts.
     streamed: Summary,
     enricher: Enricher,
     plot: Option<FaultPlot>,
@@ -110,63 +112,89 @@ struct Session {
 
 impl Session {
     /// Hands everything the kernel has written to the summary, plot and sink.
-    fn drain(&mut self) -> io::Result<()> {
+    fn drain(&mut self, ring: &mut Ring) -> io::Result<()> {
+        let mut result = Ok(());
+        ring.drain(|event| {
+            result = self.handle(event);
+            result.is_ok()
+        });
+        result.and_then(|()| self.sink.flush())
+    }
+
+    fn handle(&mut self, event: Event) -> io::Result<()> {
         let Session {
             options,
             probes,
-            ring,
             sink,
             tree,
             streamed,
             enricher,
             plot,
         } = self;
-        let mut result = Ok(());
-        ring.drain(|event| {
-            match event {
-                Event::Fault(mut fault) => {
-                    if options.resolve {
-                        enricher.resolve(&mut fault);
-                    }
-                    if let Some(stack_id) = fault.stack_id {
-                        fault.stack = enricher.stack(probes, fault.pid, stack_id);
-                    }
-                    streamed.record(&fault);
-                    if let Some(plot) = plot.as_mut() {
-                        plot.add_fault(&fault);
-                    }
-                    result = sink.fault(&fault);
+        match event {
+            Event::Fault(mut fault) => {
+                // --summary resolves mappings at the end, like the kernel's counts.
+                if options.resolve || options.kernel_summary {
+                    enricher.resolve(&mut fault);
                 }
-                Event::Process(process) => {
-                    tree.apply(&process);
-                    match process.change {
-                        Change::Fork { child } => {
-                            enricher.on_fork(process.pid, child);
-                            // --summary resolves mappings at the end: read them while alive.
-                            if options.kernel_summary {
-                                enricher.refresh([child]);
-                            }
-                        }
-                        // The old program's maps and symbols are stale now. Streaming reads the
-                        // new ones on its next lookup; --summary reads them while alive.
-                        Change::Exec => {
-                            enricher.on_exit(process.pid);
-                            if options.kernel_summary {
-                                enricher.refresh([process.pid]);
-                            }
-                        }
-                        // Streaming resolved this process's faults already.
-                        Change::Exit if !options.kernel_summary => enricher.on_exit(process.pid),
-                        Change::Exit => {}
-                    }
-                    if !options.kernel_summary {
-                        result = sink.process(&process);
-                    }
+                if let Some(stack_id) = fault.stack_id {
+                    fault.stack = enricher.stack(probes, fault.pid, stack_id);
                 }
+                streamed.record(&fault);
+                if let Some(plot) = plot.as_mut() {
+                    plot.add_fault(&fault);
+                }
+                if options.kernel_summary {
+                    return Ok(());
+                }
+                sink.fault(&fault)
             }
-            result.is_ok()
-        });
-        result.and_then(|()| sink.flush())
+            Event::Process(process) => {
+                tree.apply(&process);
+                match process.change {
+                    Change::Fork { child } => {
+                        enricher.on_fork(process.pid, child);
+                        // --summary resolves mappings at the end: read them while alive.
+                        if options.kernel_summary {
+                            enricher.refresh([child]);
+                        }
+                    }
+                    // The old program's maps and symbols are stale now. Streaming reads the
+                    // new ones on its next lookup; --summary reads them while alive.
+                    Change::Exec => {
+                        enricher.on_exit(process.pid);
+                        if options.kernel_summary {
+                            enricher.refresh([process.pid]);
+                        }
+                    }
+                    // Streaming resolved this process's faults already.
+                    Change::Exit if !options.kernel_summary => enricher.on_exit(process.pid),
+                    Change::Exit => {}
+                }
+                if options.kernel_summary {
+                    return Ok(());
+                }
+                sink.process(&process)
+            }
+        }
+    }
+
+    /// Untimed (--no-latency), each thread's last fault waits in the kernel until the thread
+    /// goes on: at the end, those are final. The programs must be detached.
+    fn collect_deferred(&mut self) -> io::Result<()> {
+        let records = match self.probes.deferred_faults() {
+            Ok(records) => records,
+            Err(error) => {
+                eprintln!("cow-trace: the last fault of each thread is missing: {error:#}");
+                return Ok(());
+            }
+        };
+        for record in &records {
+            if let Some(event) = crate::event::from_record(record) {
+                self.handle(event)?;
+            }
+        }
+        self.sink.flush()
     }
 
     /// The totals so far: the kernel's (in --summary mode) or the streamed ones, with
@@ -182,6 +210,7 @@ impl Session {
                     .entry((region.pid, label, region.class))
                     .or_default() += region.faults;
             }
+            summary.merge(&self.streamed);
             summary
         } else {
             self.streamed.clone()
@@ -228,7 +257,7 @@ pub async fn run(
     mut held: Option<HeldCommand>,
     out: Box<dyn io::Write>,
 ) -> anyhow::Result<i32> {
-    let mut probes = Probes::load(options.ring_size, options.kernel_summary, options.stacks)?;
+    let mut probes = Probes::load(&options)?;
     // The root joins the map before process-tree tracking attaches; descendants that exist
     // already are found in /proc after it attached, so none slips between the two.
     probes.trace(options.root)?;
@@ -239,7 +268,7 @@ pub async fn run(
         probes.trace(child as u32)?;
         tree.add(child as u32);
     }
-    let ring = Ring::new(&mut probes)?;
+    let mut ring = Ring::new(&mut probes)?;
     let sink = sink::new(options.format, out, WallClock::now(), backend.name());
     // Handlers first: a signal right after the readiness line must end the run cleanly.
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -270,7 +299,6 @@ pub async fn run(
     let mut session = Session {
         options,
         probes,
-        ring,
         sink,
         tree,
         streamed: Summary::default(),
@@ -292,12 +320,12 @@ pub async fn run(
 
     let stop = loop {
         let step = tokio::select! {
-            ready = session.ring.readable() => {
+            ready = ring.readable() => {
                 ready.context("waiting on the ring buffer")?;
-                session.drain()
+                session.drain(&mut ring)
             }
             _ = tick.tick() => {
-                let drained = session.drain();
+                let drained = session.drain(&mut ring);
                 ticks += 1;
                 if ticks.is_multiple_of(10) {
                     session.read_live_mappings();
@@ -327,19 +355,24 @@ pub async fn run(
         }
     };
 
-    // What the kernel wrote before we stopped still counts.
+    // Detach first: nothing changes under the last reads, and nothing waits on us.
+    session.probes.detach();
+    // What the kernel wrote before we stopped still counts, and so do the faults it holds
+    // for --no-latency (each newer than anything in the ring from its thread).
     let last = if stop == Stop::OutputClosed {
         Ok(())
+    } else if session.options.untimed {
+        session
+            .drain(&mut ring)
+            .and_then(|()| session.collect_deferred())
     } else {
-        session.drain()
+        session.drain(&mut ring)
     };
     session.read_live_mappings();
     let summary = session.totals()?;
-    // Detach before waiting for anything else.
     let Session {
         options,
         probes,
-        ring,
         mut sink,
         plot,
         ..

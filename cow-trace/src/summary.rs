@@ -33,11 +33,14 @@ pub struct Counts {
     pub retries: u64,
     /// Completions whose entry was not seen (access unknown).
     pub unknown_access: u64,
+    /// Completed faults that were timed (not so: --no-latency, or no entry seen).
+    pub timed: u64,
+    /// The latencies of the timed faults, summed.
     pub latency_ns_total: u64,
 }
 
 impl Counts {
-    fn add(&mut self, fault_class: u32, count: u64, latency_ns: u64) {
+    fn add(&mut self, fault_class: u32, count: u64, timed: u64, latency_ns: u64) {
         if fault_class & class::RETRY != 0 {
             self.retries += count;
             return;
@@ -66,6 +69,7 @@ impl Counts {
                 None => {}
             }
         }
+        self.timed += timed;
         self.latency_ns_total += latency_ns;
     }
 
@@ -90,6 +94,7 @@ impl std::ops::AddAssign<&Counts> for Counts {
             incomplete,
             retries,
             unknown_access,
+            timed,
             latency_ns_total,
         } = other;
         self.faults += faults;
@@ -103,6 +108,7 @@ impl std::ops::AddAssign<&Counts> for Counts {
         self.incomplete += incomplete;
         self.retries += retries;
         self.unknown_access += unknown_access;
+        self.timed += timed;
         self.latency_ns_total += latency_ns_total;
     }
 }
@@ -170,21 +176,52 @@ impl Summary {
             fault.class,
             fault.window,
             1,
+            u64::from(fault.latency_ns.is_some()),
             fault.latency_ns.unwrap_or(0),
         );
     }
 
-    /// Adds `count` faults of one class.
-    pub fn add(&mut self, pid: u32, fault_class: u32, window: u32, count: u64, latency_ns: u64) {
+    /// Adds `count` faults of one class, `timed` of them timed, whose latencies sum to
+    /// `latency_ns`.
+    pub fn add(
+        &mut self,
+        pid: u32,
+        fault_class: u32,
+        window: u32,
+        count: u64,
+        timed: u64,
+        latency_ns: u64,
+    ) {
         self.pids
             .entry(pid)
             .or_default()
-            .add(fault_class, count, latency_ns);
+            .add(fault_class, count, timed, latency_ns);
         if window != 0 {
-            self.windows
-                .entry((pid, window))
-                .or_default()
-                .add(fault_class, count, latency_ns);
+            self.windows.entry((pid, window)).or_default().add(
+                fault_class,
+                count,
+                timed,
+                latency_ns,
+            );
+        }
+    }
+
+    /// Adds another summary's counts, mappings and stacks (not its histograms).
+    pub fn merge(&mut self, other: &Summary) {
+        for (pid, counts) in &other.pids {
+            *self.pids.entry(*pid).or_default() += counts;
+        }
+        for (key, counts) in &other.windows {
+            *self.windows.entry(*key).or_default() += counts;
+        }
+        for (key, count) in &other.mappings {
+            *self.mappings.entry(key.clone()).or_default() += count;
+        }
+        for (key, count) in &other.stacks {
+            *self.stacks.entry(*key).or_default() += count;
+        }
+        for (pid, comm) in &other.comms {
+            self.comms.entry(*pid).or_insert_with(|| comm.clone());
         }
     }
 
@@ -337,10 +374,9 @@ impl Summary {
 }
 
 fn write_row(out: &mut dyn io::Write, label: &str, c: &Counts) -> io::Result<()> {
-    let timed = c.faults - c.unknown_access;
     let average = c
         .latency_ns_total
-        .checked_div(timed)
+        .checked_div(c.timed)
         .map_or_else(|| "-".to_string(), crate::sink::human_ns);
     writeln!(
         out,
@@ -484,14 +520,38 @@ mod tests {
         assert_eq!(stats.incomplete, 1);
         assert_eq!(stats.unknown_access, 1);
         assert_eq!(summary.total().faults, 3);
+        // The average latency is over the faults that were timed only.
+        assert_eq!(stats.timed, 2);
+        assert_eq!(
+            stats.latency_ns_total,
+            cow.latency_ns.unwrap() + read.latency_ns.unwrap()
+        );
+    }
+
+    #[test]
+    fn merge_adds_counts_mappings_and_stacks() {
+        let wp = class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN | class::COPIED;
+        let mut kernel = Summary::default();
+        kernel.add(10, wp, 11, 3, 3, 300);
+        kernel.mappings.insert((10, "[anon]".into(), wp), 3);
+        let mut collected = Summary::default();
+        collected.add(10, wp, 11, 1, 0, 0);
+        collected.mappings.insert((10, "[anon]".into(), wp), 1);
+        collected.add_stack(10, 4, wp, 1);
+        kernel.merge(&collected);
+        assert_eq!(kernel.pids[&10].copied, 4);
+        assert_eq!(kernel.pids[&10].timed, 3);
+        assert_eq!(kernel.windows[&(10, 11)].copied, 4);
+        assert_eq!(kernel.mappings[&(10, "[anon]".to_string(), wp)], 4);
+        assert_eq!(kernel.stacks[&(10, 4)], 1);
     }
 
     #[test]
     fn copies_reuses_and_windows() {
         let mut summary = Summary::default();
         let wp = class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN;
-        summary.add(10, wp | class::COPIED, 11, 3, 0);
-        summary.add(10, wp, 0, 2, 0);
+        summary.add(10, wp | class::COPIED, 11, 3, 0, 0);
+        summary.add(10, wp, 0, 2, 0, 0);
         let counts = &summary.pids[&10];
         assert_eq!((counts.cow, counts.copied, counts.reused), (5, 3, 2));
         assert_eq!(counts.copied_bytes(), 3 * 4096);

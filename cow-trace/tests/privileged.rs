@@ -86,7 +86,11 @@ fn article_cow_experiment() {
         // The parent still maps the page, so the child must copy it.
         assert_eq!(fault["copied"], true, "{fault}");
         assert_eq!(fault["tid"], child, "{fault}");
-        assert!(fault["latency_ns"].as_u64().unwrap() > 0, "{fault}");
+        if untimed() {
+            assert!(fault["latency_ns"].is_null(), "{fault}");
+        } else {
+            assert!(fault["latency_ns"].as_u64().unwrap() > 0, "{fault}");
+        }
 
         let stap_line = format!("] pid:{child}, address:{printed:#x} access:w, type:MINOR");
         assert_eq!(
@@ -475,6 +479,54 @@ fn comm_follows_a_rename() {
     faulter.exit();
 }
 
+/// --no-latency: the tracepoint backend drops its completion event, so a thread's last fault
+/// waits in the kernel until the thread goes on. A thread that faults and then sleeps must
+/// still have every fault reported when tracing stops, untimed, and the counts stay the
+/// kernel's.
+#[test]
+fn no_latency_reports_a_sleeping_threads_last_fault_at_stop() {
+    if !require_root("no_latency_reports_a_sleeping_threads_last_fault_at_stop") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let pid_text = pid.to_string();
+    let mut args = vec!["-x", &pid_text, "--json", "-v"];
+    if !untimed() {
+        args.push("--no-latency");
+    }
+    let tracer = Tracer::start(&args);
+    let before = kernel_fault_counts(pid);
+    let printed = faulter.run("zero 32");
+    wait_blocked_in_read(pid);
+    let after = kernel_fault_counts(pid);
+    let done = tracer.stop();
+    let base = parse_hex_after(&printed, "pages ");
+    let faults = done.faults_of(pid);
+    let writes: Vec<&Value> = faults
+        .iter()
+        .filter(|f| (base..base + 32 * 4096).contains(&address(f)) && f["access"] == "w")
+        .collect();
+    // The last of them was still waiting in the kernel when tracing stopped.
+    assert_eq!(writes.len(), 32, "writes to the 32 pages reported");
+    assert!(
+        faults.iter().all(|f| f["latency_ns"].is_null()),
+        "{faults:?}"
+    );
+    assert_eq!(
+        done.counts_of(pid),
+        (after.0 - before.0, after.1 - before.1)
+    );
+    if done.stderr.contains("backend: tracepoint") {
+        assert!(
+            !done.stderr.contains("PageFaultsMin"),
+            "the minor-fault completion event is attached: {}",
+            done.stderr
+        );
+    }
+    faulter.exit();
+}
+
 /// Snapshot windows: the parent's writes while its snapshot child lives are copies, attributed
 /// to "while child N ran", and the kernel-side summary agrees with the stream.
 #[test]
@@ -555,13 +607,12 @@ fn snapshot_window_and_kernel_summary_agree_with_the_stream() {
         window(&counted)["copied_bytes"].as_u64().unwrap(),
         copied * 4096
     );
-    // Latency histograms come with --summary.
-    assert!(
-        counted
-            .json()
-            .iter()
-            .any(|v| v["event"] == "histogram" && v["pid"] == pid)
-    );
+    // Latency histograms come with --summary, unless faults are untimed.
+    let histogram = counted
+        .json()
+        .iter()
+        .any(|v| v["event"] == "histogram" && v["pid"] == pid);
+    assert_eq!(histogram, !untimed());
     faulter.exit();
 }
 

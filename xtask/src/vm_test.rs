@@ -35,9 +35,18 @@ const SERIES: &[Series] = &[
     },
 ];
 
-/// The backends the suite runs with in every VM, one run each, passed to cow-trace as
-/// `--backend` through COW_TRACE_BACKEND.
-const BACKENDS: &[&str] = &["fexit", "kprobe", "tracepoint"];
+/// The runs of the suite in every VM: each backend, passed to cow-trace as `--backend`
+/// through COW_TRACE_BACKEND, and the tracepoint backend again with --no-latency
+/// (COW_TRACE_UNTIMED), which works without its completion event.
+const BACKENDS: &[&str] = &["fexit", "kprobe", "tracepoint", "tracepoint-untimed"];
+
+/// The environment of one run of the suite.
+fn run_environment(run: &str) -> String {
+    match run.strip_suffix("-untimed") {
+        Some(backend) => format!("COW_TRACE_BACKEND={backend} COW_TRACE_UNTIMED=1"),
+        None => format!("COW_TRACE_BACKEND={run}"),
+    }
+}
 
 /// Host tools: the emulator, the initramfs's shell and archiver, the scratch disk's mkfs,
 /// depmod (the kernel packages ship no modules.dep) and the module decompressors.
@@ -281,9 +290,10 @@ fn ldd_path(line: &str) -> Option<PathBuf> {
 fn init_script() -> String {
     let mut runs = String::new();
     for backend in BACKENDS {
+        let environment = run_environment(backend);
         runs.push_str(&format!(
             "    echo \"{MARK} begin {backend}\"\n    \
-             COW_TRACE_BACKEND={backend} /vm/privileged --test-threads=1\n    \
+             {environment} /vm/privileged --test-threads=1\n    \
              echo \"{MARK} end {backend} status=$?\"\n"
         ));
     }

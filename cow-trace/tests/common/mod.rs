@@ -31,11 +31,24 @@ pub fn scratch() -> PathBuf {
 
 /// Extra arguments for every cow-trace run, e.g. `--backend kprobe` from COW_TRACE_BACKEND,
 /// so the same suite runs once per backend.
+/// The backend (COW_TRACE_BACKEND) and mode (COW_TRACE_UNTIMED=1: --no-latency) a suite run
+/// tests: `cargo xtask test` runs the suites once per mode, vm-test once per backend too.
 fn backend_args() -> Vec<String> {
-    match std::env::var("COW_TRACE_BACKEND") {
-        Ok(backend) if !backend.is_empty() => vec!["--backend".into(), backend],
-        _ => Vec::new(),
+    let mut args = Vec::new();
+    if let Ok(backend) = std::env::var("COW_TRACE_BACKEND")
+        && !backend.is_empty()
+    {
+        args.extend(["--backend".to_string(), backend]);
     }
+    if untimed() {
+        args.push("--no-latency".into());
+    }
+    args
+}
+
+/// True when this suite run traces with --no-latency.
+pub fn untimed() -> bool {
+    std::env::var("COW_TRACE_UNTIMED").is_ok_and(|v| v == "1")
 }
 
 /// Privileged tests need root (CI runs as root). Elsewhere they say why they skip.
