@@ -35,7 +35,7 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Only these configurations (untraced always runs, as the reference): cow-text, cow-json,
-    /// cow-summary, bpftrace, perf-trace.
+    /// cow-summary, cow-untimed, cow-summary-untimed, bpftrace, perf-trace.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also soak cow-trace for SECONDS at a steady fault rate, sampling its RSS (issue 5: 600).
