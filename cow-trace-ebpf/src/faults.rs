@@ -3,6 +3,8 @@
 //!
 //! The kernel fires those perf events in `mm_account_fault()`, right where it increments the
 //! task's min_flt / maj_flt, so one completion record is emitted per fault the kernel counts.
+//! Untimed (--no-latency), PAGE_FAULTS_MIN is not attached (it costs more than the rest): a
+//! fault entered DEFERRED is final once its thread goes on (see [`finish_pending`]).
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
