@@ -133,13 +133,13 @@ pub fn sched_sched_process_exec(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // A thread other than the leader that execs takes the leader's id: its slot, under its
-    // old id, would be orphaned. Its untimed fault (from before execve) is over.
+    // old id, would be orphaned. Whatever fault it holds is from before execve.
     // SAFETY: old_pid's offset has been 16 since the tracepoint exists.
     let old_tid = unsafe { ctx.read_at::<u32>(16) }.unwrap_or(0);
     if old_tid != pid_tgid as u32
         && let Some(slot) = PENDING.get_ptr_mut(old_tid)
     {
-        finish_deferred(slot, old_tid);
+        finish_pending(slot, old_tid);
         let _ = PENDING.remove(old_tid);
     }
     let mut record = Record::zeroed();
