@@ -1677,7 +1677,8 @@ fn render_method(out: &mut String, tools: &Tools) -> std::fmt::Result {
          and error code per fault to a file (`-o`); `perf trace --no-syscalls --pf=min -p CHILD \
          -o FILE`. The root only waits in wait4 meanwhile, so all see the same faults. \
          Configurations: `cow-trace -x ROOT` with text to /dev/null, `cow-trace --json -o FILE \
-         -x ROOT`, {summary_note}, all with the default ring size.\n\
+         -x ROOT`, {summary_note}, and `--no-latency` with text to /dev/null and with \
+         `--summary`, all with the default ring size.\n\
          - **Expected events**: the kernel's own count. The child reads its `ru_minflt` just \
          before blocking; the root reads the child's lifetime `ru_minflt` from wait4; the \
          difference is every fault the child took while the tracer was attached (the loop plus a \
