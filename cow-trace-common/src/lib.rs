@@ -279,6 +279,11 @@ pub struct PendingFault {
     pub _pad: u32,
 }
 
+/// The `ts_ns` of a fault with no timestamp: with `--summary --no-latency` the tracepoint
+/// backend takes none (the summary shows no times, and a timestamp is the costliest helper
+/// call of a fault's entry). Non-zero, so a pending slot still reads as pending.
+pub const TS_NOT_TAKEN: u64 = 1;
+
 /// A [`PendingFault::flags`] bit of the tracepoint backend's own, never in a record: the fault
 /// was entered untimed (--no-latency), so no completion event will empty its slot; the
 /// thread's next fault, exec or exit does, or userspace when tracing stops.

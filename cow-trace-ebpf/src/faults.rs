@@ -12,7 +12,9 @@ use aya_ebpf::{
     macros::{perf_event, raw_tracepoint},
     programs::{PerfEventContext, RawTracePointContext},
 };
-use cow_trace_common::{PENDING_DEFERRED as DEFERRED, PendingFault, Record, flags, kind};
+use cow_trace_common::{
+    PENDING_DEFERRED as DEFERRED, PendingFault, Record, TS_NOT_TAKEN, flags, kind,
+};
 
 use crate::{
     maps::{FaultEntry, PENDING, begin_fault, is_traced, pending_slot, settings, user_stack},
@@ -74,18 +76,29 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
         }
         finish_pending(slot, pid_tgid as u32);
     }
-    let regs: u64 = ctx.arg(1);
-    // SAFETY: regs is the kernel's pt_regs of this fault; a failed read leaves ip unknown.
-    let ip = unsafe { bpf_probe_read_kernel((regs + PT_REGS_IP) as *const u64) }.unwrap_or(0);
+    let settings = settings();
+    let summary_mode = settings.summary_mode != 0;
+    // A summary counts by region and stack, never by ip: skip the read there.
+    let ip = if summary_mode {
+        0
+    } else {
+        let regs: u64 = ctx.arg(1);
+        // SAFETY: regs is the kernel's pt_regs of this fault; a failed read leaves ip unknown.
+        unsafe { bpf_probe_read_kernel((regs + PT_REGS_IP) as *const u64) }.unwrap_or(0)
+    };
     begin_fault(
         slot,
         FaultEntry {
-            ts_ns: unsafe { bpf_ktime_get_ns() },
+            ts_ns: if summary_mode && settings.untimed != 0 {
+                TS_NOT_TAKEN
+            } else {
+                unsafe { bpf_ktime_get_ns() }
+            },
             address,
             ip,
             error_code: ctx.arg(2),
             flags: if kernel_mode { flags::KERNEL_MODE } else { 0 }
-                | if settings().untimed != 0 { DEFERRED } else { 0 },
+                | if settings.untimed != 0 { DEFERRED } else { 0 },
             stack_id: user_stack(ctx),
         },
     );

@@ -1,7 +1,8 @@
 //! The last step of every fault: stream it to userspace, or count it in the kernel.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use cow_trace_common::{
-    HIST_BUCKETS, Hist, HistKey, REGION_SHIFT, Record, StatKey, StatValue, Window, class, counter,
-    flags, hist_bucket, kind, x86_pf,
+    HIST_BUCKETS, Hist, HistKey, REGION_SHIFT, Record, StatKey, StatValue, TS_NOT_TAKEN, Window,
+    class, counter, flags, hist_bucket, kind, x86_pf,
 };
 
 use crate::maps::{EVENTS, HISTS, STATS, WINDOW, bump, settings};
@@ -53,7 +54,13 @@ fn window_of(record: &Record) -> u32 {
     if closing_since_ns == 0 {
         return child;
     }
-    if record.ts_ns.saturating_sub(closing_since_ns) > CLOSING_NS {
+    let when = if record.ts_ns == TS_NOT_TAKEN {
+        // SAFETY: a helper call without arguments.
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        record.ts_ns
+    };
+    if when.saturating_sub(closing_since_ns) > CLOSING_NS {
         let _ = WINDOW.remove(record.pid);
         return 0;
     }
