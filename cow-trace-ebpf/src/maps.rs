@@ -2,7 +2,7 @@
 use aya_ebpf::{
     helpers::bpf_get_current_comm,
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
     programs::tracing::StackIdContext,
 };
 use cow_trace_common::{
@@ -44,6 +44,31 @@ pub static PARENT: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
 /// Redis's BGSAVE).
 #[map]
 pub static WINDOW: HashMap<u32, Window> = HashMap::with_max_entries(65536, 0);
+
+/// A hint, per `pid % WINDOW_HINTS`, that a process with that remainder may have a window:
+/// most processes never fork a traced child, and this array lookup costs a fraction of a
+/// `WINDOW` miss. Set before a window opens, never cleared (a stale hint costs one lookup).
+#[map]
+pub static WINDOW_HINT: Array<u32> = Array::with_max_entries(WINDOW_HINTS, 0);
+
+const WINDOW_HINTS: u32 = 4096;
+
+/// Marks `pid` as possibly having a window.
+#[inline(always)]
+pub fn hint_window(pid: u32) {
+    if let Some(hint) = WINDOW_HINT.get_ptr_mut(pid % WINDOW_HINTS) {
+        // SAFETY: a plain store; racing stores write the same value.
+        unsafe { *hint = 1 };
+    }
+}
+
+/// False when `pid` certainly has no window.
+#[inline(always)]
+pub fn may_have_window(pid: u32) -> bool {
+    WINDOW_HINT
+        .get(pid % WINDOW_HINTS)
+        .is_some_and(|&hint| hint != 0)
+}
 
 /// User stacks of faults (--stack), deduplicated by the kernel.
 #[map]

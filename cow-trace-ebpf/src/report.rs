@@ -5,7 +5,7 @@ use cow_trace_common::{
     class, counter, flags, hist_bucket, kind, x86_pf,
 };
 
-use crate::maps::{EVENTS, HISTS, STATS, WINDOW, bump, settings};
+use crate::maps::{EVENTS, HISTS, STATS, WINDOW, bump, may_have_window, settings};
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
@@ -42,6 +42,9 @@ const CLOSING_NS: u64 = 1_000_000_000;
 /// window closes.
 #[inline(always)]
 fn window_of(record: &Record) -> u32 {
+    if !may_have_window(record.pid) {
+        return 0;
+    }
     // SAFETY: a plain value read.
     let Some(window) = (unsafe { WINDOW.get(record.pid) }) else {
         return 0;

@@ -8,7 +8,7 @@ use cow_trace_common::{COMM_LEN, NO_FIELD, Record, Window, counter, kind};
 
 use crate::{
     faults::{finish_deferred, finish_pending},
-    maps::{PARENT, PENDING, TRACED, WINDOW, bump, is_traced, settings},
+    maps::{PARENT, PENDING, TRACED, WINDOW, bump, hint_window, is_traced, settings},
     report::emit,
 };
 
@@ -53,6 +53,8 @@ pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
         _pad: 0,
         closing_since_ns: 0,
     };
+    // The hint first: no fault on another CPU may skip a window already in the map.
+    hint_window(parent);
     let _ = WINDOW.insert(parent, window, 0);
     let mut record = Record::zeroed();
     record.kind = kind::FORK;
