@@ -133,8 +133,11 @@ impl Session {
         } = self;
         match event {
             Event::Fault(mut fault) => {
-                // --summary resolves mappings at the end, like the kernel's counts.
-                if options.resolve || options.kernel_summary {
+                if options.kernel_summary {
+                    // Only the faults collected at the end come here: label their mappings as
+                    // the kernel's counts are, from the maps read last.
+                    fault.mapping = Some(enricher.mapping_label(fault.pid, fault.address));
+                } else if options.resolve {
                     enricher.resolve(&mut fault);
                 }
                 if let Some(stack_id) = fault.stack_id {
@@ -357,18 +360,21 @@ pub async fn run(
 
     // Detach first: nothing changes under the last reads, and nothing waits on us.
     session.probes.detach();
-    // What the kernel wrote before we stopped still counts, and so do the faults it holds
-    // for --no-latency (each newer than anything in the ring from its thread).
+    // What the kernel wrote before we stopped still counts.
     let last = if stop == Stop::OutputClosed {
         Ok(())
-    } else if session.options.untimed {
-        session
-            .drain(&mut ring)
-            .and_then(|()| session.collect_deferred())
     } else {
         session.drain(&mut ring)
     };
     session.read_live_mappings();
+    // So do the faults it holds for --no-latency, each newer than anything in the ring from
+    // its thread (after the maps are read: their mappings may be new).
+    let last = match last {
+        Ok(()) if stop != Stop::OutputClosed && session.options.untimed => {
+            session.collect_deferred()
+        }
+        other => other,
+    };
     let summary = session.totals()?;
     let Session {
         options,
