@@ -21,6 +21,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,7 +86,14 @@ static char *cow(long n) {
 }
 
 // As cow, then the parent writes each page again: the parent, their last sharer, reuses each.
+// All on one CPU: a page still in another CPU's LRU batch holds an extra reference, and the
+// kernel then copies rather than reuses it ("references from remote LRU pagevecs" in
+// mm/memory.c), which a migration between filling and rewriting would cause.
 static void reuse(long n) {
+    cpu_set_t here;
+    CPU_ZERO(&here);
+    CPU_SET(sched_getcpu(), &here);
+    if (sched_setaffinity(0, sizeof here, &here)) _exit(13);
     char *p = cow(n);
     for (long i = 0; i < n; i++) p[i * PAGE] = 3;
 }
