@@ -335,11 +335,7 @@ pub async fn run(
                 }
                 // Exit records can be lost when the ring is full: /proc has the last word.
                 session.tree.live.retain(|&pid| target::is_alive(pid));
-                let lost = read_lost(&session.probes)?.events();
-                if lost > reported_lost {
-                    eprintln!("cow-trace: LOST {} events (ring buffer full): try a larger --ring-size", lost - reported_lost);
-                    reported_lost = lost;
-                }
+                report_new_losses(&session.probes, &mut reported_lost)?;
                 drained
             }
             _ = next_tick(&mut report) => session.report()?,
@@ -366,6 +362,8 @@ pub async fn run(
     } else {
         session.drain(&mut ring)
     };
+    // Losses since the last tick (a short run may end before one) get their line too.
+    report_new_losses(&session.probes, &mut reported_lost)?;
     session.read_live_mappings();
     // So do the faults it holds for --no-latency, each newer than anything in the ring from
     // its thread (after the maps are read: their mappings may be new).
@@ -439,6 +437,19 @@ pub async fn run(
         }
     }
     Ok(status)
+}
+
+/// Says on stderr how many events were lost since the last report, if any.
+fn report_new_losses(probes: &Probes, reported: &mut u64) -> anyhow::Result<()> {
+    let lost = read_lost(probes)?.events();
+    if lost > *reported {
+        eprintln!(
+            "cow-trace: LOST {} events (ring buffer full): try a larger --ring-size",
+            lost - *reported
+        );
+        *reported = lost;
+    }
+    Ok(())
 }
 
 async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
