@@ -64,6 +64,7 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
     let Some(slot) = pending_slot(pid_tgid) else {
         return;
     };
+    let settings = settings();
     // SAFETY: the slot belongs to this thread, which is running this program.
     let (pending_since, pending_flags) = unsafe { ((*slot).ts_ns, (*slot).flags) };
     if pending_since != 0 {
@@ -71,12 +72,11 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
         // user-memory access on the fault path, or a profiler's user-stack walk from an
         // interrupt): the outer fault goes on. Keep it; the nested one, if it completes, is
         // counted without its entry. (Untimed, the pending fault is simply over.)
-        if kernel_mode && pending_flags & flags::KERNEL_MODE == 0 && settings().untimed == 0 {
+        if kernel_mode && pending_flags & flags::KERNEL_MODE == 0 && settings.untimed == 0 {
             return;
         }
         finish_pending(slot, pid_tgid as u32);
     }
-    let settings = settings();
     let summary_mode = settings.summary_mode != 0;
     // A summary counts by region and stack, never by ip: skip the read there.
     let ip = if summary_mode {
@@ -129,8 +129,9 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
     // SAFETY: as above.
     match slot.map(|slot| unsafe { (slot, *slot) }) {
         Some((slot, entry)) if entry.ts_ns != 0 && (entry.address ^ address) >> 12 == 0 => {
+            let settings = settings();
             record.ts_ns = entry.ts_ns;
-            if settings().untimed == 0 {
+            if settings.untimed == 0 {
                 record.latency_ns = now - entry.ts_ns;
             } else {
                 record.flags |= flags::UNTIMED;
@@ -140,7 +141,7 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
             record.flags |= entry.flags & !DEFERRED;
             record.stack_id = entry.stack_id;
             record.comm = entry.comm;
-            if settings().copy_detection != 0 {
+            if settings.copy_detection != 0 {
                 record.flags |= flags::COPY_KNOWN;
             }
             unsafe { (*slot).ts_ns = 0 };

@@ -167,9 +167,6 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
     record.pid = tgid;
     record.tid = tid;
     record.ts_ns = entry.ts_ns;
-    if settings().untimed == 0 {
-        record.latency_ns = now - entry.ts_ns;
-    }
     record.address = entry.address;
     record.ip = entry.ip;
     record.error_code = entry.error_code;
@@ -177,7 +174,10 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
         record.error_code |= x86_pf::PROT | x86_pf::WRITE;
     }
     record.flags = entry.flags & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED | flags::PAGE_ZEROED);
-    if settings().untimed != 0 {
+    let settings = settings();
+    if settings.untimed == 0 {
+        record.latency_ns = now - entry.ts_ns;
+    } else {
         record.flags |= flags::UNTIMED;
     }
     record.vm_fault = vm_fault;
@@ -199,7 +199,7 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
     if record.kind == kind::FAULT && (vm_fault & VM_FAULT_MAJOR != 0 || tried) {
         record.flags |= flags::MAJOR;
     }
-    if settings().copy_detection != 0 {
+    if settings.copy_detection != 0 {
         record.flags |= flags::COPY_KNOWN;
     }
     report::fault(&mut record);
