@@ -121,11 +121,13 @@ pub fn fault(record: &mut Record) {
         class,
     };
     let bucket = hist_bucket(record.latency_ns) & (HIST_BUCKETS - 1);
-    if HISTS.get_ptr_mut(key).is_none() {
+    // One lookup per fault; a second only after the histogram's first insert.
+    let hist = HISTS.get_ptr_mut(key).or_else(|| {
         // Insert zeroes from a static: a Hist is too big for the BPF stack.
         let _ = HISTS.insert(key, EMPTY_HIST, BPF_NOEXIST);
-    }
-    match HISTS.get_ptr_mut(key) {
+        HISTS.get_ptr_mut(key)
+    });
+    match hist {
         // SAFETY: per-CPU value; the index is masked into range for the verifier.
         Some(hist) => unsafe { (*hist).buckets[bucket] += 1 },
         None => bump(counter::SUMMARY_FULL),

@@ -35,7 +35,8 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Only these configurations (untraced always runs, as the reference): cow-text, cow-json,
-    /// cow-summary, cow-untimed, cow-summary-untimed, bpftrace, perf-trace.
+    /// cow-summary, cow-untimed, cow-summary-untimed, floor-untimed, floor-timed, bpftrace,
+    /// perf-trace.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also soak cow-trace for SECONDS at a steady fault rate, sampling its RSS (issue 5: 600).
@@ -91,6 +92,8 @@ struct Tools {
     /// What was built: version, commit, uncommitted changes.
     revision: String,
     workload: PathBuf,
+    /// Empty programs on cow-trace's hooks (`cow-trace/examples/hook_floor.rs`).
+    hook_floor: PathBuf,
     /// Event logs, each deleted once counted.
     scratch: PathBuf,
     /// `cow-trace --summary` (in-kernel aggregation) exists in this build.
@@ -100,17 +103,32 @@ struct Tools {
 impl Tools {
     fn prepare() -> anyhow::Result<Tools> {
         let built = util::build_release()?;
+        util::run(Command::new("cargo").current_dir(util::root()).args([
+            "build",
+            "--release",
+            "--package",
+            "cow-trace",
+            "--example",
+            "hook_floor",
+        ]))?;
         let workload = util::workload("bench_cow")?;
         let scratch = util::root().join("target/xtask/bench");
         fs::create_dir_all(&scratch).context("creating target/xtask/bench")?;
         // A copy, so a rebuild during the session cannot change what is measured.
         let cow_trace = scratch.join("cow-trace");
         fs::copy(&built, &cow_trace).context("copying the cow-trace binary")?;
+        let hook_floor = scratch.join("hook_floor");
+        fs::copy(
+            util::root().join("target/release/examples/hook_floor"),
+            &hook_floor,
+        )
+        .context("copying the hook_floor binary")?;
         let help = util::output(Command::new(&cow_trace).arg("--help")).unwrap_or_default();
         Ok(Tools {
             revision: revision(&cow_trace),
             cow_trace,
             workload,
+            hook_floor,
             scratch,
             has_summary: help.contains("--summary"),
         })
@@ -125,18 +143,24 @@ enum Config {
     CowSummary,
     CowUntimed,
     CowSummaryUntimed,
+    /// Empty programs on the hooks `--no-latency` uses: what the hooks alone cost.
+    FloorUntimed,
+    /// Empty programs on the hooks of timed tracing (the perf events too).
+    FloorTimed,
     Bpftrace,
     PerfTrace,
 }
 
 impl Config {
-    const ALL: [Config; 8] = [
+    const ALL: [Config; 10] = [
         Config::Untraced,
         Config::CowText,
         Config::CowJson,
         Config::CowSummary,
         Config::CowUntimed,
         Config::CowSummaryUntimed,
+        Config::FloorUntimed,
+        Config::FloorTimed,
         Config::Bpftrace,
         Config::PerfTrace,
     ];
@@ -149,6 +173,8 @@ impl Config {
             Config::CowSummary => "cow-summary",
             Config::CowUntimed => "cow-untimed",
             Config::CowSummaryUntimed => "cow-summary-untimed",
+            Config::FloorUntimed => "floor-untimed",
+            Config::FloorTimed => "floor-timed",
             Config::Bpftrace => "bpftrace",
             Config::PerfTrace => "perf-trace",
         }
@@ -162,6 +188,8 @@ impl Config {
             Config::CowSummary => "cow-trace --summary",
             Config::CowUntimed => "cow-trace --no-latency, text to /dev/null",
             Config::CowSummaryUntimed => "cow-trace --summary --no-latency",
+            Config::FloorUntimed => "floor: empty programs on the --no-latency hooks",
+            Config::FloorTimed => "floor: empty programs on the timed hooks",
             Config::Bpftrace => "bpftrace, a line per fault",
             Config::PerfTrace => "perf trace --pf=min",
         }
@@ -176,6 +204,24 @@ impl Config {
                 | Config::CowUntimed
                 | Config::CowSummaryUntimed
         )
+    }
+
+    fn is_floor(self) -> bool {
+        matches!(self, Config::FloorUntimed | Config::FloorTimed)
+    }
+
+    /// The floor under this cow-trace configuration: its hooks with empty programs.
+    fn floor(self) -> Option<Config> {
+        match self {
+            Config::CowText | Config::CowJson | Config::CowSummary => Some(Config::FloorTimed),
+            Config::CowUntimed | Config::CowSummaryUntimed => Some(Config::FloorUntimed),
+            _ => None,
+        }
+    }
+
+    /// cow-trace and perf trace end when their target is gone; the others need a SIGINT.
+    fn stops_itself(self) -> bool {
+        !matches!(self, Config::Bpftrace) && !self.is_floor()
     }
 
     fn is_streaming(self) -> bool {
@@ -526,7 +572,8 @@ impl Tracer {
             attach: Duration::ZERO,
             cpu_at_ready: Duration::ZERO,
             sleeps_at_ready: 0,
-            events: (!matches!(config, Config::CowText | Config::CowUntimed)).then_some(events),
+            events: (!matches!(config, Config::CowText | Config::CowUntimed) && !config.is_floor())
+                .then_some(events),
             stderr,
             stderr_text: String::new(),
         };
@@ -571,7 +618,9 @@ impl Tracer {
             | Config::CowJson
             | Config::CowSummary
             | Config::CowUntimed
-            | Config::CowSummaryUntimed => {
+            | Config::CowSummaryUntimed
+            | Config::FloorUntimed
+            | Config::FloorTimed => {
                 self.collect_stderr();
                 self.stderr_text.lines().any(|l| l.starts_with("Tracing "))
             }
@@ -632,8 +681,9 @@ impl Tracer {
         })
     }
 
-    /// cow-trace and perf trace stop by themselves when their target has exited; bpftrace is
-    /// sent SIGINT once its output has been quiet for a while (so it has written everything).
+    /// cow-trace and perf trace stop by themselves when their target has exited; bpftrace (and
+    /// hook_floor) are sent SIGINT once their output has been quiet for a while (so bpftrace has
+    /// written everything).
     fn wait_until_done(&mut self) -> anyhow::Result<Reaped> {
         let since = Instant::now();
         let (mut size, mut changed) = (self.output_size(), Instant::now());
@@ -646,7 +696,7 @@ impl Tracer {
             if now_size != size {
                 (size, changed) = (now_size, Instant::now());
             }
-            let stops_itself = self.config != Config::Bpftrace;
+            let stops_itself = self.config.stops_itself();
             let quiet = changed.elapsed() >= QUIET;
             if !interrupted && quiet && (!stops_itself || since.elapsed() > SELF_STOP) {
                 if stops_itself {
@@ -678,7 +728,7 @@ impl Tracer {
         };
         let stderr = BufReader::new(self.stderr_text.as_bytes());
         Ok(match self.config {
-            Config::Untraced => (None, None),
+            Config::Untraced | Config::FloorUntimed | Config::FloorTimed => (None, None),
             Config::CowText
             | Config::CowSummary
             | Config::CowUntimed
@@ -708,6 +758,7 @@ fn tracer_command(
     let mut command = match config {
         Config::Untraced => bail!("untraced has no tracer"),
         c if c.is_cow_trace() => Command::new(&tools.cow_trace),
+        c if c.is_floor() => Command::new(&tools.hook_floor),
         Config::Bpftrace => Command::new("bpftrace"),
         _ => Command::new("perf"),
     };
@@ -727,6 +778,8 @@ fn tracer_command(
         Config::CowSummaryUntimed => command
             .stdout(fs::File::create(events).context("creating the summary file")?)
             .args(["--summary", "--no-latency", "-x", &root]),
+        Config::FloorUntimed => &mut command,
+        Config::FloorTimed => command.arg("--timed"),
         Config::Bpftrace => command.arg("-o").arg(events).arg("-e").arg(format!(
             "tracepoint:exceptions:page_fault_user /pid == {target}/ {{ \
              printf(\"%d %d %lx %lx %lx\\n\", pid, tid, args->address, args->ip, \
@@ -1513,7 +1566,7 @@ fn render_targets(out: &mut String, matrix: &Matrix, soak: Option<&Soak>) -> std
             verdict(
                 out,
                 &format!("{}, {mib} MiB: at most 1.25× untraced", config.label()),
-                format!("{}×", fig(ratio, 2)),
+                ratio_and_floor(matrix, v, config, ratio),
                 ratio.map(|r| r <= 1.25),
             )?;
             let lost = max(&row.lost)
@@ -1538,7 +1591,7 @@ fn render_targets(out: &mut String, matrix: &Matrix, soak: Option<&Soak>) -> std
             verdict(
                 out,
                 &format!("{}, {mib} MiB: at most 1.05× untraced", config.label()),
-                format!("{}×", fig(ratio, 2)),
+                ratio_and_floor(matrix, v, config, ratio),
                 ratio.map(|r| r <= 1.05),
             )?;
         }
@@ -1565,6 +1618,18 @@ fn render_targets(out: &mut String, matrix: &Matrix, soak: Option<&Soak>) -> std
     };
     verdict(out, "tracer memory flat over a long run", figure, flat)?;
     writeln!(out)
+}
+
+/// "1.50×", followed by what the configuration's hooks alone cost, when the run measured it.
+fn ratio_and_floor(matrix: &Matrix, variant: usize, config: Config, ratio: Option<f64>) -> String {
+    let floor = config
+        .floor()
+        .filter(|f| matrix.configs.contains(f))
+        .and_then(|f| median(&matrix.row(variant, f).ratio));
+    match floor {
+        Some(floor) => format!("{}× (its hooks alone: {floor:.2}×)", fig(ratio, 2)),
+        None => format!("{}×", fig(ratio, 2)),
+    }
 }
 
 /// RSS growth from the end of the first tenth of the soak to its end: flat means under 1 MiB.
@@ -1679,6 +1744,12 @@ fn render_method(out: &mut String, tools: &Tools) -> std::fmt::Result {
          Configurations: `cow-trace -x ROOT` with text to /dev/null, `cow-trace --json -o FILE \
          -x ROOT`, {summary_note}, and `--no-latency` with text to /dev/null and with \
          `--summary`, all with the default ring size.\n\
+         - **Floors**: `cow-trace/examples/hook_floor.rs` attaches programs that do nothing \
+         where the tracepoint backend attaches its per-fault programs: the fault-entry and \
+         page-allocation raw tracepoints (`--no-latency`'s hooks), and with `--timed` also the \
+         PAGE_FAULTS_MIN/MAJ perf events on every CPU (the timed hooks). What a cow-trace row \
+         costs above its floor is cow-trace's own work; the floor is what the kernel charges \
+         for calling any program there, so no tracer on those hooks can do better.\n\
          - **Expected events**: the kernel's own count. The child reads its `ru_minflt` just \
          before blocking; the root reads the child's lifetime `ru_minflt` from wait4; the \
          difference is every fault the child took while the tracer was attached (the loop plus a \
