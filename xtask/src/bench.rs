@@ -1400,6 +1400,7 @@ fn render_header(
     )?;
     writeln!(out, "| machine | {} |", machine())?;
     writeln!(out, "| kernel | {} |", first_line("uname", &["-r"]))?;
+    writeln!(out, "| CPU mitigations | {} |", mitigations())?;
     writeln!(out, "| cow-trace | {} |", tools.revision)?;
     writeln!(
         out,
@@ -1473,6 +1474,20 @@ fn machine() -> String {
         false => "",
     };
     format!("{model}, {cpus} CPUs, {memory} RAM{virt}")
+}
+
+/// The kernel's mitigations that tax every call, return and indirect branch in kernel code,
+/// so every hook: a tracer's cost differs between machines that differ here.
+fn mitigations() -> String {
+    ["spectre_v2", "spec_rstack_overflow", "retbleed"]
+        .iter()
+        .filter_map(|name| {
+            let path = format!("/sys/devices/system/cpu/vulnerabilities/{name}");
+            let state = fs::read_to_string(path).ok()?;
+            Some(format!("{name}: {}", state.trim()))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn status_line(path: &str, key: &str) -> Option<u64> {
