@@ -527,6 +527,45 @@ fn no_latency_reports_a_sleeping_threads_last_fault_at_stop() {
     faulter.exit();
 }
 
+/// --no-latency: a thread other than the leader writes pages and execs. Its id is gone after
+/// execve (it takes the leader's), so its last fault, still waiting in the kernel under the
+/// old id, must be reported at the exec, before the exec event, not left behind until the stop.
+#[test]
+fn no_latency_reports_an_exec_threads_last_fault_before_the_exec() {
+    if !require_root("no_latency_reports_an_exec_threads_last_fault_before_the_exec") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let pid_text = pid.to_string();
+    let mut args = vec!["-x", &pid_text, "--json"];
+    if !untimed() {
+        args.push("--no-latency");
+    }
+    let tracer = Tracer::start(&args);
+    // Returns once the new image waits for a command.
+    let printed = faulter.run("exec-thread 16");
+    let done = tracer.stop();
+    let base = parse_hex_after(&printed, "pages ");
+    let events = done.json();
+    let exec_at = events
+        .iter()
+        .position(|v| v["event"] == "exec" && v["pid"] == pid)
+        .expect("an exec event");
+    let writes: Vec<(usize, &Value)> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v["event"] == "fault" && v["pid"] == pid)
+        .filter(|(_, f)| (base..base + 16 * 4096).contains(&address(f)))
+        .collect();
+    assert_eq!(writes.len(), 16, "writes to the 16 pages reported");
+    for (at, fault) in &writes {
+        assert_ne!(fault["tid"], pid, "written by the second thread: {fault}");
+        assert!(*at < exec_at, "reported after the exec event: {fault}");
+    }
+    faulter.exit();
+}
+
 /// Snapshot windows: the parent's writes while its snapshot child lives are copies, attributed
 /// to "while child N ran", and the kernel-side summary agrees with the stream.
 #[test]

@@ -16,6 +16,10 @@
 //   tree N       fork a child that forks a grandchild; the grandchild writes N pages, prints
 //                "grandchild PID", and both exit
 //   rename NAME N  set the thread's name to NAME (prctl), print "pages ADDR", write N pages
+//   exec-thread N  a second thread prints "pages ADDR" and "ok", writes N pages, and execs
+//                this program again: the new image takes over the process's pid (the thread's
+//                own id is gone) and reads the next command. The writes are the thread's last
+//                faults before execve.
 //   spin         fault forever (an unrelated busy process for filtering tests)
 //   exit         exit(0)
 #define _GNU_SOURCE
@@ -138,6 +142,28 @@ static void rename_and_touch(const char *name, long n) {
     for (long i = 0; i < n; i++) p[i * PAGE] = 1;
 }
 
+static void *exec_thread_main(void *arg) {
+    long n = *(long *)arg;
+    char *p = map_pages(n);
+    // Everything execve reads lives on this stack, touched now; a failing execve runs its
+    // code once. So no fault comes between the last write and the exec.
+    char path[] = "/proc/self/exe", name[] = "faulter", missing[] = "/nonexistent";
+    char *argv[] = {name, NULL}, *envp[] = {NULL};
+    execve(missing, argv, envp);
+    char line[64];
+    snprintf(line, sizeof line, "pages %lx\nok\n", (unsigned long)p);
+    say(line);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 1;
+    execve(path, argv, envp);
+    _exit(13);
+}
+
+static void exec_thread(long n) {
+    pthread_t id;
+    pthread_create(&id, NULL, exec_thread_main, &n);
+    pthread_join(id, NULL);  // never returns: the thread's execve ends this image
+}
+
 static void threads(long t, long n) {
     pthread_t ids[64];
     per_thread = n;
@@ -215,6 +241,7 @@ int main(void) {
         else if (sscanf(line, "major %1023s %ld", path, &a) == 2) major(path, a);
         else if (sscanf(line, "tree %ld", &a) == 1) tree(a);
         else if (sscanf(line, "rename %15s %ld", path, &a) == 2) rename_and_touch(path, a);
+        else if (sscanf(line, "exec-thread %ld", &a) == 1) exec_thread(a);
         else if (!strcmp(line, "spin")) spin();
         else if (!strcmp(line, "exit")) return 0;
         else { say("unknown command\n"); continue; }
