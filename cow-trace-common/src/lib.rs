@@ -340,7 +340,7 @@ pub struct StatKey {
     pub region: u64,
 }
 
-/// Counts of the in-kernel summary, per CPU.
+/// Counts of the in-kernel summary (shared by all CPUs, added to atomically).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatValue {
@@ -361,7 +361,7 @@ pub struct HistKey {
     pub class: u32,
 }
 
-/// A log2 latency histogram, per CPU.
+/// A log2 latency histogram (shared by all CPUs, added to atomically).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hist {

@@ -7,6 +7,9 @@
 //! - `maps`: the maps and load-time settings every program shares
 #![no_std]
 #![no_main]
+// atomic_xadd: the summary's shared counters (see report::add).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod copies;
 mod faults;

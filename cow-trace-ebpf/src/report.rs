@@ -1,4 +1,6 @@
 //! The last step of every fault: stream it to userspace, or count it in the kernel.
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use cow_trace_common::{
     HIST_BUCKETS, Hist, HistKey, REGION_SHIFT, Record, StatKey, StatValue, TS_NOT_TAKEN, Window,
@@ -93,27 +95,29 @@ pub fn fault(record: &mut Record) {
         stack_id: record.stack_id,
         region: record.address >> REGION_SHIFT,
     };
-    let timed = u64::from(record.flags & (flags::UNTIMED | flags::NO_ENTRY) == 0);
-    match STATS.get_ptr_mut(key) {
-        // SAFETY: per-CPU value, only this CPU writes it.
-        Some(value) => unsafe {
-            (*value).faults += 1;
-            (*value).timed += timed;
-            (*value).latency_ns += record.latency_ns;
-        },
-        None => {
-            let value = StatValue {
-                faults: 1,
-                timed,
-                latency_ns: record.latency_ns,
-                sample_address: record.address,
-            };
-            if STATS.insert(key, value, 0).is_err() {
-                bump(counter::SUMMARY_FULL);
-            }
+    let timed = record.flags & (flags::UNTIMED | flags::NO_ENTRY) == 0;
+    let counts = STATS.get_ptr_mut(key).or_else(|| {
+        let first = StatValue {
+            sample_address: record.address,
+            ..StatValue::default()
+        };
+        // Another CPU may insert the same key meanwhile: then both add to its entry.
+        let _ = STATS.insert(key, first, BPF_NOEXIST);
+        STATS.get_ptr_mut(key)
+    });
+    let Some(counts) = counts else {
+        bump(counter::SUMMARY_FULL);
+        return;
+    };
+    // SAFETY: a value of STATS, live while this program runs.
+    unsafe {
+        add(&raw mut (*counts).faults, 1);
+        if timed {
+            add(&raw mut (*counts).timed, 1);
+            add(&raw mut (*counts).latency_ns, record.latency_ns);
         }
     }
-    if timed == 0 {
+    if !timed {
         return;
     }
     let key = HistKey {
@@ -128,10 +132,20 @@ pub fn fault(record: &mut Record) {
         HISTS.get_ptr_mut(key)
     });
     match hist {
-        // SAFETY: per-CPU value; the index is masked into range for the verifier.
-        Some(hist) => unsafe { (*hist).buckets[bucket] += 1 },
+        // SAFETY: a value of HISTS; the index is masked into range for the verifier.
+        Some(hist) => unsafe { add(&raw mut (*hist).buckets[bucket], 1) },
         None => bump(counter::SUMMARY_FULL),
     }
+}
+
+/// Adds `n` to a summary counter. The maps are shared by all CPUs (per-CPU copies would cost
+/// memory and creation time in proportion to the CPU count), so the add is atomic: BPF's
+/// atomic add, as C's `__sync_fetch_and_add` with its result unused. (core's AtomicU64 has no
+/// fetch_add on the BPF target, which lacks compare-and-swap before v3.)
+#[inline(always)]
+unsafe fn add(counter: *mut u64, n: u64) {
+    // SAFETY: the caller's pointer is an aligned u64 inside a live map value.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
 }
 
 static EMPTY_HIST: Hist = Hist {

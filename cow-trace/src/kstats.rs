@@ -1,11 +1,11 @@
-//! Reads the in-kernel summary (--summary): per-CPU counts and histograms, summed.
+//! Reads the in-kernel summary (--summary): counts and histograms.
 use anyhow::Context as _;
-use aya::maps::{MapData, PerCpuHashMap};
-use cow_trace_common::{HIST_BUCKETS, Hist, HistKey, REGION_SHIFT, StatKey, StatValue};
+use aya::maps::{HashMap, MapData};
+use cow_trace_common::{Hist, HistKey, StatKey, StatValue};
 
 use crate::{probes::Probes, summary::Summary};
 
-/// One aggregated row: `faults` faults of one class in one region (address >> REGION_SHIFT),
+/// One aggregated row: `faults` faults of one class in one region (`address >> REGION_SHIFT`),
 /// the first of them at `address`.
 pub struct RegionCount {
     pub pid: u32,
@@ -17,46 +17,40 @@ pub struct RegionCount {
 /// Adds the kernel's counts and histograms to `summary` (which should be fresh: the kernel's
 /// figures are totals since attaching), and returns the per-region rows for attribution.
 pub fn read(probes: &Probes, summary: &mut Summary) -> anyhow::Result<Vec<RegionCount>> {
-    let stats: PerCpuHashMap<&MapData, StatKey, StatValue> =
-        PerCpuHashMap::try_from(probes.ebpf.map("STATS").context("STATS map missing")?)
+    let stats: HashMap<&MapData, StatKey, StatValue> =
+        HashMap::try_from(probes.ebpf.map("STATS").context("STATS map missing")?)
             .context("STATS has an unexpected type")?;
     let mut regions = Vec::new();
     for entry in stats.iter() {
-        let (key, per_cpu) = entry.context("reading STATS")?;
-        let (faults, timed, latency_ns) = per_cpu.iter().fold((0, 0, 0), |(f, t, l), v| {
-            (f + v.faults, t + v.timed, l + v.latency_ns)
-        });
-        // Any CPU's first address lies in the region; take one that counted something.
-        let address = per_cpu
-            .iter()
-            .find(|v| v.faults > 0)
-            .map_or(key.region << REGION_SHIFT, |v| v.sample_address);
-        if faults == 0 {
+        let (key, value) = entry.context("reading STATS")?;
+        // An entry inserted at its first fault, read before that fault's add lands.
+        if value.faults == 0 {
             continue;
         }
-        summary.add(key.pid, key.class, key.window, faults, timed, latency_ns);
+        summary.add(
+            key.pid,
+            key.class,
+            key.window,
+            value.faults,
+            value.timed,
+            value.latency_ns,
+        );
         if let Ok(stack_id) = u32::try_from(key.stack_id) {
-            summary.add_stack(key.pid, stack_id, key.class, faults);
+            summary.add_stack(key.pid, stack_id, key.class, value.faults);
         }
         regions.push(RegionCount {
             pid: key.pid,
             class: key.class,
-            address,
-            faults,
+            address: value.sample_address,
+            faults: value.faults,
         });
     }
-    let hists: PerCpuHashMap<&MapData, HistKey, Hist> =
-        PerCpuHashMap::try_from(probes.ebpf.map("HISTS").context("HISTS map missing")?)
+    let hists: HashMap<&MapData, HistKey, Hist> =
+        HashMap::try_from(probes.ebpf.map("HISTS").context("HISTS map missing")?)
             .context("HISTS has an unexpected type")?;
     for entry in hists.iter() {
-        let (key, per_cpu) = entry.context("reading HISTS")?;
-        let mut buckets = [0u64; HIST_BUCKETS];
-        for hist in per_cpu.iter() {
-            for (sum, n) in buckets.iter_mut().zip(hist.buckets) {
-                *sum += n;
-            }
-        }
-        summary.hists.insert((key.pid, key.class), buckets);
+        let (key, hist) = entry.context("reading HISTS")?;
+        summary.hists.insert((key.pid, key.class), hist.buckets);
     }
     Ok(regions)
 }

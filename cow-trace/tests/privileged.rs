@@ -232,6 +232,43 @@ fn counts_equal_the_kernels_own() {
     faulter.exit();
 }
 
+/// --summary counts in maps that every CPU adds to at once. Threads faulting in parallel on
+/// all CPUs must still add up to the kernel's own count, and, timed, the latency histogram
+/// (whose one entry per pid and class all threads share) to the timed count.
+#[test]
+fn kernel_summary_adds_up_under_parallel_faults() {
+    if !require_root("kernel_summary_adds_up_under_parallel_faults") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json", "--summary"]);
+    let before = kernel_fault_counts(pid);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+    faulter.run(&format!("threads {threads} 20000"));
+    let after = kernel_fault_counts(pid);
+    let done = tracer.stop();
+    let json = done.json();
+    let summary = json
+        .iter()
+        .find(|v| v["event"] == "summary" && v["pid"] == pid)
+        .expect("a summary row for the workload");
+    let minor = summary["minor"].as_u64().unwrap();
+    assert_eq!(minor, after.0 - before.0, "--summary vs /proc/{pid}/stat");
+    assert!(minor >= threads as u64 * 20000, "{minor} minor faults");
+    let in_histograms: u64 = json
+        .iter()
+        .filter(|v| v["event"] == "histogram" && v["pid"] == pid)
+        .flat_map(|v| v["buckets"].as_array().unwrap())
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(in_histograms, summary["timed"].as_u64().unwrap());
+    if !untimed() {
+        assert!(in_histograms >= threads as u64 * 20000, "{in_histograms}");
+    }
+    faulter.exit();
+}
+
 /// A forked child writing N pages it shares with its parent takes exactly N copy-on-write
 /// faults, one per page, and its pid (forked after attach) is traced.
 #[test]
