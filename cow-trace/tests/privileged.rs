@@ -572,6 +572,18 @@ fn no_latency_reports_an_exec_threads_last_fault_before_the_exec() {
     if !require_root("no_latency_reports_an_exec_threads_last_fault_before_the_exec") {
         return;
     }
+    // The old leader exits during execve. Before 6.16 the exit tracepoint does not say whether
+    // the thread group died, so cow-trace takes the leader's exit as the process's (a known
+    // limit, README) and stops tracing it there: this kernel cannot run the test.
+    let format = "/sys/kernel/tracing/events/sched/sched_process_exit/format";
+    if !std::fs::read_to_string(format).is_ok_and(|f| f.contains("group_dead")) {
+        skip(
+            "no_latency_reports_an_exec_threads_last_fault_before_the_exec",
+            "sched_process_exit has no group_dead field on this kernel (before 6.16), so a \
+             non-leader exec ends tracing",
+        );
+        return;
+    }
     let mut faulter = Faulter::start();
     let pid = faulter.pid();
     let pid_text = pid.to_string();
@@ -588,7 +600,10 @@ fn no_latency_reports_an_exec_threads_last_fault_before_the_exec() {
     let exec_at = events
         .iter()
         .position(|v| v["event"] == "exec" && v["pid"] == pid)
-        .expect("an exec event");
+        .unwrap_or_else(|| {
+            let other: Vec<&Value> = events.iter().filter(|v| v["event"] != "fault").collect();
+            panic!("no exec event of {pid}; printed {printed:?}; non-fault events {other:?}")
+        });
     let writes: Vec<(usize, &Value)> = events
         .iter()
         .enumerate()

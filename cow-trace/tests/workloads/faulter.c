@@ -155,6 +155,7 @@ static void *exec_thread_main(void *arg) {
     say(line);
     for (long i = 0; i < n; i++) p[i * PAGE] = 1;
     execve(path, argv, envp);
+    perror("faulter: execve /proc/self/exe");
     _exit(13);
 }
 
