@@ -93,16 +93,16 @@ const MARK: &str = "@@vm-test";
 
 /// `cargo xtask vm-test`.
 pub fn run() -> anyhow::Result<()> {
-    let (_, failed_tests) = run_suites()?;
+    let (_, failed_tests, _) = run_suites()?;
     if failed_tests > 0 {
         bail!("vm-test: {failed_tests} tests failed");
     }
     Ok(())
 }
 
-/// Boots every kernel and runs the suite per backend; returns the tests passed and failed,
-/// counting a run that did not finish as one failure. Errs only if the VMs could not be made.
-pub fn run_suites() -> anyhow::Result<(u64, u64)> {
+/// Boots every kernel and runs the suite per backend; returns the tests passed, failed and
+/// skipped, counting a run that did not finish as one failure. Errs only if the VMs could not be made.
+pub fn run_suites() -> anyhow::Result<(u64, u64, u64)> {
     let started = Instant::now();
     setup::run()?;
     setup::install_packages(PACKAGES)?;
@@ -141,14 +141,21 @@ pub fn run_suites() -> anyhow::Result<(u64, u64)> {
     }
     Ok(rows
         .iter()
-        .fold((0, 0), |(passed, failed), row| match &row.outcome {
-            Outcome::Ran {
-                passed: p,
-                failed: f,
-                status,
-                ..
-            } => (passed + p, failed + f + u64::from(*f == 0 && *status != 0)),
-            Outcome::Missing(_) => (passed, failed + 1),
+        .fold((0, 0, 0), |(passed, failed, skipped), row| {
+            match &row.outcome {
+                Outcome::Ran {
+                    passed: p,
+                    failed: f,
+                    skipped: s,
+                    status,
+                    ..
+                } => (
+                    passed + p - s.len() as u64,
+                    failed + f + u64::from(*f == 0 && *status != 0),
+                    skipped + s.len() as u64,
+                ),
+                Outcome::Missing(_) => (passed, failed + 1, skipped),
+            }
         }))
 }
 
@@ -293,7 +300,7 @@ fn init_script() -> String {
         let environment = run_environment(backend);
         runs.push_str(&format!(
             "    echo \"{MARK} begin {backend}\"\n    \
-             {environment} /vm/privileged --test-threads=1\n    \
+             {environment} /vm/privileged --test-threads=1 --nocapture\n    \
              echo \"{MARK} end {backend} status=$?\"\n"
         ));
     }
@@ -504,6 +511,8 @@ enum Outcome {
         passed: u64,
         failed: u64,
         failures: Vec<String>,
+        /// Tests that returned early, saying why (counted by libtest as passed).
+        skipped: Vec<String>,
         status: i32,
     },
     /// The suite did not run or did not finish: why.
@@ -801,8 +810,18 @@ fn outcome(console: &str, backend: &str, problem: Option<&str>) -> Outcome {
             .filter_map(|l| l.strip_prefix("test ")?.strip_suffix(" ... FAILED"))
             .map(String::from)
             .collect(),
+        skipped: section.iter().filter_map(|l| skipped_test(l)).collect(),
         status,
     }
+}
+
+/// "skipped NAME: why" (tests/common's `skip`), possibly after libtest's "test NAME ... "
+/// on the same line: NAME and why.
+pub fn skipped_test(line: &str) -> Option<String> {
+    let (_, said) = line.split_once("skipped ")?;
+    let (name, why) = said.split_once(": ")?;
+    let name = name.trim();
+    (!name.is_empty() && !name.contains(' ')).then(|| format!("{name} ({})", why.trim()))
 }
 
 /// The console lines from `backend`'s begin marker to its end marker (or the end).
@@ -906,12 +925,21 @@ fn describe(outcome: &Outcome) -> String {
             passed,
             failed,
             failures,
+            skipped,
             status,
         } => {
             let verdict = if outcome.passed() { "passed" } else { "FAILED" };
-            let mut text = format!("{verdict} ({passed} passed, {failed} failed");
+            let ran = passed - skipped.len() as u64;
+            let mut text = format!("{verdict} ({ran} passed, {failed} failed");
             if !failures.is_empty() {
                 text.push_str(&format!(": {}", failures.join(", ")));
+            }
+            if !skipped.is_empty() {
+                text.push_str(&format!(
+                    ", {} skipped: {}",
+                    skipped.len(),
+                    skipped.join(", ")
+                ));
             }
             if *status != 0 && *failed == 0 {
                 text.push_str(&format!("; exit status {status}"));
@@ -975,8 +1003,9 @@ mod tests {
     #[test]
     fn reads_the_suite_between_markers() {
         let console = "@@vm-test kernel 6.1.0-57-amd64\n@@vm-test begin tracepoint\n\
-            running 2 tests\ntest a ... ok\ntest b ... FAILED\n\
-            test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured\n\
+            running 3 tests\ntest a ... ok\ntest b ... FAILED\n\
+            test c ... skipped c: no such field on this kernel\nok\n\
+            test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured\n\
             @@vm-test end tracepoint status=101\n@@vm-test done\n";
         let rows = rows("6.1.0-57-amd64", console, None);
         let row = rows
@@ -987,13 +1016,19 @@ mod tests {
             passed,
             failed,
             failures,
+            skipped,
             status,
         } = &row.outcome
         else {
             panic!("no result")
         };
-        assert_eq!((*passed, *failed, *status), (1, 1, 101));
+        assert_eq!((*passed, *failed, *status), (2, 1, 101));
         assert_eq!(failures, &["b"]);
+        assert_eq!(skipped, &["c (no such field on this kernel)"]);
+        assert_eq!(
+            describe(&row.outcome),
+            "FAILED (1 passed, 1 failed: b, 1 skipped: c (no such field on this kernel))"
+        );
         assert!(!row.outcome.passed());
         // The backends whose markers are missing did not run: that is a failure too.
         assert!(
