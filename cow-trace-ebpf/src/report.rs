@@ -1,7 +1,7 @@
 //! The last step of every fault: stream it to userspace, or count it in the kernel.
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::HashMap};
 use cow_trace_common::{
     HIST_BUCKETS, Hist, HistKey, REGION_SHIFT, Record, StatKey, StatValue, TS_NOT_TAKEN, Window,
     class, counter, flags, hist_bucket, kind, x86_pf,
@@ -96,16 +96,11 @@ pub fn fault(record: &mut Record) {
         region: record.address >> REGION_SHIFT,
     };
     let timed = record.flags & (flags::UNTIMED | flags::NO_ENTRY) == 0;
-    let counts = STATS.get_ptr_mut(key).or_else(|| {
-        let first = StatValue {
-            sample_address: record.address,
-            ..StatValue::default()
-        };
-        // Another CPU may insert the same key meanwhile: then both add to its entry.
-        let _ = STATS.insert(key, first, BPF_NOEXIST);
-        STATS.get_ptr_mut(key)
-    });
-    let Some(counts) = counts else {
+    let first = StatValue {
+        sample_address: record.address,
+        ..StatValue::default()
+    };
+    let Some(counts) = get_or_insert(&STATS, key, &first) else {
         bump(counter::SUMMARY_FULL);
         return;
     };
@@ -125,17 +120,22 @@ pub fn fault(record: &mut Record) {
         class,
     };
     let bucket = hist_bucket(record.latency_ns) & (HIST_BUCKETS - 1);
-    // One lookup per fault; a second only after the histogram's first insert.
-    let hist = HISTS.get_ptr_mut(key).or_else(|| {
-        // Insert zeroes from a static: a Hist is too big for the BPF stack.
-        let _ = HISTS.insert(key, EMPTY_HIST, BPF_NOEXIST);
-        HISTS.get_ptr_mut(key)
-    });
-    match hist {
+    // Zeroes from a static: a Hist is too big for the BPF stack.
+    match get_or_insert(&HISTS, key, &EMPTY_HIST) {
         // SAFETY: a value of HISTS; the index is masked into range for the verifier.
         Some(hist) => unsafe { add(&raw mut (*hist).buckets[bucket], 1) },
         None => bump(counter::SUMMARY_FULL),
     }
+}
+
+/// The value of `key`, inserted as `first` if absent: one lookup once the key exists. Another
+/// CPU may insert the same key meanwhile; then both use its entry.
+#[inline(always)]
+fn get_or_insert<K: Copy, V>(map: &HashMap<K, V>, key: K, first: &V) -> Option<*mut V> {
+    map.get_ptr_mut(key).or_else(|| {
+        let _ = map.insert(key, first, BPF_NOEXIST);
+        map.get_ptr_mut(key)
+    })
 }
 
 /// Adds `n` to a summary counter. The maps are shared by all CPUs (per-CPU copies would cost
