@@ -1576,7 +1576,7 @@ fn steady(values: &[f64]) -> bool {
 }
 
 /// One line of the targets table: what, the figure, met or not (None: not measured, or the
-/// reference too noisy to judge).
+/// runs too noisy to judge).
 fn verdict(out: &mut String, target: &str, figure: String, met: Option<bool>) -> std::fmt::Result {
     let met = match met {
         Some(true) => "**met**",

@@ -101,7 +101,8 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 /// Boots every kernel and runs the suite per backend; returns the tests passed, failed and
-/// skipped, counting a run that did not finish as one failure. Errs only if the VMs could not be made.
+/// skipped, counting a run that did not finish as one failure. Errs only if the VMs could not
+/// be made.
 pub fn run_suites() -> anyhow::Result<(u64, u64, u64)> {
     let started = Instant::now();
     setup::run()?;
