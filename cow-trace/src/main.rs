@@ -1,21 +1,13 @@
 //! cow-trace: a copy-on-write page-fault tracer. The data flow is in ARCHITECTURE.md:
 //! cli -> target -> probes (kernel side) -> ring -> event -> summary / sink.
-mod attribute;
-mod backends;
 mod cli;
 mod enrich;
 mod event;
 mod failure;
-mod kstats;
-mod plot;
-mod probes;
-mod ring;
+mod kernel;
+mod output;
 mod session;
-mod sink;
-mod summary;
-mod symbolize;
 mod target;
-mod tracefs;
 
 use std::{fs::File, io::Write};
 

@@ -14,12 +14,16 @@ use crate::{
     enrich::Enricher,
     event::{Change, Event, ProcessEvent},
     failure::{Kind, failure},
-    kstats,
-    plot::FaultPlot,
-    probes::Probes,
-    ring::{Ring, read_lost},
-    sink::{self, Sink, WallClock},
-    summary::{Summary, human_bytes},
+    kernel::{
+        kstats,
+        probes::Probes,
+        ring::{Ring, read_lost},
+    },
+    output::{
+        plot::FaultPlot,
+        sink::{self, Sink, WallClock},
+        summary::{Summary, human_bytes},
+    },
     target::{self, HeldCommand},
 };
 

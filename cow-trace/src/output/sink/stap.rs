@@ -58,7 +58,7 @@ impl Sink for StapSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::test_support::{Captured, article_fault, reclassify};
+    use crate::output::sink::test_support::{Captured, article_fault, reclassify};
 
     #[test]
     fn matches_the_article_byte_for_byte() {

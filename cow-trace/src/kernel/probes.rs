@@ -10,11 +10,13 @@ use aya::{
 use cow_trace_common::{NO_FIELD, PENDING_DEFERRED, PendingFault, Record, Settings};
 
 use crate::{
-    backends::{self, Backend},
     cli::BackendChoice,
     failure::{Kind, failure},
+    kernel::{
+        backends::{self, Backend},
+        tracefs,
+    },
     session::Options,
-    tracefs,
 };
 
 /// The object built by build.rs from cow-trace-ebpf.

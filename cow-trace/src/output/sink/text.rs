@@ -115,7 +115,7 @@ mod tests {
     use super::*;
     use crate::{
         event::Outcome,
-        sink::test_support::{Captured, article_fault, reclassify},
+        output::sink::test_support::{Captured, article_fault, reclassify},
     };
 
     #[test]

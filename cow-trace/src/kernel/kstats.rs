@@ -3,7 +3,7 @@ use anyhow::Context as _;
 use aya::maps::{HashMap, MapData};
 use cow_trace_common::{Hist, HistKey, StatKey, StatValue};
 
-use crate::{probes::Probes, summary::Summary};
+use crate::{kernel::probes::Probes, output::summary::Summary};
 
 /// One aggregated row: `faults` faults of one class in one region (`address >> REGION_SHIFT`),
 /// the first of them at `address`.

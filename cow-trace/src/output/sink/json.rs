@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::{Sink, WallClock};
 use crate::{
     event::{Change, CowOutcome, Fault, ProcessEvent},
-    summary::{Counts, Summary, class_label},
+    output::summary::{Counts, Summary, class_label},
 };
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -151,7 +151,7 @@ struct TotalsLine {
     faults: u64,
     copied_bytes: u64,
     lost: u64,
-    lost_detail: crate::summary::Lost,
+    lost_detail: crate::output::summary::Lost,
 }
 
 impl Sink for JsonSink {
@@ -282,7 +282,7 @@ impl Sink for JsonSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::test_support::{Captured, article_fault, reclassify};
+    use crate::output::sink::test_support::{Captured, article_fault, reclassify};
 
     #[test]
     fn fault_fields() {

@@ -20,7 +20,7 @@ use plotters::{
 
 use crate::{
     event::{Access, Fault, Outcome},
-    sink::human_ns,
+    output::sink::human_ns,
 };
 
 /// Intervals kept per pid: about one per horizontal pixel of a timeline.
@@ -802,7 +802,7 @@ pub fn render_svg(path: &Path, faults: &[PlotFault], title: &str) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::test_support::article_fault;
+    use crate::output::sink::test_support::article_fault;
 
     const MS: u64 = 1_000_000;
 

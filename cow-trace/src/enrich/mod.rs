@@ -1,16 +1,18 @@
 //! Where and why, for the session: each fault's mapping and symbolized ip (--resolve), its user
 //! stack (--stack), and the mapping of a summary region. A process that has exited is looked up
 //! through its parent: a forked child that did not exec has its parent's layout.
+mod attribute;
+mod symbolize;
+
 use std::collections::HashMap;
 
 use aya::maps::{MapData, StackTraceMap};
 
-use crate::{
+use self::{
     attribute::{Attribution, Mappings},
-    event::Fault,
-    probes::Probes,
     symbolize::Symbols,
 };
+use crate::{event::Fault, kernel::probes::Probes};
 
 /// At most this many stacks are kept symbolized; then the cache starts over.
 const STACK_CACHE_CAP: usize = 1 << 14;

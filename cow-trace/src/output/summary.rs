@@ -377,7 +377,7 @@ fn write_row(out: &mut dyn io::Write, label: &str, c: &Counts) -> io::Result<()>
     let average = c
         .latency_ns_total
         .checked_div(c.timed)
-        .map_or_else(|| "-".to_string(), crate::sink::human_ns);
+        .map_or_else(|| "-".to_string(), crate::output::sink::human_ns);
     writeln!(
         out,
         "{label} {:>9} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>6} {:>10} {:>9}",
@@ -495,7 +495,7 @@ mod tests {
     use super::*;
     use crate::{
         event::Outcome,
-        sink::test_support::{article_fault, reclassify},
+        output::sink::test_support::{article_fault, reclassify},
     };
 
     #[test]

@@ -8,8 +8,8 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     event::{Event, decode},
-    probes::Probes,
-    summary::Lost,
+    kernel::probes::Probes,
+    output::summary::Lost,
 };
 
 pub struct Ring {

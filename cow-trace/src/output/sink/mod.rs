@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use crate::{
     cli::Format,
     event::{Fault, ProcessEvent},
-    summary::Summary,
+    output::summary::Summary,
 };
 
 pub use json::JsonSink;
