@@ -295,6 +295,30 @@ impl std::fmt::Debug for Comm {
     }
 }
 
+/// Events the kernel side could not deliver or count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Lost {
+    /// Records dropped because the ring buffer was full.
+    pub ring_full: u64,
+    /// Fault entries not remembered because the pending map was full (their completions
+    /// still arrive, without access or latency).
+    pub pending_full: u64,
+    /// Children not followed because the traced map was full.
+    pub traced_full: u64,
+    /// Faults not counted because an in-kernel summary map was full.
+    pub summary_full: u64,
+    /// User stacks not captured (--stack): the stack map's bucket held another stack, or the
+    /// stack could not be read.
+    pub stacks_failed: u64,
+}
+
+impl Lost {
+    /// Faults missing from the output altogether.
+    pub fn events(&self) -> u64 {
+        self.ring_full + self.summary_full
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ use clap::Parser as _;
 use crate::{
     cli::Args,
     failure::{Failure, Kind, failure},
+    kernel::KernelConfig,
     target::{HeldCommand, Identity},
 };
 
@@ -85,16 +86,18 @@ fn run(args: Args) -> anyhow::Result<i32> {
         root,
         backend: args.backend,
         format: args.format(),
-        ring_size: args.ring_size,
         duration: args.duration,
         verbose: args.verbose,
-        kernel_summary: args.summary,
-        untimed: args.no_latency,
         print_summary: !args.no_summary,
         interval: args.interval,
         fail_over_cow: args.fail_over_cow,
         resolve: args.resolve,
-        stacks: args.stack,
+        kernel: KernelConfig {
+            ring_size: args.ring_size,
+            summary: args.summary,
+            stacks: args.stack,
+            untimed: args.no_latency,
+        },
         plot: args.plot.clone(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()

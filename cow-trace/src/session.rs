@@ -15,14 +15,15 @@ use crate::{
     event::{Change, Event, ProcessEvent},
     failure::{Kind, failure},
     kernel::{
-        kstats,
+        KernelConfig, kstats,
         probes::Probes,
         ring::{Ring, read_lost},
     },
     output::{
+        format::human_bytes,
         plot::FaultPlot,
         sink::{self, Sink, WallClock},
-        summary::{Summary, human_bytes},
+        summary::Summary,
     },
     target::{self, HeldCommand},
 };
@@ -31,21 +32,16 @@ pub struct Options {
     pub root: u32,
     pub backend: BackendChoice,
     pub format: Format,
-    pub ring_size: u32,
     pub duration: Option<Duration>,
     pub verbose: bool,
-    /// Count in the kernel instead of streaming each fault.
-    pub kernel_summary: bool,
-    /// --no-latency.
-    pub untimed: bool,
+    /// The ring size and the modes the kernel side is loaded with.
+    pub kernel: KernelConfig,
     /// Print the human summary on stderr at the end of a streaming run.
     pub print_summary: bool,
     pub interval: Option<Duration>,
     pub fail_over_cow: Option<u64>,
     /// Resolve mappings and symbols of each fault.
     pub resolve: bool,
-    /// Capture user stacks.
-    pub stacks: bool,
     pub plot: Option<PathBuf>,
 }
 
@@ -137,7 +133,7 @@ impl Session {
         } = self;
         match event {
             Event::Fault(mut fault) => {
-                if options.kernel_summary {
+                if options.kernel.summary {
                     // Only the faults collected at the end come here: label their mappings as
                     // the kernel's counts are, from the maps read last.
                     fault.mapping = Some(enricher.mapping_label(fault.pid, fault.address));
@@ -151,7 +147,7 @@ impl Session {
                 if let Some(plot) = plot.as_mut() {
                     plot.add_fault(&fault);
                 }
-                if options.kernel_summary {
+                if options.kernel.summary {
                     return Ok(());
                 }
                 sink.fault(&fault)
@@ -162,7 +158,7 @@ impl Session {
                     Change::Fork { child } => {
                         enricher.on_fork(process.pid, child);
                         // --summary resolves mappings at the end: read them while alive.
-                        if options.kernel_summary {
+                        if options.kernel.summary {
                             enricher.refresh([child]);
                         }
                     }
@@ -170,15 +166,15 @@ impl Session {
                     // new ones on its next lookup; --summary reads them while alive.
                     Change::Exec => {
                         enricher.on_exit(process.pid);
-                        if options.kernel_summary {
+                        if options.kernel.summary {
                             enricher.refresh([process.pid]);
                         }
                     }
                     // Streaming resolved this process's faults already.
-                    Change::Exit if !options.kernel_summary => enricher.on_exit(process.pid),
+                    Change::Exit if !options.kernel.summary => enricher.on_exit(process.pid),
                     Change::Exit => {}
                 }
-                if options.kernel_summary {
+                if options.kernel.summary {
                     return Ok(());
                 }
                 sink.process(&process)
@@ -207,15 +203,30 @@ impl Session {
     /// The totals so far: the kernel's (in --summary mode) or the streamed ones, with
     /// mappings and stacks resolved.
     fn totals(&mut self) -> anyhow::Result<Summary> {
-        let mut summary = if self.options.kernel_summary {
+        let mut summary = if self.options.kernel.summary {
             let mut summary = Summary::default();
-            let regions = kstats::read(&self.probes, &mut summary)?;
-            for region in regions {
-                let label = self.enricher.mapping_label(region.pid, region.address);
+            let counts = kstats::read(&self.probes)?;
+            for (key, value) in &counts.stats {
+                summary.add(
+                    key.pid,
+                    key.class,
+                    key.window,
+                    value.faults,
+                    value.timed,
+                    value.latency_ns,
+                );
+                if let Ok(stack_id) = u32::try_from(key.stack_id) {
+                    summary.add_stack(key.pid, stack_id, key.class, value.faults);
+                }
+                // Each region is labelled by the mapping of its first faulting address.
+                let label = self.enricher.mapping_label(key.pid, value.sample_address);
                 *summary
                     .mappings
-                    .entry((region.pid, label, region.class))
-                    .or_default() += region.faults;
+                    .entry((key.pid, label, key.class))
+                    .or_default() += value.faults;
+            }
+            for (key, hist) in counts.hists {
+                summary.hists.insert((key.pid, key.class), hist.buckets);
             }
             summary.merge(&self.streamed);
             summary
@@ -237,7 +248,7 @@ impl Session {
     /// --summary resolves mappings at the end, when some processes may be gone: read the live
     /// ones' now (at start, every second, and at the end).
     fn read_live_mappings(&mut self) {
-        if self.options.kernel_summary {
+        if self.options.kernel.summary {
             self.enricher.refresh(self.tree.live.iter().copied());
         }
     }
@@ -248,7 +259,7 @@ impl Session {
             self.tree.refresh_comm(pid);
         }
         let summary = self.totals()?;
-        if self.options.kernel_summary {
+        if self.options.kernel.summary {
             Ok(self.sink.summary(&summary).and_then(|()| self.sink.flush()))
         } else {
             let _ = summary.write_table(&mut io::stderr().lock());
@@ -264,7 +275,7 @@ pub async fn run(
     mut held: Option<HeldCommand>,
     out: Box<dyn io::Write>,
 ) -> anyhow::Result<i32> {
-    let mut probes = Probes::load(&options)?;
+    let mut probes = Probes::load(&options.kernel)?;
     // The root joins the map before process-tree tracking attaches; descendants that exist
     // already are found in /proc after it attached, so none slips between the two.
     probes.trace(options.root)?;
@@ -282,7 +293,7 @@ pub async fn run(
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let what = if held.is_some() { "command" } else { "pid" };
-    let mode = if options.kernel_summary {
+    let mode = if options.kernel.summary {
         ", counting in the kernel"
     } else {
         ""
@@ -312,7 +323,7 @@ pub async fn run(
         enricher: Enricher::default(),
         plot,
     };
-    if !session.options.kernel_summary {
+    if !session.options.kernel.summary {
         session.sink.begin().map_err(output_error)?;
     }
     if let Some(command) = held.as_mut() {
@@ -372,7 +383,7 @@ pub async fn run(
     // So do the faults it holds for --no-latency, each newer than anything in the ring from
     // its thread (after the maps are read: their mappings may be new).
     let last = match last {
-        Ok(()) if stop != Stop::OutputClosed && session.options.untimed => {
+        Ok(()) if stop != Stop::OutputClosed && session.options.kernel.untimed => {
             session.collect_deferred()
         }
         other => other,
@@ -396,7 +407,7 @@ pub async fn run(
     if output_open {
         last.map_err(output_error)?;
         // Streaming text stays pure event lines; the human table goes to stderr instead.
-        let to_output = options.kernel_summary || sink.is_machine_readable();
+        let to_output = options.kernel.summary || sink.is_machine_readable();
         if to_output {
             match sink.summary(&summary).and_then(|()| sink.flush()) {
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
@@ -404,7 +415,7 @@ pub async fn run(
             }
         }
     }
-    if !options.kernel_summary && options.print_summary {
+    if !options.kernel.summary && options.print_summary {
         let mut stderr = io::stderr().lock();
         let _ = summary.write_table(&mut stderr);
         let _ = summary.write_mappings(&mut stderr);

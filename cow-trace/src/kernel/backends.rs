@@ -3,7 +3,7 @@
 //! - kprobe: kprobe + kretprobe on handle_mm_fault, kprobe on do_wp_page;
 //! - tracepoint: exceptions:page_fault_{user,kernel} at entry, the PAGE_FAULTS_MIN/MAJ perf
 //!   software events at completion. Works where kprobes and trampolines are forbidden.
-use crate::{cli::BackendChoice, kernel::probes::kernel_error};
+use crate::{cli::BackendChoice, kernel::kernel_error};
 use aya::{
     Btf, Ebpf,
     programs::{

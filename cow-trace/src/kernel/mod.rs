@@ -6,3 +6,29 @@ pub mod kstats;
 pub mod probes;
 pub mod ring;
 pub mod tracefs;
+
+use crate::failure::{Kind, failure};
+
+/// What the kernel side needs to know of the run: sizes and modes fixed before loading.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelConfig {
+    /// Bytes of the EVENTS ring buffer.
+    pub ring_size: u32,
+    /// --summary: count in the kernel instead of streaming each fault.
+    pub summary: bool,
+    /// --stack: capture user stacks.
+    pub stacks: bool,
+    /// --no-latency.
+    pub untimed: bool,
+}
+
+pub fn kernel_error(what: &str, error: impl std::error::Error) -> anyhow::Error {
+    let mut detail = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    failure(Kind::Kernel, format!("the kernel refused {what}: {detail}"))
+}

@@ -13,10 +13,10 @@ use crate::{
     cli::BackendChoice,
     failure::{Kind, failure},
     kernel::{
+        KernelConfig,
         backends::{self, Backend},
-        tracefs,
+        kernel_error, tracefs,
     },
-    session::Options,
 };
 
 /// The object built by build.rs from cow-trace-ebpf.
@@ -44,14 +44,13 @@ pub struct Probes {
 
 impl Probes {
     /// Loads the object with this kernel's tracepoint offsets, the mode and the ring size.
-    pub fn load(options: &Options) -> anyhow::Result<Probes> {
-        let Options {
+    pub fn load(config: &KernelConfig) -> anyhow::Result<Probes> {
+        let KernelConfig {
             ring_size,
-            kernel_summary: summary_mode,
+            summary: summary_mode,
             stacks,
             untimed,
-            ..
-        } = *options;
+        } = *config;
         check_privilege()?;
         let root = tracefs::ensure_mounted()?;
         let mut settings = read_settings(&root, summary_mode, stacks)?;
@@ -205,15 +204,4 @@ fn raise_memlock_limit() {
     };
     // SAFETY: plain setrlimit; failure only matters on old kernels, where loading says so.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
-}
-
-pub fn kernel_error(what: &str, error: impl std::error::Error) -> anyhow::Error {
-    let mut detail = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        detail.push_str(": ");
-        detail.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    failure(Kind::Kernel, format!("the kernel refused {what}: {detail}"))
 }

@@ -7,9 +7,8 @@ use cow_trace_common::counter;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    event::{Event, decode},
+    event::{Event, Lost, decode},
     kernel::probes::Probes,
-    output::summary::Lost,
 };
 
 pub struct Ring {

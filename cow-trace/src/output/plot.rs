@@ -20,7 +20,7 @@ use plotters::{
 
 use crate::{
     event::{Access, Fault, Outcome},
-    output::sink::human_ns,
+    output::format::human_ns,
 };
 
 /// Intervals kept per pid: about one per horizontal pixel of a timeline.

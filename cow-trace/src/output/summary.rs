@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, io};
 use cow_trace_common::{HIST_BUCKETS, class};
 use serde::Serialize;
 
-use crate::event::{CowOutcome, Fault};
+use crate::{
+    event::{CowOutcome, Fault, Lost},
+    output::format::{human_bytes, human_ns},
+};
 
 pub const PAGE_SIZE: u64 = 4096;
 
@@ -110,30 +113,6 @@ impl std::ops::AddAssign<&Counts> for Counts {
         self.unknown_access += unknown_access;
         self.timed += timed;
         self.latency_ns_total += latency_ns_total;
-    }
-}
-
-/// Events the kernel side could not deliver or count.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Lost {
-    /// Records dropped because the ring buffer was full.
-    pub ring_full: u64,
-    /// Fault entries not remembered because the pending map was full (their completions
-    /// still arrive, without access or latency).
-    pub pending_full: u64,
-    /// Children not followed because the traced map was full.
-    pub traced_full: u64,
-    /// Faults not counted because an in-kernel summary map was full.
-    pub summary_full: u64,
-    /// User stacks not captured (--stack): the stack map's bucket held another stack, or the
-    /// stack could not be read.
-    pub stacks_failed: u64,
-}
-
-impl Lost {
-    /// Faults missing from the output altogether.
-    pub fn events(&self) -> u64 {
-        self.ring_full + self.summary_full
     }
 }
 
@@ -377,7 +356,7 @@ fn write_row(out: &mut dyn io::Write, label: &str, c: &Counts) -> io::Result<()>
     let average = c
         .latency_ns_total
         .checked_div(c.timed)
-        .map_or_else(|| "-".to_string(), crate::output::sink::human_ns);
+        .map_or_else(|| "-".to_string(), human_ns);
     writeln!(
         out,
         "{label} {:>9} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>6} {:>10} {:>9}",
@@ -471,22 +450,6 @@ fn human_power(n: u64) -> String {
         1024..1_048_576 => format!("{}K", n >> 10),
         1_048_576..1_073_741_824 => format!("{}M", n >> 20),
         _ => format!("{}G", n >> 30),
-    }
-}
-
-/// 65536 -> "64.0 KiB".
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -630,12 +593,5 @@ mod tests {
             short.starts_with("...") && short.ends_with("x86-64.so.2"),
             "{short}"
         );
-    }
-
-    #[test]
-    fn bytes_read_like_humans_write_them() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(65536), "64.0 KiB");
-        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
     }
 }

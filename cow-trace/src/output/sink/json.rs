@@ -151,7 +151,7 @@ struct TotalsLine {
     faults: u64,
     copied_bytes: u64,
     lost: u64,
-    lost_detail: crate::output::summary::Lost,
+    lost_detail: crate::event::Lost,
 }
 
 impl Sink for JsonSink {

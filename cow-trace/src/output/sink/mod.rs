@@ -87,33 +87,6 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
-/// 1234 ns -> "1.2us", as perf and bpftrace print durations.
-pub fn human_ns(ns: u64) -> String {
-    HumanNs(ns).to_string()
-}
-
-/// A duration written as perf and bpftrace print them, without allocating.
-pub struct HumanNs(pub u64);
-
-impl std::fmt::Display for HumanNs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::io::Write as _;
-        let ns = self.0;
-        // Formatted into a stack buffer first, so that width and alignment apply to the whole.
-        let mut buffer = [0u8; 32];
-        let mut cursor = std::io::Cursor::new(&mut buffer[..]);
-        let written = match ns {
-            0..1_000 => write!(cursor, "{ns}ns"),
-            1_000..1_000_000 => write!(cursor, "{:.1}us", ns as f64 / 1e3),
-            1_000_000..1_000_000_000 => write!(cursor, "{:.1}ms", ns as f64 / 1e6),
-            _ => write!(cursor, "{:.2}s", ns as f64 / 1e9),
-        };
-        written.map_err(|_| std::fmt::Error)?;
-        let len = cursor.position() as usize;
-        f.pad(std::str::from_utf8(&buffer[..len]).map_err(|_| std::fmt::Error)?)
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod test_support {
     use std::{
@@ -191,14 +164,6 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_like_perf() {
-        assert_eq!(human_ns(999), "999ns");
-        assert_eq!(human_ns(1500), "1.5us");
-        assert_eq!(human_ns(2_500_000), "2.5ms");
-        assert_eq!(human_ns(3_000_000_000), "3.00s");
-    }
 
     #[test]
     fn wall_clock_adds_the_offset() {

@@ -1,8 +1,9 @@
 //! The default human format: aligned columns, one line per fault.
 use std::io::{self, Write};
 
-use super::{HumanNs, Sink, Summary, WallClock};
+use super::{Sink, Summary, WallClock};
 use crate::event::{Change, Fault, ProcessEvent};
+use crate::output::format::HumanNs;
 
 pub struct TextSink {
     out: Box<dyn Write>,

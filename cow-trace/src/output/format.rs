@@ -1,0 +1,64 @@
+//! Numbers written for people: durations as perf prints them, byte counts in binary units.
+
+/// 1234 ns -> "1.2us", as perf and bpftrace print durations.
+pub fn human_ns(ns: u64) -> String {
+    HumanNs(ns).to_string()
+}
+
+/// A duration written as perf and bpftrace print them, without allocating.
+pub struct HumanNs(pub u64);
+
+impl std::fmt::Display for HumanNs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::io::Write as _;
+        let ns = self.0;
+        // Formatted into a stack buffer first, so that width and alignment apply to the whole.
+        let mut buffer = [0u8; 32];
+        let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+        let written = match ns {
+            0..1_000 => write!(cursor, "{ns}ns"),
+            1_000..1_000_000 => write!(cursor, "{:.1}us", ns as f64 / 1e3),
+            1_000_000..1_000_000_000 => write!(cursor, "{:.1}ms", ns as f64 / 1e6),
+            _ => write!(cursor, "{:.2}s", ns as f64 / 1e9),
+        };
+        written.map_err(|_| std::fmt::Error)?;
+        let len = cursor.position() as usize;
+        f.pad(std::str::from_utf8(&buffer[..len]).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+/// 65536 -> "64.0 KiB".
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_perf() {
+        assert_eq!(human_ns(999), "999ns");
+        assert_eq!(human_ns(1500), "1.5us");
+        assert_eq!(human_ns(2_500_000), "2.5ms");
+        assert_eq!(human_ns(3_000_000_000), "3.00s");
+    }
+
+    #[test]
+    fn bytes_read_like_humans_write_them() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(65536), "64.0 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+}
