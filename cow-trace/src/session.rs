@@ -141,7 +141,7 @@ impl Session {
                     enricher.resolve(&mut fault);
                 }
                 if let Some(stack_id) = fault.stack_id {
-                    fault.stack = enricher.stack(probes, fault.pid, stack_id);
+                    fault.stack = enricher.stack(fault.pid, stack_id, |id| probes.stack_ips(id));
                 }
                 streamed.record(&fault);
                 if let Some(plot) = plot.as_mut() {
@@ -237,7 +237,10 @@ impl Session {
             summary.comms.entry(*pid).or_insert_with(|| comm.clone());
         }
         for ((pid, stack_id), _) in summary.top_stacks(10) {
-            let frames = self.enricher.stack(&self.probes, pid, stack_id);
+            let probes = &self.probes;
+            let frames = self
+                .enricher
+                .stack(pid, stack_id, |id| probes.stack_ips(id));
             summary.stack_frames.insert((pid, stack_id), frames);
         }
         summary.lost = read_lost(&self.probes)?;

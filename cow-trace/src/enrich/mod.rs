@@ -6,13 +6,11 @@ mod symbolize;
 
 use std::collections::HashMap;
 
-use aya::maps::{MapData, StackTraceMap};
-
 use self::{
     attribute::{Attribution, Mappings},
     symbolize::Symbols,
 };
-use crate::{event::Fault, kernel::probes::Probes};
+use crate::event::Fault;
 
 /// At most this many stacks are kept symbolized; then the cache starts over.
 const STACK_CACHE_CAP: usize = 1 << 14;
@@ -89,18 +87,18 @@ impl Enricher {
         None
     }
 
-    /// The symbolized frames of user stack `stack_id` of `pid`, innermost first.
-    pub fn stack(&mut self, probes: &Probes, pid: u32, stack_id: u32) -> Vec<String> {
+    /// The symbolized frames of user stack `stack_id` of `pid`, innermost first; `read_ips`
+    /// reads its addresses from the kernel's stack map, if not cached.
+    pub fn stack(
+        &mut self,
+        pid: u32,
+        stack_id: u32,
+        read_ips: impl FnOnce(u32) -> Vec<u64>,
+    ) -> Vec<String> {
         if let Some(frames) = self.stacks.get(&(pid, stack_id)) {
             return frames.clone();
         }
-        let ips: Vec<u64> = probes
-            .ebpf
-            .map("STACKS")
-            .and_then(|map| StackTraceMap::<&MapData>::try_from(map).ok())
-            .and_then(|map| map.get(&stack_id, 0).ok())
-            .map(|trace| trace.frames().iter().map(|frame| frame.ip).collect())
-            .unwrap_or_default();
+        let ips = read_ips(stack_id);
         let mut frames = Vec::with_capacity(ips.len());
         for ip in ips {
             let symbol = self.symbol(pid, ip);

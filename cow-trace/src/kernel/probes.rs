@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData},
+    maps::{HashMap, MapData, StackTraceMap},
 };
 use cow_trace_common::{NO_FIELD, PENDING_DEFERRED, PendingFault, Record, Settings};
 
@@ -106,6 +106,17 @@ impl Probes {
         }
         records.sort_by_key(|record| record.ts_ns);
         Ok(records)
+    }
+
+    /// The addresses of user stack `stack_id` (--stack), innermost first; empty if the map
+    /// holds none.
+    pub fn stack_ips(&self, stack_id: u32) -> Vec<u64> {
+        self.ebpf
+            .map("STACKS")
+            .and_then(|map| StackTraceMap::<&MapData>::try_from(map).ok())
+            .and_then(|map| map.get(&stack_id, 0).ok())
+            .map(|trace| trace.frames().iter().map(|frame| frame.ip).collect())
+            .unwrap_or_default()
     }
 
     /// Attaches the shared programs, then the first backend of `choice` the kernel accepts.
