@@ -1,0 +1,73 @@
+//! The tracer: cow-trace on the server, its JSON lines to a file, its stderr relayed.
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+
+use super::{interrupt, process::Process};
+use crate::util;
+
+/// cow-trace -x REDIS --json, its stderr relayed (the readiness line, the table at the end).
+pub struct Tracer {
+    process: Process,
+    relay: thread::JoinHandle<()>,
+}
+
+impl Tracer {
+    pub fn start(
+        cow_trace: &Path,
+        pid: u32,
+        dir: &Path,
+        plot: Option<&Path>,
+    ) -> anyhow::Result<Tracer> {
+        let mut command = Command::new(cow_trace);
+        command
+            .args(["-x", &pid.to_string(), "--json", "-o"])
+            .arg(dir.join("trace.json"))
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(plot) = plot {
+            command.arg("--plot").arg(plot);
+        }
+        let mut process = Process::spawn(&mut command, "cow-trace")?;
+        let stderr = process.child.stderr.take().context("cow-trace stderr")?;
+        let (ready, is_ready) = mpsc::channel();
+        let relay = thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if line.starts_with("Tracing ") {
+                    let _ = ready.send(());
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while is_ready.recv_timeout(Duration::from_millis(100)).is_err() {
+            interrupt::check()?;
+            if process.has_exited()?.is_some() || Instant::now() > deadline {
+                bail!("cow-trace did not attach (see its message above)");
+            }
+        }
+        Ok(Tracer { process, relay })
+    }
+
+    /// SIGINT, as Ctrl-C: cow-trace drains, writes its summary and ends.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let status = self.process.stop(libc::SIGINT, Duration::from_secs(60))?;
+        let _ = self.relay.join();
+        ensure!(status.success(), "cow-trace failed: {status}");
+        Ok(())
+    }
+}
+
+/// Where to draw the run, if this cow-trace can (--plot is being added).
+pub fn plot_path(cow_trace: &Path) -> Option<PathBuf> {
+    let help = util::output(Command::new(cow_trace).arg("--help")).unwrap_or_default();
+    help.contains("--plot")
+        .then(|| util::root().join("target/xtask/redis-demo.svg"))
+}
