@@ -2,6 +2,7 @@
 mod bench;
 mod demo;
 mod docs;
+mod libtest;
 mod redis_demo;
 mod setup;
 mod test;

@@ -3,6 +3,7 @@
 use std::fs;
 
 use super::{BACKENDS, MARK, qemu::Vm, table::print_failure};
+use crate::libtest;
 
 /// One row of the result table.
 pub struct Row {
@@ -124,28 +125,24 @@ fn outcome(console: &str, backend: &str, problem: Option<&str>) -> Outcome {
         let why = problem.unwrap_or("the suite did not finish");
         return Outcome::Missing(why.to_string());
     };
-    let result = section.iter().find_map(|l| l.strip_prefix("test result: "));
-    let count = |label: &str| result.map_or(0, |r| count_in(r, label));
+    let result = section
+        .iter()
+        .find_map(|l| libtest::result(l))
+        .unwrap_or_default();
     Outcome::Ran {
-        passed: count(" passed"),
-        failed: count(" failed"),
+        passed: result.passed,
+        failed: result.failed,
         failures: section
             .iter()
             .filter_map(|l| l.strip_prefix("test ")?.strip_suffix(" ... FAILED"))
             .map(String::from)
             .collect(),
-        skipped: section.iter().filter_map(|l| skipped_test(l)).collect(),
+        skipped: section
+            .iter()
+            .filter_map(|l| libtest::skipped_test(l))
+            .collect(),
         status,
     }
-}
-
-/// "skipped NAME: why" (tests/common's `skip`), possibly after libtest's "test NAME ... "
-/// on the same line: NAME and why.
-pub fn skipped_test(line: &str) -> Option<String> {
-    let (_, said) = line.split_once("skipped ")?;
-    let (name, why) = said.split_once(": ")?;
-    let name = name.trim();
-    (!name.is_empty() && !name.contains(' ')).then(|| format!("{name} ({})", why.trim()))
 }
 
 /// The console lines from `backend`'s begin marker to its end marker (or the end).
@@ -162,15 +159,6 @@ pub fn section<'a>(console: &'a str, backend: &str) -> Option<Vec<&'a str>> {
         }
     }
     Some(section)
-}
-
-/// The number before `label` in a libtest result line ("ok. 8 passed; 0 failed; ...").
-fn count_in(result: &str, label: &str) -> u64 {
-    result
-        .split(';')
-        .find_map(|part| part.trim().strip_suffix(label))
-        .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -28,8 +28,6 @@ use kernels::{SERIES, kernel};
 use qemu::{boot, prepare};
 use table::print_table;
 
-pub use console::skipped_test;
-
 /// The runs of the suite in every VM: each backend, passed to cow-trace as `--backend`
 /// through COW_TRACE_BACKEND, and the tracepoint backend again with --no-latency
 /// (COW_TRACE_UNTIMED), which works without its completion event.
