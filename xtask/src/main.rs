@@ -3,6 +3,7 @@ mod bench;
 mod demo;
 mod docs;
 mod libtest;
+mod process;
 mod redis_demo;
 mod setup;
 mod test;

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::process::timeval;
+use crate::process::cpu_time;
 
 pub struct Load {
     at: Instant,
@@ -77,7 +77,7 @@ fn our_cpu() -> Duration {
             let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
             // SAFETY: valid pointer.
             unsafe { libc::getrusage(who, &mut usage) };
-            timeval(usage.ru_utime) + timeval(usage.ru_stime)
+            cpu_time(&usage)
         })
         .sum()
 }

@@ -17,7 +17,6 @@ mod host;
 mod leftovers;
 mod load;
 mod matrix;
-mod process;
 mod report;
 mod runners;
 mod soak;

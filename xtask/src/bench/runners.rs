@@ -18,10 +18,12 @@ use super::{
     counting::{count_bpftrace, count_cow_json, count_cow_table, count_perf},
     leftovers::TRACER_PIDS,
     load::{cpu_so_far, status_number},
-    process::{Guarded, Reaped},
     workloads::Workload,
 };
-use crate::util;
+use crate::{
+    process::{Guarded, Reaped},
+    util,
+};
 
 /// What a tracer cost and delivered in one run.
 #[derive(Clone, Debug)]
@@ -69,7 +71,7 @@ impl Tracer {
         }
         let mut tracer = Tracer {
             config,
-            process: Guarded::new(child),
+            process: Guarded::new(child, config.label()),
             started,
             attach: Duration::ZERO,
             cpu_at_ready: Duration::ZERO,
@@ -161,7 +163,8 @@ impl Tracer {
     pub fn stop(mut self, target: u32) -> anyhow::Result<TracerStats> {
         let reaped = self.wait_until_done()?;
         self.drain_stderr();
-        if !reaped.success && !matches!(self.config, Config::Bpftrace | Config::PerfTrace) {
+        if !reaped.status.success() && !matches!(self.config, Config::Bpftrace | Config::PerfTrace)
+        {
             bail!(
                 "{} failed: {}",
                 self.config.label(),

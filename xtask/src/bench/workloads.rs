@@ -7,7 +7,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{Args, configs::Tools, load::ipi_count, process::Guarded};
+use super::{Args, configs::Tools, load::ipi_count};
+use crate::process::Guarded;
 
 #[derive(Clone, Debug)]
 pub struct Variant {
@@ -95,7 +96,7 @@ impl Workload {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().context("bench_cow stdout")?;
         let mut workload = Workload {
-            process: Guarded::new(child),
+            process: Guarded::new(child, "bench_cow"),
             stdin,
             lines: BufReader::new(stdout),
             target: 0,

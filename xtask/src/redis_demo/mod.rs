@@ -7,13 +7,11 @@
 //! Private_Dirty (`rdb_last_cow_size`, the "Fork CoW for RDB" log line). The server and its
 //! files go away on every way out, Ctrl-C included.
 //!
-//! One module per job: `interrupt` (Ctrl-C, and waits that notice it), `process` (stopping
-//! what we start), `server`, `client` (RESP), `snapshot` (the data set, then BGSAVE under
-//! overwrites), `tracer` (cow-trace on the server), `trace` (what cow-trace saw, from its JSON),
-//! `report` (beside Redis's own figures).
+//! One module per job: `interrupt` (Ctrl-C, and waits that notice it), `server`, `client`
+//! (RESP), `snapshot` (the data set, then BGSAVE under overwrites), `tracer` (cow-trace on the
+//! server), `trace` (what cow-trace saw, from its JSON), `report` (beside Redis's own figures).
 mod client;
 mod interrupt;
-mod process;
 mod report;
 mod server;
 mod snapshot;

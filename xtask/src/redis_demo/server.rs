@@ -11,13 +11,13 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 
-use super::{client::Conn, interrupt::wait_for, process::Process};
-use crate::util;
+use super::{client::Conn, interrupt::wait_for};
+use crate::{process::Guarded, util};
 
 /// redis-server on 127.0.0.1, its configuration, log and RDB file in a directory of its own;
 /// stopped and removed on drop.
 pub struct Server {
-    process: Option<Process>,
+    process: Option<Guarded>,
     pub port: u16,
     pub dir: PathBuf,
 }
@@ -51,7 +51,7 @@ impl Server {
                 _ => Err(std::io::Error::last_os_error()),
             });
         }
-        server.process = Some(Process::spawn(&mut command, "redis-server")?);
+        server.process = Some(Guarded::spawn(&mut command, "redis-server")?);
         server.wait_until_up()?;
         println!(
             "redis-server {} (pid {}) on 127.0.0.1:{port}, files in {}",
@@ -63,7 +63,7 @@ impl Server {
     }
 
     pub fn pid(&self) -> u32 {
-        self.process.as_ref().map_or(0, Process::pid)
+        self.process.as_ref().map_or(0, Guarded::pid)
     }
 
     fn wait_until_up(&mut self) -> anyhow::Result<()> {
@@ -71,9 +71,9 @@ impl Server {
         let log = self.dir.join("redis.log");
         let process = self.process.as_mut().context("no redis-server")?;
         wait_for("redis-server to listen", Duration::from_secs(10), || {
-            if let Some(status) = process.has_exited()? {
+            if let Some(reaped) = process.try_reap()? {
                 let log = fs::read_to_string(&log).unwrap_or_default();
-                bail!("redis-server exited ({status}):\n{log}");
+                bail!("redis-server exited ({}):\n{log}", reaped.status);
             }
             // Redis itself must answer, not whatever else may listen there.
             let pong = Conn::connect(port).and_then(|mut conn| {

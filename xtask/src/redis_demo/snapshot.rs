@@ -11,10 +11,10 @@ use super::{
     Args,
     client::{Conn, encode},
     interrupt::{self, pause, wait_for},
-    process::Process,
     report::human,
     server::Server,
 };
+use crate::process::Guarded;
 
 /// redis-benchmark runs this long before BGSAVE, so the snapshot starts under load.
 const WARM_UP: Duration = Duration::from_millis(500);
@@ -83,8 +83,8 @@ pub fn snapshot_under_writes(
     })?;
     println!("BGSAVE: snapshot child {child} forked while redis-benchmark overwrites keys");
     wait_for("BGSAVE to finish", SAVE_TIMEOUT, || {
-        if let Some(status) = bench.has_exited()? {
-            bail!("redis-benchmark ended early: {status}");
+        if let Some(reaped) = bench.try_reap()? {
+            bail!("redis-benchmark ended early: {}", reaped.status);
         }
         Ok(conn.info_field("persistence", "rdb_bgsave_in_progress")? == "0")
     })?;
@@ -124,7 +124,7 @@ fn set_calls(conn: &mut Conn) -> anyhow::Result<u64> {
 }
 
 /// SETs of random loaded keys until stopped.
-fn start_benchmark(port: u16, keys: u64, args: &Args) -> anyhow::Result<Process> {
+fn start_benchmark(port: u16, keys: u64, args: &Args) -> anyhow::Result<Guarded> {
     let mut command = Command::new("redis-benchmark");
     command
         .args([
@@ -146,5 +146,5 @@ fn start_benchmark(port: u16, keys: u64, args: &Args) -> anyhow::Result<Process>
         .args(["-r", &keys.to_string(), "-n", "1000000000"])
         .stdin(Stdio::null())
         .stdout(Stdio::null());
-    Process::spawn(&mut command, "redis-benchmark")
+    Guarded::spawn(&mut command, "redis-benchmark")
 }

@@ -10,12 +10,12 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 
-use super::{interrupt, process::Process};
-use crate::util;
+use super::interrupt;
+use crate::{process::Guarded, util};
 
 /// cow-trace -x REDIS --json, its stderr relayed (the readiness line, the table at the end).
 pub struct Tracer {
-    process: Process,
+    process: Guarded,
     relay: thread::JoinHandle<()>,
 }
 
@@ -35,8 +35,9 @@ impl Tracer {
         if let Some(plot) = plot {
             command.arg("--plot").arg(plot);
         }
-        let mut process = Process::spawn(&mut command, "cow-trace")?;
-        let stderr = process.child.stderr.take().context("cow-trace stderr")?;
+        let mut child = command.spawn().context("starting cow-trace")?;
+        let stderr = child.stderr.take().context("cow-trace stderr")?;
+        let mut process = Guarded::new(child, "cow-trace");
         let (ready, is_ready) = mpsc::channel();
         let relay = thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -49,7 +50,7 @@ impl Tracer {
         let deadline = Instant::now() + Duration::from_secs(30);
         while is_ready.recv_timeout(Duration::from_millis(100)).is_err() {
             interrupt::check()?;
-            if process.has_exited()?.is_some() || Instant::now() > deadline {
+            if process.try_reap()?.is_some() || Instant::now() > deadline {
                 bail!("cow-trace did not attach (see its message above)");
             }
         }
@@ -58,7 +59,10 @@ impl Tracer {
 
     /// SIGINT, as Ctrl-C: cow-trace drains, writes its summary and ends.
     pub fn stop(mut self) -> anyhow::Result<()> {
-        let status = self.process.stop(libc::SIGINT, Duration::from_secs(60))?;
+        let status = self
+            .process
+            .stop(libc::SIGINT, Duration::from_secs(60))?
+            .status;
         let _ = self.relay.join();
         ensure!(status.success(), "cow-trace failed: {status}");
         Ok(())
