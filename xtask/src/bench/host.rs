@@ -1,6 +1,7 @@
 //! What the report says about the machine and the build.
 use std::{fs, path::Path, process::Command, thread};
 
+use super::load::proc_number;
 use crate::util;
 
 /// The first line a command prints, or "?".
@@ -41,7 +42,7 @@ pub fn machine() -> String {
         .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
         .unwrap_or_else(|| "unknown CPU".to_string());
     let cpus = thread::available_parallelism().map_or(0, |n| n.get());
-    let memory = status_line("/proc/meminfo", "MemTotal:").map_or_else(
+    let memory = proc_number("/proc/meminfo", "MemTotal:").map_or_else(
         || "?".to_string(),
         |kib| format!("{:.0} GiB", kib as f64 / 1048576.0),
     );
@@ -64,10 +65,4 @@ pub fn mitigations() -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-fn status_line(path: &str, key: &str) -> Option<u64> {
-    let text = fs::read_to_string(path).ok()?;
-    let line = text.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -94,8 +94,13 @@ pub fn cpu_so_far(pid: u32) -> Option<Duration> {
 
 /// A number of /proc/PID/status (VmRSS in KiB, voluntary_ctxt_switches).
 pub fn status_number(pid: u32, key: &str) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(key))?;
+    proc_number(&format!("/proc/{pid}/status"), key)
+}
+
+/// The number after `key` in a /proc file of "key: value" lines (status, meminfo).
+pub fn proc_number(path: &str, key: &str) -> Option<u64> {
+    let text = fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 

@@ -1,9 +1,7 @@
 //! The tracer: cow-trace on the server, its JSON lines to a file, its stderr relayed.
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
@@ -38,15 +36,7 @@ impl Tracer {
         let mut child = command.spawn().context("starting cow-trace")?;
         let stderr = child.stderr.take().context("cow-trace stderr")?;
         let mut process = Guarded::new(child, "cow-trace");
-        let (ready, is_ready) = mpsc::channel();
-        let relay = thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("{line}");
-                if line.starts_with("Tracing ") {
-                    let _ = ready.send(());
-                }
-            }
-        });
+        let (is_ready, relay) = util::relay_stderr(stderr);
         let deadline = Instant::now() + Duration::from_secs(30);
         while is_ready.recv_timeout(Duration::from_millis(100)).is_err() {
             interrupt::check()?;
