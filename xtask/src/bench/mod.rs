@@ -1,5 +1,5 @@
-//! `cargo xtask bench` (issues 4 and 5): what tracing costs the traced process, and whether
-//! every fault reaches the tracer.
+//! `cargo xtask bench`: what tracing costs the traced process, and whether every fault reaches
+//! the tracer.
 //!
 //! The workload (`cow-trace/tests/workloads/bench_cow.c`) times its own write loop and reports
 //! the kernel's own fault counts. Each configuration (untraced, cow-trace in its modes, bpftrace,
@@ -53,7 +53,7 @@ pub struct Args {
     /// perf-trace.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Also soak cow-trace for SECONDS at a steady fault rate, sampling its RSS (issue 5: 600).
+    /// Also soak cow-trace for SECONDS at a steady fault rate, sampling its RSS (BENCHMARKS.md's soak: 600).
     #[arg(long, value_name = "SECONDS")]
     soak: Option<u64>,
     /// COW faults per second during the soak.

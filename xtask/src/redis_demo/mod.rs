@@ -1,4 +1,4 @@
-//! `cargo xtask redis-demo` (issue 7): what a Redis BGSAVE costs, page by page.
+//! `cargo xtask redis-demo`: what a Redis BGSAVE costs, page by page.
 //!
 //! A redis-server on a loopback port (huge pages off, files in a temporary directory) gets a
 //! data set, cow-trace attaches to it, redis-benchmark overwrites keys, and BGSAVE forks the
