@@ -15,8 +15,6 @@ pub struct Tools {
     pub hook_floor: PathBuf,
     /// Event logs, each deleted once counted.
     pub scratch: PathBuf,
-    /// `cow-trace --summary` (in-kernel aggregation) exists in this build.
-    pub has_summary: bool,
 }
 
 impl Tools {
@@ -42,14 +40,12 @@ impl Tools {
             &hook_floor,
         )
         .context("copying the hook_floor binary")?;
-        let help = util::output(Command::new(&cow_trace).arg("--help")).unwrap_or_default();
         Ok(Tools {
             revision: revision(&cow_trace),
             cow_trace,
             workload,
             hook_floor,
             scratch,
-            has_summary: help.contains("--summary"),
         })
     }
 }
@@ -147,14 +143,9 @@ impl Config {
         matches!(self, Config::CowText | Config::CowJson | Config::CowUntimed)
     }
 
-    fn is_kernel_summary(self) -> bool {
-        matches!(self, Config::CowSummary | Config::CowSummaryUntimed)
-    }
-
-    pub fn selected(tools: &Tools, only: &[String]) -> Vec<Config> {
+    pub fn selected(only: &[String]) -> Vec<Config> {
         Config::ALL
             .into_iter()
-            .filter(|c| !c.is_kernel_summary() || tools.has_summary)
             .filter(|c| {
                 *c == Config::Untraced || only.is_empty() || only.iter().any(|o| o == c.name())
             })

@@ -30,7 +30,7 @@ pub struct Matrix {
 }
 
 pub fn run_matrix(args: &Args, tools: &Tools) -> anyhow::Result<Matrix> {
-    let configs = Config::selected(tools, &args.only);
+    let configs = Config::selected(&args.only);
     let variants = Variant::selected(args);
     let mut samples = Vec::new();
     let load = Load::now();

@@ -29,7 +29,7 @@ pub fn render(tools: &Tools, matrix: Option<&Matrix>, soak: Option<&Soak>, kept:
     if let Some(soak) = soak {
         let _ = render_soak(&mut out, soak);
     }
-    let _ = render_method(&mut out, tools);
+    let _ = render_method(&mut out);
     out.push('\n');
     out.push_str(NOTES_MARKER);
     out.push('\n');
@@ -337,12 +337,7 @@ fn render_soak(out: &mut String, soak: &Soak) -> std::fmt::Result {
     writeln!(out)
 }
 
-fn render_method(out: &mut String, tools: &Tools) -> std::fmt::Result {
-    let summary_note = if tools.has_summary {
-        "`cow-trace --summary -x ROOT`"
-    } else {
-        "`cow-trace --summary` (skipped: this build has no `--summary`)"
-    };
+fn render_method(out: &mut String) -> std::fmt::Result {
     writeln!(
         out,
         "## Method\n\n\
@@ -366,7 +361,7 @@ fn render_method(out: &mut String, tools: &Tools) -> std::fmt::Result {
          and error code per fault to a file (`-o`); `perf trace --no-syscalls --pf=min -p CHILD \
          -o FILE`. The root only waits in wait4 meanwhile, so all see the same faults. \
          Configurations: `cow-trace -x ROOT` with text to /dev/null, `cow-trace --json -o FILE \
-         -x ROOT`, {summary_note}, and `--no-latency` with text to /dev/null and with \
+         -x ROOT`, `cow-trace --summary -x ROOT`, and `--no-latency` with text to /dev/null and with \
          `--summary`, all with the default ring size.\n\
          - **Floors**: `cow-trace/examples/hook_floor.rs` attaches programs that do nothing \
          where the tracepoint backend attaches its per-fault programs: the fault-entry and \

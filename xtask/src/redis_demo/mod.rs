@@ -26,7 +26,7 @@ use report::{RedisFigures, print_side_by_side};
 use server::{Server, report_thp};
 use snapshot::{load, snapshot_under_writes};
 use trace::Trace;
-use tracer::{Tracer, plot_path};
+use tracer::Tracer;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -70,15 +70,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     report_thp(server.pid())?;
     let mut conn = Conn::connect(server.port)?;
     let keys = load(&mut conn, &args)?;
-    let plot = plot_path(&cow_trace);
-    let tracer = Tracer::start(&cow_trace, server.pid(), &server.dir, plot.as_deref())?;
+    let plot = util::root().join("target/xtask/redis-demo.svg");
+    let tracer = Tracer::start(&cow_trace, server.pid(), &server.dir, &plot)?;
     let snapshot = snapshot_under_writes(&server, &mut conn, &args, keys)?;
     tracer.stop()?;
     let trace = Trace::read(&server.dir.join("trace.json"), server.pid(), snapshot.child)?;
     let redis = RedisFigures::read(&mut conn, &server)?;
     print_side_by_side(&snapshot, &trace, &redis);
-    if let Some(plot) = plot {
-        println!("\nPlot of the run: {}", plot.display());
-    }
+    println!("\nPlot of the run: {}", plot.display());
     Ok(())
 }

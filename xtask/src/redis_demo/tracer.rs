@@ -1,6 +1,6 @@
 //! The tracer: cow-trace on the server, its JSON lines to a file, its stderr relayed.
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -18,21 +18,15 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    pub fn start(
-        cow_trace: &Path,
-        pid: u32,
-        dir: &Path,
-        plot: Option<&Path>,
-    ) -> anyhow::Result<Tracer> {
+    pub fn start(cow_trace: &Path, pid: u32, dir: &Path, plot: &Path) -> anyhow::Result<Tracer> {
         let mut command = Command::new(cow_trace);
         command
             .args(["-x", &pid.to_string(), "--json", "-o"])
             .arg(dir.join("trace.json"))
+            .arg("--plot")
+            .arg(plot)
             .stdin(Stdio::null())
             .stderr(Stdio::piped());
-        if let Some(plot) = plot {
-            command.arg("--plot").arg(plot);
-        }
         let mut child = command.spawn().context("starting cow-trace")?;
         let stderr = child.stderr.take().context("cow-trace stderr")?;
         let mut process = Guarded::new(child, "cow-trace");
@@ -57,11 +51,4 @@ impl Tracer {
         ensure!(status.success(), "cow-trace failed: {status}");
         Ok(())
     }
-}
-
-/// Where to draw the run, if this cow-trace can (--plot is being added).
-pub fn plot_path(cow_trace: &Path) -> Option<PathBuf> {
-    let help = util::output(Command::new(cow_trace).arg("--help")).unwrap_or_default();
-    help.contains("--plot")
-        .then(|| util::root().join("target/xtask/redis-demo.svg"))
 }
