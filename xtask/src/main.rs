@@ -2,6 +2,8 @@
 mod bench;
 mod demo;
 mod docs;
+mod libtest;
+mod process;
 mod redis_demo;
 mod setup;
 mod test;

@@ -1,5 +1,5 @@
 //! `cargo xtask setup`: installs what a fresh machine lacks. Idempotent, and quick when
-//! everything is present. Versions are the ones verified in ../shared/TOOLCHAIN.md.
+//! everything is present. What each piece is for, and why these versions: docs/toolchain.md.
 use std::process::Command;
 
 use anyhow::bail;

@@ -6,7 +6,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{setup, util, vm_test};
+use crate::{libtest, setup, util, vm_test};
 
 pub fn run() -> anyhow::Result<()> {
     setup::run()?;
@@ -106,18 +106,11 @@ fn cargo_test(
     for line in stdout.lines() {
         let line = line?;
         println!("{line}");
-        if let Some(result) = line.strip_prefix("test result: ") {
-            let number = |label: &str| -> u64 {
-                result
-                    .split(';')
-                    .find_map(|part| part.trim().strip_suffix(label))
-                    .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
-                    .unwrap_or(0)
-            };
-            totals.passed += number(" passed");
-            totals.failed += number(" failed");
-            totals.skipped += number(" ignored");
-        } else if vm_test::skipped_test(&line).is_some() {
+        if let Some(result) = libtest::result(&line) {
+            totals.passed += result.passed;
+            totals.failed += result.failed;
+            totals.skipped += result.ignored;
+        } else if libtest::skipped_test(&line).is_some() {
             // A test that returned early, saying why: libtest counts it as passed.
             returned_early += 1;
         }

@@ -1,7 +1,10 @@
 //! Small helpers shared by the tasks.
 use std::{
+    io::{BufRead as _, BufReader},
     path::PathBuf,
-    process::{Command, ExitStatus},
+    process::{ChildStderr, Command, ExitStatus},
+    sync::mpsc,
+    thread,
 };
 
 use anyhow::{Context as _, bail};
@@ -58,6 +61,21 @@ pub fn build_release() -> anyhow::Result<PathBuf> {
         "cow-trace",
     ]))?;
     Ok(root().join("target/release/cow-trace"))
+}
+
+/// Relays a cow-trace's stderr to ours, from a thread that ends with it; the receiver hears
+/// once cow-trace says it is tracing (its probes attached).
+pub fn relay_stderr(stderr: ChildStderr) -> (mpsc::Receiver<()>, thread::JoinHandle<()>) {
+    let (ready, is_ready) = mpsc::channel();
+    let relay = thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if line.starts_with("Tracing ") {
+                let _ = ready.send(());
+            }
+        }
+    });
+    (is_ready, relay)
 }
 
 /// Compiles one of the C test workloads into target/xtask and returns the binary's path.
