@@ -1,91 +1,7 @@
-//! Decoding ring-buffer records into events, and classifying faults from their error code.
-use cow_trace_common::{COMM_LEN, Record, class, flags, kind};
-
-/// How the faulting access touched memory, from the x86 error code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    Read,
-    Write,
-    Exec,
-}
-
-impl Access {
-    /// The access bits of a `cow_trace_common::class`; None when unknown.
-    pub fn from_class(class: u32) -> Option<Access> {
-        match class & class::ACCESS_MASK {
-            class::READ => Some(Access::Read),
-            class::WRITE => Some(Access::Write),
-            class::EXEC => Some(Access::Exec),
-            _ => None,
-        }
-    }
-
-    /// One letter, as the article's stap script prints it.
-    pub fn letter(self) -> char {
-        match self {
-            Access::Read => 'r',
-            Access::Write => 'w',
-            Access::Exec => 'x',
-        }
-    }
-}
-
-/// What a write-protect (copy-on-write) fault did to the page.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CowOutcome {
-    /// A page shared with another process was copied.
-    Copied,
-    /// The page was no longer shared: its last sharer kept it.
-    Reused,
-    /// The page was the shared zero page (read, never written): a zeroed page was filled.
-    ZeroFilled,
-}
-
-impl CowOutcome {
-    pub fn of_class(fault_class: u32) -> Option<CowOutcome> {
-        let known = class::WRITE_PROTECT | class::COPY_KNOWN;
-        if fault_class & known != known {
-            return None;
-        }
-        Some(if fault_class & class::COPIED != 0 {
-            CowOutcome::Copied
-        } else if fault_class & class::ZERO_FILL != 0 {
-            CowOutcome::ZeroFilled
-        } else {
-            CowOutcome::Reused
-        })
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            CowOutcome::Copied => "copy",
-            CowOutcome::Reused => "reuse",
-            CowOutcome::ZeroFilled => "zero",
-        }
-    }
-}
-
-/// How the kernel accounted the fault.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Minor,
-    Major,
-    /// Entered the handler but never completed (SIGSEGV, SIGBUS, OOM, exception fix-up).
-    Incomplete,
-    /// One attempt returned VM_FAULT_RETRY; the fault goes on (handle_mm_fault backends).
-    Retry,
-}
-
-impl Outcome {
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::Minor => "MINOR",
-            Outcome::Major => "MAJOR",
-            Outcome::Incomplete => "INCOMPLETE",
-            Outcome::Retry => "RETRY",
-        }
-    }
-}
+//! Decoding ring-buffer records into events; a fault's class and what it means come from
+//! `cow_trace_common::FaultClass`, the same in both modes.
+pub use cow_trace_common::{Access, CowOutcome, FaultClass, Outcome};
+use cow_trace_common::{COMM_LEN, Record, flags, kind};
 
 /// One page fault of a traced process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,8 +20,8 @@ pub struct Fault {
     pub latency_ns: Option<u64>,
     /// Taken in kernel mode on a user address (e.g. copy_to_user in read()).
     pub kernel_mode: bool,
-    /// Bits of `cow_trace_common::class`, as the in-kernel summary would count this fault.
-    pub class: u32,
+    /// The class the in-kernel summary would count this fault in.
+    pub class: FaultClass,
     /// The newest child of this process alive at the fault (its snapshot window), or 0.
     pub window: u32,
     /// handle_mm_fault's vm_fault_t result, where the backend sees it (else 0).
@@ -122,19 +38,18 @@ pub struct Fault {
 
 impl Fault {
     pub fn access(&self) -> Option<Access> {
-        Access::from_class(self.class)
+        self.class.access()
     }
 
     /// A write to a present page: the write-protect fault that, on private memory, breaks
     /// copy-on-write. None when the error code is unknown.
     pub fn is_cow(&self) -> Option<bool> {
-        self.error_code
-            .map(|_| self.class & class::WRITE_PROTECT != 0)
+        self.error_code.map(|_| self.class.is_write_protect())
     }
 
     /// How a copy-on-write fault ended; None for other faults, or where unknown.
     pub fn cow_outcome(&self) -> Option<CowOutcome> {
-        CowOutcome::of_class(self.class)
+        self.class.cow_outcome()
     }
 
     /// On a copy-on-write fault: Some(true) if a shared page was copied, Some(false) if it was
@@ -189,15 +104,8 @@ pub fn from_record(record: &Record) -> Option<Event> {
     match record.kind {
         kind::FAULT | kind::FAULT_INCOMPLETE | kind::FAULT_RETRY => {
             let no_entry = record.flags & flags::NO_ENTRY != 0;
-            let outcome = if record.kind == kind::FAULT_RETRY {
-                Outcome::Retry
-            } else if record.kind == kind::FAULT_INCOMPLETE {
-                Outcome::Incomplete
-            } else if record.flags & flags::MAJOR != 0 {
-                Outcome::Major
-            } else {
-                Outcome::Minor
-            };
+            let class = FaultClass::of_record(record);
+            let outcome = class.outcome();
             Some(Event::Fault(Fault {
                 ts_ns: record.ts_ns,
                 pid: record.pid,
@@ -217,7 +125,7 @@ pub fn from_record(record: &Record) -> Option<Event> {
                 symbol: None,
                 stack: Vec::new(),
                 kernel_mode: record.flags & flags::KERNEL_MODE != 0,
-                class: class::of_record(record),
+                class,
                 window: record.other_pid,
             }))
         }
@@ -349,7 +257,7 @@ mod tests {
 
     #[test]
     fn error_code_classification() {
-        let access = |code| Access::from_class(class::of(false, 0, code));
+        let access = |code| FaultClass::of(false, 0, code).access();
         // user write to a present page: the copy-on-write break
         assert_eq!(access(0x7), Some(Access::Write));
         // user read of a missing page
@@ -359,10 +267,7 @@ mod tests {
         // kernel write (copy_to_user) to a missing user page
         assert_eq!(access(0x2), Some(Access::Write));
         // completion without entry
-        assert_eq!(
-            Access::from_class(class::of(false, flags::NO_ENTRY, 0x7)),
-            None
-        );
+        assert_eq!(FaultClass::of(false, flags::NO_ENTRY, 0x7).access(), None);
     }
 
     #[test]
@@ -461,7 +366,7 @@ mod tests {
         };
         assert_eq!(fault.outcome, Outcome::Retry);
         assert_eq!(fault.vm_fault, 0x400);
-        assert_ne!(fault.class & class::RETRY, 0);
+        assert_eq!(fault.class.outcome(), Outcome::Retry);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     cli::{BackendChoice, Format},
     enrich::Enricher,
-    event::{Change, Event, ProcessEvent},
+    event::{Change, Event, FaultClass, ProcessEvent},
     failure::{Kind, failure},
     kernel::{
         KernelConfig, kstats,
@@ -207,26 +207,26 @@ impl Session {
             let mut summary = Summary::default();
             let counts = kstats::read(&self.probes)?;
             for (key, value) in &counts.stats {
+                let class = FaultClass::from_bits(key.class);
                 summary.add(
                     key.pid,
-                    key.class,
+                    class,
                     key.window,
                     value.faults,
                     value.timed,
                     value.latency_ns,
                 );
                 if let Ok(stack_id) = u32::try_from(key.stack_id) {
-                    summary.add_stack(key.pid, stack_id, key.class, value.faults);
+                    summary.add_stack(key.pid, stack_id, class, value.faults);
                 }
                 // Each region is labelled by the mapping of its first faulting address.
                 let label = self.enricher.mapping_label(key.pid, value.sample_address);
-                *summary
-                    .mappings
-                    .entry((key.pid, label, key.class))
-                    .or_default() += value.faults;
+                *summary.mappings.entry((key.pid, label, class)).or_default() += value.faults;
             }
             for (key, hist) in counts.hists {
-                summary.hists.insert((key.pid, key.class), hist.buckets);
+                summary
+                    .hists
+                    .insert((key.pid, FaultClass::from_bits(key.class)), hist.buckets);
             }
             summary.merge(&self.streamed);
             summary

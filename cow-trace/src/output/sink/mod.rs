@@ -95,7 +95,7 @@ pub(crate) mod test_support {
         rc::Rc,
     };
 
-    use crate::event::{Fault, Outcome};
+    use crate::event::{Fault, FaultClass, Outcome};
 
     /// A writer whose bytes a test can read back.
     #[derive(Clone, Default)]
@@ -119,7 +119,7 @@ pub(crate) mod test_support {
 
     /// Sets a fault's error code (None: unknown) and outcome, and the class they imply.
     pub fn reclassify(fault: &mut Fault, error_code: Option<u64>, outcome: Outcome) {
-        use cow_trace_common::{class, flags};
+        use cow_trace_common::flags;
         fault.error_code = error_code;
         fault.outcome = outcome;
         let mut record_flags = if error_code.is_none() {
@@ -130,7 +130,7 @@ pub(crate) mod test_support {
         if outcome == Outcome::Major {
             record_flags |= flags::MAJOR;
         }
-        fault.class = class::of(
+        fault.class = FaultClass::of(
             outcome == Outcome::Incomplete,
             record_flags,
             error_code.unwrap_or(0),
@@ -150,7 +150,9 @@ pub(crate) mod test_support {
             outcome: Outcome::Minor,
             latency_ns: Some(1500),
             kernel_mode: false,
-            class: cow_trace_common::class::WRITE | cow_trace_common::class::WRITE_PROTECT,
+            class: FaultClass::from_bits(
+                cow_trace_common::class::WRITE | cow_trace_common::class::WRITE_PROTECT,
+            ),
             window: 0,
             vm_fault: 0,
             stack_id: None,
