@@ -53,15 +53,13 @@ impl Enricher {
     /// The label of the mapping holding `address` in `pid` (or, once it exited, in its
     /// nearest live ancestor's layout).
     pub fn mapping(&mut self, pid: u32, address: u64, ts_ns: Option<u64>) -> String {
-        let mut current = pid;
-        for _ in 0..8 {
+        for current in lineage(&self.parents, pid) {
             let found = match ts_ns {
                 Some(ts) if current == pid => self.mappings.resolve_at(current, address, ts),
                 _ => self.mappings.resolve(current, address),
             };
-            match (found, self.parents.get(&current)) {
-                (Attribution::Gone, Some(&parent)) => current = parent,
-                (found, _) => return found.to_string(),
+            if found != Attribution::Gone {
+                return found.to_string();
             }
         }
         Attribution::Gone.to_string()
@@ -77,14 +75,7 @@ impl Enricher {
     }
 
     fn symbol(&mut self, pid: u32, ip: u64) -> Option<String> {
-        let mut current = pid;
-        for _ in 0..8 {
-            if let Some(symbol) = self.symbols.symbolize_one(current, ip) {
-                return Some(symbol);
-            }
-            current = *self.parents.get(&current)?;
-        }
-        None
+        lineage(&self.parents, pid).find_map(|current| self.symbols.symbolize_one(current, ip))
     }
 
     /// The symbolized frames of user stack `stack_id` of `pid`, innermost first; `read_ips`
@@ -109,5 +100,25 @@ impl Enricher {
         }
         self.stacks.insert((pid, stack_id), frames.clone());
         frames
+    }
+}
+
+/// `pid`, then its parent, grandparent...: at most 8, as far as fork records tell.
+fn lineage(parents: &HashMap<u32, u32>, pid: u32) -> impl Iterator<Item = u32> + '_ {
+    std::iter::successors(Some(pid), |child| parents.get(child).copied()).take(8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lineage_walks_up_to_eight_ancestors() {
+        let parents = HashMap::from([(3, 2), (2, 1)]);
+        assert_eq!(lineage(&parents, 3).collect::<Vec<_>>(), [3, 2, 1]);
+        assert_eq!(lineage(&parents, 9).collect::<Vec<_>>(), [9]);
+        // A pid reused by its own descendant cannot loop forever.
+        let cycle = HashMap::from([(1, 2), (2, 1)]);
+        assert_eq!(lineage(&cycle, 1).count(), 8);
     }
 }

@@ -5,9 +5,11 @@ use std::path::Path;
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, StackTraceMap},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
-use cow_trace_common::{NO_FIELD, PENDING_DEFERRED, PendingFault, Record, Settings};
+use cow_trace_common::{
+    Hist, HistKey, NO_FIELD, PENDING_DEFERRED, PendingFault, Record, Settings, StatKey, StatValue,
+};
 
 use crate::{
     cli::BackendChoice,
@@ -35,9 +37,10 @@ const COMMON: [(&str, &str, &str); 4] = [
 /// Copy detection: a raw tracepoint, as it runs on every page allocation of the machine.
 const PAGE_ALLOC: (&str, &str) = ("kmem_mm_page_alloc", "mm_page_alloc");
 
-/// The loaded programs; dropping this detaches everything and frees the maps.
+/// The loaded programs and their maps, which only this type names; dropping it detaches
+/// everything and frees the maps.
 pub struct Probes {
-    pub ebpf: Ebpf,
+    ebpf: Ebpf,
     /// --no-latency.
     untimed: bool,
 }
@@ -106,6 +109,30 @@ impl Probes {
         }
         records.sort_by_key(|record| record.ts_ns);
         Ok(records)
+    }
+
+    /// Takes the EVENTS ring buffer out of the object (the reader owns it from then on).
+    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing")?;
+        RingBuf::try_from(map).context("EVENTS is not a ring buffer")
+    }
+
+    /// The per-CPU loss counters, indexed by `cow_trace_common::counter`.
+    pub fn counters(&self) -> anyhow::Result<PerCpuArray<&MapData, u64>> {
+        let map = self.ebpf.map("COUNTERS").context("COUNTERS map missing")?;
+        PerCpuArray::try_from(map).context("COUNTERS has an unexpected type")
+    }
+
+    /// The in-kernel summary's counts (--summary).
+    pub fn stats(&self) -> anyhow::Result<HashMap<&MapData, StatKey, StatValue>> {
+        let map = self.ebpf.map("STATS").context("STATS map missing")?;
+        HashMap::try_from(map).context("STATS has an unexpected type")
+    }
+
+    /// The in-kernel summary's latency histograms (--summary).
+    pub fn hists(&self) -> anyhow::Result<HashMap<&MapData, HistKey, Hist>> {
+        let map = self.ebpf.map("HISTS").context("HISTS map missing")?;
+        HashMap::try_from(map).context("HISTS has an unexpected type")
     }
 
     /// The addresses of user stack `stack_id` (--stack), innermost first; empty if the map
