@@ -1,6 +1,7 @@
 //! cow-trace: a copy-on-write page-fault tracer. The data flow is in ARCHITECTURE.md:
 //! cli -> target -> probes (kernel side) -> ring -> event -> summary / sink.
 mod cli;
+mod clock;
 mod enrich;
 mod event;
 mod failure;

@@ -10,8 +10,9 @@ use plotters::{
 use super::{
     FaultPlot, MAX_GAP_CELLS, OTHERS, STRIP_LANES,
     class::PlotClass,
-    draw::{FONT, human_bytes, pid_name},
+    draw::{FONT, pid_name},
 };
+use crate::output::format::human_bytes;
 
 impl FaultPlot {
     /// The strip's lanes: the pids with the most COW faults, then the others together.

@@ -1,13 +1,8 @@
 //! The time views: faults per interval of each row, and the cumulative COW bytes.
 use plotters::{coord::Shift, prelude::*};
 
-use super::{
-    FaultPlot,
-    class::PlotClass,
-    draw::{FONT, byte_unit, human_bytes},
-    series::Series,
-};
-use crate::output::format::human_ns;
+use super::{FaultPlot, class::PlotClass, draw::FONT, series::Series};
+use crate::output::format::{byte_unit, human_bytes, human_ns};
 
 impl FaultPlot {
     pub(super) fn draw_timelines(

@@ -7,6 +7,7 @@ use std::io::{self, Write};
 
 use crate::{
     cli::Format,
+    clock,
     event::{Fault, ProcessEvent},
     output::summary::Summary,
 };
@@ -59,8 +60,8 @@ pub struct WallClock {
 
 impl WallClock {
     pub fn now() -> WallClock {
-        let realtime = clock_ns(libc::CLOCK_REALTIME);
-        let monotonic = clock_ns(libc::CLOCK_MONOTONIC);
+        let realtime = clock::realtime_ns();
+        let monotonic = i128::from(clock::monotonic_ns());
         WallClock {
             offset_ns: realtime - monotonic,
         }
@@ -75,16 +76,6 @@ impl WallClock {
         let ns = i128::from(monotonic_ns) + self.offset_ns;
         chrono::DateTime::from_timestamp_nanos(ns as i64)
     }
-}
-
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
 #[cfg(test)]
