@@ -636,7 +636,10 @@ mod tests {
         // Copy detection did not see it: a COW fault of unknown outcome.
         assert_eq!(FaultClass::of(false, 0, wp).cow_outcome(), None);
         let unknown = FaultClass::of(false, flags::NO_ENTRY | flags::MAJOR, wp);
-        assert_eq!((unknown.access(), unknown.outcome()), (None, Outcome::Major));
+        assert_eq!(
+            (unknown.access(), unknown.outcome()),
+            (None, Outcome::Major)
+        );
         assert!(!unknown.is_write_protect());
         // A retried attempt is a retry whatever else it says; an incomplete fault is no
         // major one.
