@@ -26,7 +26,7 @@ fn main() {
         Ok(args) => args,
         Err(error) => exit_on_usage_error(error),
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    init_logging(args.verbose);
     let status = match run(args) {
         Ok(status) => status,
         Err(error) => match error.downcast_ref::<Failure>() {
@@ -41,6 +41,24 @@ fn main() {
         },
     };
     std::process::exit(status);
+}
+
+/// Diagnostics go to stderr through `log`: warnings always, what cow-trace does (probes,
+/// descendants, why it stopped) with -v; RUST_LOG overrides both.
+fn init_logging(verbose: bool) {
+    let filter = if verbose {
+        "warn,cow_trace=info"
+    } else {
+        "warn"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
+        .format(|out, record| match record.target() {
+            ours if ours.starts_with("cow_trace") => {
+                writeln!(out, "cow-trace: {}", record.args())
+            }
+            theirs => writeln!(out, "cow-trace: {theirs}: {}", record.args()),
+        })
+        .init();
 }
 
 /// Help and version print as usual; a usage error becomes one line and status 2.
@@ -88,7 +106,6 @@ fn run(args: Args) -> anyhow::Result<i32> {
         backend: args.backend,
         format: args.format(),
         duration: args.duration,
-        verbose: args.verbose,
         print_summary: !args.no_summary,
         interval: args.interval,
         fail_over_cow: args.fail_over_cow,

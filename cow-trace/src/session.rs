@@ -33,7 +33,6 @@ pub struct Options {
     pub backend: BackendChoice,
     pub format: Format,
     pub duration: Option<Duration>,
-    pub verbose: bool,
     /// The ring size and the modes the kernel side is loaded with.
     pub kernel: KernelConfig,
     /// Print the human summary on stderr at the end of a streaming run.
@@ -282,7 +281,7 @@ pub async fn run(
     // The root joins the map before process-tree tracking attaches; descendants that exist
     // already are found in /proc after it attached, so none slips between the two.
     probes.trace(options.root)?;
-    let backend = probes.attach(options.backend, options.verbose)?;
+    let backend = probes.attach(options.backend)?;
     let mut tree = Tree::default();
     tree.add(options.root);
     for child in target::descendants(options.root as i32) {
@@ -306,11 +305,8 @@ pub async fn run(
         options.root,
         backend.name()
     );
-    if options.verbose && tree.live.len() > 1 {
-        eprintln!(
-            "cow-trace: following {} existing descendants too",
-            tree.live.len() - 1
-        );
+    if tree.live.len() > 1 {
+        log::info!("following {} existing descendants too", tree.live.len() - 1);
     }
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     let mut report = options
@@ -401,9 +397,7 @@ pub async fn run(
     } = session;
     drop(ring);
     drop(probes);
-    if options.verbose {
-        eprintln!("cow-trace: stopped: {stop:?}");
-    }
+    log::info!("stopped: {stop:?}");
 
     let output_open = stop != Stop::OutputClosed
         && !matches!(&last, Err(e) if e.kind() == io::ErrorKind::BrokenPipe);

@@ -147,26 +147,20 @@ impl Probes {
     }
 
     /// Attaches the shared programs, then the first backend of `choice` the kernel accepts.
-    pub fn attach(&mut self, choice: BackendChoice, verbose: bool) -> anyhow::Result<Backend> {
+    pub fn attach(&mut self, choice: BackendChoice) -> anyhow::Result<Backend> {
         for (program, category, event) in COMMON {
             backends::attach_tracepoint(&mut self.ebpf, program, category, event)?;
-            if verbose {
-                eprintln!("cow-trace: attached {program} to tracepoint {category}:{event}");
-            }
+            log::info!("attached {program} to tracepoint {category}:{event}");
         }
         let (program, event) = PAGE_ALLOC;
         backends::attach_raw_tracepoint(&mut self.ebpf, program, event)?;
-        if verbose {
-            eprintln!("cow-trace: attached {program} to raw tracepoint {event}");
-        }
+        log::info!("attached {program} to raw tracepoint {event}");
         let mut refusals = Vec::new();
         for &backend in backends::candidates(choice) {
-            match backends::attach(&mut self.ebpf, backend, self.untimed, verbose) {
+            match backends::attach(&mut self.ebpf, backend, self.untimed) {
                 Ok(()) => return Ok(backend),
                 Err(error) => {
-                    if verbose {
-                        eprintln!("cow-trace: backend {} refused: {error:#}", backend.name());
-                    }
+                    log::info!("backend {} refused: {error:#}", backend.name());
                     refusals.push(format!("{}: {error:#}", backend.name()));
                 }
             }
