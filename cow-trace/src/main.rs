@@ -16,7 +16,7 @@ use clap::Parser as _;
 
 use crate::{
     cli::Args,
-    failure::{Failure, Kind, failure},
+    failure::{Failure, Status, failure},
     kernel::KernelConfig,
     target::{HeldCommand, Identity},
 };
@@ -32,11 +32,11 @@ fn main() {
         Err(error) => match error.downcast_ref::<Failure>() {
             Some(failure) => {
                 eprintln!("cow-trace: {failure}");
-                failure.kind as i32
+                failure.status.code()
             }
             None => {
                 eprintln!("cow-trace: {error:#}");
-                1
+                Status::Unexpected.code()
             }
         },
     };
@@ -77,7 +77,7 @@ fn exit_on_usage_error(error: clap::Error) -> ! {
         .unwrap_or("invalid arguments");
     let message = first.trim().trim_start_matches("error: ");
     eprintln!("cow-trace: {message} (see cow-trace --help)");
-    std::process::exit(2);
+    std::process::exit(Status::Usage.code());
 }
 
 fn run(args: Args) -> anyhow::Result<i32> {
@@ -98,7 +98,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
             eprintln!(
                 "cow-trace: nothing to trace: give a pid (-x PID) or a command (-- CMD ARGS...)"
             );
-            return Ok(2);
+            return Ok(Status::Usage.code());
         }
     };
     let options = session::Options {
@@ -131,7 +131,7 @@ fn open_output(args: &Args) -> anyhow::Result<Box<dyn Write>> {
         Some(path) => {
             let file = File::create(path).map_err(|e| {
                 failure(
-                    Kind::Output,
+                    Status::Output,
                     format!(
                         "cannot write to {}: {e}: choose another file with -o",
                         path.display()

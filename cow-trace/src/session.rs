@@ -13,7 +13,7 @@ use crate::{
     cli::{BackendChoice, Format},
     enrich::Enricher,
     event::{Change, Event, FaultClass, ProcessEvent},
-    failure::{Kind, failure},
+    failure::{Status, failure},
     kernel::{
         KernelConfig, kstats,
         probes::Probes,
@@ -43,9 +43,6 @@ pub struct Options {
     pub resolve: bool,
     pub plot: Option<PathBuf>,
 }
-
-/// Exit status when more than --fail-over-cow was copied.
-pub const OVER_COW_LIMIT: i32 = 7;
 
 /// Why tracing stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -271,7 +268,7 @@ impl Session {
 }
 
 /// Runs until every traced process has exited, a signal arrives or the duration is over.
-/// Returns the exit status: the held command's own, else 0 (or 7 over --fail-over-cow).
+/// Returns the exit status: the held command's own, else 0 (or `Status::OverCowLimit`).
 pub async fn run(
     options: Options,
     mut held: Option<HeldCommand>,
@@ -421,7 +418,7 @@ pub async fn run(
     if let (Some(plot), Some(path)) = (plot, &options.plot) {
         let title = format!("cow-trace: pid {} and its children", options.root);
         plot.render_svg(path, &title)
-            .map_err(|e| failure(Kind::Output, format!("drawing {}: {e:#}", path.display())))?;
+            .map_err(|e| failure(Status::Output, format!("drawing {}: {e:#}", path.display())))?;
         eprintln!("cow-trace: plot written to {}", path.display());
     }
 
@@ -444,7 +441,7 @@ pub async fn run(
             );
             // The traced command's own failure takes precedence.
             if status == 0 {
-                status = OVER_COW_LIMIT;
+                status = Status::OverCowLimit.code();
             }
         }
     }
@@ -481,5 +478,5 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 fn output_error(error: io::Error) -> anyhow::Error {
-    failure(Kind::Output, format!("writing output failed: {error}"))
+    failure(Status::Output, format!("writing output failed: {error}"))
 }

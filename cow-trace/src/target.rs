@@ -14,7 +14,7 @@ use nix::{
     unistd::{ForkResult, Gid, Pid, Uid, User, fork, pipe2},
 };
 
-use crate::failure::{Kind, failure};
+use crate::failure::{Status, failure};
 
 const PF_KTHREAD: u32 = 0x0020_0000;
 
@@ -22,19 +22,19 @@ const PF_KTHREAD: u32 = 0x0020_0000;
 pub fn check_pid(pid: i32) -> anyhow::Result<()> {
     let process = procfs::process::Process::new(pid).map_err(|_| {
         failure(
-            Kind::Target,
+            Status::Target,
             format!("no process with pid {pid}: check the pid with `ps -p {pid}`"),
         )
     })?;
     let stat = process.stat().map_err(|_| {
         failure(
-            Kind::Target,
+            Status::Target,
             format!("process {pid} exited before tracing began"),
         )
     })?;
     if stat.flags & PF_KTHREAD != 0 {
         return Err(failure(
-            Kind::Target,
+            Status::Target,
             format!(
                 "pid {pid} ({}) is a kernel thread: it takes no user page faults; give a user process",
                 stat.comm
@@ -43,7 +43,7 @@ pub fn check_pid(pid: i32) -> anyhow::Result<()> {
     }
     if matches!(stat.state, 'Z' | 'X') {
         return Err(failure(
-            Kind::Target,
+            Status::Target,
             format!(
                 "pid {pid} ({}) is a zombie: it has exited and has no memory left to trace",
                 stat.comm
@@ -102,7 +102,7 @@ impl Identity {
         if let Some(name) = user {
             let user = User::from_name(name).ok().flatten().ok_or_else(|| {
                 failure(
-                    Kind::Target,
+                    Status::Target,
                     format!("no user named {name:?}: give an existing user to --user"),
                 )
             })?;
@@ -136,7 +136,7 @@ impl HeldCommand {
         let program = &argv[0];
         let resolved = which_program(program).ok_or_else(|| {
             failure(
-                Kind::Target,
+                Status::Target,
                 format!("command not found: {program}: check the name and PATH"),
             )
         })?;
@@ -255,7 +255,7 @@ mod tests {
     fn missing_pid_is_a_target_error() {
         let err = check_pid(i32::MAX).unwrap_err();
         let failure = err.downcast_ref::<crate::failure::Failure>().unwrap();
-        assert_eq!(failure.kind, Kind::Target);
+        assert_eq!(failure.status, Status::Target);
         assert!(failure.message.contains("no process with pid"));
     }
 

@@ -13,7 +13,7 @@ use cow_trace_common::{
 
 use crate::{
     cli::BackendChoice,
-    failure::{Kind, failure},
+    failure::{Status, failure},
     kernel::{
         KernelConfig,
         backends::{self, Backend},
@@ -170,7 +170,7 @@ impl Probes {
             _ => "try --backend auto",
         };
         Err(failure(
-            Kind::Kernel,
+            Status::Kernel,
             format!("no backend could attach ({}); {hint}", refusals.join("; ")),
         ))
     }
@@ -180,7 +180,7 @@ fn read_settings(root: &Path, summary_mode: bool, stacks: bool) -> anyhow::Resul
     let required = |category, event, field| -> anyhow::Result<u32> {
         tracefs::field_offset(root, category, event, field)?.ok_or_else(|| {
             failure(
-                Kind::Kernel,
+                Status::Kernel,
                 format!("tracepoint {category}:{event} has no field {field} on this kernel"),
             )
         })
@@ -223,7 +223,7 @@ fn check_privilege() -> anyhow::Result<()> {
         return Ok(());
     }
     Err(failure(
-        Kind::Privilege,
+        Status::Privilege,
         "tracing needs root, or the CAP_BPF and CAP_PERFMON capabilities, to load eBPF programs: run it with sudo",
     ))
 }
