@@ -386,8 +386,9 @@ pub const REGION_SHIFT: u32 = 16;
 /// Number of log2 latency buckets: bucket i counts latencies in [2^(i-1), 2^i) ns.
 pub const HIST_BUCKETS: usize = 32;
 
-/// One ring-buffer record. Faults fill every field; fork and exit records fill `kind`,
-/// `ts_ns`, `pid`, `tid`, `comm` and `other_pid`.
+/// One ring-buffer record. Faults fill every field (`vm_fault` where the backend sees it,
+/// `other_pid` inside a snapshot window). Fork, exec and exit records fill `kind`, `ts_ns`,
+/// `pid`, `tid` and `comm`; a fork's `other_pid` is the child, an exit's and an exec's is 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record {
@@ -422,7 +423,7 @@ pub struct Record {
 }
 
 impl Record {
-    /// A record with every field zeroed.
+    /// A record with every field zero but `stack_id`, which is [`NO_STACK`].
     pub const fn zeroed() -> Self {
         Record {
             kind: 0,

@@ -64,7 +64,7 @@ impl Fault {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessEvent {
     pub ts_ns: u64,
-    /// The forking parent, or the exiting process.
+    /// The forking parent, or the process that executed a program or exited.
     pub pid: u32,
     pub tid: u32,
     pub comm: String,

@@ -243,7 +243,6 @@ impl Session {
         Ok(summary)
     }
 
-    /// Prints the totals so far: into the output in --summary mode, else on stderr.
     /// --summary resolves mappings at the end, when some processes may be gone: read the live
     /// ones' now (at start, every second, and at the end).
     fn read_live_mappings(&mut self) {
@@ -252,6 +251,8 @@ impl Session {
         }
     }
 
+    /// Prints the totals so far (--interval): into the output in --summary mode, else on
+    /// stderr.
     fn report(&mut self) -> anyhow::Result<io::Result<()>> {
         let live: Vec<u32> = self.tree.live.iter().copied().collect();
         for pid in live {

@@ -153,8 +153,10 @@ impl HeldCommand {
             .context("user name contains a NUL byte")?;
         let (wait_end, go_end) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
 
-        // SAFETY: called before the tokio runtime or any other thread exists; the child only
-        // makes async-signal-safe calls before exec.
+        // SAFETY: called before the tokio runtime or any other thread exists, so the child is
+        // a copy of a single-threaded process and may call what it likes before exec
+        // (initgroups and execv allocate, which is not async-signal-safe). Were another
+        // thread alive at the fork, a lock it held would stay held in the child forever.
         match unsafe { fork() }.context("fork")? {
             ForkResult::Child => {
                 drop(go_end);
