@@ -28,7 +28,8 @@ pub struct Fault {
     pub vm_fault: u32,
     /// The user stack's id in the kernel's stack map (with --stack).
     pub stack_id: Option<u32>,
-    /// Filled in userspace with --resolve: the mapping holding the address...
+    /// Filled in userspace with --resolve: the mapping holding the address (a file's with
+    /// `@0x` and the offset into the file, see [`mapping_name`])...
     pub mapping: Option<String>,
     /// ... and the faulting instruction as `function+0xoff (module)`.
     pub symbol: Option<String>,
@@ -57,6 +58,19 @@ impl Fault {
     pub fn copied(&self) -> Option<bool> {
         self.cow_outcome()
             .map(|outcome| outcome == CowOutcome::Copied)
+    }
+}
+
+/// A mapping as a summary groups faults by, in both modes: without a file mapping's
+/// `@0x<offset>` suffix. A path may hold `@` itself; only a final `@0x` and hex digits is cut.
+pub fn mapping_name(mapping: &str) -> &str {
+    match mapping.rsplit_once("@0x") {
+        Some((name, offset))
+            if !offset.is_empty() && offset.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            name
+        }
+        _ => mapping,
     }
 }
 
@@ -253,6 +267,19 @@ mod tests {
         record.tid = 12421;
         record.comm[..3].copy_from_slice(b"cow");
         record
+    }
+
+    #[test]
+    fn mapping_names_lose_only_the_file_offset() {
+        assert_eq!(
+            mapping_name("/usr/lib/libc.so.6@0x1f000"),
+            "/usr/lib/libc.so.6"
+        );
+        assert_eq!(mapping_name("/srv/a@b/data@0x2000"), "/srv/a@b/data");
+        assert_eq!(mapping_name("/srv/x@0x10@0x2000"), "/srv/x@0x10");
+        assert_eq!(mapping_name("[heap]"), "[heap]");
+        assert_eq!(mapping_name("[anon:x@0x1]"), "[anon:x@0x1]");
+        assert_eq!(mapping_name("/srv/mail@0xford"), "/srv/mail@0xford");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use self::{
     attribute::{Attribution, Mappings},
     symbolize::Symbols,
 };
-use crate::event::Fault;
+use crate::event::{Fault, mapping_name};
 
 /// At most this many stacks are kept symbolized; then the cache starts over.
 const STACK_CACHE_CAP: usize = 1 << 14;
@@ -67,11 +67,7 @@ impl Enricher {
 
     /// As `mapping`, without the offset: the name a summary groups faults by.
     pub fn mapping_label(&mut self, pid: u32, address: u64) -> String {
-        let mapping = self.mapping(pid, address, None);
-        match mapping.rsplit_once('@') {
-            Some((label, offset)) if offset.starts_with("0x") => label.to_string(),
-            _ => mapping,
-        }
+        mapping_name(&self.mapping(pid, address, None)).to_string()
     }
 
     fn symbol(&mut self, pid: u32, ip: u64) -> Option<String> {

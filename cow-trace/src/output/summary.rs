@@ -7,7 +7,7 @@ use cow_trace_common::HIST_BUCKETS;
 use serde::Serialize;
 
 use crate::{
-    event::{Access, CowOutcome, Fault, FaultClass, Lost, Outcome},
+    event::{Access, CowOutcome, Fault, FaultClass, Lost, Outcome, mapping_name},
     output::format::{human_bytes, human_ns},
 };
 
@@ -140,7 +140,7 @@ impl Summary {
                 .insert(fault.pid, fault.comm.as_str().to_string());
         }
         if let Some(mapping) = &fault.mapping {
-            let label = mapping.split('@').next().unwrap_or(mapping).to_string();
+            let label = mapping_name(mapping).to_string();
             *self
                 .mappings
                 .entry((fault.pid, label, fault.class))
@@ -547,6 +547,24 @@ mod tests {
             lines[1].contains(&format!("|{}{}|", "@".repeat(26), " ".repeat(26))),
             "{text}"
         );
+    }
+
+    #[test]
+    fn streamed_mappings_group_by_the_whole_path() {
+        let mut summary = Summary::default();
+        let mut fault = article_fault();
+        fault.mapping = Some("/srv/a@b/data@0x2000".into());
+        summary.record(&fault);
+        fault.mapping = Some("/srv/a@b/data@0x3000".into());
+        summary.record(&fault);
+        fault.mapping = Some("[anon:x@0x1]".into());
+        summary.record(&fault);
+        let names: Vec<(&str, u64)> = summary
+            .mappings
+            .iter()
+            .map(|((_, name, _), count)| (name.as_str(), *count))
+            .collect();
+        assert_eq!(names, [("/srv/a@b/data", 2), ("[anon:x@0x1]", 1)]);
     }
 
     #[test]
