@@ -21,6 +21,7 @@ use crate::{
     },
     output::{
         format::human_bytes,
+        losses::Losses,
         plot::FaultPlot,
         sink::{self, Sink, WallClock},
         summary::Summary,
@@ -104,6 +105,7 @@ struct Session {
     streamed: Summary,
     enricher: Enricher,
     plot: Option<FaultPlot>,
+    losses: Losses,
 }
 
 impl Session {
@@ -126,6 +128,7 @@ impl Session {
             streamed,
             enricher,
             plot,
+            ..
         } = self;
         match event {
             Event::Fault(mut fault) => {
@@ -239,8 +242,17 @@ impl Session {
                 .stack(pid, stack_id, |id| probes.stack_ips(id));
             summary.stack_frames.insert((pid, stack_id), frames);
         }
-        summary.lost = read_lost(&self.probes)?;
+        summary.lost = self.losses.update(read_lost(&self.probes));
+        summary.lost.stacks_failed += self.enricher.unread_stacks();
         Ok(summary)
+    }
+
+    /// Says on stderr what was lost since the last report, if anything.
+    fn report_new_losses(&mut self) {
+        self.losses.update(read_lost(&self.probes));
+        for line in self.losses.new_lines() {
+            eprintln!("cow-trace: {line}");
+        }
     }
 
     /// --summary resolves mappings at the end, when some processes may be gone: read the live
@@ -319,6 +331,7 @@ pub async fn run(
         streamed: Summary::default(),
         enricher: Enricher::default(),
         plot,
+        losses: Losses::default(),
     };
     if !session.options.kernel.summary {
         session.sink.begin().map_err(output_error)?;
@@ -329,7 +342,6 @@ pub async fn run(
 
     // The kernel wakes us only once an eighth of the ring is full; this tick drains the rest.
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut reported_lost = 0;
     let mut ticks: u64 = 0;
     session.read_live_mappings();
 
@@ -347,7 +359,7 @@ pub async fn run(
                 }
                 // Exit records can be lost when the ring is full: /proc has the last word.
                 session.tree.live.retain(|&pid| target::is_alive(pid));
-                report_new_losses(&session.probes, &mut reported_lost)?;
+                session.report_new_losses();
                 drained
             }
             _ = next_tick(&mut report) => session.report()?,
@@ -375,7 +387,7 @@ pub async fn run(
         session.drain(&mut ring)
     };
     // Losses since the last tick (a short run may end before one) get their line too.
-    report_new_losses(&session.probes, &mut reported_lost)?;
+    session.report_new_losses();
     session.read_live_mappings();
     // So do the faults it holds for --no-latency, each newer than anything in the ring from
     // its thread (after the maps are read: their mappings may be new).
@@ -447,19 +459,6 @@ pub async fn run(
         }
     }
     Ok(status)
-}
-
-/// Says on stderr how many events were lost since the last report, if any.
-fn report_new_losses(probes: &Probes, reported: &mut u64) -> anyhow::Result<()> {
-    let lost = read_lost(probes)?.events();
-    if lost > *reported {
-        eprintln!(
-            "cow-trace: LOST {} events (ring buffer full): try a larger --ring-size",
-            lost - *reported
-        );
-        *reported = lost;
-    }
-    Ok(())
 }
 
 async fn next_tick(interval: &mut Option<tokio::time::Interval>) {

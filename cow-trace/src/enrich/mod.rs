@@ -22,11 +22,19 @@ pub struct Enricher {
     /// child -> parent, from fork records, for the parent fallback.
     parents: HashMap<u32, u32>,
     stacks: HashMap<(u32, u32), Vec<String>>,
+    /// Stacks the kernel captured but that could not be read back: losses, as the kernel's
+    /// own failed captures are.
+    unread_stacks: u64,
 }
 
 impl Enricher {
     pub fn on_fork(&mut self, parent: u32, child: u32) {
         self.parents.insert(child, parent);
+    }
+
+    /// How many stacks could not be read back from the kernel.
+    pub fn unread_stacks(&self) -> u64 {
+        self.unread_stacks
     }
 
     /// Re-reads the mappings of live `pids` (for --summary, which resolves them at the end,
@@ -75,17 +83,27 @@ impl Enricher {
     }
 
     /// The symbolized frames of user stack `stack_id` of `pid`, innermost first; `read_ips`
-    /// reads its addresses from the kernel's stack map, if not cached.
+    /// reads its addresses from the kernel's stack map, if not cached. A stack that cannot be
+    /// read has no frames and counts in [`Enricher::unread_stacks`] (the first is warned of).
     pub fn stack(
         &mut self,
         pid: u32,
         stack_id: u32,
-        read_ips: impl FnOnce(u32) -> Vec<u64>,
+        read_ips: impl FnOnce(u32) -> anyhow::Result<Vec<u64>>,
     ) -> Vec<String> {
         if let Some(frames) = self.stacks.get(&(pid, stack_id)) {
             return frames.clone();
         }
-        let ips = read_ips(stack_id);
+        let ips = match read_ips(stack_id) {
+            Ok(ips) => ips,
+            Err(error) => {
+                if self.unread_stacks == 0 {
+                    log::warn!("a user stack is missing (counted as not taken): {error:#}");
+                }
+                self.unread_stacks += 1;
+                return Vec::new();
+            }
+        };
         let mut frames = Vec::with_capacity(ips.len());
         for ip in ips {
             let symbol = self.symbol(pid, ip);
@@ -107,6 +125,18 @@ fn lineage(parents: &HashMap<u32, u32>, pid: u32) -> impl Iterator<Item = u32> +
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_stack_is_a_counted_loss() {
+        let mut enricher = Enricher::default();
+        let frames = enricher.stack(1, 7, |_| Err(anyhow::anyhow!("no such stack")));
+        assert!(frames.is_empty());
+        assert_eq!(enricher.unread_stacks(), 1);
+        // Not remembered as empty: a later read may succeed.
+        let frames = enricher.stack(1, 7, |_| Ok(vec![0x1234]));
+        assert_eq!(frames.len(), 1);
+        assert_eq!(enricher.unread_stacks(), 1);
+    }
 
     #[test]
     fn lineage_walks_up_to_eight_ancestors() {

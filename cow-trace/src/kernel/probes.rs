@@ -135,15 +135,15 @@ impl Probes {
         HashMap::try_from(map).context("HISTS has an unexpected type")
     }
 
-    /// The addresses of user stack `stack_id` (--stack), innermost first; empty if the map
-    /// holds none.
-    pub fn stack_ips(&self, stack_id: u32) -> Vec<u64> {
-        self.ebpf
-            .map("STACKS")
-            .and_then(|map| StackTraceMap::<&MapData>::try_from(map).ok())
-            .and_then(|map| map.get(&stack_id, 0).ok())
-            .map(|trace| trace.frames().iter().map(|frame| frame.ip).collect())
-            .unwrap_or_default()
+    /// The addresses of user stack `stack_id` (--stack), innermost first.
+    pub fn stack_ips(&self, stack_id: u32) -> anyhow::Result<Vec<u64>> {
+        let map = self.ebpf.map("STACKS").context("STACKS map missing")?;
+        let stacks =
+            StackTraceMap::<&MapData>::try_from(map).context("STACKS has an unexpected type")?;
+        let trace = stacks
+            .get(&stack_id, 0)
+            .with_context(|| format!("reading stack {stack_id}"))?;
+        Ok(trace.frames().iter().map(|frame| frame.ip).collect())
     }
 
     /// Attaches the shared programs, then the first backend of `choice` the kernel accepts.
