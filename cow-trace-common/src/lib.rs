@@ -136,6 +136,191 @@ pub mod class {
     }
 }
 
+/// How the faulting access touched memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    Exec,
+}
+
+impl Access {
+    /// One letter, as the article's stap script prints it: r, w or x.
+    pub const fn letter(self) -> char {
+        match self {
+            Access::Read => 'r',
+            Access::Write => 'w',
+            Access::Exec => 'x',
+        }
+    }
+}
+
+/// How the kernel accounted a fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Minor,
+    Major,
+    /// Entered the handler but never completed (SIGSEGV, SIGBUS, OOM, exception fix-up).
+    Incomplete,
+    /// One attempt returned VM_FAULT_RETRY; the fault goes on (handle_mm_fault backends).
+    Retry,
+}
+
+impl Outcome {
+    /// MINOR, MAJOR, INCOMPLETE or RETRY, in every output format.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Outcome::Minor => "MINOR",
+            Outcome::Major => "MAJOR",
+            Outcome::Incomplete => "INCOMPLETE",
+            Outcome::Retry => "RETRY",
+        }
+    }
+}
+
+/// What a write-protect (copy-on-write) fault did to the page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CowOutcome {
+    /// A page shared with another process was copied.
+    Copied,
+    /// The page was no longer shared: its last sharer kept it.
+    Reused,
+    /// The page was the shared zero page (read, never written): a zeroed page was filled.
+    ZeroFilled,
+}
+
+impl CowOutcome {
+    /// The text format's COW column: copy, reuse or zero.
+    pub const fn column(self) -> &'static str {
+        match self {
+            CowOutcome::Copied => "copy",
+            CowOutcome::Reused => "reuse",
+            CowOutcome::ZeroFilled => "zero",
+        }
+    }
+
+    /// The JSON format's `cow_outcome` value (part of its schema): copied, reused or zero-fill.
+    pub const fn json_value(self) -> &'static str {
+        match self {
+            CowOutcome::Copied => "copied",
+            CowOutcome::Reused => "reused",
+            CowOutcome::ZeroFilled => "zero-fill",
+        }
+    }
+
+    /// The summary's class label part: cow-copied, cow-reused or cow-zero.
+    pub const fn summary_label(self) -> &'static str {
+        match self {
+            CowOutcome::Copied => "cow-copied",
+            CowOutcome::Reused => "cow-reused",
+            CowOutcome::ZeroFilled => "cow-zero",
+        }
+    }
+}
+
+/// A fault's class (the bits of [`class`]) as a type: what the bits mean is read here only.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FaultClass(u32);
+
+impl FaultClass {
+    /// The class of a fault record.
+    #[inline(always)]
+    pub fn of_record(record: &Record) -> FaultClass {
+        FaultClass(class::of_record(record))
+    }
+
+    /// The class of a fault from its record kind, flags and error code.
+    #[inline(always)]
+    pub fn of(incomplete: bool, record_flags: u32, error_code: u64) -> FaultClass {
+        FaultClass(class::of(incomplete, record_flags, error_code))
+    }
+
+    /// A class as the kernel's summary keys it ([`StatKey::class`], [`HistKey::class`]).
+    pub const fn from_bits(bits: u32) -> FaultClass {
+        FaultClass(bits)
+    }
+
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    const fn has(self, bit: u32) -> bool {
+        self.0 & bit != 0
+    }
+
+    /// The access; None when unknown (the fault's entry was not seen).
+    pub const fn access(self) -> Option<Access> {
+        match self.0 & class::ACCESS_MASK {
+            class::READ => Some(Access::Read),
+            class::WRITE => Some(Access::Write),
+            class::EXEC => Some(Access::Exec),
+            _ => None,
+        }
+    }
+
+    /// How the kernel accounted the fault (a retried attempt or an incomplete fault first).
+    pub const fn outcome(self) -> Outcome {
+        if self.has(class::RETRY) {
+            Outcome::Retry
+        } else if self.has(class::INCOMPLETE) {
+            Outcome::Incomplete
+        } else if self.has(class::MAJOR) {
+            Outcome::Major
+        } else {
+            Outcome::Minor
+        }
+    }
+
+    /// A fault the kernel counted in minflt or majflt: neither a retried attempt nor one that
+    /// never completed.
+    pub const fn is_completed(self) -> bool {
+        matches!(self.outcome(), Outcome::Minor | Outcome::Major)
+    }
+
+    /// A write to a present page: the write-protect (copy-on-write) fault.
+    pub const fn is_write_protect(self) -> bool {
+        self.has(class::WRITE_PROTECT)
+    }
+
+    /// Taken in kernel mode on a user address.
+    pub const fn is_kernel_mode(self) -> bool {
+        self.has(class::KERNEL_MODE)
+    }
+
+    /// How a write-protect fault ended; None for other faults, or where copy detection did
+    /// not see it.
+    pub const fn cow_outcome(self) -> Option<CowOutcome> {
+        if !self.is_write_protect() || !self.has(class::COPY_KNOWN) {
+            return None;
+        }
+        Some(if self.has(class::COPIED) {
+            CowOutcome::Copied
+        } else if self.has(class::ZERO_FILL) {
+            CowOutcome::ZeroFilled
+        } else {
+            CowOutcome::Reused
+        })
+    }
+}
+
+/// "w MINOR cow-copied", "r MAJOR", "x MINOR kernel", ...: the summary's name of a class.
+#[cfg(feature = "user")]
+impl core::fmt::Display for FaultClass {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let access = self.access().map_or('?', Access::letter);
+        write!(f, "{access} {}", self.outcome().label())?;
+        if self.is_write_protect() {
+            let cow = self.cow_outcome().map_or("cow", CowOutcome::summary_label);
+            write!(f, " {cow}")?;
+        }
+        if self.is_kernel_mode() {
+            f.write_str(" kernel")?;
+        }
+        Ok(())
+    }
+}
+
 /// Index of each counter in the per-CPU `COUNTERS` array.
 pub mod counter {
     /// Events lost because the ring buffer was full.
@@ -201,8 +386,9 @@ pub const REGION_SHIFT: u32 = 16;
 /// Number of log2 latency buckets: bucket i counts latencies in [2^(i-1), 2^i) ns.
 pub const HIST_BUCKETS: usize = 32;
 
-/// One ring-buffer record. Faults fill every field; fork and exit records fill `kind`,
-/// `ts_ns`, `pid`, `tid`, `comm` and `other_pid`.
+/// One ring-buffer record. Faults fill every field (`vm_fault` where the backend sees it,
+/// `other_pid` inside a snapshot window). Fork, exec and exit records fill `kind`, `ts_ns`,
+/// `pid`, `tid` and `comm`; a fork's `other_pid` is the child, an exit's and an exec's is 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record {
@@ -237,7 +423,7 @@ pub struct Record {
 }
 
 impl Record {
-    /// A record with every field zeroed.
+    /// A record with every field zero but `stack_id`, which is [`NO_STACK`].
     pub const fn zeroed() -> Self {
         Record {
             kind: 0,
@@ -432,5 +618,39 @@ mod tests {
             class::of(true, flags::MAJOR, x86_pf::INSTR),
             class::EXEC | class::INCOMPLETE | class::MAJOR
         );
+    }
+
+    #[test]
+    fn typed_class_reads_the_bits() {
+        let wp = x86_pf::PROT | x86_pf::WRITE | x86_pf::USER;
+        let copied = FaultClass::of(false, flags::COPY_KNOWN | flags::PAGE_ALLOCATED, wp);
+        assert_eq!(copied.access(), Some(Access::Write));
+        assert_eq!(copied.outcome(), Outcome::Minor);
+        assert!(copied.is_write_protect() && copied.is_completed());
+        assert_eq!(copied.cow_outcome(), Some(CowOutcome::Copied));
+        let zero = FaultClass::of(false, flags::COPY_KNOWN | flags::PAGE_ZEROED, wp);
+        assert_eq!(zero.cow_outcome(), Some(CowOutcome::ZeroFilled));
+        assert_eq!(
+            FaultClass::of(false, flags::COPY_KNOWN, wp).cow_outcome(),
+            Some(CowOutcome::Reused)
+        );
+        // Copy detection did not see it: a COW fault of unknown outcome.
+        assert_eq!(FaultClass::of(false, 0, wp).cow_outcome(), None);
+        let unknown = FaultClass::of(false, flags::NO_ENTRY | flags::MAJOR, wp);
+        assert_eq!(
+            (unknown.access(), unknown.outcome()),
+            (None, Outcome::Major)
+        );
+        assert!(!unknown.is_write_protect());
+        // A retried attempt is a retry whatever else it says; an incomplete fault is no
+        // major one.
+        let mut record = Record::zeroed();
+        record.kind = kind::FAULT_RETRY;
+        record.flags = flags::MAJOR;
+        assert_eq!(FaultClass::of_record(&record).outcome(), Outcome::Retry);
+        let incomplete = FaultClass::of(true, flags::MAJOR | flags::KERNEL_MODE, x86_pf::INSTR);
+        assert_eq!(incomplete.outcome(), Outcome::Incomplete);
+        assert!(!incomplete.is_completed() && incomplete.is_kernel_mode());
+        assert_eq!(incomplete.access(), Some(Access::Exec));
     }
 }

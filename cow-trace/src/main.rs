@@ -1,6 +1,7 @@
 //! cow-trace: a copy-on-write page-fault tracer. The data flow is in ARCHITECTURE.md:
 //! cli -> target -> probes (kernel side) -> ring -> event -> summary / sink.
 mod cli;
+mod clock;
 mod enrich;
 mod event;
 mod failure;
@@ -15,7 +16,7 @@ use clap::Parser as _;
 
 use crate::{
     cli::Args,
-    failure::{Failure, Kind, failure},
+    failure::{Failure, Status, failure},
     kernel::KernelConfig,
     target::{HeldCommand, Identity},
 };
@@ -25,21 +26,39 @@ fn main() {
         Ok(args) => args,
         Err(error) => exit_on_usage_error(error),
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    init_logging(args.verbose);
     let status = match run(args) {
         Ok(status) => status,
         Err(error) => match error.downcast_ref::<Failure>() {
             Some(failure) => {
                 eprintln!("cow-trace: {failure}");
-                failure.kind as i32
+                failure.status.code()
             }
             None => {
                 eprintln!("cow-trace: {error:#}");
-                1
+                Status::Unexpected.code()
             }
         },
     };
     std::process::exit(status);
+}
+
+/// Diagnostics go to stderr through `log`: warnings always, what cow-trace does (probes,
+/// descendants, why it stopped) with -v; RUST_LOG overrides both.
+fn init_logging(verbose: bool) {
+    let filter = if verbose {
+        "warn,cow_trace=info"
+    } else {
+        "warn"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
+        .format(|out, record| match record.target() {
+            ours if ours.starts_with("cow_trace") => {
+                writeln!(out, "cow-trace: {}", record.args())
+            }
+            theirs => writeln!(out, "cow-trace: {theirs}: {}", record.args()),
+        })
+        .init();
 }
 
 /// Help and version print as usual; a usage error becomes one line and status 2.
@@ -58,7 +77,7 @@ fn exit_on_usage_error(error: clap::Error) -> ! {
         .unwrap_or("invalid arguments");
     let message = first.trim().trim_start_matches("error: ");
     eprintln!("cow-trace: {message} (see cow-trace --help)");
-    std::process::exit(2);
+    std::process::exit(Status::Usage.code());
 }
 
 fn run(args: Args) -> anyhow::Result<i32> {
@@ -79,7 +98,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
             eprintln!(
                 "cow-trace: nothing to trace: give a pid (-x PID) or a command (-- CMD ARGS...)"
             );
-            return Ok(2);
+            return Ok(Status::Usage.code());
         }
     };
     let options = session::Options {
@@ -87,7 +106,6 @@ fn run(args: Args) -> anyhow::Result<i32> {
         backend: args.backend,
         format: args.format(),
         duration: args.duration,
-        verbose: args.verbose,
         print_summary: !args.no_summary,
         interval: args.interval,
         fail_over_cow: args.fail_over_cow,
@@ -113,7 +131,7 @@ fn open_output(args: &Args) -> anyhow::Result<Box<dyn Write>> {
         Some(path) => {
             let file = File::create(path).map_err(|e| {
                 failure(
-                    Kind::Output,
+                    Status::Output,
                     format!(
                         "cannot write to {}: {e}: choose another file with -o",
                         path.display()

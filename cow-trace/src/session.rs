@@ -12,8 +12,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     cli::{BackendChoice, Format},
     enrich::Enricher,
-    event::{Change, Event, ProcessEvent},
-    failure::{Kind, failure},
+    event::{Change, Event, FaultClass, ProcessEvent},
+    failure::{Status, failure},
     kernel::{
         KernelConfig, kstats,
         probes::Probes,
@@ -21,6 +21,7 @@ use crate::{
     },
     output::{
         format::human_bytes,
+        losses::Losses,
         plot::FaultPlot,
         sink::{self, Sink, WallClock},
         summary::Summary,
@@ -33,7 +34,6 @@ pub struct Options {
     pub backend: BackendChoice,
     pub format: Format,
     pub duration: Option<Duration>,
-    pub verbose: bool,
     /// The ring size and the modes the kernel side is loaded with.
     pub kernel: KernelConfig,
     /// Print the human summary on stderr at the end of a streaming run.
@@ -44,9 +44,6 @@ pub struct Options {
     pub resolve: bool,
     pub plot: Option<PathBuf>,
 }
-
-/// Exit status when more than --fail-over-cow was copied.
-pub const OVER_COW_LIMIT: i32 = 7;
 
 /// Why tracing stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -108,6 +105,7 @@ struct Session {
     streamed: Summary,
     enricher: Enricher,
     plot: Option<FaultPlot>,
+    losses: Losses,
 }
 
 impl Session {
@@ -130,6 +128,7 @@ impl Session {
             streamed,
             enricher,
             plot,
+            ..
         } = self;
         match event {
             Event::Fault(mut fault) => {
@@ -207,26 +206,26 @@ impl Session {
             let mut summary = Summary::default();
             let counts = kstats::read(&self.probes)?;
             for (key, value) in &counts.stats {
+                let class = FaultClass::from_bits(key.class);
                 summary.add(
                     key.pid,
-                    key.class,
+                    class,
                     key.window,
                     value.faults,
                     value.timed,
                     value.latency_ns,
                 );
                 if let Ok(stack_id) = u32::try_from(key.stack_id) {
-                    summary.add_stack(key.pid, stack_id, key.class, value.faults);
+                    summary.add_stack(key.pid, stack_id, class, value.faults);
                 }
                 // Each region is labelled by the mapping of its first faulting address.
                 let label = self.enricher.mapping_label(key.pid, value.sample_address);
-                *summary
-                    .mappings
-                    .entry((key.pid, label, key.class))
-                    .or_default() += value.faults;
+                *summary.mappings.entry((key.pid, label, class)).or_default() += value.faults;
             }
             for (key, hist) in counts.hists {
-                summary.hists.insert((key.pid, key.class), hist.buckets);
+                summary
+                    .hists
+                    .insert((key.pid, FaultClass::from_bits(key.class)), hist.buckets);
             }
             summary.merge(&self.streamed);
             summary
@@ -243,11 +242,19 @@ impl Session {
                 .stack(pid, stack_id, |id| probes.stack_ips(id));
             summary.stack_frames.insert((pid, stack_id), frames);
         }
-        summary.lost = read_lost(&self.probes)?;
+        summary.lost = self.losses.update(read_lost(&self.probes));
+        summary.lost.stacks_failed += self.enricher.unread_stacks();
         Ok(summary)
     }
 
-    /// Prints the totals so far: into the output in --summary mode, else on stderr.
+    /// Says on stderr what was lost since the last report, if anything.
+    fn report_new_losses(&mut self) {
+        self.losses.update(read_lost(&self.probes));
+        for line in self.losses.new_lines() {
+            eprintln!("cow-trace: {line}");
+        }
+    }
+
     /// --summary resolves mappings at the end, when some processes may be gone: read the live
     /// ones' now (at start, every second, and at the end).
     fn read_live_mappings(&mut self) {
@@ -256,6 +263,8 @@ impl Session {
         }
     }
 
+    /// Prints the totals so far (--interval): into the output in --summary mode, else on
+    /// stderr.
     fn report(&mut self) -> anyhow::Result<io::Result<()>> {
         let live: Vec<u32> = self.tree.live.iter().copied().collect();
         for pid in live {
@@ -272,7 +281,7 @@ impl Session {
 }
 
 /// Runs until every traced process has exited, a signal arrives or the duration is over.
-/// Returns the exit status: the held command's own, else 0 (or 7 over --fail-over-cow).
+/// Returns the exit status: the held command's own, else 0 (or `Status::OverCowLimit`).
 pub async fn run(
     options: Options,
     mut held: Option<HeldCommand>,
@@ -282,7 +291,7 @@ pub async fn run(
     // The root joins the map before process-tree tracking attaches; descendants that exist
     // already are found in /proc after it attached, so none slips between the two.
     probes.trace(options.root)?;
-    let backend = probes.attach(options.backend, options.verbose)?;
+    let backend = probes.attach(options.backend)?;
     let mut tree = Tree::default();
     tree.add(options.root);
     for child in target::descendants(options.root as i32) {
@@ -306,11 +315,8 @@ pub async fn run(
         options.root,
         backend.name()
     );
-    if options.verbose && tree.live.len() > 1 {
-        eprintln!(
-            "cow-trace: following {} existing descendants too",
-            tree.live.len() - 1
-        );
+    if tree.live.len() > 1 {
+        log::info!("following {} existing descendants too", tree.live.len() - 1);
     }
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     let mut report = options
@@ -325,6 +331,7 @@ pub async fn run(
         streamed: Summary::default(),
         enricher: Enricher::default(),
         plot,
+        losses: Losses::default(),
     };
     if !session.options.kernel.summary {
         session.sink.begin().map_err(output_error)?;
@@ -335,7 +342,6 @@ pub async fn run(
 
     // The kernel wakes us only once an eighth of the ring is full; this tick drains the rest.
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut reported_lost = 0;
     let mut ticks: u64 = 0;
     session.read_live_mappings();
 
@@ -353,7 +359,7 @@ pub async fn run(
                 }
                 // Exit records can be lost when the ring is full: /proc has the last word.
                 session.tree.live.retain(|&pid| target::is_alive(pid));
-                report_new_losses(&session.probes, &mut reported_lost)?;
+                session.report_new_losses();
                 drained
             }
             _ = next_tick(&mut report) => session.report()?,
@@ -381,7 +387,7 @@ pub async fn run(
         session.drain(&mut ring)
     };
     // Losses since the last tick (a short run may end before one) get their line too.
-    report_new_losses(&session.probes, &mut reported_lost)?;
+    session.report_new_losses();
     session.read_live_mappings();
     // So do the faults it holds for --no-latency, each newer than anything in the ring from
     // its thread (after the maps are read: their mappings may be new).
@@ -401,9 +407,7 @@ pub async fn run(
     } = session;
     drop(ring);
     drop(probes);
-    if options.verbose {
-        eprintln!("cow-trace: stopped: {stop:?}");
-    }
+    log::info!("stopped: {stop:?}");
 
     let output_open = stop != Stop::OutputClosed
         && !matches!(&last, Err(e) if e.kind() == io::ErrorKind::BrokenPipe);
@@ -427,7 +431,7 @@ pub async fn run(
     if let (Some(plot), Some(path)) = (plot, &options.plot) {
         let title = format!("cow-trace: pid {} and its children", options.root);
         plot.render_svg(path, &title)
-            .map_err(|e| failure(Kind::Output, format!("drawing {}: {e:#}", path.display())))?;
+            .map_err(|e| failure(Status::Output, format!("drawing {}: {e:#}", path.display())))?;
         eprintln!("cow-trace: plot written to {}", path.display());
     }
 
@@ -450,24 +454,11 @@ pub async fn run(
             );
             // The traced command's own failure takes precedence.
             if status == 0 {
-                status = OVER_COW_LIMIT;
+                status = Status::OverCowLimit.code();
             }
         }
     }
     Ok(status)
-}
-
-/// Says on stderr how many events were lost since the last report, if any.
-fn report_new_losses(probes: &Probes, reported: &mut u64) -> anyhow::Result<()> {
-    let lost = read_lost(probes)?.events();
-    if lost > *reported {
-        eprintln!(
-            "cow-trace: LOST {} events (ring buffer full): try a larger --ring-size",
-            lost - *reported
-        );
-        *reported = lost;
-    }
-    Ok(())
 }
 
 async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
@@ -487,5 +478,5 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 fn output_error(error: io::Error) -> anyhow::Error {
-    failure(Kind::Output, format!("writing output failed: {error}"))
+    failure(Status::Output, format!("writing output failed: {error}"))
 }

@@ -14,7 +14,7 @@ use nix::{
     unistd::{ForkResult, Gid, Pid, Uid, User, fork, pipe2},
 };
 
-use crate::failure::{Kind, failure};
+use crate::failure::{Status, failure};
 
 const PF_KTHREAD: u32 = 0x0020_0000;
 
@@ -22,19 +22,19 @@ const PF_KTHREAD: u32 = 0x0020_0000;
 pub fn check_pid(pid: i32) -> anyhow::Result<()> {
     let process = procfs::process::Process::new(pid).map_err(|_| {
         failure(
-            Kind::Target,
+            Status::Target,
             format!("no process with pid {pid}: check the pid with `ps -p {pid}`"),
         )
     })?;
     let stat = process.stat().map_err(|_| {
         failure(
-            Kind::Target,
+            Status::Target,
             format!("process {pid} exited before tracing began"),
         )
     })?;
     if stat.flags & PF_KTHREAD != 0 {
         return Err(failure(
-            Kind::Target,
+            Status::Target,
             format!(
                 "pid {pid} ({}) is a kernel thread: it takes no user page faults; give a user process",
                 stat.comm
@@ -43,7 +43,7 @@ pub fn check_pid(pid: i32) -> anyhow::Result<()> {
     }
     if matches!(stat.state, 'Z' | 'X') {
         return Err(failure(
-            Kind::Target,
+            Status::Target,
             format!(
                 "pid {pid} ({}) is a zombie: it has exited and has no memory left to trace",
                 stat.comm
@@ -102,7 +102,7 @@ impl Identity {
         if let Some(name) = user {
             let user = User::from_name(name).ok().flatten().ok_or_else(|| {
                 failure(
-                    Kind::Target,
+                    Status::Target,
                     format!("no user named {name:?}: give an existing user to --user"),
                 )
             })?;
@@ -136,7 +136,7 @@ impl HeldCommand {
         let program = &argv[0];
         let resolved = which_program(program).ok_or_else(|| {
             failure(
-                Kind::Target,
+                Status::Target,
                 format!("command not found: {program}: check the name and PATH"),
             )
         })?;
@@ -153,8 +153,10 @@ impl HeldCommand {
             .context("user name contains a NUL byte")?;
         let (wait_end, go_end) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
 
-        // SAFETY: called before the tokio runtime or any other thread exists; the child only
-        // makes async-signal-safe calls before exec.
+        // SAFETY: called before the tokio runtime or any other thread exists, so the child is
+        // a copy of a single-threaded process and may call what it likes before exec
+        // (initgroups and execv allocate, which is not async-signal-safe). Were another
+        // thread alive at the fork, a lock it held would stay held in the child forever.
         match unsafe { fork() }.context("fork")? {
             ForkResult::Child => {
                 drop(go_end);
@@ -255,7 +257,7 @@ mod tests {
     fn missing_pid_is_a_target_error() {
         let err = check_pid(i32::MAX).unwrap_err();
         let failure = err.downcast_ref::<crate::failure::Failure>().unwrap();
-        assert_eq!(failure.kind, Kind::Target);
+        assert_eq!(failure.status, Status::Target);
         assert!(failure.message.contains("no process with pid"));
     }
 

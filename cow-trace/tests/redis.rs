@@ -34,7 +34,7 @@ use std::{
     net::{Ipv4Addr, TcpListener, TcpStream},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -116,7 +116,7 @@ fn in_path(name: &str) -> Option<PathBuf> {
 /// A redis-server on a free loopback port, its files in a scratch directory; killed and
 /// removed on drop, whatever the test's outcome.
 struct RedisServer {
-    child: Child,
+    child: ChildGuard,
     port: u16,
     dir: PathBuf,
 }
@@ -141,7 +141,11 @@ impl RedisServer {
                 .pre_exec(|| nix::sys::prctl::set_thp_disable(true).map_err(std::io::Error::from));
         }
         let child = command.spawn().expect("starting redis-server");
-        let server = RedisServer { child, port, dir };
+        let server = RedisServer {
+            child: ChildGuard::new(child),
+            port,
+            dir,
+        };
         server.wait_until_up();
         server
     }
@@ -199,8 +203,7 @@ impl Drop for RedisServer {
                 let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
             }
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -307,21 +310,24 @@ fn load(conn: &mut Conn, keys: u64, value_size: usize) {
 
 /// redis-benchmark overwrites random loaded keys, `writes` times; bounded.
 fn overwrite(benchmark: &Path, port: u16, writes: u64) {
-    let mut bench = Command::new(benchmark)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            "set",
-            "-q",
-        ])
-        .args(["-c", "4", "-P", "8", "-d", &VALUE_SIZE.to_string()])
-        .args(["-r", &KEYS.to_string(), "-n", &writes.to_string()])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starting redis-benchmark");
+    // Killed on the way out if it overruns (the panic below).
+    let mut bench = ChildGuard::new(
+        Command::new(benchmark)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                "set",
+                "-q",
+            ])
+            .args(["-c", "4", "-P", "8", "-d", &VALUE_SIZE.to_string()])
+            .args(["-r", &KEYS.to_string(), "-n", &writes.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting redis-benchmark"),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = bench.try_wait().unwrap() {
@@ -329,8 +335,6 @@ fn overwrite(benchmark: &Path, port: u16, writes: u64) {
             return;
         }
         if Instant::now() > deadline {
-            let _ = bench.kill();
-            let _ = bench.wait();
             panic!("redis-benchmark did not finish {writes} writes within 60 s");
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -373,6 +373,40 @@ fn overload_seen_plus_lost_equals_the_kernels_count() {
     faulter.exit();
 }
 
+/// --summary counts in kernel maps of a fixed size: faults in more regions than they hold are
+/// reported lost, with the remedy for that, not the ring buffer's.
+#[test]
+fn full_summary_maps_are_lost_faults_with_their_own_remedy() {
+    if !require_root("full_summary_maps_are_lost_faults_with_their_own_remedy") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--summary", "--json"]);
+    // More 64 KiB regions than the summary's 65536 entries.
+    faulter.run("sparse 70000");
+    let done = tracer.stop();
+    let totals = done
+        .json()
+        .into_iter()
+        .find(|v| v["event"] == "totals")
+        .expect("no totals line");
+    let summary_full = totals["lost_detail"]["summary_full"].as_u64().unwrap();
+    assert!(summary_full >= 70000 - 65536, "{totals}");
+    assert_eq!(totals["lost_detail"]["ring_full"], 0, "{totals}");
+    assert!(
+        done.stderr.contains("LOST") && done.stderr.contains("--summary's maps full"),
+        "no LOST line for the summary maps: {}",
+        done.stderr
+    );
+    assert!(
+        !done.stderr.contains("--ring-size"),
+        "the ring buffer's remedy for a full summary map: {}",
+        done.stderr
+    );
+    faulter.exit();
+}
+
 /// Ids of the BPF objects (`prog_id` or `map_id`) that process `pid` holds file descriptors
 /// to, from /proc/PID/fdinfo.
 fn bpf_ids_of(pid: u32, field: &str) -> BTreeSet<u64> {

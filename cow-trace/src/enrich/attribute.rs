@@ -12,6 +12,8 @@ use procfs::{
     process::{MMPermissions, MMapPath, MemoryMap, Process},
 };
 
+use crate::clock::monotonic_ns;
+
 /// Where a fault address lies in its process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Attribution {
@@ -326,16 +328,6 @@ fn read_regions(pid: u32) -> Option<Vec<Region>> {
             None
         }
     }
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use self::{
     attribute::{Attribution, Mappings},
     symbolize::Symbols,
 };
-use crate::event::Fault;
+use crate::event::{Fault, mapping_name};
 
 /// At most this many stacks are kept symbolized; then the cache starts over.
 const STACK_CACHE_CAP: usize = 1 << 14;
@@ -22,11 +22,19 @@ pub struct Enricher {
     /// child -> parent, from fork records, for the parent fallback.
     parents: HashMap<u32, u32>,
     stacks: HashMap<(u32, u32), Vec<String>>,
+    /// Stacks the kernel captured but that could not be read back: losses, as the kernel's
+    /// own failed captures are.
+    unread_stacks: u64,
 }
 
 impl Enricher {
     pub fn on_fork(&mut self, parent: u32, child: u32) {
         self.parents.insert(child, parent);
+    }
+
+    /// How many stacks could not be read back from the kernel.
+    pub fn unread_stacks(&self) -> u64 {
+        self.unread_stacks
     }
 
     /// Re-reads the mappings of live `pids` (for --summary, which resolves them at the end,
@@ -53,15 +61,13 @@ impl Enricher {
     /// The label of the mapping holding `address` in `pid` (or, once it exited, in its
     /// nearest live ancestor's layout).
     pub fn mapping(&mut self, pid: u32, address: u64, ts_ns: Option<u64>) -> String {
-        let mut current = pid;
-        for _ in 0..8 {
+        for current in lineage(&self.parents, pid) {
             let found = match ts_ns {
                 Some(ts) if current == pid => self.mappings.resolve_at(current, address, ts),
                 _ => self.mappings.resolve(current, address),
             };
-            match (found, self.parents.get(&current)) {
-                (Attribution::Gone, Some(&parent)) => current = parent,
-                (found, _) => return found.to_string(),
+            if found != Attribution::Gone {
+                return found.to_string();
             }
         }
         Attribution::Gone.to_string()
@@ -69,36 +75,35 @@ impl Enricher {
 
     /// As `mapping`, without the offset: the name a summary groups faults by.
     pub fn mapping_label(&mut self, pid: u32, address: u64) -> String {
-        let mapping = self.mapping(pid, address, None);
-        match mapping.rsplit_once('@') {
-            Some((label, offset)) if offset.starts_with("0x") => label.to_string(),
-            _ => mapping,
-        }
+        mapping_name(&self.mapping(pid, address, None)).to_string()
     }
 
     fn symbol(&mut self, pid: u32, ip: u64) -> Option<String> {
-        let mut current = pid;
-        for _ in 0..8 {
-            if let Some(symbol) = self.symbols.symbolize_one(current, ip) {
-                return Some(symbol);
-            }
-            current = *self.parents.get(&current)?;
-        }
-        None
+        lineage(&self.parents, pid).find_map(|current| self.symbols.symbolize_one(current, ip))
     }
 
     /// The symbolized frames of user stack `stack_id` of `pid`, innermost first; `read_ips`
-    /// reads its addresses from the kernel's stack map, if not cached.
+    /// reads its addresses from the kernel's stack map, if not cached. A stack that cannot be
+    /// read has no frames and counts in [`Enricher::unread_stacks`] (the first is warned of).
     pub fn stack(
         &mut self,
         pid: u32,
         stack_id: u32,
-        read_ips: impl FnOnce(u32) -> Vec<u64>,
+        read_ips: impl FnOnce(u32) -> anyhow::Result<Vec<u64>>,
     ) -> Vec<String> {
         if let Some(frames) = self.stacks.get(&(pid, stack_id)) {
             return frames.clone();
         }
-        let ips = read_ips(stack_id);
+        let ips = match read_ips(stack_id) {
+            Ok(ips) => ips,
+            Err(error) => {
+                if self.unread_stacks == 0 {
+                    log::warn!("a user stack is missing (counted as not taken): {error:#}");
+                }
+                self.unread_stacks += 1;
+                return Vec::new();
+            }
+        };
         let mut frames = Vec::with_capacity(ips.len());
         for ip in ips {
             let symbol = self.symbol(pid, ip);
@@ -109,5 +114,37 @@ impl Enricher {
         }
         self.stacks.insert((pid, stack_id), frames.clone());
         frames
+    }
+}
+
+/// `pid`, then its parent, grandparent...: at most 8, as far as fork records tell.
+fn lineage(parents: &HashMap<u32, u32>, pid: u32) -> impl Iterator<Item = u32> + '_ {
+    std::iter::successors(Some(pid), |child| parents.get(child).copied()).take(8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_stack_is_a_counted_loss() {
+        let mut enricher = Enricher::default();
+        let frames = enricher.stack(1, 7, |_| Err(anyhow::anyhow!("no such stack")));
+        assert!(frames.is_empty());
+        assert_eq!(enricher.unread_stacks(), 1);
+        // Not remembered as empty: a later read may succeed.
+        let frames = enricher.stack(1, 7, |_| Ok(vec![0x1234]));
+        assert_eq!(frames.len(), 1);
+        assert_eq!(enricher.unread_stacks(), 1);
+    }
+
+    #[test]
+    fn lineage_walks_up_to_eight_ancestors() {
+        let parents = HashMap::from([(3, 2), (2, 1)]);
+        assert_eq!(lineage(&parents, 3).collect::<Vec<_>>(), [3, 2, 1]);
+        assert_eq!(lineage(&parents, 9).collect::<Vec<_>>(), [9]);
+        // A pid reused by its own descendant cannot loop forever.
+        let cycle = HashMap::from([(1, 2), (2, 1)]);
+        assert_eq!(lineage(&cycle, 1).count(), 8);
     }
 }

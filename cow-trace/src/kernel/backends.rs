@@ -42,16 +42,11 @@ pub fn candidates(choice: BackendChoice) -> &'static [Backend] {
 }
 
 /// Attaches one backend's programs; on failure, unloads what it had attached.
-pub fn attach(
-    ebpf: &mut Ebpf,
-    backend: Backend,
-    untimed: bool,
-    verbose: bool,
-) -> anyhow::Result<()> {
+pub fn attach(ebpf: &mut Ebpf, backend: Backend, untimed: bool) -> anyhow::Result<()> {
     let result = match backend {
-        Backend::Fexit => attach_fexit(ebpf, verbose),
-        Backend::Kprobe => attach_kprobe(ebpf, verbose),
-        Backend::Tracepoint => attach_tracepoint_backend(ebpf, untimed, verbose),
+        Backend::Fexit => attach_fexit(ebpf),
+        Backend::Kprobe => attach_kprobe(ebpf),
+        Backend::Tracepoint => attach_tracepoint_backend(ebpf, untimed),
     };
     if result.is_err() {
         for name in programs_of(backend) {
@@ -107,7 +102,7 @@ where
     Ok(program.try_into()?)
 }
 
-fn attach_fexit(ebpf: &mut Ebpf, verbose: bool) -> anyhow::Result<()> {
+fn attach_fexit(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     let btf = Btf::from_sys_fs().map_err(|e| kernel_error("reading /sys/kernel/btf/vmlinux", e))?;
     let entry: &mut FEntry = program(ebpf, "handle_mm_fault_fentry")?;
     entry
@@ -129,18 +124,13 @@ fn attach_fexit(ebpf: &mut Ebpf, verbose: bool) -> anyhow::Result<()> {
         .and_then(|()| wp.attach().map(drop))
     {
         Ok(()) => {}
-        Err(e) if verbose => {
-            eprintln!("cow-trace: no fentry on do_wp_page ({e}); using error codes")
-        }
-        Err(_) => {}
+        Err(e) => log::info!("no fentry on do_wp_page ({e}); using error codes"),
     }
-    if verbose {
-        eprintln!("cow-trace: attached fentry/fexit to handle_mm_fault");
-    }
+    log::info!("attached fentry/fexit to handle_mm_fault");
     Ok(())
 }
 
-fn attach_kprobe(ebpf: &mut Ebpf, verbose: bool) -> anyhow::Result<()> {
+fn attach_kprobe(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     for name in ["handle_mm_fault_kprobe", "handle_mm_fault_kretprobe"] {
         let probe: &mut KProbe = program(ebpf, name)?;
         probe
@@ -156,14 +146,9 @@ fn attach_kprobe(ebpf: &mut Ebpf, verbose: bool) -> anyhow::Result<()> {
         .and_then(|()| wp.attach("do_wp_page", 0).map(drop))
     {
         Ok(()) => {}
-        Err(e) if verbose => {
-            eprintln!("cow-trace: no kprobe on do_wp_page ({e}); using error codes")
-        }
-        Err(_) => {}
+        Err(e) => log::info!("no kprobe on do_wp_page ({e}); using error codes"),
     }
-    if verbose {
-        eprintln!("cow-trace: attached kprobe/kretprobe to handle_mm_fault");
-    }
+    log::info!("attached kprobe/kretprobe to handle_mm_fault");
     Ok(())
 }
 
@@ -199,15 +184,13 @@ pub fn attach_raw_tracepoint(ebpf: &mut Ebpf, name: &str, event: &str) -> anyhow
 /// Fault entries from the exceptions tracepoints; completions from the perf software events,
 /// which the kernel fires exactly where it counts min_flt / maj_flt. Untimed (--no-latency),
 /// minor faults go without: that perf event is most of the cost of tracing.
-fn attach_tracepoint_backend(ebpf: &mut Ebpf, untimed: bool, verbose: bool) -> anyhow::Result<()> {
+fn attach_tracepoint_backend(ebpf: &mut Ebpf, untimed: bool) -> anyhow::Result<()> {
     for (name, event) in [
         ("exceptions_page_fault_user", "page_fault_user"),
         ("exceptions_page_fault_kernel", "page_fault_kernel"),
     ] {
         attach_raw_tracepoint(ebpf, name, event)?;
-        if verbose {
-            eprintln!("cow-trace: attached {name} to raw tracepoint {event}");
-        }
+        log::info!("attached {name} to raw tracepoint {event}");
     }
     let cpus = online_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?;
     for (name, event) in [
@@ -230,12 +213,10 @@ fn attach_tracepoint_backend(ebpf: &mut Ebpf, untimed: bool, verbose: bool) -> a
             )
             .map_err(|e| kernel_error(&format!("attaching {name} to {event:?} on CPU {cpu}"), e))?;
         }
-        if verbose {
-            eprintln!(
-                "cow-trace: attached {name} to perf software event {event:?} on {} CPUs",
-                cpus.len()
-            );
-        }
+        log::info!(
+            "attached {name} to perf software event {event:?} on {} CPUs",
+            cpus.len()
+        );
     }
     Ok(())
 }

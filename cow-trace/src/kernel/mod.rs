@@ -7,7 +7,7 @@ pub mod probes;
 pub mod ring;
 pub mod tracefs;
 
-use crate::failure::{Kind, failure};
+use crate::failure::{Status, failure};
 
 /// What the kernel side needs to know of the run: sizes and modes fixed before loading.
 #[derive(Clone, Copy, Debug)]
@@ -30,5 +30,8 @@ pub fn kernel_error(what: &str, error: impl std::error::Error) -> anyhow::Error 
         detail.push_str(&cause.to_string());
         source = cause.source();
     }
-    failure(Kind::Kernel, format!("the kernel refused {what}: {detail}"))
+    failure(
+        Status::Kernel,
+        format!("the kernel refused {what}: {detail}"),
+    )
 }

@@ -5,13 +5,15 @@ use std::path::Path;
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, StackTraceMap},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
-use cow_trace_common::{NO_FIELD, PENDING_DEFERRED, PendingFault, Record, Settings};
+use cow_trace_common::{
+    Hist, HistKey, NO_FIELD, PENDING_DEFERRED, PendingFault, Record, Settings, StatKey, StatValue,
+};
 
 use crate::{
     cli::BackendChoice,
-    failure::{Kind, failure},
+    failure::{Status, failure},
     kernel::{
         KernelConfig,
         backends::{self, Backend},
@@ -35,9 +37,10 @@ const COMMON: [(&str, &str, &str); 4] = [
 /// Copy detection: a raw tracepoint, as it runs on every page allocation of the machine.
 const PAGE_ALLOC: (&str, &str) = ("kmem_mm_page_alloc", "mm_page_alloc");
 
-/// The loaded programs; dropping this detaches everything and frees the maps.
+/// The loaded programs and their maps, which only this type names; dropping it detaches
+/// everything and frees the maps.
 pub struct Probes {
-    pub ebpf: Ebpf,
+    ebpf: Ebpf,
     /// --no-latency.
     untimed: bool,
 }
@@ -108,38 +111,56 @@ impl Probes {
         Ok(records)
     }
 
-    /// The addresses of user stack `stack_id` (--stack), innermost first; empty if the map
-    /// holds none.
-    pub fn stack_ips(&self, stack_id: u32) -> Vec<u64> {
-        self.ebpf
-            .map("STACKS")
-            .and_then(|map| StackTraceMap::<&MapData>::try_from(map).ok())
-            .and_then(|map| map.get(&stack_id, 0).ok())
-            .map(|trace| trace.frames().iter().map(|frame| frame.ip).collect())
-            .unwrap_or_default()
+    /// Takes the EVENTS ring buffer out of the object (the reader owns it from then on).
+    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing")?;
+        RingBuf::try_from(map).context("EVENTS is not a ring buffer")
+    }
+
+    /// The per-CPU loss counters, indexed by `cow_trace_common::counter`.
+    pub fn counters(&self) -> anyhow::Result<PerCpuArray<&MapData, u64>> {
+        let map = self.ebpf.map("COUNTERS").context("COUNTERS map missing")?;
+        PerCpuArray::try_from(map).context("COUNTERS has an unexpected type")
+    }
+
+    /// The in-kernel summary's counts (--summary).
+    pub fn stats(&self) -> anyhow::Result<HashMap<&MapData, StatKey, StatValue>> {
+        let map = self.ebpf.map("STATS").context("STATS map missing")?;
+        HashMap::try_from(map).context("STATS has an unexpected type")
+    }
+
+    /// The in-kernel summary's latency histograms (--summary).
+    pub fn hists(&self) -> anyhow::Result<HashMap<&MapData, HistKey, Hist>> {
+        let map = self.ebpf.map("HISTS").context("HISTS map missing")?;
+        HashMap::try_from(map).context("HISTS has an unexpected type")
+    }
+
+    /// The addresses of user stack `stack_id` (--stack), innermost first.
+    pub fn stack_ips(&self, stack_id: u32) -> anyhow::Result<Vec<u64>> {
+        let map = self.ebpf.map("STACKS").context("STACKS map missing")?;
+        let stacks =
+            StackTraceMap::<&MapData>::try_from(map).context("STACKS has an unexpected type")?;
+        let trace = stacks
+            .get(&stack_id, 0)
+            .with_context(|| format!("reading stack {stack_id}"))?;
+        Ok(trace.frames().iter().map(|frame| frame.ip).collect())
     }
 
     /// Attaches the shared programs, then the first backend of `choice` the kernel accepts.
-    pub fn attach(&mut self, choice: BackendChoice, verbose: bool) -> anyhow::Result<Backend> {
+    pub fn attach(&mut self, choice: BackendChoice) -> anyhow::Result<Backend> {
         for (program, category, event) in COMMON {
             backends::attach_tracepoint(&mut self.ebpf, program, category, event)?;
-            if verbose {
-                eprintln!("cow-trace: attached {program} to tracepoint {category}:{event}");
-            }
+            log::info!("attached {program} to tracepoint {category}:{event}");
         }
         let (program, event) = PAGE_ALLOC;
         backends::attach_raw_tracepoint(&mut self.ebpf, program, event)?;
-        if verbose {
-            eprintln!("cow-trace: attached {program} to raw tracepoint {event}");
-        }
+        log::info!("attached {program} to raw tracepoint {event}");
         let mut refusals = Vec::new();
         for &backend in backends::candidates(choice) {
-            match backends::attach(&mut self.ebpf, backend, self.untimed, verbose) {
+            match backends::attach(&mut self.ebpf, backend, self.untimed) {
                 Ok(()) => return Ok(backend),
                 Err(error) => {
-                    if verbose {
-                        eprintln!("cow-trace: backend {} refused: {error:#}", backend.name());
-                    }
+                    log::info!("backend {} refused: {error:#}", backend.name());
                     refusals.push(format!("{}: {error:#}", backend.name()));
                 }
             }
@@ -149,7 +170,7 @@ impl Probes {
             _ => "try --backend auto",
         };
         Err(failure(
-            Kind::Kernel,
+            Status::Kernel,
             format!("no backend could attach ({}); {hint}", refusals.join("; ")),
         ))
     }
@@ -159,7 +180,7 @@ fn read_settings(root: &Path, summary_mode: bool, stacks: bool) -> anyhow::Resul
     let required = |category, event, field| -> anyhow::Result<u32> {
         tracefs::field_offset(root, category, event, field)?.ok_or_else(|| {
             failure(
-                Kind::Kernel,
+                Status::Kernel,
                 format!("tracepoint {category}:{event} has no field {field} on this kernel"),
             )
         })
@@ -202,7 +223,7 @@ fn check_privilege() -> anyhow::Result<()> {
         return Ok(());
     }
     Err(failure(
-        Kind::Privilege,
+        Status::Privilege,
         "tracing needs root, or the CAP_BPF and CAP_PERFMON capabilities, to load eBPF programs: run it with sudo",
     ))
 }

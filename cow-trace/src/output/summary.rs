@@ -3,11 +3,11 @@
 //! fault at a time, --summary adds the kernel's aggregated counts.
 use std::{collections::BTreeMap, io};
 
-use cow_trace_common::{HIST_BUCKETS, class};
+use cow_trace_common::HIST_BUCKETS;
 use serde::Serialize;
 
 use crate::{
-    event::{CowOutcome, Fault, Lost},
+    event::{Access, CowOutcome, Fault, FaultClass, Lost, Outcome, mapping_name},
     output::format::{human_bytes, human_ns},
 };
 
@@ -43,29 +43,28 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, fault_class: u32, count: u64, timed: u64, latency_ns: u64) {
-        if fault_class & class::RETRY != 0 {
-            self.retries += count;
-            return;
-        }
-        if fault_class & class::INCOMPLETE != 0 {
-            self.incomplete += count;
-            return;
+    fn add(&mut self, fault_class: FaultClass, count: u64, timed: u64, latency_ns: u64) {
+        match fault_class.outcome() {
+            Outcome::Retry => {
+                self.retries += count;
+                return;
+            }
+            Outcome::Incomplete => {
+                self.incomplete += count;
+                return;
+            }
+            Outcome::Major => self.major += count,
+            Outcome::Minor => self.minor += count,
         }
         self.faults += count;
-        if fault_class & class::MAJOR != 0 {
-            self.major += count;
-        } else {
-            self.minor += count;
+        match fault_class.access() {
+            Some(Access::Write) => self.writes += count,
+            None => self.unknown_access += count,
+            Some(Access::Read | Access::Exec) => {}
         }
-        match fault_class & class::ACCESS_MASK {
-            class::WRITE => self.writes += count,
-            class::UNKNOWN => self.unknown_access += count,
-            _ => {}
-        }
-        if fault_class & class::WRITE_PROTECT != 0 {
+        if fault_class.is_write_protect() {
             self.cow += count;
-            match CowOutcome::of_class(fault_class) {
+            match fault_class.cow_outcome() {
                 Some(CowOutcome::Copied) => self.copied += count,
                 Some(CowOutcome::Reused) => self.reused += count,
                 Some(CowOutcome::ZeroFilled) => self.zero_fills += count,
@@ -123,9 +122,9 @@ pub struct Summary {
     /// (parent pid, child pid) -> the parent's faults while that child was alive.
     pub windows: BTreeMap<(u32, u32), Counts>,
     /// (pid, mapping, class) -> faults; filled where mappings are resolved (--summary).
-    pub mappings: BTreeMap<(u32, String, u32), u64>,
+    pub mappings: BTreeMap<(u32, String, FaultClass), u64>,
     /// (pid, class) -> log2 latency histogram.
-    pub hists: BTreeMap<(u32, u32), [u64; HIST_BUCKETS]>,
+    pub hists: BTreeMap<(u32, FaultClass), [u64; HIST_BUCKETS]>,
     /// (pid, stack id) -> copy-on-write faults taken there (with --stack).
     pub stacks: BTreeMap<(u32, u32), u64>,
     /// (pid, stack id) -> symbolized frames, filled before printing.
@@ -141,7 +140,7 @@ impl Summary {
                 .insert(fault.pid, fault.comm.as_str().to_string());
         }
         if let Some(mapping) = &fault.mapping {
-            let label = mapping.split('@').next().unwrap_or(mapping).to_string();
+            let label = mapping_name(mapping).to_string();
             *self
                 .mappings
                 .entry((fault.pid, label, fault.class))
@@ -165,7 +164,7 @@ impl Summary {
     pub fn add(
         &mut self,
         pid: u32,
-        fault_class: u32,
+        fault_class: FaultClass,
         window: u32,
         count: u64,
         timed: u64,
@@ -205,8 +204,8 @@ impl Summary {
     }
 
     /// Counts copy-on-write faults per stack.
-    pub fn add_stack(&mut self, pid: u32, stack_id: u32, fault_class: u32, count: u64) {
-        if fault_class & class::WRITE_PROTECT != 0 && fault_class & class::RETRY == 0 {
+    pub fn add_stack(&mut self, pid: u32, stack_id: u32, fault_class: FaultClass, count: u64) {
+        if fault_class.is_write_protect() && fault_class.outcome() != Outcome::Retry {
             *self.stacks.entry((pid, stack_id)).or_default() += count;
         }
     }
@@ -331,7 +330,7 @@ impl Summary {
                 out,
                 "{pid:>7} {:<48} {:<24} {count:>9}",
                 shorten(mapping, 48),
-                class_label(*fault_class)
+                fault_class.to_string()
             )?;
         }
         Ok(())
@@ -344,7 +343,7 @@ impl Summary {
                 out,
                 "\n@latency_ns[{pid}, {}, {}]:",
                 self.comm(pid),
-                class_label(fault_class)
+                fault_class
             )?;
             write_hist(out, buckets)?;
         }
@@ -381,38 +380,6 @@ fn shorten(text: &str, width: usize) -> String {
     }
     let tail: String = text.chars().skip(chars - (width - 3)).collect();
     format!("...{tail}")
-}
-
-/// "w MINOR cow-copied", "r MAJOR", "x MINOR kernel", ...
-pub fn class_label(fault_class: u32) -> String {
-    let access = match fault_class & class::ACCESS_MASK {
-        class::READ => "r",
-        class::WRITE => "w",
-        class::EXEC => "x",
-        _ => "?",
-    };
-    let outcome = if fault_class & class::RETRY != 0 {
-        "RETRY"
-    } else if fault_class & class::INCOMPLETE != 0 {
-        "INCOMPLETE"
-    } else if fault_class & class::MAJOR != 0 {
-        "MAJOR"
-    } else {
-        "MINOR"
-    };
-    let mut label = format!("{access} {outcome}");
-    if fault_class & class::WRITE_PROTECT != 0 {
-        label.push_str(match CowOutcome::of_class(fault_class) {
-            Some(CowOutcome::Copied) => " cow-copied",
-            Some(CowOutcome::Reused) => " cow-reused",
-            Some(CowOutcome::ZeroFilled) => " cow-zero",
-            None => " cow",
-        });
-    }
-    if fault_class & class::KERNEL_MODE != 0 {
-        label.push_str(" kernel");
-    }
-    label
 }
 
 /// bpftrace's hist() layout: `[lo, hi)  count |@@@@@      |`.
@@ -456,10 +423,9 @@ fn human_power(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        event::Outcome,
-        output::sink::test_support::{article_fault, reclassify},
-    };
+    use cow_trace_common::class;
+
+    use crate::output::sink::test_support::{article_fault, reclassify};
 
     #[test]
     fn counts_by_class() {
@@ -493,7 +459,9 @@ mod tests {
 
     #[test]
     fn merge_adds_counts_mappings_and_stacks() {
-        let wp = class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN | class::COPIED;
+        let wp = FaultClass::from_bits(
+            class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN | class::COPIED,
+        );
         let mut kernel = Summary::default();
         kernel.add(10, wp, 11, 3, 3, 300);
         kernel.mappings.insert((10, "[anon]".into(), wp), 3);
@@ -513,8 +481,8 @@ mod tests {
     fn copies_reuses_and_windows() {
         let mut summary = Summary::default();
         let wp = class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN;
-        summary.add(10, wp | class::COPIED, 11, 3, 0, 0);
-        summary.add(10, wp, 0, 2, 0, 0);
+        summary.add(10, FaultClass::from_bits(wp | class::COPIED), 11, 3, 0, 0);
+        summary.add(10, FaultClass::from_bits(wp), 0, 2, 0, 0);
         let counts = &summary.pids[&10];
         assert_eq!((counts.cow, counts.copied, counts.reused), (5, 3, 2));
         assert_eq!(counts.copied_bytes(), 3 * 4096);
@@ -546,19 +514,17 @@ mod tests {
 
     #[test]
     fn class_labels() {
-        assert_eq!(class_label(class::READ), "r MINOR");
+        let label = |bits| FaultClass::from_bits(bits).to_string();
+        assert_eq!(label(class::READ), "r MINOR");
         assert_eq!(
-            class_label(class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN | class::COPIED),
+            label(class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN | class::COPIED),
             "w MINOR cow-copied"
         );
         assert_eq!(
-            class_label(class::EXEC | class::MAJOR | class::KERNEL_MODE),
+            label(class::EXEC | class::MAJOR | class::KERNEL_MODE),
             "x MAJOR kernel"
         );
-        assert_eq!(
-            class_label(class::UNKNOWN | class::INCOMPLETE),
-            "? INCOMPLETE"
-        );
+        assert_eq!(label(class::UNKNOWN | class::INCOMPLETE), "? INCOMPLETE");
     }
 
     #[test]
@@ -581,6 +547,24 @@ mod tests {
             lines[1].contains(&format!("|{}{}|", "@".repeat(26), " ".repeat(26))),
             "{text}"
         );
+    }
+
+    #[test]
+    fn streamed_mappings_group_by_the_whole_path() {
+        let mut summary = Summary::default();
+        let mut fault = article_fault();
+        fault.mapping = Some("/srv/a@b/data@0x2000".into());
+        summary.record(&fault);
+        fault.mapping = Some("/srv/a@b/data@0x3000".into());
+        summary.record(&fault);
+        fault.mapping = Some("[anon:x@0x1]".into());
+        summary.record(&fault);
+        let names: Vec<(&str, u64)> = summary
+            .mappings
+            .iter()
+            .map(|((_, name, _), count)| (name.as_str(), *count))
+            .collect();
+        assert_eq!(names, [("/srv/a@b/data", 2), ("[anon:x@0x1]", 1)]);
     }
 
     #[test]

@@ -124,9 +124,44 @@ pub fn wait_blocked_in_read(pid: u32) {
     }
 }
 
+/// A child process killed and reaped when dropped, whatever the test's outcome.
+pub struct ChildGuard(Child);
+
+impl ChildGuard {
+    pub fn new(child: Child) -> ChildGuard {
+        ChildGuard(child)
+    }
+
+    /// Kills the process (if it still runs) and reaps it.
+    pub fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for ChildGuard {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// A running cow-trace.
 pub struct Tracer {
-    child: Child,
+    child: ChildGuard,
     output: PathBuf,
     stderr: mpsc::Receiver<String>,
     pub stderr_lines: Vec<String>,
@@ -221,7 +256,7 @@ impl Tracer {
             }
         });
         let mut tracer = Tracer {
-            child,
+            child: ChildGuard::new(child),
             output,
             stderr: receive,
             stderr_lines: Vec::new(),
@@ -308,7 +343,7 @@ impl Tracer {
 
 /// A running faulter workload, driven line by line.
 pub struct Faulter {
-    pub child: Child,
+    pub child: ChildGuard,
     stdin: ChildStdin,
     stdout: BufReader<std::process::ChildStdout>,
 }
@@ -323,7 +358,7 @@ impl Faulter {
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let faulter = Faulter {
-            child,
+            child: ChildGuard::new(child),
             stdin,
             stdout,
         };
@@ -366,13 +401,6 @@ impl Faulter {
     pub fn exit(mut self) {
         self.send("exit");
         self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Faulter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -3,6 +3,8 @@
 // It writes "ok\n" to stdout after each command.
 //   touch N      map N private anonymous pages and write one byte to each
 //   read N       map N private anonymous pages and read each (the shared zero page)
+//   sparse N     map N regions of 64 KiB and write the first page of each: N faults, each in
+//                a region of its own (as the in-kernel summary counts them)
 //   zero N       as read N, print "pages ADDR", then write each page (N zero-page fills)
 //   cow N        map and fill N pages, print "pages ADDR", fork; the child writes each page
 //                (N COW faults) and exits
@@ -63,6 +65,16 @@ static void zero(long n) {
     snprintf(line, sizeof line, "pages %lx\n", (unsigned long)p);
     say(line);
     for (long i = 0; i < n; i++) p[i * PAGE] = 1;
+}
+
+static void sparse(long n) {
+    const long stride = 16 * PAGE;
+    char *p = mmap(NULL, n * stride, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) _exit(3);
+    madvise(p, n * stride, MADV_NOHUGEPAGE);
+    for (long i = 0; i < n; i++) p[i * stride] = 1;
+    munmap(p, n * stride);
 }
 
 static void readpages(long n) {
@@ -234,6 +246,7 @@ int main(void) {
         long a = 0, b = 0;
         if (sscanf(line, "touch %ld", &a) == 1) touch(a);
         else if (sscanf(line, "read %ld", &a) == 1) readpages(a);
+        else if (sscanf(line, "sparse %ld", &a) == 1) sparse(a);
         else if (sscanf(line, "zero %ld", &a) == 1) zero(a);
         else if (sscanf(line, "cow %ld", &a) == 1) cow(a);
         else if (sscanf(line, "reuse %ld", &a) == 1) reuse(a);

@@ -5,7 +5,7 @@ use crate::event::{Access, Fault, Outcome};
 
 /// What kind of fault, as the plot tells them apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FaultClass {
+pub enum PlotClass {
     /// A write to a present page: the copy-on-write break.
     Cow,
     /// Any other write (first touch of a page).
@@ -20,26 +20,26 @@ pub enum FaultClass {
 
 pub(super) const CLASSES: usize = 5;
 
-impl FaultClass {
-    pub const ALL: [FaultClass; CLASSES] = [
-        FaultClass::Cow,
-        FaultClass::OtherWrite,
-        FaultClass::Read,
-        FaultClass::Major,
-        FaultClass::Unknown,
+impl PlotClass {
+    pub const ALL: [PlotClass; CLASSES] = [
+        PlotClass::Cow,
+        PlotClass::OtherWrite,
+        PlotClass::Read,
+        PlotClass::Major,
+        PlotClass::Unknown,
     ];
 
     /// None for a fault that never completed or an attempt that was retried: the kernel
     /// did not count it.
-    pub fn of(fault: &Fault) -> Option<FaultClass> {
+    pub fn of(fault: &Fault) -> Option<PlotClass> {
         match fault.outcome {
             Outcome::Incomplete | Outcome::Retry => None,
-            Outcome::Major => Some(FaultClass::Major),
-            Outcome::Minor if fault.is_cow() == Some(true) => Some(FaultClass::Cow),
+            Outcome::Major => Some(PlotClass::Major),
+            Outcome::Minor if fault.is_cow() == Some(true) => Some(PlotClass::Cow),
             Outcome::Minor => Some(match fault.access() {
-                Some(Access::Write) => FaultClass::OtherWrite,
-                Some(Access::Read | Access::Exec) => FaultClass::Read,
-                None => FaultClass::Unknown,
+                Some(Access::Write) => PlotClass::OtherWrite,
+                Some(Access::Read | Access::Exec) => PlotClass::Read,
+                None => PlotClass::Unknown,
             }),
         }
     }
@@ -47,11 +47,11 @@ impl FaultClass {
     /// The legend's text.
     pub fn label(self) -> &'static str {
         match self {
-            FaultClass::Cow => "COW writes",
-            FaultClass::OtherWrite => "other writes",
-            FaultClass::Read => "reads and exec",
-            FaultClass::Major => "major",
-            FaultClass::Unknown => "access unknown",
+            PlotClass::Cow => "COW writes",
+            PlotClass::OtherWrite => "other writes",
+            PlotClass::Read => "reads and exec",
+            PlotClass::Major => "major",
+            PlotClass::Unknown => "access unknown",
         }
     }
 
@@ -61,11 +61,11 @@ impl FaultClass {
 
     pub(super) fn color(self) -> RGBColor {
         match self {
-            FaultClass::Cow => RGBColor(214, 39, 40),
-            FaultClass::OtherWrite => RGBColor(255, 127, 14),
-            FaultClass::Read => RGBColor(31, 119, 180),
-            FaultClass::Major => RGBColor(148, 103, 189),
-            FaultClass::Unknown => RGBColor(127, 127, 127),
+            PlotClass::Cow => RGBColor(214, 39, 40),
+            PlotClass::OtherWrite => RGBColor(255, 127, 14),
+            PlotClass::Read => RGBColor(31, 119, 180),
+            PlotClass::Major => RGBColor(148, 103, 189),
+            PlotClass::Unknown => RGBColor(127, 127, 127),
         }
     }
 }
@@ -77,7 +77,7 @@ pub struct PlotFault {
     pub ts_ns: u64,
     pub pid: u32,
     pub address: u64,
-    pub class: FaultClass,
+    pub class: PlotClass,
     /// For a COW fault: whether the kernel copied the page (false: reused it); None if unknown.
     pub copied: Option<bool>,
 }
@@ -89,7 +89,7 @@ impl PlotFault {
             ts_ns: fault.ts_ns,
             pid: fault.pid,
             address: fault.address,
-            class: FaultClass::of(fault)?,
+            class: PlotClass::of(fault)?,
             copied: fault.copied(),
         })
     }

@@ -75,38 +75,3 @@ pub(super) fn pid_name(pid: u32, series: &Series) -> String {
         None => format!("pid {pid}"),
     }
 }
-
-/// The largest binary unit not above `bytes`: (its size, its name).
-pub(super) fn byte_unit(bytes: u64) -> (u64, &'static str) {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut unit = 0;
-    while unit + 1 < UNITS.len() && bytes >> (10 * (unit + 1)) > 0 {
-        unit += 1;
-    }
-    (1 << (10 * unit), UNITS[unit])
-}
-
-/// 1536 -> "1.5 KiB".
-pub(super) fn human_bytes(bytes: u64) -> String {
-    let (unit, name) = byte_unit(bytes);
-    let value = bytes as f64 / unit as f64;
-    if value.fract() == 0.0 {
-        format!("{value:.0} {name}")
-    } else {
-        format!("{value:.1} {name}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bytes_read_like_sizes() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(4096), "4 KiB");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(3 << 30), "3 GiB");
-    }
-}

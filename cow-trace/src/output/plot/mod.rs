@@ -16,7 +16,7 @@ use std::{collections::HashMap, path::Path};
 
 use anyhow::Context as _;
 
-pub use self::class::{FaultClass, PlotFault};
+pub use self::class::{PlotClass, PlotFault};
 use self::{
     draw::draw_nothing,
     series::{AddressStrip, Series},
@@ -111,7 +111,7 @@ impl FaultPlot {
             pid => self.pids.entry(pid).or_default(),
         };
         series.count(bucket, fault.class);
-        if fault.class == FaultClass::Cow {
+        if fault.class == PlotClass::Cow {
             if let Some(copied) = fault.copied {
                 self.copy_known = true;
                 if copied {
@@ -175,17 +175,20 @@ pub fn render_svg(path: &Path, faults: &[PlotFault], title: &str) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{event::Outcome, output::sink::test_support::article_fault};
+    use crate::{
+        event::{FaultClass, Outcome},
+        output::sink::test_support::article_fault,
+    };
 
     const MS: u64 = 1_000_000;
 
-    fn fault(ts_ns: u64, pid: u32, address: u64, class: FaultClass) -> PlotFault {
+    fn fault(ts_ns: u64, pid: u32, address: u64, class: PlotClass) -> PlotFault {
         PlotFault {
             ts_ns,
             pid,
             address,
             class,
-            copied: (class == FaultClass::Cow).then_some(true),
+            copied: (class == PlotClass::Cow).then_some(true),
         }
     }
 
@@ -198,13 +201,13 @@ mod tests {
                 i * MS,
                 100,
                 0x5555_0000_0000 + i * 4096,
-                FaultClass::Read,
+                PlotClass::Read,
             ));
             faults.push(fault(
                 i * MS + 1,
                 100,
                 0x5555_0010_0000 + i * 4096,
-                FaultClass::OtherWrite,
+                PlotClass::OtherWrite,
             ));
         }
         for i in 0..300u64 {
@@ -217,10 +220,10 @@ mod tests {
                 500 * MS + i * 5 * MS,
                 101,
                 address + i * 4096,
-                FaultClass::Cow,
+                PlotClass::Cow,
             ));
         }
-        faults.push(fault(1900 * MS, 101, 0x7f00_0000_0000, FaultClass::Major));
+        faults.push(fault(1900 * MS, 101, 0x7f00_0000_0000, PlotClass::Major));
         faults
     }
 
@@ -241,25 +244,25 @@ mod tests {
     #[test]
     fn classes_from_decoded_faults() {
         let cow = article_fault();
-        assert_eq!(FaultClass::of(&cow), Some(FaultClass::Cow));
+        assert_eq!(PlotClass::of(&cow), Some(PlotClass::Cow));
         let mut major = article_fault();
         major.outcome = Outcome::Major;
-        assert_eq!(FaultClass::of(&major), Some(FaultClass::Major));
+        assert_eq!(PlotClass::of(&major), Some(PlotClass::Major));
         let mut incomplete = article_fault();
         incomplete.outcome = Outcome::Incomplete;
-        assert_eq!(FaultClass::of(&incomplete), None);
+        assert_eq!(PlotClass::of(&incomplete), None);
         let mut unknown = article_fault();
         unknown.error_code = None;
-        unknown.class = cow_trace_common::class::UNKNOWN;
-        assert_eq!(FaultClass::of(&unknown), Some(FaultClass::Unknown));
+        unknown.class = FaultClass::from_bits(cow_trace_common::class::UNKNOWN);
+        assert_eq!(PlotClass::of(&unknown), Some(PlotClass::Unknown));
         let mut read = article_fault();
         read.error_code = Some(0x4);
-        read.class = cow_trace_common::class::READ;
-        assert_eq!(FaultClass::of(&read), Some(FaultClass::Read));
+        read.class = FaultClass::from_bits(cow_trace_common::class::READ);
+        assert_eq!(PlotClass::of(&read), Some(PlotClass::Read));
         let mut write = article_fault();
         write.error_code = Some(0x6);
-        write.class = cow_trace_common::class::WRITE;
-        assert_eq!(FaultClass::of(&write), Some(FaultClass::OtherWrite));
+        write.class = FaultClass::from_bits(cow_trace_common::class::WRITE);
+        assert_eq!(PlotClass::of(&write), Some(PlotClass::OtherWrite));
         assert!(PlotFault::from_fault(&incomplete).is_none());
         let plotted = PlotFault::from_fault(&cow).unwrap();
         assert_eq!((plotted.pid, plotted.address), (cow.pid, cow.address));
@@ -320,7 +323,7 @@ mod tests {
     #[test]
     fn no_cow_faults_still_draws() {
         let faults: Vec<PlotFault> = (0..50)
-            .map(|i| fault(i * MS, 7, 0x1000 * i, FaultClass::Read))
+            .map(|i| fault(i * MS, 7, 0x1000 * i, PlotClass::Read))
             .collect();
         let svg = render(&faults, "reads only");
         let document = roxmltree::Document::parse(&svg).unwrap();
@@ -336,7 +339,7 @@ mod tests {
         let mut plot = FaultPlot::new();
         // An hour of one fault per 100 ms.
         for i in 0..36_000u64 {
-            plot.add(&fault(5 + i * 100 * MS, 1, 0x1000, FaultClass::Read));
+            plot.add(&fault(5 + i * 100 * MS, 1, 0x1000, PlotClass::Read));
         }
         assert!(plot.buckets_used <= TIME_BUCKETS);
         assert!(plot.bucket_ns >= 3_600_000 * MS / TIME_BUCKETS as u64);
@@ -345,7 +348,7 @@ mod tests {
         let counted: u64 = series
             .buckets
             .iter()
-            .map(|b| u64::from(b[FaultClass::Read.index()]))
+            .map(|b| u64::from(b[PlotClass::Read.index()]))
             .sum();
         assert_eq!(counted, 36_000);
         assert_eq!(series.total(), 36_000);
@@ -361,7 +364,7 @@ mod tests {
                     u64::from(pid) * MS,
                     pid + 1,
                     address,
-                    FaultClass::Cow,
+                    PlotClass::Cow,
                 ));
             }
         }

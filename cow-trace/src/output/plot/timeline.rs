@@ -1,13 +1,8 @@
 //! The time views: faults per interval of each row, and the cumulative COW bytes.
 use plotters::{coord::Shift, prelude::*};
 
-use super::{
-    FaultPlot,
-    class::FaultClass,
-    draw::{FONT, byte_unit, human_bytes},
-    series::Series,
-};
-use crate::output::format::human_ns;
+use super::{FaultPlot, class::PlotClass, draw::FONT, series::Series};
+use crate::output::format::{byte_unit, human_bytes, human_ns};
 
 impl FaultPlot {
     pub(super) fn draw_timelines(
@@ -16,7 +11,7 @@ impl FaultPlot {
         rows: &[(String, Series)],
     ) -> anyhow::Result<()> {
         // Every row draws the same classes, so one legend (on the first) serves all.
-        let classes: Vec<FaultClass> = FaultClass::ALL
+        let classes: Vec<PlotClass> = PlotClass::ALL
             .into_iter()
             .filter(|class| rows.iter().any(|(_, s)| s.totals[class.index()] > 0))
             .collect();
@@ -81,7 +76,7 @@ impl FaultPlot {
     ) -> anyhow::Result<()> {
         let cow_faults = rows
             .iter()
-            .map(|(_, s)| s.totals[FaultClass::Cow.index()])
+            .map(|(_, s)| s.totals[PlotClass::Cow.index()])
             .sum::<u64>();
         let cow_bytes = cow_faults * self.page_size;
         // In one unit throughout, so the axis ticks are round numbers of it.
@@ -103,11 +98,11 @@ impl FaultPlot {
             let (r, g, b) = Palette99::pick(index).rgb();
             lines.push((
                 name.clone(),
-                running(&mut (0..self.buckets_used).map(|b| series.at(b, FaultClass::Cow))),
+                running(&mut (0..self.buckets_used).map(|b| series.at(b, PlotClass::Cow))),
                 RGBColor(r, g, b),
             ));
         }
-        let total = running(&mut (0..self.buckets_used).map(|b| all.at(b, FaultClass::Cow)));
+        let total = running(&mut (0..self.buckets_used).map(|b| all.at(b, PlotClass::Cow)));
         let copied =
             running(&mut (0..self.buckets_used).map(|b| self.copied.get(b).copied().unwrap_or(0)));
         let peak = total.last().copied().unwrap_or(0.0).max(page);

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::{Sink, WallClock};
 use crate::{
     event::{Change, CowOutcome, Fault, ProcessEvent},
-    output::summary::{Counts, Summary, class_label},
+    output::summary::{Counts, Summary},
 };
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -175,11 +175,7 @@ impl Sink for JsonSink {
             kind: fault.outcome.label(),
             cow: fault.is_cow(),
             copied: fault.copied(),
-            cow_outcome: fault.cow_outcome().map(|outcome| match outcome {
-                CowOutcome::Copied => "copied",
-                CowOutcome::Reused => "reused",
-                CowOutcome::ZeroFilled => "zero-fill",
-            }),
+            cow_outcome: fault.cow_outcome().map(CowOutcome::json_value),
             window: (fault.window != 0).then_some(fault.window),
             kernel_mode: fault.kernel_mode,
             error_code: fault.error_code,
@@ -239,7 +235,7 @@ impl Sink for JsonSink {
                 event: "mapping",
                 pid: *pid,
                 mapping,
-                class: class_label(*class),
+                class: class.to_string(),
                 faults,
             })?;
         }
@@ -258,7 +254,7 @@ impl Sink for JsonSink {
                 v: SCHEMA_VERSION,
                 event: "histogram",
                 pid,
-                class: class_label(class),
+                class: class.to_string(),
                 buckets: buckets.to_vec(),
             })?;
         }

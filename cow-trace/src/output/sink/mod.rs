@@ -7,6 +7,7 @@ use std::io::{self, Write};
 
 use crate::{
     cli::Format,
+    clock,
     event::{Fault, ProcessEvent},
     output::summary::Summary,
 };
@@ -59,8 +60,8 @@ pub struct WallClock {
 
 impl WallClock {
     pub fn now() -> WallClock {
-        let realtime = clock_ns(libc::CLOCK_REALTIME);
-        let monotonic = clock_ns(libc::CLOCK_MONOTONIC);
+        let realtime = clock::realtime_ns();
+        let monotonic = i128::from(clock::monotonic_ns());
         WallClock {
             offset_ns: realtime - monotonic,
         }
@@ -77,16 +78,6 @@ impl WallClock {
     }
 }
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-}
-
 #[cfg(test)]
 pub(crate) mod test_support {
     use std::{
@@ -95,7 +86,7 @@ pub(crate) mod test_support {
         rc::Rc,
     };
 
-    use crate::event::{Fault, Outcome};
+    use crate::event::{Fault, FaultClass, Outcome};
 
     /// A writer whose bytes a test can read back.
     #[derive(Clone, Default)]
@@ -119,7 +110,7 @@ pub(crate) mod test_support {
 
     /// Sets a fault's error code (None: unknown) and outcome, and the class they imply.
     pub fn reclassify(fault: &mut Fault, error_code: Option<u64>, outcome: Outcome) {
-        use cow_trace_common::{class, flags};
+        use cow_trace_common::flags;
         fault.error_code = error_code;
         fault.outcome = outcome;
         let mut record_flags = if error_code.is_none() {
@@ -130,7 +121,7 @@ pub(crate) mod test_support {
         if outcome == Outcome::Major {
             record_flags |= flags::MAJOR;
         }
-        fault.class = class::of(
+        fault.class = FaultClass::of(
             outcome == Outcome::Incomplete,
             record_flags,
             error_code.unwrap_or(0),
@@ -150,7 +141,9 @@ pub(crate) mod test_support {
             outcome: Outcome::Minor,
             latency_ns: Some(1500),
             kernel_mode: false,
-            class: cow_trace_common::class::WRITE | cow_trace_common::class::WRITE_PROTECT,
+            class: FaultClass::from_bits(
+                cow_trace_common::class::WRITE | cow_trace_common::class::WRITE_PROTECT,
+            ),
             window: 0,
             vm_fault: 0,
             stack_id: None,

@@ -25,7 +25,7 @@ impl std::fmt::Display for Columns<'_> {
         let fault = self.0;
         let access = fault.access().map_or('?', |a| a.letter());
         let cow = match (fault.is_cow(), fault.cow_outcome()) {
-            (Some(true), Some(outcome)) => outcome.label(),
+            (Some(true), Some(outcome)) => outcome.column(),
             (Some(true), None) => "cow",
             (Some(false), _) => "-",
             (None, _) => "?",
