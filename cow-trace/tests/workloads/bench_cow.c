@@ -1,4 +1,4 @@
-// The benchmark workload of `cargo xtask bench` (issues 4 and 5). It times its own page faults,
+// The benchmark workload of `cargo xtask bench`. It times its own page faults,
 // so the harness can compare ns per fault with and without a tracer attached.
 //
 //   bench_cow cow MIB          the root maps MIB MiB of private anonymous memory in 4 KiB pages
