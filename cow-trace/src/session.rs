@@ -21,8 +21,9 @@ use crate::{
     },
     output::{
         format::human_bytes,
+        interval::Intervals,
         plot::FaultPlot,
-        sink::{self, Sink, WallClock},
+        sink::{self, Sink, TextSink, WallClock, monotonic_ns},
         summary::Summary,
     },
     target::{self, HeldCommand},
@@ -108,6 +109,9 @@ struct Session {
     streamed: Summary,
     enricher: Enricher,
     plot: Option<FaultPlot>,
+    clock: WallClock,
+    /// --interval: the counts at the previous report.
+    intervals: Option<Intervals>,
 }
 
 impl Session {
@@ -130,6 +134,7 @@ impl Session {
             streamed,
             enricher,
             plot,
+            ..
         } = self;
         match event {
             Event::Fault(mut fault) => {
@@ -247,7 +252,6 @@ impl Session {
         Ok(summary)
     }
 
-    /// Prints the totals so far: into the output in --summary mode, else on stderr.
     /// --summary resolves mappings at the end, when some processes may be gone: read the live
     /// ones' now (at start, every second, and at the end).
     fn read_live_mappings(&mut self) {
@@ -256,18 +260,35 @@ impl Session {
         }
     }
 
-    fn report(&mut self) -> anyhow::Result<io::Result<()>> {
+    /// Every --interval: prints what changed since the previous report.
+    fn report_interval(&mut self) -> anyhow::Result<io::Result<()>> {
         let live: Vec<u32> = self.tree.live.iter().copied().collect();
         for pid in live {
             self.tree.refresh_comm(pid);
         }
         let summary = self.totals()?;
-        if self.options.kernel.summary {
-            Ok(self.sink.summary(&summary).and_then(|()| self.sink.flush()))
+        Ok(self.write_interval(&summary, monotonic_ns()))
+    }
+
+    /// The interval up to `now_ns` from the totals then: into the output in --summary mode or
+    /// as JSON, else on stderr (streamed text stays pure event lines).
+    fn write_interval(&mut self, totals: &Summary, now_ns: u64) -> io::Result<()> {
+        let Some(intervals) = self.intervals.as_mut() else {
+            return Ok(());
+        };
+        let (period, counts) = intervals.next(totals, now_ns);
+        if self.intervals_on_stderr() {
+            let _ = TextSink::new(Box::new(io::stderr()), self.clock).interval(&period, &counts);
+            Ok(())
         } else {
-            let _ = summary.write_table(&mut io::stderr().lock());
-            Ok(Ok(()))
+            self.sink
+                .interval(&period, &counts)
+                .and_then(|()| self.sink.flush())
         }
+    }
+
+    fn intervals_on_stderr(&self) -> bool {
+        !self.options.kernel.summary && !self.sink.is_machine_readable()
     }
 }
 
@@ -290,7 +311,8 @@ pub async fn run(
         tree.add(child as u32);
     }
     let mut ring = Ring::new(&mut probes)?;
-    let sink = sink::new(options.format, out, WallClock::now(), backend.name());
+    let clock = WallClock::now();
+    let sink = sink::new(options.format, out, clock, backend.name());
     // Handlers first: a signal right after the readiness line must end the run cleanly.
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -325,10 +347,17 @@ pub async fn run(
         streamed: Summary::default(),
         enricher: Enricher::default(),
         plot,
+        clock,
+        intervals: None,
     };
     if !session.options.kernel.summary {
         session.sink.begin().map_err(output_error)?;
     }
+    // Reports count from here: the first interval's faults are those after the release.
+    session.intervals = session
+        .options
+        .interval
+        .map(|_| Intervals::new(monotonic_ns()));
     if let Some(command) = held.as_mut() {
         command.release()?;
     }
@@ -356,7 +385,13 @@ pub async fn run(
                 report_new_losses(&session.probes, &mut reported_lost)?;
                 drained
             }
-            _ = next_tick(&mut report) => session.report()?,
+            _ = next_tick(&mut report) => {
+                // What waits in the ring happened in the interval that ends now.
+                match session.drain(&mut ring) {
+                    Ok(()) => session.report_interval()?,
+                    failed => failed,
+                }
+            }
             _ = interrupt.recv() => break Stop::Signal("SIGINT"),
             _ = terminate.recv() => break Stop::Signal("SIGTERM"),
             _ = hangup.recv() => break Stop::Signal("SIGHUP"),
@@ -372,6 +407,8 @@ pub async fn run(
         }
     };
 
+    // The last --interval report ends here: what is drained below happened before.
+    let stopped_ns = monotonic_ns();
     // Detach first: nothing changes under the last reads, and nothing waits on us.
     session.probes.detach();
     // What the kernel wrote before we stopped still counts.
@@ -392,11 +429,24 @@ pub async fn run(
         other => other,
     };
     let summary = session.totals()?;
+    // The totals cover the whole run; with --interval, they come after the last interval's
+    // report (never a repeat of it), behind a header where reports are text.
+    let whole_run = session
+        .intervals
+        .as_ref()
+        .map(|intervals| intervals.whole_run(stopped_ns));
+    let intervals_on_stderr = session.intervals_on_stderr();
+    let last_interval = if stop == Stop::OutputClosed && !intervals_on_stderr {
+        Ok(())
+    } else {
+        session.write_interval(&summary, stopped_ns)
+    };
     let Session {
         options,
         probes,
         mut sink,
         plot,
+        clock,
         ..
     } = session;
     drop(ring);
@@ -405,24 +455,33 @@ pub async fn run(
         eprintln!("cow-trace: stopped: {stop:?}");
     }
 
-    let output_open = stop != Stop::OutputClosed
-        && !matches!(&last, Err(e) if e.kind() == io::ErrorKind::BrokenPipe);
+    let broken =
+        |result: &io::Result<()>| matches!(result, Err(e) if e.kind() == io::ErrorKind::BrokenPipe);
+    let output_open = stop != Stop::OutputClosed && !broken(&last) && !broken(&last_interval);
     if output_open {
-        last.map_err(output_error)?;
+        last.and(last_interval).map_err(output_error)?;
         // Streaming text stays pure event lines; the human table goes to stderr instead.
         let to_output = options.kernel.summary || sink.is_machine_readable();
         if to_output {
-            match sink.summary(&summary).and_then(|()| sink.flush()) {
+            let header = match &whole_run {
+                Some(period) => sink.totals_header(period),
+                None => Ok(()),
+            };
+            match header
+                .and_then(|()| sink.summary(&summary))
+                .and_then(|()| sink.flush())
+            {
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
                 other => other.map_err(output_error)?,
             }
         }
     }
     if !options.kernel.summary && options.print_summary {
-        let mut stderr = io::stderr().lock();
-        let _ = summary.write_table(&mut stderr);
-        let _ = summary.write_mappings(&mut stderr);
-        let _ = summary.write_stacks(&mut stderr);
+        let mut stderr = TextSink::new(Box::new(io::stderr()), clock);
+        if intervals_on_stderr && let Some(period) = &whole_run {
+            let _ = stderr.totals_header(period);
+        }
+        let _ = stderr.summary(&summary);
     }
     if let (Some(plot), Some(path)) = (plot, &options.plot) {
         let title = format!("cow-trace: pid {} and its children", options.root);

@@ -944,3 +944,230 @@ fn zero_page_writes_are_zero_fills_not_copies() {
     assert!(summary["zero_fills"].as_u64().unwrap() >= 32, "{summary}");
     faulter.exit();
 }
+
+// ---------------------------------------------------------------------------------------------
+// --interval
+
+const INTERVAL: &str = "300ms";
+
+/// Drives a faulter through a burst of writes, a quiet stretch longer than two intervals, and a
+/// second burst, under cow-trace with `args` and --interval.
+fn trace_two_bursts(args: &[&str]) -> (u32, Finished) {
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let pid_arg = pid.to_string();
+    let mut all = vec!["-x", pid_arg.as_str(), "--interval", INTERVAL];
+    all.extend_from_slice(args);
+    let tracer = Tracer::start(&all);
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(750));
+    pause();
+    faulter.run("touch 100");
+    pause();
+    faulter.run("touch 60");
+    pause();
+    let done = tracer.stop();
+    faulter.exit();
+    (pid, done)
+}
+
+/// JSON --interval: an `interval` line per interval, with its time and length, holding that
+/// interval's counts only (they add up to the totals, which come once, last).
+fn check_json_intervals(pid: u32, done: &Finished) {
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    let json = done.json();
+    let events: Vec<&str> = json.iter().map(|v| v["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        events.iter().filter(|e| **e == "totals").count(),
+        1,
+        "{events:?}"
+    );
+    assert_eq!(events.last(), Some(&"totals"));
+    let last_interval = events.iter().rposition(|e| *e == "interval").unwrap();
+    let first_summary = events.iter().position(|e| *e == "summary").unwrap();
+    assert!(
+        last_interval < first_summary,
+        "the totals follow the last interval: {events:?}"
+    );
+    let intervals: Vec<&Value> = json.iter().filter(|v| v["event"] == "interval").collect();
+    assert!(intervals.len() >= 6, "{} intervals", intervals.len());
+    for pair in intervals.windows(2) {
+        let end = pair[0]["ts_ns"].as_u64().unwrap();
+        let (ts, length) = (
+            pair[1]["ts_ns"].as_u64().unwrap(),
+            pair[1]["interval_ns"].as_u64().unwrap(),
+        );
+        assert_eq!(
+            ts - length,
+            end,
+            "each interval starts where the last ended"
+        );
+        assert!(
+            pair[1]["time"].as_str().unwrap().ends_with('Z'),
+            "{}",
+            pair[1]
+        );
+    }
+    let of_pid = |interval: &Value, field: &str| -> u64 {
+        interval["pids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["pid"] == pid)
+            .map_or(0, |row| row[field].as_u64().unwrap())
+    };
+    let summary = json
+        .iter()
+        .find(|v| v["event"] == "summary" && v["pid"] == pid)
+        .unwrap();
+    for field in ["faults", "writes", "minor"] {
+        let summed: u64 = intervals.iter().map(|i| of_pid(i, field)).sum();
+        assert_eq!(
+            summed,
+            summary[field].as_u64().unwrap(),
+            "{field}: the intervals add up to the totals"
+        );
+    }
+    let writes: Vec<u64> = intervals.iter().map(|i| of_pid(i, "writes")).collect();
+    check_bursts(&writes);
+    let total: u64 = intervals
+        .iter()
+        .map(|i| i["faults"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, json.last().unwrap()["faults"].as_u64().unwrap());
+}
+
+/// Writes per interval show the two bursts apart, with quiet (empty) intervals between them:
+/// cumulative reports would never drop back to zero. (Untimed, a thread's last fault is
+/// counted at its next fault, or at the end: in the next burst, or a third run of one write.)
+fn check_bursts(writes: &[u64]) {
+    let runs: Vec<u64> = writes
+        .split(|&w| w == 0)
+        .filter(|run| !run.is_empty())
+        .map(|run| run.iter().sum())
+        .collect();
+    assert!(
+        runs.len() >= 2 && runs[0] >= 99 && runs[1] >= 59,
+        "writes per interval: {writes:?}"
+    );
+}
+
+#[test]
+fn json_intervals_count_their_own_interval() {
+    if !require_root("json_intervals_count_their_own_interval") {
+        return;
+    }
+    let (pid, done) = trace_two_bursts(&["--json"]);
+    check_json_intervals(pid, &done);
+}
+
+#[test]
+fn json_summary_intervals_count_their_own_interval() {
+    if !require_root("json_summary_intervals_count_their_own_interval") {
+        return;
+    }
+    let (pid, done) = trace_two_bursts(&["--json", "--summary"]);
+    check_json_intervals(pid, &done);
+}
+
+/// Text reports split at their `--- TIME what: FROM s to TO s since start ---` headers: (header,
+/// the report's lines).
+fn text_reports(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut reports: Vec<(String, Vec<String>)> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("--- ") {
+            reports.push((line.to_string(), Vec::new()));
+        } else if let Some((_, lines)) = reports.last_mut() {
+            lines.push(line.to_string());
+        }
+    }
+    reports
+}
+
+/// A report's FAULTS and WRITES for `pid` (0 without a row).
+fn text_counts(lines: &[String], pid: u32) -> (u64, u64) {
+    let prefix = format!("{pid} ");
+    lines
+        .iter()
+        .map(|line| line.trim_start())
+        .find(|line| line.starts_with(&prefix))
+        .map_or((0, 0), |line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            (columns[2].parse().unwrap(), columns[5].parse().unwrap())
+        })
+}
+
+/// Text --interval: each report headed by its time, what it counts and its span; per interval
+/// counts that add up to the cumulative totals, which come once, last.
+fn check_text_intervals(pid: u32, reports: &[(String, Vec<String>)]) {
+    let (totals, intervals) = reports.split_last().expect("no reports");
+    assert!(
+        totals.0.contains(" cumulative totals: 0.000 s to "),
+        "{}",
+        totals.0
+    );
+    assert!(intervals.len() >= 6, "{} intervals", intervals.len());
+    let mut end = "0.000 s".to_string();
+    for (header, _) in intervals {
+        // "--- 12:00:01.500 per interval: 1.000 s to 1.500 s since start ---"
+        let words: Vec<&str> = header.split_whitespace().collect();
+        assert_eq!(words[1].len(), "12:00:01.500".len(), "{header}");
+        assert_eq!(words[2..4], ["per", "interval:"], "{header}");
+        assert_eq!(format!("{} s", words[4]), end, "{header}");
+        end = format!("{} s", words[7]);
+    }
+    let writes: Vec<u64> = intervals
+        .iter()
+        .map(|(_, lines)| text_counts(lines, pid).1)
+        .collect();
+    let faults: u64 = intervals
+        .iter()
+        .map(|(_, lines)| text_counts(lines, pid).0)
+        .sum();
+    assert_eq!(faults, text_counts(&totals.1, pid).0, "{writes:?}");
+    assert_eq!(
+        writes.iter().sum::<u64>(),
+        text_counts(&totals.1, pid).1,
+        "{writes:?}"
+    );
+    check_bursts(&writes);
+}
+
+#[test]
+fn text_summary_intervals_are_headed_and_per_interval() {
+    if !require_root("text_summary_intervals_are_headed_and_per_interval") {
+        return;
+    }
+    let (pid, done) = trace_two_bursts(&["--summary"]);
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    let reports = text_reports(&done.output);
+    check_text_intervals(pid, &reports);
+    // The mappings and histograms come once, with the totals.
+    let mapping_headers = done
+        .output
+        .lines()
+        .filter(|l| l.contains("MAPPING"))
+        .count();
+    assert_eq!(mapping_headers, 1, "{}", done.output);
+    assert!(
+        reports
+            .last()
+            .unwrap()
+            .1
+            .iter()
+            .any(|l| l.contains("MAPPING"))
+    );
+}
+
+#[test]
+fn text_stream_intervals_go_to_stderr_headed_and_per_interval() {
+    if !require_root("text_stream_intervals_go_to_stderr_headed_and_per_interval") {
+        return;
+    }
+    let (pid, done) = trace_two_bursts(&[]);
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    assert!(
+        !done.output.lines().any(|l| l.starts_with("--- ")),
+        "the event stream stays pure event lines"
+    );
+    check_text_intervals(pid, &text_reports(&done.stderr));
+}

@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use crate::{
     cli::Format,
     event::{Fault, ProcessEvent},
-    output::summary::Summary,
+    output::{interval::Period, summary::Summary},
 };
 
 pub use json::JsonSink;
@@ -31,7 +31,16 @@ pub trait Sink {
         false
     }
 
-    /// Writes the totals so far: at the end, and every --interval in --summary mode.
+    /// Every --interval: the counts of that interval only (`Intervals::next`).
+    fn interval(&mut self, period: &Period, counts: &Summary) -> io::Result<()>;
+
+    /// Before the totals, when interval reports came first: what the totals cover. Formats
+    /// whose totals are told apart by their own names (JSON) write nothing.
+    fn totals_header(&mut self, _period: &Period) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Writes the totals: once, at the end.
     fn summary(&mut self, summary: &Summary) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
 }
@@ -75,6 +84,11 @@ impl WallClock {
         let ns = i128::from(monotonic_ns) + self.offset_ns;
         chrono::DateTime::from_timestamp_nanos(ns as i64)
     }
+}
+
+/// CLOCK_MONOTONIC now, in ns: the kernel's timestamps' clock.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
