@@ -70,7 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     report_thp(server.pid())?;
     let mut conn = Conn::connect(server.port)?;
     let keys = load(&mut conn, &args)?;
-    let plot = plot_path(&cow_trace);
+    let plot = plot_path(&cow_trace)?;
     let tracer = Tracer::start(&cow_trace, server.pid(), &server.dir, plot.as_deref())?;
     let snapshot = snapshot_under_writes(&server, &mut conn, &args, keys)?;
     tracer.stop()?;
@@ -507,11 +507,15 @@ impl Tracer {
     }
 }
 
-/// Where to draw the run, if this cow-trace can (--plot is being added).
-fn plot_path(cow_trace: &Path) -> Option<PathBuf> {
+/// Where to draw the run (target/xtask, made if missing), if this cow-trace can.
+fn plot_path(cow_trace: &Path) -> anyhow::Result<Option<PathBuf>> {
     let help = util::output(Command::new(cow_trace).arg("--help")).unwrap_or_default();
-    help.contains("--plot")
-        .then(|| util::root().join("target/xtask/redis-demo.svg"))
+    if !help.contains("--plot") {
+        return Ok(None);
+    }
+    let dir = util::root().join("target/xtask");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(Some(dir.join("redis-demo.svg")))
 }
 
 // ---------------------------------------------------------------------------------------------
