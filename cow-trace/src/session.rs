@@ -159,6 +159,9 @@ impl Session {
             }
             Event::Process(process) => {
                 tree.apply(&process);
+                if let Some(plot) = plot.as_mut() {
+                    plot.add_process(&process);
+                }
                 match process.change {
                     Change::Fork { child } => {
                         enricher.on_fork(process.pid, child);

@@ -821,15 +821,19 @@ fn kernel_summary_by_mapping_and_stack() {
     faulter.exit();
 }
 
-/// --plot draws a valid SVG with the classes that occurred.
+/// --plot draws a valid SVG with the classes that occurred; its headline is the bytes copied
+/// on write, as the same run's totals count them; copies and reuses are told apart; and the
+/// snapshot child's life is shaded.
 #[test]
 fn plot_is_a_valid_svg() {
     if !require_root("plot_is_a_valid_svg") {
         return;
     }
     let svg = scratch().join(format!("plot-{}.svg", std::process::id()));
+    // The parent writes 32 pages while its snapshot child lives (copies), 32 more after
+    // (reuses).
     let script = format!(
-        "printf 'cow 64\\nexit\\n' | {}",
+        "printf 'snapshot 64 32\\nexit\\n' | {}",
         workload("faulter").display()
     );
     let done = Tracer::start(&[
@@ -847,14 +851,63 @@ fn plot_is_a_valid_svg() {
     std::fs::remove_file(&svg).unwrap();
     let document = roxmltree::Document::parse(&text).expect("not XML");
     assert_eq!(document.root_element().tag_name().name(), "svg");
-    let texts: Vec<&str> = document.descendants().filter_map(|n| n.text()).collect();
-    for label in ["COW writes", "reads and exec"] {
-        assert!(
-            texts.iter().any(|t| t.contains(label)),
-            "{label} missing: {texts:?}"
-        );
+    let texts: Vec<&str> = document
+        .descendants()
+        .filter_map(|n| n.text())
+        .map(str::trim)
+        .collect();
+    let has = |wanted: &str| texts.iter().any(|t| t.contains(wanted));
+    for label in [
+        "COW writes: copied",
+        "COW writes: reused (no copy)",
+        "reads and exec",
+        "all pids: bytes copied",
+        "a snapshot child alive",
+    ] {
+        assert!(has(label), "{label} missing: {texts:?}");
     }
     assert!(document.descendants().count() > 100);
+
+    // "copied on write: 152.0 KiB (38 pages, 155648 bytes); no copy: ..."
+    let headline = texts
+        .iter()
+        .find(|t| t.starts_with("copied on write: "))
+        .unwrap_or_else(|| panic!("no headline in {texts:?}"));
+    let bytes: u64 = headline
+        .split(" pages, ")
+        .nth(1)
+        .and_then(|rest| rest.split(" bytes)").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {headline:?}"));
+    let totals = done
+        .json()
+        .into_iter()
+        .find(|v| v["event"] == "totals")
+        .unwrap();
+    assert_eq!(
+        bytes,
+        totals["copied_bytes"].as_u64().unwrap(),
+        "{headline}"
+    );
+    assert!(bytes >= 32 * 4096, "{headline}");
+    assert!(headline.contains(" reuses"), "{headline}");
+
+    // The snapshot child's window: named, and shaded in each time panel.
+    let child = field_after(&done.command_stdout, "child ");
+    assert!(
+        has(&format!("while child {child} ran")),
+        "no window of child {child}: {texts:?}"
+    );
+    let shades = document
+        .descendants()
+        .filter(|n| n.has_tag_name("rect") && n.attribute("opacity") == Some("0.15"))
+        .filter(|n| {
+            n.attribute("height")
+                .and_then(|h| h.parse::<f64>().ok())
+                .is_some_and(|h| h > 20.0)
+        })
+        .count();
+    assert!(shades >= 2, "{shades} window shades");
 }
 
 /// --fail-over-cow: the gate trips above the limit (status 7, one line why), not below, and a

@@ -1,13 +1,19 @@
 //! The kinds of fault the plot tells apart, and the part of a fault it keeps.
 use plotters::style::RGBColor;
 
-use crate::event::{Access, Fault, Outcome};
+use crate::event::{Access, CowOutcome, Fault, Outcome};
 
 /// What kind of fault, as the plot tells them apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FaultClass {
-    /// A write to a present page: the copy-on-write break.
-    Cow,
+    /// A write to a present page (the copy-on-write break) that copied a shared page.
+    CowCopied,
+    /// One that kept the page: its last sharer. A fault, but no copy.
+    CowReused,
+    /// One on the shared zero page: a fresh zeroed page, no copy.
+    CowZeroFill,
+    /// One whose outcome was not seen.
+    CowUnknown,
     /// Any other write (first touch of a page).
     OtherWrite,
     /// Reads and instruction fetches.
@@ -18,11 +24,14 @@ pub enum FaultClass {
     Unknown,
 }
 
-pub(super) const CLASSES: usize = 5;
+pub(super) const CLASSES: usize = 8;
 
 impl FaultClass {
     pub const ALL: [FaultClass; CLASSES] = [
-        FaultClass::Cow,
+        FaultClass::CowCopied,
+        FaultClass::CowReused,
+        FaultClass::CowZeroFill,
+        FaultClass::CowUnknown,
         FaultClass::OtherWrite,
         FaultClass::Read,
         FaultClass::Major,
@@ -30,12 +39,18 @@ impl FaultClass {
     ];
 
     /// None for a fault that never completed or an attempt that was retried: the kernel
-    /// did not count it.
+    /// did not count it. A copy-on-write fault is one whatever else it was, so the copies
+    /// drawn are the summary's.
     pub fn of(fault: &Fault) -> Option<FaultClass> {
         match fault.outcome {
             Outcome::Incomplete | Outcome::Retry => None,
+            _ if fault.is_cow() == Some(true) => Some(match fault.cow_outcome() {
+                Some(CowOutcome::Copied) => FaultClass::CowCopied,
+                Some(CowOutcome::Reused) => FaultClass::CowReused,
+                Some(CowOutcome::ZeroFilled) => FaultClass::CowZeroFill,
+                None => FaultClass::CowUnknown,
+            }),
             Outcome::Major => Some(FaultClass::Major),
-            Outcome::Minor if fault.is_cow() == Some(true) => Some(FaultClass::Cow),
             Outcome::Minor => Some(match fault.access() {
                 Some(Access::Write) => FaultClass::OtherWrite,
                 Some(Access::Read | Access::Exec) => FaultClass::Read,
@@ -44,10 +59,24 @@ impl FaultClass {
         }
     }
 
+    /// A write-protect fault: the copy-on-write break, copied or not.
+    pub fn is_cow(self) -> bool {
+        matches!(
+            self,
+            FaultClass::CowCopied
+                | FaultClass::CowReused
+                | FaultClass::CowZeroFill
+                | FaultClass::CowUnknown
+        )
+    }
+
     /// The legend's text.
     pub fn label(self) -> &'static str {
         match self {
-            FaultClass::Cow => "COW writes",
+            FaultClass::CowCopied => "COW writes: copied",
+            FaultClass::CowReused => "COW writes: reused (no copy)",
+            FaultClass::CowZeroFill => "COW writes: zero fill (no copy)",
+            FaultClass::CowUnknown => "COW writes: outcome unknown",
             FaultClass::OtherWrite => "other writes",
             FaultClass::Read => "reads and exec",
             FaultClass::Major => "major",
@@ -59,9 +88,13 @@ impl FaultClass {
         self as usize
     }
 
+    /// Copies in strong red; the COW faults that copy nothing lighter.
     pub(super) fn color(self) -> RGBColor {
         match self {
-            FaultClass::Cow => RGBColor(214, 39, 40),
+            FaultClass::CowCopied => RGBColor(214, 39, 40),
+            FaultClass::CowReused => RGBColor(255, 152, 150),
+            FaultClass::CowZeroFill => RGBColor(197, 176, 213),
+            FaultClass::CowUnknown => RGBColor(140, 86, 75),
             FaultClass::OtherWrite => RGBColor(255, 127, 14),
             FaultClass::Read => RGBColor(31, 119, 180),
             FaultClass::Major => RGBColor(148, 103, 189),
@@ -78,8 +111,8 @@ pub struct PlotFault {
     pub pid: u32,
     pub address: u64,
     pub class: FaultClass,
-    /// For a COW fault: whether the kernel copied the page (false: reused it); None if unknown.
-    pub copied: Option<bool>,
+    /// The child whose snapshot window the fault fell in, or 0.
+    pub window: u32,
 }
 
 impl PlotFault {
@@ -90,7 +123,7 @@ impl PlotFault {
             pid: fault.pid,
             address: fault.address,
             class: FaultClass::of(fault)?,
-            copied: fault.copied(),
+            window: fault.window,
         })
     }
 }
