@@ -55,11 +55,12 @@ pub struct Args {
     pub no_summary: bool,
 
     /// Count faults in the kernel (no per-fault output, lowest overhead) and print per pid,
-    /// mapping and class counts and latency histograms at exit and every --interval.
+    /// mapping and class counts and latency histograms at exit.
     #[arg(short = 's', long)]
     pub summary: bool,
 
-    /// With --summary (or streaming, on stderr): print the summary every TIME as well.
+    /// Every TIME, also print the counts of that interval only (as perf stat -I), with its
+    /// time: per pid into the output with --summary or --json, else on stderr.
     #[arg(short = 'i', long, value_name = "TIME", value_parser = parse_duration)]
     pub interval: Option<Duration>,
 

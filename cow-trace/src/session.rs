@@ -11,6 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{BackendChoice, Format},
+    clock::monotonic_ns,
     enrich::Enricher,
     event::{Change, Event, FaultClass, ProcessEvent},
     failure::{Status, failure},
@@ -21,9 +22,10 @@ use crate::{
     },
     output::{
         format::human_bytes,
+        interval::Intervals,
         losses::Losses,
         plot::FaultPlot,
-        sink::{self, Sink, WallClock},
+        sink::{self, Sink, TextSink, WallClock},
         summary::Summary,
     },
     target::{self, HeldCommand},
@@ -106,6 +108,9 @@ struct Session {
     enricher: Enricher,
     plot: Option<FaultPlot>,
     losses: Losses,
+    clock: WallClock,
+    /// --interval: the counts at the previous report.
+    intervals: Option<Intervals>,
 }
 
 impl Session {
@@ -153,6 +158,9 @@ impl Session {
             }
             Event::Process(process) => {
                 tree.apply(&process);
+                if let Some(plot) = plot.as_mut() {
+                    plot.add_process(&process);
+                }
                 match process.change {
                     Change::Fork { child } => {
                         enricher.on_fork(process.pid, child);
@@ -263,20 +271,35 @@ impl Session {
         }
     }
 
-    /// Prints the totals so far (--interval): into the output in --summary mode, else on
-    /// stderr.
-    fn report(&mut self) -> anyhow::Result<io::Result<()>> {
+    /// Every --interval: prints what changed since the previous report.
+    fn report_interval(&mut self) -> anyhow::Result<io::Result<()>> {
         let live: Vec<u32> = self.tree.live.iter().copied().collect();
         for pid in live {
             self.tree.refresh_comm(pid);
         }
         let summary = self.totals()?;
-        if self.options.kernel.summary {
-            Ok(self.sink.summary(&summary).and_then(|()| self.sink.flush()))
+        Ok(self.write_interval(&summary, monotonic_ns()))
+    }
+
+    /// The interval up to `now_ns` from the totals then: into the output in --summary mode or
+    /// as JSON, else on stderr (streamed text stays pure event lines).
+    fn write_interval(&mut self, totals: &Summary, now_ns: u64) -> io::Result<()> {
+        let Some(intervals) = self.intervals.as_mut() else {
+            return Ok(());
+        };
+        let (period, counts) = intervals.next(totals, now_ns);
+        if self.intervals_on_stderr() {
+            let _ = TextSink::new(Box::new(io::stderr()), self.clock).interval(&period, &counts);
+            Ok(())
         } else {
-            let _ = summary.write_table(&mut io::stderr().lock());
-            Ok(Ok(()))
+            self.sink
+                .interval(&period, &counts)
+                .and_then(|()| self.sink.flush())
         }
+    }
+
+    fn intervals_on_stderr(&self) -> bool {
+        !self.options.kernel.summary && !self.sink.is_machine_readable()
     }
 }
 
@@ -299,7 +322,8 @@ pub async fn run(
         tree.add(child as u32);
     }
     let mut ring = Ring::new(&mut probes)?;
-    let sink = sink::new(options.format, out, WallClock::now(), backend.name());
+    let clock = WallClock::now();
+    let sink = sink::new(options.format, out, clock, backend.name());
     // Handlers first: a signal right after the readiness line must end the run cleanly.
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -332,10 +356,17 @@ pub async fn run(
         enricher: Enricher::default(),
         plot,
         losses: Losses::default(),
+        clock,
+        intervals: None,
     };
     if !session.options.kernel.summary {
         session.sink.begin().map_err(output_error)?;
     }
+    // Reports count from here: the first interval's faults are those after the release.
+    session.intervals = session
+        .options
+        .interval
+        .map(|_| Intervals::new(monotonic_ns()));
     if let Some(command) = held.as_mut() {
         command.release()?;
     }
@@ -362,7 +393,13 @@ pub async fn run(
                 session.report_new_losses();
                 drained
             }
-            _ = next_tick(&mut report) => session.report()?,
+            _ = next_tick(&mut report) => {
+                // What waits in the ring happened in the interval that ends now.
+                match session.drain(&mut ring) {
+                    Ok(()) => session.report_interval()?,
+                    failed => failed,
+                }
+            }
             _ = interrupt.recv() => break Stop::Signal("SIGINT"),
             _ = terminate.recv() => break Stop::Signal("SIGTERM"),
             _ = hangup.recv() => break Stop::Signal("SIGHUP"),
@@ -378,6 +415,8 @@ pub async fn run(
         }
     };
 
+    // The last --interval report ends here: what is drained below happened before.
+    let stopped_ns = monotonic_ns();
     // Detach first: nothing changes under the last reads, and nothing waits on us.
     session.probes.detach();
     // What the kernel wrote before we stopped still counts.
@@ -398,35 +437,57 @@ pub async fn run(
         other => other,
     };
     let summary = session.totals()?;
+    // The totals cover the whole run; with --interval, they come after the last interval's
+    // report (never a repeat of it), behind a header where reports are text.
+    let whole_run = session
+        .intervals
+        .as_ref()
+        .map(|intervals| intervals.whole_run(stopped_ns));
+    let intervals_on_stderr = session.intervals_on_stderr();
+    let last_interval = if stop == Stop::OutputClosed && !intervals_on_stderr {
+        Ok(())
+    } else {
+        session.write_interval(&summary, stopped_ns)
+    };
     let Session {
         options,
         probes,
         mut sink,
         plot,
+        clock,
         ..
     } = session;
     drop(ring);
     drop(probes);
     log::info!("stopped: {stop:?}");
 
-    let output_open = stop != Stop::OutputClosed
-        && !matches!(&last, Err(e) if e.kind() == io::ErrorKind::BrokenPipe);
+    let broken =
+        |result: &io::Result<()>| matches!(result, Err(e) if e.kind() == io::ErrorKind::BrokenPipe);
+    let output_open = stop != Stop::OutputClosed && !broken(&last) && !broken(&last_interval);
     if output_open {
-        last.map_err(output_error)?;
+        last.and(last_interval).map_err(output_error)?;
         // Streaming text stays pure event lines; the human table goes to stderr instead.
         let to_output = options.kernel.summary || sink.is_machine_readable();
         if to_output {
-            match sink.summary(&summary).and_then(|()| sink.flush()) {
+            let header = match &whole_run {
+                Some(period) => sink.totals_header(period),
+                None => Ok(()),
+            };
+            match header
+                .and_then(|()| sink.summary(&summary))
+                .and_then(|()| sink.flush())
+            {
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
                 other => other.map_err(output_error)?,
             }
         }
     }
     if !options.kernel.summary && options.print_summary {
-        let mut stderr = io::stderr().lock();
-        let _ = summary.write_table(&mut stderr);
-        let _ = summary.write_mappings(&mut stderr);
-        let _ = summary.write_stacks(&mut stderr);
+        let mut stderr = TextSink::new(Box::new(io::stderr()), clock);
+        if intervals_on_stderr && let Some(period) = &whole_run {
+            let _ = stderr.totals_header(period);
+        }
+        let _ = stderr.summary(&summary);
     }
     if let (Some(plot), Some(path)) = (plot, &options.plot) {
         let title = format!("cow-trace: pid {} and its children", options.root);

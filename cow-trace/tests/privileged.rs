@@ -821,15 +821,19 @@ fn kernel_summary_by_mapping_and_stack() {
     faulter.exit();
 }
 
-/// --plot draws a valid SVG with the classes that occurred.
+/// --plot draws a valid SVG with the classes that occurred; its headline is the bytes copied
+/// on write, as the same run's totals count them; copies and reuses are told apart; and the
+/// snapshot child's life is shaded.
 #[test]
 fn plot_is_a_valid_svg() {
     if !require_root("plot_is_a_valid_svg") {
         return;
     }
     let svg = scratch().join(format!("plot-{}.svg", std::process::id()));
+    // The parent writes 32 pages while its snapshot child lives (copies), 32 more after
+    // (reuses).
     let script = format!(
-        "printf 'cow 64\\nexit\\n' | {}",
+        "printf 'snapshot 64 32\\nexit\\n' | {}",
         workload("faulter").display()
     );
     let done = Tracer::start(&[
@@ -847,14 +851,63 @@ fn plot_is_a_valid_svg() {
     std::fs::remove_file(&svg).unwrap();
     let document = roxmltree::Document::parse(&text).expect("not XML");
     assert_eq!(document.root_element().tag_name().name(), "svg");
-    let texts: Vec<&str> = document.descendants().filter_map(|n| n.text()).collect();
-    for label in ["COW writes", "reads and exec"] {
-        assert!(
-            texts.iter().any(|t| t.contains(label)),
-            "{label} missing: {texts:?}"
-        );
+    let texts: Vec<&str> = document
+        .descendants()
+        .filter_map(|n| n.text())
+        .map(str::trim)
+        .collect();
+    let has = |wanted: &str| texts.iter().any(|t| t.contains(wanted));
+    for label in [
+        "COW writes: copied",
+        "COW writes: reused (no copy)",
+        "reads and exec",
+        "all pids: bytes copied",
+        "a snapshot child alive",
+    ] {
+        assert!(has(label), "{label} missing: {texts:?}");
     }
     assert!(document.descendants().count() > 100);
+
+    // "copied on write: 152.0 KiB (38 pages, 155648 bytes); no copy: ..."
+    let headline = texts
+        .iter()
+        .find(|t| t.starts_with("copied on write: "))
+        .unwrap_or_else(|| panic!("no headline in {texts:?}"));
+    let bytes: u64 = headline
+        .split(" pages, ")
+        .nth(1)
+        .and_then(|rest| rest.split(" bytes)").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {headline:?}"));
+    let totals = done
+        .json()
+        .into_iter()
+        .find(|v| v["event"] == "totals")
+        .unwrap();
+    assert_eq!(
+        bytes,
+        totals["copied_bytes"].as_u64().unwrap(),
+        "{headline}"
+    );
+    assert!(bytes >= 32 * 4096, "{headline}");
+    assert!(headline.contains(" reuses"), "{headline}");
+
+    // The snapshot child's window: named, and shaded in each time panel.
+    let child = field_after(&done.command_stdout, "child ");
+    assert!(
+        has(&format!("while child {child} ran")),
+        "no window of child {child}: {texts:?}"
+    );
+    let shades = document
+        .descendants()
+        .filter(|n| n.has_tag_name("rect") && n.attribute("opacity") == Some("0.15"))
+        .filter(|n| {
+            n.attribute("height")
+                .and_then(|h| h.parse::<f64>().ok())
+                .is_some_and(|h| h > 20.0)
+        })
+        .count();
+    assert!(shades >= 2, "{shades} window shades");
 }
 
 /// --fail-over-cow: the gate trips above the limit (status 7, one line why), not below, and a
@@ -943,4 +996,231 @@ fn zero_page_writes_are_zero_fills_not_copies() {
         .unwrap();
     assert!(summary["zero_fills"].as_u64().unwrap() >= 32, "{summary}");
     faulter.exit();
+}
+
+// ---------------------------------------------------------------------------------------------
+// --interval
+
+const INTERVAL: &str = "300ms";
+
+/// Drives a faulter through a burst of writes, a quiet stretch longer than two intervals, and a
+/// second burst, under cow-trace with `args` and --interval.
+fn trace_two_bursts(args: &[&str]) -> (u32, Finished) {
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let pid_arg = pid.to_string();
+    let mut all = vec!["-x", pid_arg.as_str(), "--interval", INTERVAL];
+    all.extend_from_slice(args);
+    let tracer = Tracer::start(&all);
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(750));
+    pause();
+    faulter.run("touch 100");
+    pause();
+    faulter.run("touch 60");
+    pause();
+    let done = tracer.stop();
+    faulter.exit();
+    (pid, done)
+}
+
+/// JSON --interval: an `interval` line per interval, with its time and length, holding that
+/// interval's counts only (they add up to the totals, which come once, last).
+fn check_json_intervals(pid: u32, done: &Finished) {
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    let json = done.json();
+    let events: Vec<&str> = json.iter().map(|v| v["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        events.iter().filter(|e| **e == "totals").count(),
+        1,
+        "{events:?}"
+    );
+    assert_eq!(events.last(), Some(&"totals"));
+    let last_interval = events.iter().rposition(|e| *e == "interval").unwrap();
+    let first_summary = events.iter().position(|e| *e == "summary").unwrap();
+    assert!(
+        last_interval < first_summary,
+        "the totals follow the last interval: {events:?}"
+    );
+    let intervals: Vec<&Value> = json.iter().filter(|v| v["event"] == "interval").collect();
+    assert!(intervals.len() >= 6, "{} intervals", intervals.len());
+    for pair in intervals.windows(2) {
+        let end = pair[0]["ts_ns"].as_u64().unwrap();
+        let (ts, length) = (
+            pair[1]["ts_ns"].as_u64().unwrap(),
+            pair[1]["interval_ns"].as_u64().unwrap(),
+        );
+        assert_eq!(
+            ts - length,
+            end,
+            "each interval starts where the last ended"
+        );
+        assert!(
+            pair[1]["time"].as_str().unwrap().ends_with('Z'),
+            "{}",
+            pair[1]
+        );
+    }
+    let of_pid = |interval: &Value, field: &str| -> u64 {
+        interval["pids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["pid"] == pid)
+            .map_or(0, |row| row[field].as_u64().unwrap())
+    };
+    let summary = json
+        .iter()
+        .find(|v| v["event"] == "summary" && v["pid"] == pid)
+        .unwrap();
+    for field in ["faults", "writes", "minor"] {
+        let summed: u64 = intervals.iter().map(|i| of_pid(i, field)).sum();
+        assert_eq!(
+            summed,
+            summary[field].as_u64().unwrap(),
+            "{field}: the intervals add up to the totals"
+        );
+    }
+    let writes: Vec<u64> = intervals.iter().map(|i| of_pid(i, "writes")).collect();
+    check_bursts(&writes);
+    let total: u64 = intervals
+        .iter()
+        .map(|i| i["faults"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, json.last().unwrap()["faults"].as_u64().unwrap());
+}
+
+/// Writes per interval show the two bursts apart, with quiet (empty) intervals between them:
+/// cumulative reports would never drop back to zero. (Untimed, a thread's last fault is
+/// counted at its next fault, or at the end: in the next burst, or a third run of one write.)
+fn check_bursts(writes: &[u64]) {
+    let runs: Vec<u64> = writes
+        .split(|&w| w == 0)
+        .filter(|run| !run.is_empty())
+        .map(|run| run.iter().sum())
+        .collect();
+    assert!(
+        runs.len() >= 2 && runs[0] >= 99 && runs[1] >= 59,
+        "writes per interval: {writes:?}"
+    );
+}
+
+#[test]
+fn json_intervals_count_their_own_interval() {
+    if !require_root("json_intervals_count_their_own_interval") {
+        return;
+    }
+    let (pid, done) = trace_two_bursts(&["--json"]);
+    check_json_intervals(pid, &done);
+}
+
+#[test]
+fn json_summary_intervals_count_their_own_interval() {
+    if !require_root("json_summary_intervals_count_their_own_interval") {
+        return;
+    }
+    let (pid, done) = trace_two_bursts(&["--json", "--summary"]);
+    check_json_intervals(pid, &done);
+}
+
+/// Text reports split at their `--- TIME what: FROM s to TO s since start ---` headers: (header,
+/// the report's lines).
+fn text_reports(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut reports: Vec<(String, Vec<String>)> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("--- ") {
+            reports.push((line.to_string(), Vec::new()));
+        } else if let Some((_, lines)) = reports.last_mut() {
+            lines.push(line.to_string());
+        }
+    }
+    reports
+}
+
+/// A report's FAULTS and WRITES for `pid` (0 without a row).
+fn text_counts(lines: &[String], pid: u32) -> (u64, u64) {
+    let prefix = format!("{pid} ");
+    lines
+        .iter()
+        .map(|line| line.trim_start())
+        .find(|line| line.starts_with(&prefix))
+        .map_or((0, 0), |line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            (columns[2].parse().unwrap(), columns[5].parse().unwrap())
+        })
+}
+
+/// Text --interval: each report headed by its time, what it counts and its span; per interval
+/// counts that add up to the cumulative totals, which come once, last.
+fn check_text_intervals(pid: u32, reports: &[(String, Vec<String>)]) {
+    let (totals, intervals) = reports.split_last().expect("no reports");
+    assert!(
+        totals.0.contains(" cumulative totals: 0.000 s to "),
+        "{}",
+        totals.0
+    );
+    assert!(intervals.len() >= 6, "{} intervals", intervals.len());
+    let mut end = "0.000 s".to_string();
+    for (header, _) in intervals {
+        // "--- 12:00:01.500 per interval: 1.000 s to 1.500 s since start ---"
+        let words: Vec<&str> = header.split_whitespace().collect();
+        assert_eq!(words[1].len(), "12:00:01.500".len(), "{header}");
+        assert_eq!(words[2..4], ["per", "interval:"], "{header}");
+        assert_eq!(format!("{} s", words[4]), end, "{header}");
+        end = format!("{} s", words[7]);
+    }
+    let writes: Vec<u64> = intervals
+        .iter()
+        .map(|(_, lines)| text_counts(lines, pid).1)
+        .collect();
+    let faults: u64 = intervals
+        .iter()
+        .map(|(_, lines)| text_counts(lines, pid).0)
+        .sum();
+    assert_eq!(faults, text_counts(&totals.1, pid).0, "{writes:?}");
+    assert_eq!(
+        writes.iter().sum::<u64>(),
+        text_counts(&totals.1, pid).1,
+        "{writes:?}"
+    );
+    check_bursts(&writes);
+}
+
+#[test]
+fn text_summary_intervals_are_headed_and_per_interval() {
+    if !require_root("text_summary_intervals_are_headed_and_per_interval") {
+        return;
+    }
+    let (pid, done) = trace_two_bursts(&["--summary"]);
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    let reports = text_reports(&done.output);
+    check_text_intervals(pid, &reports);
+    // The mappings and histograms come once, with the totals.
+    let mapping_headers = done
+        .output
+        .lines()
+        .filter(|l| l.contains("MAPPING"))
+        .count();
+    assert_eq!(mapping_headers, 1, "{}", done.output);
+    assert!(
+        reports
+            .last()
+            .unwrap()
+            .1
+            .iter()
+            .any(|l| l.contains("MAPPING"))
+    );
+}
+
+#[test]
+fn text_stream_intervals_go_to_stderr_headed_and_per_interval() {
+    if !require_root("text_stream_intervals_go_to_stderr_headed_and_per_interval") {
+        return;
+    }
+    let (pid, done) = trace_two_bursts(&[]);
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    assert!(
+        !done.output.lines().any(|l| l.starts_with("--- ")),
+        "the event stream stays pure event lines"
+    );
+    check_text_intervals(pid, &text_reports(&done.stderr));
 }

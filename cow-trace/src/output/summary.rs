@@ -1,6 +1,6 @@
-//! Totals printed when tracing ends (and every --interval): per pid, per snapshot window, per
-//! mapping, and latency histograms. Both modes fill the same structure: streaming adds one
-//! fault at a time, --summary adds the kernel's aggregated counts.
+//! Totals printed when tracing ends (and each --interval's own counts): per pid, per snapshot
+//! window, per mapping, and latency histograms. Both modes fill the same structure: streaming
+//! adds one fault at a time, --summary adds the kernel's aggregated counts.
 use std::{collections::BTreeMap, io};
 
 use cow_trace_common::HIST_BUCKETS;

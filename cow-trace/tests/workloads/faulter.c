@@ -13,6 +13,8 @@
 //   snapshot N   map and fill N pages, fork a child that waits; the parent writes each page
 //                (N copies while the child lives), then lets the child exit. Prints
 //                "pages ADDR" and "child PID"
+//   snapshot N M the same, but the parent writes only the first M pages while the child lives
+//                (M copies), then all N after it exited (N - M reuses), as Redis does
 //   threads T N  T threads each map and write N pages
 //   major PATH N write an N-page file at PATH, drop its page cache, map it and read each page
 //   tree N       fork a child that forks a grandchild; the grandchild writes N pages, prints
@@ -116,8 +118,10 @@ static void reuse(long n) {
 
 // A fork-based snapshot, as Redis's BGSAVE: the child only reads (it would write the snapshot
 // out) while the parent keeps writing, so the parent copies each page it writes during the
-// child's life. Prints "pages ADDR" and "child PID".
-static void snapshot(long n) {
+// child's life; the first write to each other page after the child exited reuses it. The
+// parent writes the first m pages during the child's life, all n after. Prints "pages ADDR"
+// and "child PID".
+static void snapshot(long n, long m) {
     char *p = map_pages(n);
     for (long i = 0; i < n; i++) p[i * PAGE] = 1;
     int go[2], done[2];
@@ -131,9 +135,10 @@ static void snapshot(long n) {
     char line[96];
     snprintf(line, sizeof line, "pages %lx\nchild %d\n", (unsigned long)p, child);
     say(line);
-    for (long i = 0; i < n; i++) p[i * PAGE] = 2;
+    for (long i = 0; i < m; i++) p[i * PAGE] = 2;
     if (write(go[1], "x", 1) != 1) _exit(11);
     waitpid(child, NULL, 0);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 4;
     close(go[0]); close(go[1]); close(done[0]); close(done[1]);
 }
 
@@ -250,7 +255,8 @@ int main(void) {
         else if (sscanf(line, "zero %ld", &a) == 1) zero(a);
         else if (sscanf(line, "cow %ld", &a) == 1) cow(a);
         else if (sscanf(line, "reuse %ld", &a) == 1) reuse(a);
-        else if (sscanf(line, "snapshot %ld", &a) == 1) snapshot(a);
+        else if (sscanf(line, "snapshot %ld %ld", &a, &b) == 2) snapshot(a, b);
+        else if (sscanf(line, "snapshot %ld", &a) == 1) snapshot(a, a);
         else if (sscanf(line, "threads %ld %ld", &a, &b) == 2) threads(a, b);
         else if (sscanf(line, "major %1023s %ld", path, &a) == 2) major(path, a);
         else if (sscanf(line, "tree %ld", &a) == 1) tree(a);

@@ -18,7 +18,7 @@ mod snapshot;
 mod trace;
 mod tracer;
 
-use anyhow::ensure;
+use anyhow::{Context as _, ensure};
 
 use crate::{setup, util};
 use client::Conn;
@@ -70,7 +70,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     report_thp(server.pid())?;
     let mut conn = Conn::connect(server.port)?;
     let keys = load(&mut conn, &args)?;
-    let plot = util::root().join("target/xtask/redis-demo.svg");
+    // The plot goes under target/xtask, which a fresh checkout does not have yet.
+    let plot_dir = util::root().join("target/xtask");
+    std::fs::create_dir_all(&plot_dir)
+        .with_context(|| format!("creating {}", plot_dir.display()))?;
+    let plot = plot_dir.join("redis-demo.svg");
     let tracer = Tracer::start(&cow_trace, server.pid(), &server.dir, &plot)?;
     let snapshot = snapshot_under_writes(&server, &mut conn, &args, keys)?;
     tracer.stop()?;

@@ -34,18 +34,28 @@ impl FaultPlot {
     pub(super) fn draw(&self, svg: &mut String, title: &str) -> anyhow::Result<()> {
         let rows = self.rows();
         let lanes = self.strip_lanes();
+        // The legends go beside the panels, so they hide no data: the timelines' above them,
+        // the cumulative panel's below it.
+        let timeline_legend = self.timeline_legend(&rows);
+        let cumulative_legend = self.cumulative_legend(&rows);
         let height = TITLE_HEIGHT
+            + timeline_legend.height()
             + ROW_HEIGHT * rows.len() as u32
             + CUMULATIVE_HEIGHT
+            + cumulative_legend.height()
             + 110
             + LANE_HEIGHT * lanes.names.len().max(1) as u32;
         let root = SVGBackend::with_string(svg, (WIDTH, height)).into_drawing_area();
         root.fill(&WHITE)?;
         let body = root.titled(title, (FONT, 22))?;
-        let (timelines, rest) = body.split_vertically(ROW_HEIGHT * rows.len() as u32);
-        let (cumulative, strip) = rest.split_vertically(CUMULATIVE_HEIGHT);
+        let (legend, rest) = body.split_vertically(timeline_legend.height());
+        let (timelines, rest) = rest.split_vertically(ROW_HEIGHT * rows.len() as u32);
+        let (cumulative, rest) = rest.split_vertically(CUMULATIVE_HEIGHT);
+        let (cumulative_legend_area, strip) = rest.split_vertically(cumulative_legend.height());
+        timeline_legend.draw(&legend)?;
         self.draw_timelines(&timelines, &rows)?;
         self.draw_cumulative(&cumulative, &rows)?;
+        cumulative_legend.draw(&cumulative_legend_area)?;
         self.draw_strip(&strip, &lanes)?;
         root.present()?;
         Ok(())

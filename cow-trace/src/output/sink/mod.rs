@@ -9,7 +9,7 @@ use crate::{
     cli::Format,
     clock,
     event::{Fault, ProcessEvent},
-    output::summary::Summary,
+    output::{interval::Period, summary::Summary},
 };
 
 pub use json::JsonSink;
@@ -32,7 +32,16 @@ pub trait Sink {
         false
     }
 
-    /// Writes the totals so far: at the end, and every --interval in --summary mode.
+    /// Every --interval: the counts of that interval only (`Intervals::next`).
+    fn interval(&mut self, period: &Period, counts: &Summary) -> io::Result<()>;
+
+    /// Before the totals, when interval reports came first: what the totals cover. Formats
+    /// whose totals are told apart by their own names (JSON) write nothing.
+    fn totals_header(&mut self, _period: &Period) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Writes the totals: once, at the end.
     fn summary(&mut self, summary: &Summary) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
 }

@@ -3,7 +3,7 @@ use std::io::{self, Write};
 
 use super::{Sink, Summary, WallClock};
 use crate::event::{Change, Fault, ProcessEvent};
-use crate::output::format::HumanNs;
+use crate::output::{format::HumanNs, interval::Period};
 
 pub struct TextSink {
     out: Box<dyn Write>,
@@ -102,6 +102,14 @@ impl Sink for TextSink {
         )
     }
 
+    fn interval(&mut self, period: &Period, counts: &Summary) -> io::Result<()> {
+        write_interval(&mut self.out, self.clock, period, counts)
+    }
+
+    fn totals_header(&mut self, period: &Period) -> io::Result<()> {
+        write_totals_header(&mut self.out, self.clock, period)
+    }
+
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
         summary.write_report(&mut self.out)
     }
@@ -109,6 +117,42 @@ impl Sink for TextSink {
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+}
+
+/// An --interval report for people: a header with its time and span, then the per-pid table
+/// of that interval's counts.
+pub fn write_interval(
+    out: &mut dyn Write,
+    clock: WallClock,
+    period: &Period,
+    counts: &Summary,
+) -> io::Result<()> {
+    write_header(out, clock, period, "per interval")?;
+    counts.write_table(out)
+}
+
+/// Sets the totals at the end apart from the interval reports before them.
+pub fn write_totals_header(
+    out: &mut dyn Write,
+    clock: WallClock,
+    period: &Period,
+) -> io::Result<()> {
+    write_header(out, clock, period, "cumulative totals")
+}
+
+/// `--- 12:00:01.500 per interval: 1.000 s to 1.500 s since start ---`
+fn write_header(
+    out: &mut dyn Write,
+    clock: WallClock,
+    period: &Period,
+    what: &str,
+) -> io::Result<()> {
+    let (from, to) = period.seconds();
+    writeln!(
+        out,
+        "--- {} {what}: {from:.3} s to {to:.3} s since start ---",
+        clock.to_utc(period.to_ns).format("%H:%M:%S%.3f"),
+    )
 }
 
 #[cfg(test)]
@@ -175,6 +219,38 @@ mod tests {
         assert_eq!(lines[1].trim(), "main+0x42 (/tmp/cow)");
         assert_eq!(lines[2].trim(), "__libc_start_call_main+0x7a");
         assert_eq!(lines.len(), 3);
+    }
+
+    #[test]
+    fn interval_reports_say_when_and_what_they_count() {
+        let out = Captured::default();
+        let mut sink = TextSink::new(Box::new(out.clone()), WallClock::with_offset(0));
+        let second = 1_000_000_000;
+        let mut counts = Summary::default();
+        counts.record(&article_fault());
+        let period = Period {
+            start_ns: 10 * second,
+            from_ns: 11 * second,
+            to_ns: 11 * second + second / 2,
+        };
+        sink.interval(&period, &counts).unwrap();
+        sink.totals_header(&Period {
+            from_ns: 10 * second,
+            ..period
+        })
+        .unwrap();
+        let text = out.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "--- 00:00:11.500 per interval: 1.000 s to 1.500 s since start ---"
+        );
+        assert!(lines[1].trim_start().starts_with("PID COMM"), "{text}");
+        assert!(lines[2].trim_start().starts_with("12420 cow"), "{text}");
+        assert_eq!(
+            lines.last().unwrap(),
+            &"--- 00:00:11.500 cumulative totals: 0.000 s to 1.500 s since start ---"
+        );
     }
 
     #[test]
