@@ -17,6 +17,7 @@ use cow_trace_common::{PENDING_DEFERRED as DEFERRED, Record, TS_NOT_TAKEN, flags
 
 use crate::{
     clock::now_ns,
+    diagnostics,
     maps::{FaultEntry, Slot, is_traced, settings, user_stack},
     report,
 };
@@ -68,6 +69,7 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
         // interrupt): the outer fault goes on. Keep it; the nested one, if it completes, is
         // counted without its entry. (Untimed, the pending fault is simply over.)
         if kernel_mode && slot.flags() & flags::KERNEL_MODE == 0 && settings.untimed == 0 {
+            diagnostics::nested_fault(slot.tid(), address);
             return;
         }
         finish_pending(slot);

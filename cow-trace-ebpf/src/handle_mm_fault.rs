@@ -19,6 +19,7 @@ use cow_trace_common::{Record, flags, kind, x86_pf};
 
 use crate::{
     clock::now_ns,
+    diagnostics,
     maps::{FaultEntry, Slot, settings, user_stack},
     report,
 };
@@ -157,6 +158,7 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
     };
     let entry = slot.read();
     if entry.ts_ns == 0 {
+        diagnostics::attempt_without_entry(tid);
         return;
     }
     slot.empty();

@@ -6,6 +6,7 @@
 //! - `report`: a finished fault is streamed or counted in the kernel
 //! - `maps`: the maps and load-time settings every program shares, and the per-thread `Slot`
 //! - `clock`: the kernel clock as a safe call
+//! - `diagnostics`: rare events logged for the user (aya-log, shown with -v)
 #![no_std]
 #![no_main]
 // atomic_xadd: the summary's shared counters (see report::add).
@@ -14,6 +15,7 @@
 
 mod clock;
 mod copies;
+mod diagnostics;
 mod faults;
 mod handle_mm_fault;
 mod maps;

@@ -11,6 +11,8 @@ use cow_trace_common::{
     Window, counter,
 };
 
+use crate::diagnostics;
+
 /// Thread-group ids being traced: the target, its descendants at attach time (written by
 /// userspace) and every process they create afterwards (written by `tasks`). Value unused.
 #[map]
@@ -122,8 +124,9 @@ pub fn user_stack<C: StackIdContext>(ctx: &C) -> i32 {
     }
     match ctx.get_stackid(&STACKS, BPF_F_USER_STACK.into()) {
         Ok(id) => id as i32,
-        Err(_) => {
+        Err(error) => {
             bump(counter::STACK_FAILED);
+            diagnostics::stack_failed(error);
             NO_STACK
         }
     }
@@ -176,8 +179,9 @@ impl Slot {
             return None;
         }
         let created = PENDING.insert(tid, EMPTY_PENDING, BPF_NOEXIST.into());
-        if created.is_err() {
+        if let Err(error) = created {
             bump(counter::PENDING_FULL);
+            diagnostics::pending_full(tid, error);
             return None;
         }
         let slot = Slot::of(tid)?;

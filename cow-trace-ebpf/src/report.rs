@@ -12,6 +12,7 @@ use cow_trace_common::{
 
 use crate::{
     clock::now_ns,
+    diagnostics,
     maps::{EVENTS, HISTS, STATS, WINDOW, bump, may_have_window, settings},
 };
 
@@ -106,6 +107,7 @@ pub fn fault(record: &mut Record) {
     };
     let Some(counts) = get_or_insert(&STATS, key, &first) else {
         bump(counter::SUMMARY_FULL);
+        diagnostics::summary_full(record.pid, false);
         return;
     };
     // SAFETY: a value of STATS, live while this program runs.
@@ -128,7 +130,10 @@ pub fn fault(record: &mut Record) {
     match get_or_insert(&HISTS, key, &EMPTY_HIST) {
         // SAFETY: a value of HISTS; the index is masked into range for the verifier.
         Some(hist) => unsafe { add(&raw mut (*hist).buckets[bucket], 1) },
-        None => bump(counter::SUMMARY_FULL),
+        None => {
+            bump(counter::SUMMARY_FULL);
+            diagnostics::summary_full(record.pid, true);
+        }
     }
 }
 

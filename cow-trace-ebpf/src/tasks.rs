@@ -9,6 +9,7 @@ use cow_trace_common::{COMM_LEN, NO_FIELD, Record, Window, counter, kind};
 
 use crate::{
     clock::now_ns,
+    diagnostics,
     faults::{finish_deferred, finish_pending},
     maps::{PARENT, Slot, TRACED, WINDOW, bump, hint_window, is_traced, settings},
     report::emit,
@@ -44,12 +45,15 @@ pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let child = child as u32;
-    if TRACED.insert(child, 1, BPF_ANY.into()).is_err() {
+    if let Err(error) = TRACED.insert(child, 1, BPF_ANY.into()) {
         bump(counter::TRACED_FULL);
+        diagnostics::traced_full(child, parent, error);
         return 0;
     }
     // The parent's faults from now until this child exits fall in the child's window.
-    let _ = PARENT.insert(child, parent, BPF_ANY.into());
+    if let Err(error) = PARENT.insert(child, parent, BPF_ANY.into()) {
+        diagnostics::window_not_recorded(child, parent, error);
+    }
     let window = Window {
         child,
         _pad: 0,
@@ -57,7 +61,9 @@ pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
     };
     // The hint first: no fault on another CPU may skip a window already in the map.
     hint_window(parent);
-    let _ = WINDOW.insert(parent, window, BPF_ANY.into());
+    if let Err(error) = WINDOW.insert(parent, window, BPF_ANY.into()) {
+        diagnostics::window_not_recorded(child, parent, error);
+    }
     let mut record = Record::zeroed();
     record.kind = kind::FORK;
     record.ts_ns = now_ns();

@@ -6,6 +6,7 @@ mod cli;
 mod enrich;
 mod event;
 mod failure;
+mod kernel_log;
 mod kstats;
 mod plot;
 mod probes;
@@ -32,7 +33,13 @@ fn main() {
         Ok(args) => args,
         Err(error) => exit_on_usage_error(error),
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // -v shows cow-trace's own info lines, the kernel side's diagnostics among them.
+    let filter = if args.verbose {
+        "warn,cow_trace=info"
+    } else {
+        "warn"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter)).init();
     let status = match run(args) {
         Ok(status) => status,
         Err(error) => match error.downcast_ref::<Failure>() {
