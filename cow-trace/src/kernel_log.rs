@@ -54,3 +54,24 @@ impl Drop for Reader {
         self.0.flush();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use aya_log::Level;
+    use log::LevelFilter;
+
+    /// `level` relies on both crates numbering the levels alike.
+    #[test]
+    fn log_and_aya_log_number_levels_alike() {
+        for (filter, level) in [
+            (LevelFilter::Error, Level::Error),
+            (LevelFilter::Warn, Level::Warn),
+            (LevelFilter::Info, Level::Info),
+            (LevelFilter::Debug, Level::Debug),
+            (LevelFilter::Trace, Level::Trace),
+        ] {
+            assert_eq!(filter as u8, level as u8, "{filter}");
+        }
+        assert_eq!(LevelFilter::Off as u8, 0);
+    }
+}
