@@ -147,10 +147,11 @@ pub struct FaultEntry {
 /// writing in place costs far less than a hash-map insert and delete. The thread's exit
 /// removes its slot. Only traced threads have slots, so finding one also says "traced".
 ///
-/// Why plain loads and stores suffice: a slot is written by its own thread's programs (which
-/// run one at a time on that thread, or nested in one another, and then handle what they
-/// find), and by a program that removes it once the thread faults no more (its exit, or an
-/// exec that took its id). The one other writer is a rename of the thread by another thread,
+/// Why plain loads and stores suffice: a slot is written by its own thread's programs, which
+/// run one after another in that thread (a fault's entry, its page allocations, its
+/// completion; even a fault nested in another has its programs run between the outer's), and
+/// by a program that removes it once the thread faults no more (its exit, or an exec that took
+/// its id). The one other writer is a rename of the thread by another thread,
 /// which stores a new comm: a reader may see a torn name, as the kernel's own readers may.
 /// The map keeps the value alive while the program runs, even if the slot is removed meanwhile.
 #[derive(Clone, Copy)]
