@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use cow_trace_common::flags;
 
-use crate::maps::PENDING;
+use crate::maps::Slot;
 
 /// __GFP_HIGHMEM | __GFP_MOVABLE: set for user pages (GFP_HIGHUSER_MOVABLE), never for slab
 /// or page-table allocations.
@@ -24,19 +24,15 @@ pub fn kmem_mm_page_alloc(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     // Only traced threads have pending slots: one lookup filters and finds the slot.
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(pending) = PENDING.get_ptr_mut(tid) else {
+    let Some(slot) = Slot::of(bpf_get_current_pid_tgid() as u32) else {
         return 0;
     };
-    // SAFETY: the slot belongs to this thread, which is running this program.
-    unsafe {
-        if (*pending).ts_ns != 0 {
-            (*pending).flags |= if gfp & GFP_ZERO != 0 {
-                flags::PAGE_ZEROED
-            } else {
-                flags::PAGE_ALLOCATED
-            };
-        }
+    if slot.pending_since() != 0 {
+        slot.mark(if gfp & GFP_ZERO != 0 {
+            flags::PAGE_ZEROED
+        } else {
+            flags::PAGE_ALLOCATED
+        });
     }
     0
 }

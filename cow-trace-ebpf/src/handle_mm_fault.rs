@@ -5,8 +5,11 @@
 //!
 //! Kernels forbid these on some machines (no kprobes, BPF trampolines refused): userspace then
 //! falls back to the tracepoint backend in `faults`.
+use core::mem::offset_of;
+
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    bindings::pt_regs,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{
         FEntryContext, FExitContext, ProbeContext, RetProbeContext, tracing::StackIdContext,
@@ -15,7 +18,9 @@ use aya_ebpf::{
 use cow_trace_common::{Record, flags, kind, x86_pf};
 
 use crate::{
-    maps::{FaultEntry, PENDING, begin_fault, pending_slot, settings, user_stack},
+    clock::now_ns,
+    diagnostics,
+    maps::{FaultEntry, Slot, settings, user_stack},
     report,
 };
 
@@ -40,9 +45,6 @@ const VM_FAULT_ERROR: u32 = VM_FAULT_OOM
     | VM_FAULT_HWPOISON
     | VM_FAULT_HWPOISON_LARGE
     | VM_FAULT_FALLBACK;
-
-/// x86-64 `struct pt_regs`: offset of ip.
-const PT_REGS_IP: usize = 16 * 8;
 
 /// Set in a pending entry when `do_wp_page` ran for it.
 const WRITE_PROTECT_SEEN: u32 = 1 << 31;
@@ -92,7 +94,7 @@ pub fn do_wp_page_kprobe(_ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, regs: u64) {
-    let Some(slot) = pending_slot(bpf_get_current_pid_tgid()) else {
+    let Some(slot) = Slot::of_current(bpf_get_current_pid_tgid()) else {
         return;
     };
     // The access, from the fault flags. (x86's exception entry overwrites pt_regs->orig_ax
@@ -110,8 +112,10 @@ fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, re
     }
     // regs is NULL for a get_user_pages() fault.
     let ip = if regs != 0 {
-        // SAFETY: regs points to the faulting context's pt_regs.
-        unsafe { bpf_probe_read_kernel((regs as usize + PT_REGS_IP) as *const u64) }.unwrap_or(0)
+        let ip = (regs as usize + offset_of!(pt_regs, rip)) as *const u64;
+        // SAFETY: regs points to the faulting context's pt_regs; the helper reads it without
+        // faulting, and a failed read leaves ip unknown.
+        unsafe { bpf_probe_read_kernel(ip) }.unwrap_or(0)
     } else {
         0
     };
@@ -124,45 +128,40 @@ fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, re
     if fault_flags & FAULT_FLAG_TRIED != 0 {
         entry_flags |= flags::MAJOR;
     }
-    begin_fault(
-        slot,
-        FaultEntry {
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-            address,
-            ip,
-            error_code,
-            flags: entry_flags,
-            stack_id: user_stack(ctx),
-        },
-    );
+    slot.begin(FaultEntry {
+        ts_ns: now_ns(),
+        address,
+        ip,
+        error_code,
+        flags: entry_flags,
+        stack_id: user_stack(ctx),
+    });
 }
 
 #[inline(always)]
 fn write_protect_seen() {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(pending) = PENDING.get_ptr_mut(tid) {
-        // SAFETY: the slot belongs to this thread, which is running this program.
-        unsafe { (*pending).flags |= WRITE_PROTECT_SEEN };
+    if let Some(slot) = Slot::of(bpf_get_current_pid_tgid() as u32) {
+        slot.mark(WRITE_PROTECT_SEEN);
     }
 }
 
 /// `fault_flags` is u64::MAX where the caller cannot know them (kretprobe).
 #[inline(always)]
 fn attempt_ends(vm_fault: u32, fault_flags: u64) {
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
     // Only traced threads have slots.
-    let Some(slot) = PENDING.get_ptr_mut(tid) else {
+    let Some(slot) = Slot::of(tid) else {
         return;
     };
-    // SAFETY: the slot belongs to this thread, which is running this program.
-    let entry = unsafe { *slot };
+    let entry = slot.read();
     if entry.ts_ns == 0 {
+        diagnostics::attempt_without_entry(tid);
         return;
     }
-    unsafe { (*slot).ts_ns = 0 };
+    slot.empty();
     let mut record = Record::zeroed();
     record.pid = tgid;
     record.tid = tid;

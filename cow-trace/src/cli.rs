@@ -99,7 +99,8 @@ pub struct Args {
     #[arg(short = 'u', long, value_name = "USER")]
     pub user: Option<String>,
 
-    /// Say more about what cow-trace does (probes, seeding, counters).
+    /// Say more about what cow-trace does (probes, seeding, counters, the kernel side's
+    /// diagnostics).
     #[arg(short, long)]
     pub verbose: bool,
 

@@ -53,6 +53,8 @@ fn init_logging(verbose: bool) {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
         .format(|out, record| match record.target() {
+            // The kernel programs' diagnostics (aya-log), told apart from our own lines.
+            "cow_trace::ebpf" => writeln!(out, "cow-trace: kernel: {}", record.args()),
             ours if ours.starts_with("cow_trace") => {
                 writeln!(out, "cow-trace: {}", record.args())
             }

@@ -1224,3 +1224,37 @@ fn text_stream_intervals_go_to_stderr_headed_and_per_interval() {
     );
     check_text_intervals(pid, &text_reports(&done.stderr));
 }
+
+/// The kernel side's diagnostics reach the user with -v, and only then. More distinct user
+/// stacks than --stack's map has buckets (16384) make the kernel refuse at least the surplus
+/// (at most one stack per bucket): it counts each refusal and, with -v, logs the first.
+#[test]
+fn kernel_diagnostics_are_shown_with_verbose_only() {
+    if !require_root("kernel_diagnostics_are_shown_with_verbose_only") {
+        return;
+    }
+    for verbose in [true, false] {
+        let mut faulter = Faulter::start();
+        let pid = faulter.pid().to_string();
+        let mut args = vec!["-x", &pid, "--json", "--summary", "--stack"];
+        if verbose {
+            args.push("-v");
+        }
+        let tracer = Tracer::start(&args);
+        faulter.run("stacks 32768");
+        let done = tracer.stop();
+        faulter.exit();
+        let totals = done
+            .json()
+            .into_iter()
+            .find(|v| v["event"] == "totals")
+            .expect("no totals line");
+        let failed = totals["lost_detail"]["stacks_failed"].as_u64().unwrap();
+        assert!(failed >= 32768 - 16384, "{failed} stacks not captured");
+        let logged = done
+            .stderr
+            .lines()
+            .any(|l| l.contains("cow-trace: kernel: a user stack was not captured"));
+        assert_eq!(logged, verbose, "-v: {verbose}, stderr: {}", done.stderr);
+    }
+}

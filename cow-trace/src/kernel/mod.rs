@@ -2,6 +2,7 @@
 //! `backends`, `tracefs`), and reading what they write (`ring` for the streamed records and
 //! the loss counters, `kstats` for `--summary`'s counts).
 pub mod backends;
+pub mod diagnostics;
 pub mod kstats;
 pub mod probes;
 pub mod ring;

@@ -17,7 +17,7 @@ use crate::{
     kernel::{
         KernelConfig,
         backends::{self, Backend},
-        kernel_error, tracefs,
+        diagnostics, kernel_error, tracefs,
     },
 };
 
@@ -60,8 +60,9 @@ impl Probes {
         settings.wakeup_bytes = ring_size / 8;
         settings.untimed = untimed.into();
         raise_memlock_limit();
-        let ebpf = EbpfLoader::new()
+        let mut ebpf = EbpfLoader::new()
             .override_global("SETTINGS", &settings, true)
+            .override_global(aya_log::LEVEL, &diagnostics::level(), false)
             .map_max_entries("EVENTS", ring_size)
             // Maps a mode does not use shrink to one entry: kernel memory is not free.
             .map_max_entries("STACKS", if stacks { 16384 } else { 1 })
@@ -69,6 +70,7 @@ impl Probes {
             .map_max_entries("HISTS", if summary_mode { 4096 } else { 1 })
             .load(OBJECT)
             .map_err(|e| kernel_error("loading the eBPF object", e))?;
+        diagnostics::start(&mut ebpf);
         Ok(Probes { ebpf, untimed })
     }
 

@@ -24,6 +24,8 @@
 //                this program again: the new image takes over the process's pid (the thread's
 //                own id is gone) and reads the next command. The writes are the thread's last
 //                faults before execve.
+//   stacks N     map N private anonymous pages and read each (N <= 65536), each from a call
+//                stack of its own: more distinct user stacks than --stack's map holds
 //   spin         fault forever (an unrelated busy process for filtering tests)
 //   exit         exit(0)
 #define _GNU_SOURCE
@@ -84,6 +86,30 @@ static void readpages(long n) {
     long sum = 0;
     for (long i = 0; i < n; i++) sum += p[i * PAGE];
     if (sum != 0) _exit(4);
+}
+
+// Page i is read at the end of a chain of 16 calls, each through stack_zero or stack_one as
+// bit k of i says: no two pages fault with the same user stack (the return addresses differ).
+static volatile char stack_sink;
+static int stack_step(volatile char *page, unsigned bits, int depth);
+__attribute__((noinline)) static int stack_zero(volatile char *page, unsigned bits, int depth) {
+    return stack_step(page, bits, depth) + 1;
+}
+__attribute__((noinline)) static int stack_one(volatile char *page, unsigned bits, int depth) {
+    return stack_step(page, bits, depth) + 2;
+}
+__attribute__((noinline)) static int stack_step(volatile char *page, unsigned bits, int depth) {
+    if (depth == 0) {
+        stack_sink = *page;
+        return 0;
+    }
+    if (bits & 1) return stack_one(page, bits >> 1, depth - 1) + 1;
+    return stack_zero(page, bits >> 1, depth - 1) + 1;
+}
+
+static void stacks(long n) {
+    volatile char *p = map_pages(n);
+    for (long i = 0; i < n; i++) stack_step(p + i * PAGE, (unsigned)i, 16);
 }
 
 // Maps and fills n pages, prints "pages ADDR", forks; the child writes each page (n COW
@@ -262,6 +288,7 @@ int main(void) {
         else if (sscanf(line, "tree %ld", &a) == 1) tree(a);
         else if (sscanf(line, "rename %15s %ld", path, &a) == 2) rename_and_touch(path, a);
         else if (sscanf(line, "exec-thread %ld", &a) == 1) exec_thread(a);
+        else if (sscanf(line, "stacks %ld", &a) == 1) stacks(a);
         else if (!strcmp(line, "spin")) spin();
         else if (!strcmp(line, "exit")) return 0;
         else { say("unknown command\n"); continue; }
