@@ -475,6 +475,12 @@ pub const TS_NOT_TAKEN: u64 = 1;
 /// thread's next fault, exec or exit does, or userspace when tracing stops.
 pub const PENDING_DEFERRED: u32 = 1 << 30;
 
+/// A [`PendingFault::flags`] bit of the tracepoint backend's own, never in a record: the slot's
+/// last fault was completed by a completion event (its address stays in the slot). A second
+/// completion for the same page before the next entry is the same fault seen by a second
+/// event of the thread (see `fault_done` in the kernel crate), not a fault of its own.
+pub const PENDING_COMPLETED: u32 = 1 << 29;
+
 impl PendingFault {
     /// The record of this thread's pending fault (`tid`) taken as complete: with --no-latency
     /// the tracepoint backend cannot see a minor fault complete, so a pending fault is final

@@ -13,7 +13,9 @@ use aya_ebpf::{
     macros::{perf_event, raw_tracepoint},
     programs::{PerfEventContext, RawTracePointContext},
 };
-use cow_trace_common::{PENDING_DEFERRED as DEFERRED, Record, TS_NOT_TAKEN, flags, kind};
+use cow_trace_common::{
+    PENDING_COMPLETED, PENDING_DEFERRED as DEFERRED, Record, TS_NOT_TAKEN, flags, kind,
+};
 
 use crate::{
     clock::now_ns,
@@ -139,7 +141,15 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
             if settings.copy_detection != 0 {
                 record.flags |= flags::COPY_KNOWN;
             }
-            slot.empty();
+            slot.complete();
+        }
+        // The thread has two completion events: one inherited from the thread that created it
+        // while userspace was opening events for every thread, and its own. Both fire for each
+        // fault, one after the other; the first completed it.
+        Some((_, entry))
+            if entry.flags == PENDING_COMPLETED && (entry.address ^ address) >> 12 == 0 =>
+        {
+            return;
         }
         _ => {
             // The entry predates attaching or was not stored, or this completes a fault nested

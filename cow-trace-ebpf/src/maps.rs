@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::tracing::StackIdContext,
 };
 use cow_trace_common::{
-    COMM_LEN, Hist, HistKey, NO_FIELD, NO_STACK, PendingFault, Settings, StatKey, StatValue,
-    Window, counter,
+    COMM_LEN, Hist, HistKey, NO_FIELD, NO_STACK, PENDING_COMPLETED, PendingFault, Settings,
+    StatKey, StatValue, Window, counter,
 };
 
 use crate::diagnostics;
@@ -247,6 +247,17 @@ impl Slot {
     pub fn mark(self, flags: u32) {
         // SAFETY: see [`Slot`].
         unsafe { (*self.value).flags |= flags };
+    }
+
+    /// Empties the slot after its fault's completion event, remembering that (and the address):
+    /// see `PENDING_COMPLETED`.
+    #[inline(always)]
+    pub fn complete(self) {
+        // SAFETY: see [`Slot`].
+        unsafe {
+            (*self.value).ts_ns = 0;
+            (*self.value).flags = PENDING_COMPLETED;
+        }
     }
 
     /// Empties the slot: no fault is pending any more.

@@ -321,6 +321,7 @@ pub async fn run(
         probes.trace(child as u32)?;
         tree.add(child as u32);
     }
+    watch_every_thread(&mut probes, options.root)?;
     let mut ring = Ring::new(&mut probes)?;
     let clock = WallClock::now();
     let sink = sink::new(options.format, out, clock, backend.name());
@@ -520,6 +521,32 @@ pub async fn run(
         }
     }
     Ok(status)
+}
+
+/// Gives every thread of the traced tree what the backend needs per thread, scanning /proc
+/// until a scan finds no new thread: one created meanwhile by a thread not yet given it had
+/// nothing to inherit. A tree that creates threads all the time never stops giving new ones
+/// (which inherited what they need, or get it twice, which the kernel side tells apart), so
+/// the scans stop after a few rounds: a thread still missed would have been created within
+/// them by a thread missed itself.
+fn watch_every_thread(probes: &mut Probes, root: u32) -> anyhow::Result<()> {
+    const ROUNDS: usize = 8;
+    for _ in 0..ROUNDS {
+        let mut new = false;
+        let processes = target::descendants(root as i32)
+            .into_iter()
+            .map(|p| p as u32);
+        for pid in std::iter::once(root).chain(processes) {
+            for tid in target::threads(pid) {
+                new |= probes.watch_thread(tid)?;
+            }
+        }
+        if !new {
+            return Ok(());
+        }
+    }
+    log::info!("threads kept appearing during {ROUNDS} scans of the traced tree");
+    Ok(())
 }
 
 async fn next_tick(interval: &mut Option<tokio::time::Interval>) {

@@ -75,6 +75,16 @@ pub fn descendants(root: i32) -> Vec<i32> {
     found
 }
 
+/// The thread ids of `pid` (none if it has exited).
+pub fn threads(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| task.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
 /// Is `pid` still a running (not zombie) process?
 pub fn is_alive(pid: u32) -> bool {
     procfs::process::Process::new(pid as i32)

@@ -3,7 +3,7 @@
 mod common;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
 };
@@ -229,6 +229,72 @@ fn counts_equal_the_kernels_own() {
         tids.len() >= 5,
         "expected the main thread and 4 workers, got {tids:?}"
     );
+    faulter.exit();
+}
+
+/// -x of a process whose threads exist before attaching: each is traced, with its own events,
+/// and the counts still equal the kernel's (timed, a thread without its completion event would
+/// leave its faults INCOMPLETE).
+#[test]
+fn existing_threads_are_traced() {
+    if !require_root("existing_threads_are_traced") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    faulter.run("pool 4");
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json"]);
+    let before = kernel_fault_counts(pid);
+    faulter.run("pool-touch 50");
+    let after = kernel_fault_counts(pid);
+    let done = tracer.stop();
+    let expected = (after.0 - before.0, after.1 - before.1);
+    assert_eq!(
+        done.counts_of(pid),
+        expected,
+        "cow-trace vs /proc/{pid}/stat"
+    );
+    let workers = done
+        .faults_of(pid)
+        .iter()
+        .filter(|f| f["tid"] != pid && f["type"] == "MINOR")
+        .fold(BTreeMap::<u64, u64>::new(), |mut per_tid, f| {
+            *per_tid.entry(f["tid"].as_u64().unwrap()).or_default() += 1;
+            per_tid
+        });
+    assert_eq!(workers.len(), 4, "{workers:?}");
+    assert!(workers.values().all(|&n| n >= 50), "{workers:?}");
+    faulter.exit();
+}
+
+/// Threads created one after another while cow-trace attaches: some inherit their creator's
+/// events and are found by a later scan too. Each fault still counts once.
+#[test]
+fn threads_created_while_attaching_count_once() {
+    if !require_root("threads_created_while_attaching_count_once") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    faulter.run("grow 300 1");
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json"]);
+    faulter.run("grown");
+    // The growth's own faults went on after attaching: count those of the touch alone.
+    let monotonic = || {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+        now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+    };
+    let (start, before) = (monotonic(), kernel_fault_counts(pid));
+    faulter.run("pool-touch 10");
+    let (after, end) = (kernel_fault_counts(pid), monotonic());
+    let done = tracer.stop();
+    let minor = done
+        .faults_of(pid)
+        .iter()
+        .filter(|f| (start..end).contains(&f["ts_ns"].as_u64().unwrap()) && f["type"] == "MINOR")
+        .count() as u64;
+    assert!(after.0 - before.0 >= 300 * 10, "{before:?} -> {after:?}");
+    assert_eq!(minor, after.0 - before.0, "cow-trace vs /proc/{pid}/stat");
     faulter.exit();
 }
 

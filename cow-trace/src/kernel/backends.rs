@@ -7,10 +7,10 @@ use crate::{cli::BackendChoice, kernel::kernel_error};
 use aya::{
     Btf, Ebpf,
     programs::{
-        FEntry, FExit, KProbe, PerfEvent, Program, RawTracePoint, TracePoint,
+        FEntry, FExit, KProbe, PerfEvent, Program, ProgramError, RawTracePoint, TracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
-    util::online_cpus,
+    sys::SyscallError,
 };
 
 /// A backend that attached.
@@ -182,8 +182,9 @@ pub fn attach_raw_tracepoint(ebpf: &mut Ebpf, name: &str, event: &str) -> anyhow
 }
 
 /// Fault entries from the exceptions tracepoints; completions from the perf software events,
-/// which the kernel fires exactly where it counts min_flt / maj_flt. Untimed (--no-latency),
-/// minor faults go without: that perf event is most of the cost of tracing.
+/// which the kernel fires exactly where it counts min_flt / maj_flt. The events are opened per
+/// traced thread ([`watch_thread`]), not here. Untimed (--no-latency), minor faults go without:
+/// that perf event is most of the cost of tracing.
 fn attach_tracepoint_backend(ebpf: &mut Ebpf, untimed: bool) -> anyhow::Result<()> {
     for (name, event) in [
         ("exceptions_page_fault_user", "page_fault_user"),
@@ -192,31 +193,54 @@ fn attach_tracepoint_backend(ebpf: &mut Ebpf, untimed: bool) -> anyhow::Result<(
         attach_raw_tracepoint(ebpf, name, event)?;
         log::info!("attached {name} to raw tracepoint {event}");
     }
-    let cpus = online_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?;
-    for (name, event) in [
-        ("fault_done_minor", SoftwareEvent::PageFaultsMin),
-        ("fault_done_major", SoftwareEvent::PageFaultsMaj),
-    ] {
-        if untimed && matches!(event, SoftwareEvent::PageFaultsMin) {
-            continue;
-        }
+    for (name, _) in completion_events(untimed) {
         let perf: &mut PerfEvent = program(ebpf, name)?;
         perf.load()
             .map_err(|e| kernel_error(&format!("loading {name}"), e))?;
-        for &cpu in &cpus {
-            perf.attach(
-                PerfEventConfig::Software(event),
-                PerfEventScope::AllProcessesOneCpu { cpu },
-                // Every fault, never a sample: counts must match the kernel's.
-                SamplePolicy::Period(1),
-                false,
-            )
-            .map_err(|e| kernel_error(&format!("attaching {name} to {event:?} on CPU {cpu}"), e))?;
-        }
-        log::info!(
-            "attached {name} to perf software event {event:?} on {} CPUs",
-            cpus.len()
-        );
     }
     Ok(())
+}
+
+/// The tracepoint backend's completion programs and their events (untimed: major faults only).
+fn completion_events(untimed: bool) -> &'static [(&'static str, SoftwareEvent)] {
+    const BOTH: [(&str, SoftwareEvent); 2] = [
+        ("fault_done_minor", SoftwareEvent::PageFaultsMin),
+        ("fault_done_major", SoftwareEvent::PageFaultsMaj),
+    ];
+    if untimed { &BOTH[1..] } else { &BOTH }
+}
+
+/// Opens thread `tid`'s completion events (the tracepoint backend's), with `inherit`: the
+/// kernel gives every task the thread creates from then on, thread or process, a copy of each
+/// event with its program. Untraced tasks have none, so their faults never run a completion
+/// program, as with `perf trace -p`. Returns false if the thread has exited meanwhile.
+pub fn watch_thread(ebpf: &mut Ebpf, tid: u32, untimed: bool) -> anyhow::Result<bool> {
+    for &(name, event) in completion_events(untimed) {
+        let perf: &mut PerfEvent = program(ebpf, name)?;
+        let opened = perf.attach(
+            PerfEventConfig::Software(event),
+            PerfEventScope::OneProcess {
+                pid: tid,
+                cpu: None,
+            },
+            // Every fault, never a sample: counts must match the kernel's.
+            SamplePolicy::Period(1),
+            true,
+        );
+        match opened {
+            Ok(_) => {}
+            Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.raw_os_error() == Some(libc::ESRCH) =>
+            {
+                return Ok(false);
+            }
+            Err(error) => {
+                return Err(kernel_error(
+                    &format!("opening {event:?} for thread {tid} (for {name})"),
+                    error,
+                ));
+            }
+        }
+    }
+    Ok(true)
 }

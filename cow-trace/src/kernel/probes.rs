@@ -1,6 +1,6 @@
 //! Loading the embedded eBPF object, the traced-process map, and attaching (the shared
 //! programs here, one backend's from `backends`).
-use std::path::Path;
+use std::{collections::HashSet, path::Path};
 
 use anyhow::Context as _;
 use aya::{
@@ -43,6 +43,10 @@ pub struct Probes {
     ebpf: Ebpf,
     /// --no-latency.
     untimed: bool,
+    /// The backend that attached.
+    backend: Option<Backend>,
+    /// Threads whose per-task completion events are open (tracepoint backend).
+    watched: HashSet<u32>,
 }
 
 impl Probes {
@@ -60,6 +64,7 @@ impl Probes {
         settings.wakeup_bytes = ring_size / 8;
         settings.untimed = untimed.into();
         raise_memlock_limit();
+        raise_open_file_limit();
         let mut ebpf = EbpfLoader::new()
             .override_global("SETTINGS", &settings, true)
             .override_global(aya_log::LEVEL, &diagnostics::level(), false)
@@ -71,7 +76,12 @@ impl Probes {
             .load(OBJECT)
             .map_err(|e| kernel_error("loading the eBPF object", e))?;
         diagnostics::start(&mut ebpf);
-        Ok(Probes { ebpf, untimed })
+        Ok(Probes {
+            ebpf,
+            untimed,
+            backend: None,
+            watched: HashSet::new(),
+        })
     }
 
     /// The map of traced thread-group ids.
@@ -85,6 +95,18 @@ impl Probes {
         self.traced()?
             .insert(pid, 1, 0)
             .with_context(|| format!("adding pid {pid} to the traced set"))
+    }
+
+    /// Gives thread `tid` of a traced process what the backend needs per thread: the
+    /// tracepoint backend's completion events, which the threads and processes it creates
+    /// later inherit. Returns true if `tid` is new and still alive, so a caller can scan the
+    /// traced threads until none is new (a thread created before its creator had its events
+    /// inherited none). Call after [`Probes::attach`].
+    pub fn watch_thread(&mut self, tid: u32) -> anyhow::Result<bool> {
+        if self.backend != Some(Backend::Tracepoint) || !self.watched.insert(tid) {
+            return Ok(false);
+        }
+        backends::watch_thread(&mut self.ebpf, tid, self.untimed)
     }
 
     /// Detaches every program, keeping the maps: what the kernel wrote stays readable, and
@@ -160,7 +182,10 @@ impl Probes {
         let mut refusals = Vec::new();
         for &backend in backends::candidates(choice) {
             match backends::attach(&mut self.ebpf, backend, self.untimed) {
-                Ok(()) => return Ok(backend),
+                Ok(()) => {
+                    self.backend = Some(backend);
+                    return Ok(backend);
+                }
                 Err(error) => {
                     log::info!("backend {} refused: {error:#}", backend.name());
                     refusals.push(format!("{}: {error:#}", backend.name()));
@@ -228,6 +253,23 @@ fn check_privilege() -> anyhow::Result<()> {
         Status::Privilege,
         "tracing needs root, or the CAP_BPF and CAP_PERFMON capabilities, to load eBPF programs: run it with sudo",
     ))
+}
+
+/// Each traced thread holds a perf event or two open (tracepoint backend): allow as many files
+/// as the hard limit does.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct; a failure leaves the soft limit, and
+    // opening an event then says what ran out.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.

@@ -16,6 +16,12 @@
 //   snapshot N M the same, but the parent writes only the first M pages while the child lives
 //                (M copies), then all N after it exited (N - M reuses), as Redis does
 //   threads T N  T threads each map and write N pages
+//   pool T       start T threads that wait for pool-touch (threads existing before a tracer
+//                attaches)
+//   grow T MS    in the background, a thread starts T more pool threads, one every MS ms, and
+//                returns at once (threads created by a thread while a tracer attaches)
+//   grown        wait until the background growth is over
+//   pool-touch N each pool thread maps and writes N pages; returns when all are done
 //   major PATH N write an N-page file at PATH, drop its page cache, map it and read each page
 //   tree N       fork a child that forks a grandchild; the grandchild writes N pages, prints
 //                "grandchild PID", and both exit
@@ -216,6 +222,57 @@ static void threads(long t, long n) {
     for (long i = 0; i < t; i++) pthread_join(ids[i], NULL);
 }
 
+// The pool: threads that wait for a round number to change, then touch pool_pages pages each.
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_wake = PTHREAD_COND_INITIALIZER, pool_done = PTHREAD_COND_INITIALIZER;
+static long pool_round, pool_size, pool_finished, pool_pages;
+
+static void *pool_main(void *arg) {
+    long seen = (long)arg;
+    for (;;) {
+        pthread_mutex_lock(&pool_lock);
+        while (pool_round == seen) pthread_cond_wait(&pool_wake, &pool_lock);
+        seen = pool_round;
+        long n = pool_pages;
+        pthread_mutex_unlock(&pool_lock);
+        touch(n);
+        pthread_mutex_lock(&pool_lock);
+        pool_finished++;
+        pthread_cond_signal(&pool_done);
+        pthread_mutex_unlock(&pool_lock);
+    }
+    return NULL;
+}
+
+static void pool_add(void) {
+    pthread_t id;
+    pthread_mutex_lock(&pool_lock);
+    if (pthread_create(&id, NULL, pool_main, (void *)pool_round)) _exit(14);
+    pool_size++;
+    pthread_mutex_unlock(&pool_lock);
+}
+
+static long grow_count, grow_ms;
+static pthread_t grower;
+static void *grow_main(void *arg) {
+    (void)arg;
+    for (long i = 0; i < grow_count; i++) {
+        pool_add();
+        usleep(grow_ms * 1000);
+    }
+    return NULL;
+}
+
+static void pool_touch(long n) {
+    pthread_mutex_lock(&pool_lock);
+    pool_pages = n;
+    pool_finished = 0;
+    pool_round++;
+    pthread_cond_broadcast(&pool_wake);
+    while (pool_finished < pool_size) pthread_cond_wait(&pool_done, &pool_lock);
+    pthread_mutex_unlock(&pool_lock);
+}
+
 static void major(const char *path, long n) {
     int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
     if (fd < 0) _exit(5);
@@ -285,6 +342,13 @@ int main(void) {
         else if (sscanf(line, "snapshot %ld", &a) == 1) snapshot(a, a);
         else if (sscanf(line, "threads %ld %ld", &a, &b) == 2) threads(a, b);
         else if (sscanf(line, "major %1023s %ld", path, &a) == 2) major(path, a);
+        else if (sscanf(line, "pool %ld", &a) == 1)
+            for (long i = 0; i < a; i++) pool_add();
+        else if (sscanf(line, "grow %ld %ld", &a, &b) == 2) {
+            grow_count = a, grow_ms = b;
+            if (pthread_create(&grower, NULL, grow_main, NULL)) _exit(15);
+        } else if (!strcmp(line, "grown")) pthread_join(grower, NULL);
+        else if (sscanf(line, "pool-touch %ld", &a) == 1) pool_touch(a);
         else if (sscanf(line, "tree %ld", &a) == 1) tree(a);
         else if (sscanf(line, "rename %15s %ld", path, &a) == 2) rename_and_touch(path, a);
         else if (sscanf(line, "exec-thread %ld", &a) == 1) exec_thread(a);
