@@ -462,7 +462,8 @@ pub struct PendingFault {
     pub comm: [u8; COMM_LEN],
     /// The thread's thread group id.
     pub pid: u32,
-    pub _pad: u32,
+    /// The thread's id; 0 in a free entry of the kernel's slot array.
+    pub tid: u32,
 }
 
 /// The `ts_ns` of a fault with no timestamp: with `--summary --no-latency` the tracepoint

@@ -1,6 +1,8 @@
 //! Maps shared by every program, and the settings userspace writes before loading.
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{BPF_F_MMAPABLE, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::bpf_get_current_comm,
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
@@ -18,9 +20,32 @@ use crate::diagnostics;
 #[map]
 pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
 
-/// Fault entries waiting for their completion event, keyed by thread id.
+/// A hint, per `tgid % SLOT_COUNT`, that a process with that remainder may be traced: set
+/// before the process joins `TRACED` (by userspace or `tasks`), never cleared (a stale hint
+/// costs one `TRACED` lookup). A fault of an untraced thread without a slot then costs array
+/// lookups, which the verifier inlines, not hash lookups.
 #[map]
-pub static PENDING: HashMap<u32, PendingFault> = HashMap::with_max_entries(65536, 0);
+pub static TRACED_HINT: Array<u32> = Array::with_max_entries(SLOT_COUNT, 0);
+
+/// Traced threads' pending-fault slots (see [`Slot`]), at index `tid % SLOT_COUNT`, with the
+/// thread's id (`PendingFault::tid`, 0 where free): an array lookup and a compare find a
+/// thread's slot, or tell that it has none. Userspace reads it whole through a mapping.
+#[map]
+pub static SLOTS: Array<PendingFault> = Array::with_max_entries(SLOT_COUNT, BPF_F_MMAPABLE);
+
+/// The slots of traced threads whose index in `SLOTS` another traced thread held when they
+/// needed one, keyed by thread id.
+#[map]
+pub static PENDING: HashMap<u32, PendingFault> = HashMap::with_max_entries(16384, 0);
+
+/// Per index of `SLOTS`: non-zero once a thread with that index has had its slot in `PENDING`
+/// (never cleared: a stale mark costs one `PENDING` lookup).
+#[map]
+pub static IN_PENDING: Array<u32> = Array::with_max_entries(SLOT_COUNT, 0);
+
+/// Entries of `SLOTS`, `TRACED_HINT` and `IN_PENDING`: about as many threads as `TRACED` holds
+/// processes.
+const SLOT_COUNT: u32 = 65536;
 
 /// Records for userspace. Userspace resizes it at load time (`--ring-size`).
 #[map]
@@ -107,6 +132,31 @@ pub fn is_traced(tgid: u32) -> bool {
     unsafe { TRACED.get(tgid).is_some() }
 }
 
+/// Marks `tgid` as possibly traced; call before adding it to `TRACED`.
+#[inline(always)]
+pub fn hint_traced(tgid: u32) {
+    set_mark(&TRACED_HINT, tgid % SLOT_COUNT);
+}
+
+/// False when `tgid` is certainly not traced; else [`is_traced`] says.
+#[inline(always)]
+fn may_be_traced(tgid: u32) -> bool {
+    is_marked(&TRACED_HINT, tgid % SLOT_COUNT)
+}
+
+#[inline(always)]
+fn set_mark(marks: &Array<u32>, index: u32) {
+    if let Some(mark) = marks.get_ptr_mut(index) {
+        // SAFETY: a plain store; racing stores write the same value.
+        unsafe { *mark = 1 };
+    }
+}
+
+#[inline(always)]
+fn is_marked(marks: &Array<u32>, index: u32) -> bool {
+    marks.get(index).is_some_and(|&mark| mark != 0)
+}
+
 #[inline(always)]
 pub fn bump(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
@@ -142,29 +192,51 @@ pub struct FaultEntry {
     pub stack_id: i32,
 }
 
-/// A traced thread's pending-fault slot in `PENDING`, keyed by its thread id. Slots are filled
-/// at a fault's entry and emptied at its completion, never inserted and deleted per fault:
-/// writing in place costs far less than a hash-map insert and delete. The thread's exit
-/// removes its slot. Only traced threads have slots, so finding one also says "traced".
+/// A traced thread's pending-fault slot: its entry in `SLOTS` (or, where another thread held
+/// that one, in `PENDING`). Slots are filled at a fault's entry and emptied at its completion,
+/// never inserted and deleted per fault: writing in place costs far less than a hash-map insert
+/// and delete. The thread's exit frees its slot. Only traced threads have slots, so finding one
+/// also says "traced".
 ///
 /// Why plain loads and stores suffice: a slot is written by its own thread's programs, which
 /// run one after another in that thread (a fault's entry, its page allocations, its
 /// completion; even a fault nested in another has its programs run between the outer's), and
-/// by a program that removes it once the thread faults no more (its exit, or an exec that took
-/// its id). The one other writer is a rename of the thread by another thread,
-/// which stores a new comm: a reader may see a torn name, as the kernel's own readers may.
-/// The map keeps the value alive while the program runs, even if the slot is removed meanwhile.
+/// by a program that frees it once the thread faults no more (its exit, or an exec that took
+/// its id). An entry of `SLOTS` changes hands only once free, by an atomic compare-and-swap of
+/// its thread id. The one other writer is a rename of the thread by another thread, which
+/// stores a new comm: a reader may see a torn name, as the kernel's own readers may (and a
+/// rename racing with the thread's exit may name the entry's next thread).
+/// The map keeps the value alive while the program runs, even if the slot is freed meanwhile.
 #[derive(Clone, Copy)]
 pub struct Slot {
     tid: u32,
     value: *mut PendingFault,
+    /// In `PENDING`, not in `SLOTS`.
+    overflow: bool,
 }
 
 impl Slot {
     /// Thread `tid`'s slot, if it has one.
     #[inline(always)]
     pub fn of(tid: u32) -> Option<Slot> {
-        PENDING.get_ptr_mut(tid).map(|value| Slot { tid, value })
+        let index = tid % SLOT_COUNT;
+        let entry = SLOTS.get_ptr_mut(index)?;
+        // SAFETY: see [`Slot`]; the id is read once, and only its own thread sets it to `tid`.
+        if unsafe { (*entry).tid } == tid {
+            return Some(Slot {
+                tid,
+                value: entry,
+                overflow: false,
+            });
+        }
+        if !is_marked(&IN_PENDING, index) {
+            return None;
+        }
+        PENDING.get_ptr_mut(tid).map(|value| Slot {
+            tid,
+            value,
+            overflow: true,
+        })
     }
 
     /// The current thread's slot, created empty (with the thread's comm) on first use if the
@@ -176,22 +248,60 @@ impl Slot {
             return Some(slot);
         }
         let pid = (pid_tgid >> 32) as u32;
-        if !is_traced(pid) {
+        if !may_be_traced(pid) || !is_traced(pid) {
             return None;
         }
-        let created = PENDING.insert(tid, EMPTY_PENDING, BPF_NOEXIST.into());
-        if let Err(error) = created {
+        let slot = Slot::claim(tid, pid).or_else(|| Slot::insert(tid, pid))?;
+        // SAFETY: see [`Slot`]; the slot is this thread's, created just now.
+        unsafe {
+            (*slot.value).ts_ns = 0;
+            (*slot.value).flags = 0;
+            (*slot.value).comm = bpf_get_current_comm().unwrap_or_default();
+        }
+        Some(slot)
+    }
+
+    /// Takes the thread's entry in `SLOTS` if it is free (pid and tid 0).
+    #[inline(always)]
+    fn claim(tid: u32, pid: u32) -> Option<Slot> {
+        let entry = SLOTS.get_ptr_mut(tid % SLOT_COUNT)?;
+        // SAFETY: pid and tid are one aligned u64 inside a live map value (checked below), pid
+        // first (little-endian: the low half); the swap is atomic, so of two threads claiming
+        // the same free entry one wins. (The BPF target has 64-bit compare-and-swap only.)
+        let (_, won) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+                (&raw mut (*entry).pid).cast::<u64>(),
+                0,
+                u64::from(pid) | u64::from(tid) << 32,
+            )
+        };
+        won.then_some(Slot {
+            tid,
+            value: entry,
+            overflow: false,
+        })
+    }
+
+    /// A slot in `PENDING`, for a thread whose entry in `SLOTS` another thread holds.
+    #[inline(always)]
+    fn insert(tid: u32, pid: u32) -> Option<Slot> {
+        // Marked first: no lookup may skip a slot already in the map.
+        set_mark(&IN_PENDING, tid % SLOT_COUNT);
+        let empty = PendingFault {
+            pid,
+            tid,
+            ..EMPTY_PENDING
+        };
+        if let Err(error) = PENDING.insert(tid, empty, BPF_NOEXIST.into()) {
             bump(counter::PENDING_FULL);
             diagnostics::pending_full(tid, error);
             return None;
         }
-        let slot = Slot::of(tid)?;
-        // SAFETY: see [`Slot`]; the slot is this thread's, created just now.
-        unsafe {
-            (*slot.value).comm = bpf_get_current_comm().unwrap_or_default();
-            (*slot.value).pid = pid;
-        }
-        Some(slot)
+        PENDING.get_ptr_mut(tid).map(|value| Slot {
+            tid,
+            value,
+            overflow: true,
+        })
     }
 
     /// The thread the slot belongs to.
@@ -274,12 +384,26 @@ impl Slot {
         unsafe { (*self.value).comm = comm };
     }
 
-    /// Deletes the slot, for a thread that faults no more.
+    /// Frees the slot, for a thread that faults no more.
     #[inline(always)]
     pub fn remove(self) {
-        let _ = PENDING.remove(self.tid);
+        if self.overflow {
+            let _ = PENDING.remove(self.tid);
+        } else {
+            // SAFETY: see [`Slot`]; from here another thread may claim the entry.
+            unsafe {
+                (*self.value).pid = 0;
+                (*self.value).tid = 0;
+            }
+        }
     }
 }
+
+// The claim's compare-and-swap covers pid and tid as one aligned u64.
+const _: () = assert!(
+    core::mem::offset_of!(PendingFault, pid) % 8 == 0
+        && core::mem::offset_of!(PendingFault, tid) == core::mem::offset_of!(PendingFault, pid) + 4
+);
 
 /// An empty pending slot: `ts_ns == 0` means no fault is pending in that thread.
 static EMPTY_PENDING: PendingFault = PendingFault {
@@ -291,5 +415,5 @@ static EMPTY_PENDING: PendingFault = PendingFault {
     stack_id: NO_STACK,
     comm: [0; COMM_LEN],
     pid: 0,
-    _pad: 0,
+    tid: 0,
 };

@@ -11,7 +11,7 @@ use crate::{
     clock::now_ns,
     diagnostics,
     faults::{finish_deferred, finish_pending},
-    maps::{PARENT, Slot, TRACED, WINDOW, bump, hint_window, is_traced, settings},
+    maps::{PARENT, Slot, TRACED, WINDOW, bump, hint_traced, hint_window, is_traced, settings},
     report::emit,
 };
 
@@ -45,6 +45,8 @@ pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let child = child as u32;
+    // The hint first: no fault of the child may skip it once it is in the map.
+    hint_traced(child);
     if let Err(error) = TRACED.insert(child, 1, BPF_ANY.into()) {
         bump(counter::TRACED_FULL);
         diagnostics::traced_full(child, parent, error);

@@ -435,7 +435,7 @@ mod tests {
             stack_id: NO_STACK,
             comm: *b"cow\0\0\0\0\0\0\0\0\0\0\0\0\0",
             pid: 12420,
-            _pad: 0,
+            tid: 12421,
         };
         let Some(Event::Fault(fault)) = from_record(&slot.to_record(12421)) else {
             panic!("not a fault");

@@ -4,6 +4,7 @@
 pub mod backends;
 pub mod diagnostics;
 pub mod kstats;
+mod mapped;
 pub mod probes;
 pub mod ring;
 pub mod tracefs;

@@ -5,7 +5,7 @@ use std::{collections::HashSet, path::Path};
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
 use cow_trace_common::{
     Hist, HistKey, NO_FIELD, PENDING_DEFERRED, PendingFault, Record, Settings, StatKey, StatValue,
@@ -17,7 +17,7 @@ use crate::{
     kernel::{
         KernelConfig,
         backends::{self, Backend},
-        diagnostics, kernel_error, tracefs,
+        diagnostics, kernel_error, mapped, tracefs,
     },
 };
 
@@ -90,8 +90,17 @@ impl Probes {
         HashMap::try_from(map).context("TRACED map has an unexpected type")
     }
 
-    /// Adds a process to the traced set.
+    /// Adds a process to the traced set (its hint first, as the kernel side expects).
     pub fn trace(&mut self, pid: u32) -> anyhow::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("TRACED_HINT")
+            .context("TRACED_HINT map missing")?;
+        let mut hints: Array<&mut MapData, u32> =
+            Array::try_from(map).context("TRACED_HINT has an unexpected type")?;
+        hints
+            .set(pid % hints.len(), 1, 0)
+            .with_context(|| format!("marking pid {pid} as traced"))?;
         self.traced()?
             .insert(pid, 1, 0)
             .with_context(|| format!("adding pid {pid} to the traced set"))
@@ -121,16 +130,23 @@ impl Probes {
     /// tracepoint backend leaves each thread's last fault there until the thread goes on.
     /// Call after [`Probes::detach`]. Oldest first.
     pub fn deferred_faults(&self) -> anyhow::Result<Vec<Record>> {
+        let map = self.ebpf.map("SLOTS").context("SLOTS map missing")?;
+        let len = Array::<&MapData, PendingFault>::try_from(map)
+            .context("SLOTS has an unexpected type")?
+            .len();
+        let slots = mapped::read_array::<PendingFault>(map, len).context("reading SLOTS")?;
         let map = self.ebpf.map("PENDING").context("PENDING map missing")?;
         let pending: HashMap<&MapData, u32, PendingFault> =
             HashMap::try_from(map).context("PENDING map has an unexpected type")?;
-        let mut records = Vec::new();
+        let mut every = slots;
         for entry in pending.iter() {
-            let (tid, slot) = entry.context("reading PENDING")?;
-            if slot.ts_ns != 0 && slot.flags & PENDING_DEFERRED != 0 {
-                records.push(slot.to_record(tid));
-            }
+            every.push(entry.context("reading PENDING")?.1);
         }
+        let mut records: Vec<Record> = every
+            .iter()
+            .filter(|slot| slot.tid != 0 && slot.ts_ns != 0 && slot.flags & PENDING_DEFERRED != 0)
+            .map(|slot| slot.to_record(slot.tid))
+            .collect();
         records.sort_by_key(|record| record.ts_ns);
         Ok(records)
     }
