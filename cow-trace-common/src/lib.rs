@@ -483,6 +483,15 @@ pub const PENDING_DEFERRED: u32 = 1 << 30;
 pub const PENDING_COMPLETED: u32 = 1 << 29;
 
 impl PendingFault {
+    /// The record flags of a pending fault with `flags` taken as complete (see
+    /// [`PendingFault::to_record`], which the kernel side does field by field).
+    #[inline(always)]
+    pub const fn untimed_record_flags(flags: u32) -> u32 {
+        (flags & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED | flags::PAGE_ZEROED))
+            | flags::COPY_KNOWN
+            | flags::UNTIMED
+    }
+
     /// The record of this thread's pending fault (`tid`) taken as complete: with --no-latency
     /// the tracepoint backend cannot see a minor fault complete, so a pending fault is final
     /// once its thread goes on. An untimed minor fault, or one that failed: they look alike.
@@ -490,10 +499,7 @@ impl PendingFault {
     pub fn to_record(&self, tid: u32) -> Record {
         let mut record = Record::zeroed();
         record.kind = kind::FAULT;
-        record.flags = (self.flags
-            & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED | flags::PAGE_ZEROED))
-            | flags::COPY_KNOWN
-            | flags::UNTIMED;
+        record.flags = PendingFault::untimed_record_flags(self.flags);
         record.ts_ns = self.ts_ns;
         record.address = self.address;
         record.ip = self.ip;

@@ -14,13 +14,14 @@ use aya_ebpf::{
     programs::{PerfEventContext, RawTracePointContext},
 };
 use cow_trace_common::{
-    PENDING_COMPLETED, PENDING_DEFERRED as DEFERRED, Record, TS_NOT_TAKEN, flags, kind,
+    PENDING_COMPLETED, PENDING_DEFERRED as DEFERRED, PendingFault, Record, TS_NOT_TAKEN, flags,
+    kind,
 };
 
 use crate::{
     clock::now_ns,
     diagnostics,
-    maps::{FaultEntry, Slot, is_traced, settings, user_stack},
+    maps::{FaultEntry, Slot, is_traced, setting, user_stack},
     report,
 };
 
@@ -64,19 +65,19 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
     let Some(slot) = Slot::of_current(pid_tgid) else {
         return;
     };
-    let settings = settings();
+    let untimed = setting!(untimed) != 0;
     if slot.pending_since() != 0 {
         // Timed, a kernel-mode fault while a user fault is pending is nested in it (a
         // user-memory access on the fault path, or a profiler's user-stack walk from an
         // interrupt): the outer fault goes on. Keep it; the nested one, if it completes, is
         // counted without its entry. (Untimed, the pending fault is simply over.)
-        if kernel_mode && slot.flags() & flags::KERNEL_MODE == 0 && settings.untimed == 0 {
+        if kernel_mode && slot.flags() & flags::KERNEL_MODE == 0 && !untimed {
             diagnostics::nested_fault(slot.tid(), address);
             return;
         }
         finish_pending(slot);
     }
-    let summary_mode = settings.summary_mode != 0;
+    let summary_mode = setting!(summary_mode) != 0;
     // A summary counts by region and stack, never by ip: skip the read there.
     let ip = if summary_mode {
         0
@@ -88,7 +89,7 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
         unsafe { bpf_probe_read_kernel(ip) }.unwrap_or(0)
     };
     slot.begin(FaultEntry {
-        ts_ns: if summary_mode && settings.untimed != 0 {
+        ts_ns: if summary_mode && untimed {
             TS_NOT_TAKEN
         } else {
             now_ns()
@@ -97,7 +98,7 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
         ip,
         error_code: ctx.arg(2),
         flags: if kernel_mode { flags::KERNEL_MODE } else { 0 }
-            | if settings.untimed != 0 { DEFERRED } else { 0 },
+            | if untimed { DEFERRED } else { 0 },
         stack_id: user_stack(ctx),
     });
 }
@@ -116,29 +117,19 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
     // SAFETY: the context is the kernel's bpf_perf_event_data for this sample.
     let (address, regs_ip) = unsafe { ((*ctx.ctx).addr, (*ctx.ctx).regs.rip) };
 
+    let major = if major { flags::MAJOR } else { 0 };
     let mut record = Record::zeroed();
-    record.kind = kind::FAULT;
-    record.pid = tgid;
-    record.tid = tid;
-    record.address = address;
-    if major {
-        record.flags |= flags::MAJOR;
-    }
-    match slot.map(|slot| (slot, slot.read())) {
-        Some((slot, entry)) if entry.ts_ns != 0 && (entry.address ^ address) >> 12 == 0 => {
-            let settings = settings();
-            record.ts_ns = entry.ts_ns;
-            if settings.untimed == 0 {
-                record.latency_ns = now - entry.ts_ns;
+    match slot {
+        Some(slot) if slot.pending_since() != 0 && slot.is_for(address) => {
+            slot.write_record(&mut record);
+            record.address = address;
+            record.flags |= major;
+            if setting!(untimed) == 0 {
+                record.latency_ns = now - record.ts_ns;
             } else {
                 record.flags |= flags::UNTIMED;
             }
-            record.ip = entry.ip;
-            record.error_code = entry.error_code;
-            record.flags |= entry.flags & !DEFERRED;
-            record.stack_id = entry.stack_id;
-            record.comm = entry.comm;
-            if settings.copy_detection != 0 {
+            if setting!(copy_detection) != 0 {
                 record.flags |= flags::COPY_KNOWN;
             }
             slot.complete();
@@ -146,23 +137,23 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
         // The thread has two completion events: one inherited from the thread that created it
         // while userspace was opening events for every thread, and its own. Both fire for each
         // fault, one after the other; the first completed it.
-        Some((_, entry))
-            if entry.flags == PENDING_COMPLETED && (entry.address ^ address) >> 12 == 0 =>
-        {
-            return;
-        }
+        Some(slot) if slot.flags() == PENDING_COMPLETED && slot.is_for(address) => return,
         _ => {
             // The entry predates attaching or was not stored, or this completes a fault nested
             // in the pending one (which stays pending): count it all the same, with what it
             // knows.
+            record.kind = kind::FAULT;
+            record.flags = major | flags::NO_ENTRY;
             record.ts_ns = now;
+            record.address = address;
             record.ip = regs_ip;
-            record.flags |= flags::NO_ENTRY;
+            record.pid = tgid;
+            record.tid = tid;
             record.stack_id = user_stack(ctx);
-            record.comm = match slot {
-                Some(slot) => slot.comm(),
-                None => bpf_get_current_comm().unwrap_or_default(),
-            };
+            match slot {
+                Some(slot) => slot.write_comm(&mut record),
+                None => record.comm = bpf_get_current_comm().unwrap_or_default(),
+            }
         }
     }
     report::fault(&mut record);
@@ -187,15 +178,19 @@ pub fn finish_deferred(slot: Slot) {
 
 #[inline(always)]
 fn finish(slot: Slot, even_timed: bool) {
-    let entry = slot.read();
-    if entry.ts_ns == 0 || (entry.flags & DEFERRED == 0 && !even_timed) {
+    let entry_flags = slot.flags();
+    let deferred = entry_flags & DEFERRED != 0;
+    if slot.pending_since() == 0 || (!deferred && !even_timed) {
         return;
     }
+    let mut record = Record::zeroed();
+    slot.write_record(&mut record);
     slot.empty();
-    let mut record = entry.to_record(slot.tid());
-    if entry.flags & DEFERRED == 0 {
+    if deferred {
+        record.flags = PendingFault::untimed_record_flags(entry_flags);
+    } else {
         record.kind = kind::FAULT_INCOMPLETE;
-        record.flags = entry.flags & flags::KERNEL_MODE;
+        record.flags = entry_flags & flags::KERNEL_MODE;
     }
     report::fault(&mut record);
 }

@@ -20,7 +20,7 @@ use cow_trace_common::{Record, flags, kind, x86_pf};
 use crate::{
     clock::now_ns,
     diagnostics,
-    maps::{FaultEntry, Slot, settings, user_stack},
+    maps::{FaultEntry, Slot, setting, user_stack},
     report,
 };
 
@@ -173,8 +173,7 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
         record.error_code |= x86_pf::PROT | x86_pf::WRITE;
     }
     record.flags = entry.flags & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED | flags::PAGE_ZEROED);
-    let settings = settings();
-    if settings.untimed == 0 {
+    if setting!(untimed) == 0 {
         record.latency_ns = now - entry.ts_ns;
     } else {
         record.flags |= flags::UNTIMED;
@@ -198,7 +197,7 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
     if record.kind == kind::FAULT && (vm_fault & VM_FAULT_MAJOR != 0 || tried) {
         record.flags |= flags::MAJOR;
     }
-    if settings.copy_detection != 0 {
+    if setting!(copy_detection) != 0 {
         record.flags |= flags::COPY_KNOWN;
     }
     report::fault(&mut record);

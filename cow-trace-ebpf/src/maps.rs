@@ -9,8 +9,8 @@ use aya_ebpf::{
     programs::tracing::StackIdContext,
 };
 use cow_trace_common::{
-    COMM_LEN, Hist, HistKey, NO_FIELD, NO_STACK, PENDING_COMPLETED, PendingFault, Settings,
-    StatKey, StatValue, Window, counter,
+    COMM_LEN, Hist, HistKey, NO_FIELD, NO_STACK, PENDING_COMPLETED, PENDING_DEFERRED, PendingFault,
+    Record, Settings, StatKey, StatValue, Window, counter, kind,
 };
 
 use crate::diagnostics;
@@ -104,9 +104,10 @@ pub fn may_have_window(pid: u32) -> bool {
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 
-/// Written by userspace before loading; the defaults are 6.18's offsets.
+/// Written by userspace before loading; the defaults are 6.18's offsets. Read with
+/// [`setting!`].
 #[unsafe(no_mangle)]
-static SETTINGS: Settings = Settings {
+pub static SETTINGS: Settings = Settings {
     task_newtask_pid: 8,
     task_newtask_clone_flags: 32,
     exit_group_dead: NO_FIELD,
@@ -119,12 +120,16 @@ static SETTINGS: Settings = Settings {
     wakeup_bytes: 0,
 };
 
-/// The settings userspace wrote (a volatile read, so the compiler cannot fold the defaults).
-#[inline(always)]
-pub fn settings() -> Settings {
-    // SAFETY: SETTINGS is a plain static that userspace patches before load.
-    unsafe { core::ptr::read_volatile(&SETTINGS) }
+/// One field of the settings userspace wrote: a volatile read of that field alone, so the
+/// compiler cannot fold the defaults (the verifier does fold the value it finds: the map is
+/// read-only, so branches the setting rules out cost nothing).
+macro_rules! setting {
+    ($field:ident) => {
+        // SAFETY: SETTINGS is a plain static that userspace patches before load.
+        unsafe { core::ptr::read_volatile(&raw const $crate::maps::SETTINGS.$field) }
+    };
 }
+pub(crate) use setting;
 
 #[inline(always)]
 pub fn is_traced(tgid: u32) -> bool {
@@ -169,7 +174,7 @@ pub fn bump(index: u32) {
 /// The current task's user stack id, with --stack; else (or on failure) NO_STACK.
 #[inline(always)]
 pub fn user_stack<C: StackIdContext>(ctx: &C) -> i32 {
-    if settings().stacks == 0 {
+    if setting!(stacks) == 0 {
         return NO_STACK;
     }
     match ctx.get_stackid(&STACKS, BPF_F_USER_STACK.into()) {
@@ -317,6 +322,35 @@ impl Slot {
         unsafe { *self.value }
     }
 
+    /// Writes the pending fault into `record` as a completed one: kind FAULT, the entry's time,
+    /// address, ip, error code, stack and flags (but the slot's own), and the thread's pid, tid
+    /// and comm (which a concurrent rename may tear, see [`Slot`]). Latency, other_pid and
+    /// vm_fault are the caller's.
+    #[inline(always)]
+    pub fn write_record(self, record: &mut Record) {
+        // SAFETY: see [`Slot`].
+        unsafe {
+            let entry = self.value;
+            record.kind = kind::FAULT;
+            record.flags = (*entry).flags & !(PENDING_DEFERRED | PENDING_COMPLETED);
+            record.ts_ns = (*entry).ts_ns;
+            record.address = (*entry).address;
+            record.ip = (*entry).ip;
+            record.error_code = (*entry).error_code;
+            record.pid = (*entry).pid;
+            record.tid = self.tid;
+            record.stack_id = (*entry).stack_id;
+            copy_comm(&raw mut record.comm, &raw const (*entry).comm);
+        }
+    }
+
+    /// Whether the slot's fault (pending or just completed) is on the page of `address`.
+    #[inline(always)]
+    pub fn is_for(self, address: u64) -> bool {
+        // SAFETY: see [`Slot`].
+        (unsafe { (*self.value).address } ^ address) >> 12 == 0
+    }
+
     /// When the pending fault began (or `TS_NOT_TAKEN`); 0: no fault is pending.
     #[inline(always)]
     pub fn pending_since(self) -> u64 {
@@ -331,11 +365,11 @@ impl Slot {
         unsafe { (*self.value).flags }
     }
 
-    /// The thread's comm, as cached in the slot.
+    /// Writes the thread's comm, as cached in the slot, to `record`.
     #[inline(always)]
-    pub fn comm(self) -> [u8; COMM_LEN] {
+    pub fn write_comm(self, record: &mut Record) {
         // SAFETY: see [`Slot`].
-        unsafe { (*self.value).comm }
+        unsafe { copy_comm(&raw mut record.comm, &raw const (*self.value).comm) };
     }
 
     /// Fills the slot with a fault that has just begun (its comm and pid stay).
@@ -398,6 +432,26 @@ impl Slot {
         }
     }
 }
+
+/// Copies a comm as two u64s: as 16 bytes of alignment 1 LLVM moved it byte by byte, and as
+/// one [u64; 2] by a call to memmove.
+///
+/// # Safety
+/// Both must point into live values of `Record` or `PendingFault` (where a comm is 8-aligned).
+#[inline(always)]
+unsafe fn copy_comm(to: *mut [u8; COMM_LEN], from: *const [u8; COMM_LEN]) {
+    let (to, from) = (to.cast::<u64>(), from.cast::<u64>());
+    // SAFETY: the caller's pointers are 8-aligned (checked below) and 16 bytes long.
+    unsafe {
+        to.write(from.read());
+        to.add(1).write(from.add(1).read());
+    }
+}
+
+const _: () = assert!(
+    core::mem::offset_of!(Record, comm) % 8 == 0
+        && core::mem::offset_of!(PendingFault, comm) % 8 == 0
+);
 
 // The claim's compare-and-swap covers pid and tid as one aligned u64.
 const _: () = assert!(

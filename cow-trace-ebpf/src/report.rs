@@ -13,7 +13,7 @@ use cow_trace_common::{
 use crate::{
     clock::now_ns,
     diagnostics,
-    maps::{EVENTS, HISTS, STATS, WINDOW, bump, may_have_window, settings},
+    maps::{EVENTS, HISTS, STATS, WINDOW, bump, may_have_window, setting},
 };
 
 /// Writes `record` to the ring buffer, counting a loss when it is full. Userspace is woken
@@ -25,7 +25,7 @@ pub fn emit(record: &Record) {
             entry.write(*record);
             let urgent = matches!(record.kind, kind::FORK | kind::EXIT | kind::EXEC);
             let wake = urgent
-                || EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= u64::from(settings().wakeup_bytes);
+                || EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= u64::from(setting!(wakeup_bytes));
             entry.submit(
                 if wake {
                     BPF_RB_FORCE_WAKEUP
@@ -88,7 +88,7 @@ fn window_of(record: &Record) -> u32 {
 #[inline(always)]
 pub fn fault(record: &mut Record) {
     record.other_pid = window_of(record);
-    if settings().summary_mode == 0 {
+    if setting!(summary_mode) == 0 {
         emit(record);
         return;
     }

@@ -11,7 +11,7 @@ use crate::{
     clock::now_ns,
     diagnostics,
     faults::{finish_deferred, finish_pending},
-    maps::{PARENT, Slot, TRACED, WINDOW, bump, hint_traced, hint_window, is_traced, settings},
+    maps::{PARENT, Slot, TRACED, WINDOW, bump, hint_traced, hint_window, is_traced, setting},
     report::emit,
 };
 
@@ -31,14 +31,15 @@ pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
     if !is_traced(parent) {
         return 0;
     }
-    let settings = settings();
+    let (pid_at, clone_flags_at) = (
+        setting!(task_newtask_pid) as usize,
+        setting!(task_newtask_clone_flags) as usize,
+    );
     // SAFETY: offsets come from this kernel's tracepoint format; a failed read gives 0.
     let (child, clone_flags) = unsafe {
         (
-            ctx.read_at::<i32>(settings.task_newtask_pid as usize)
-                .unwrap_or(0),
-            ctx.read_at::<u64>(settings.task_newtask_clone_flags as usize)
-                .unwrap_or(0),
+            ctx.read_at::<i32>(pid_at).unwrap_or(0),
+            ctx.read_at::<u64>(clone_flags_at).unwrap_or(0),
         )
     };
     if child <= 0 || clone_flags & CLONE_THREAD != 0 {
@@ -97,13 +98,13 @@ pub fn sched_sched_process_exit(ctx: TracePointContext) -> u32 {
         slot.remove();
     }
 
-    let settings = settings();
-    let group_dead = if settings.exit_group_dead == NO_FIELD {
+    let exit_group_dead = setting!(exit_group_dead);
+    let group_dead = if exit_group_dead == NO_FIELD {
         // Older kernels lack the field; the leader's exit is the best sign there.
         tid == tgid
     } else {
         // SAFETY: offset from this kernel's tracepoint format; a failed read gives 0.
-        unsafe { ctx.read_at::<u8>(settings.exit_group_dead as usize) }.unwrap_or(0) != 0
+        unsafe { ctx.read_at::<u8>(exit_group_dead as usize) }.unwrap_or(0) != 0
     };
     if !group_dead {
         return 0;
@@ -177,12 +178,12 @@ pub fn sched_sched_process_exec(ctx: TracePointContext) -> u32 {
 /// ```
 #[tracepoint(category = "task", name = "task_rename")]
 pub fn task_task_rename(ctx: TracePointContext) -> u32 {
-    let settings = settings();
-    let tid = if settings.task_rename_pid == NO_FIELD {
+    let task_rename_pid = setting!(task_rename_pid);
+    let tid = if task_rename_pid == NO_FIELD {
         bpf_get_current_pid_tgid() as u32
     } else {
         // SAFETY: offset from this kernel's tracepoint format; a failed read gives 0.
-        unsafe { ctx.read_at::<u32>(settings.task_rename_pid as usize) }.unwrap_or(0)
+        unsafe { ctx.read_at::<u32>(task_rename_pid as usize) }.unwrap_or(0)
     };
     // Only traced threads have slots.
     let Some(slot) = Slot::of(tid) else {
@@ -193,10 +194,9 @@ pub fn task_task_rename(ctx: TracePointContext) -> u32 {
     if tid == bpf_get_current_pid_tgid() as u32 {
         finish_deferred(slot);
     }
+    let newcomm_at = setting!(task_rename_newcomm) as usize;
     // SAFETY: offset from this kernel's tracepoint format; a failed read stores nothing.
-    if let Ok(comm) =
-        unsafe { ctx.read_at::<[u8; COMM_LEN]>(settings.task_rename_newcomm as usize) }
-    {
+    if let Ok(comm) = unsafe { ctx.read_at::<[u8; COMM_LEN]>(newcomm_at) } {
         slot.set_comm(comm);
     }
     0
