@@ -396,7 +396,8 @@ pub struct Record {
     pub kind: u32,
     /// Bits of [`flags`].
     pub flags: u32,
-    /// CLOCK_MONOTONIC time of fault entry (or of the event), in ns.
+    /// CLOCK_MONOTONIC time of fault entry (or of the event), in ns. Untimed (--no-latency),
+    /// the tracepoint backend takes the time of a fault's timer tick: up to a tick early.
     pub ts_ns: u64,
     /// Fault handling time, entry to completion, in ns (0 when unknown).
     pub latency_ns: u64,

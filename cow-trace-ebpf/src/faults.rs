@@ -19,7 +19,7 @@ use cow_trace_common::{
 };
 
 use crate::{
-    clock::now_ns,
+    clock::{now_ns, tick_ns},
     diagnostics,
     maps::{FaultEntry, Slot, is_traced, setting, user_stack},
     report,
@@ -89,10 +89,12 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
         unsafe { bpf_probe_read_kernel(ip) }.unwrap_or(0)
     };
     slot.begin(FaultEntry {
-        ts_ns: if summary_mode && untimed {
-            TS_NOT_TAKEN
-        } else {
-            now_ns()
+        // Untimed, the time only places the fault: the tick's time does (a summary shows no
+        // time at all).
+        ts_ns: match (untimed, summary_mode) {
+            (false, _) => now_ns(),
+            (true, false) => tick_ns(),
+            (true, true) => TS_NOT_TAKEN,
         },
         address,
         ip,

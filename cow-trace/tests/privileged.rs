@@ -279,7 +279,9 @@ fn threads_created_while_attaching_count_once() {
     faulter.run("grow 300 1");
     let tracer = Tracer::start(&["-x", &pid.to_string(), "--json"]);
     faulter.run("grown");
-    // The growth's own faults went on after attaching: count those of the touch alone.
+    // The growth's own faults went on after attaching: count those of the touch alone. A
+    // timer tick without faults first: untimed, a fault's time is its tick's first fault's.
+    std::thread::sleep(std::time::Duration::from_millis(30));
     let monotonic = || {
         let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
         now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
@@ -295,6 +297,37 @@ fn threads_created_while_attaching_count_once() {
         .count() as u64;
     assert!(after.0 - before.0 >= 300 * 10, "{before:?} -> {after:?}");
     assert_eq!(minor, after.0 - before.0, "cow-trace vs /proc/{pid}/stat");
+    faulter.exit();
+}
+
+/// A fault's time lies between the moments before and after it; untimed (--no-latency), the
+/// tracepoint backend takes its timer tick's time, up to a tick (at most 10 ms) early.
+#[test]
+fn fault_times_fall_where_the_faults_did() {
+    if !require_root("fault_times_fall_where_the_faults_did") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json"]);
+    let monotonic = || {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+        now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+    };
+    let start = monotonic();
+    faulter.run("touch 200");
+    let end = monotonic();
+    let done = tracer.stop();
+    let early = if untimed() { 10_000_000 } else { 0 };
+    let faults = done.faults_of(pid);
+    assert!(faults.len() >= 200, "{} faults", faults.len());
+    for fault in &faults {
+        let ts = fault["ts_ns"].as_u64().unwrap();
+        assert!(
+            (start - early..=end).contains(&ts),
+            "{ts} not in {start} - {early} ..= {end}: {fault}"
+        );
+    }
     faulter.exit();
 }
 
