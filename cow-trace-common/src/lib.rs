@@ -527,7 +527,7 @@ pub struct Window {
 
 /// Key of the in-kernel summary's counts.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StatKey {
     pub pid: u32,
     /// Bits of [`class`].
@@ -553,6 +553,18 @@ pub struct StatValue {
     pub sample_address: u64,
 }
 
+/// The in-kernel summary's per-CPU cache of the last key counted on the CPU, with the counts
+/// not yet added to the shared map (`faults == 0`: empty). Consecutive faults of a process
+/// mostly share a key (a region's pages fault one after another), so most faults are counted
+/// here, without a hash lookup; another key sends these counts to the map first. Userspace adds
+/// what the caches hold when it reads the map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatCache {
+    pub key: StatKey,
+    pub counts: StatValue,
+}
+
 /// Key of the in-kernel latency histograms.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -566,6 +578,16 @@ pub struct HistKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hist {
     pub buckets: [u64; HIST_BUCKETS],
+}
+
+/// The in-kernel summary's per-CPU cache of the last histogram key (see [`StatCache`]):
+/// `faults == 0`, empty.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistCache {
+    pub key: HistKey,
+    pub faults: u64,
+    pub hist: Hist,
 }
 
 /// The log2 bucket of a latency: 0 for 0 ns, i for [2^(i-1), 2^i) ns, capped at the last.
@@ -590,6 +612,8 @@ mod user {
     unsafe impl aya::Pod for super::HistKey {}
     unsafe impl aya::Pod for super::Hist {}
     unsafe impl aya::Pod for super::Window {}
+    unsafe impl aya::Pod for super::StatCache {}
+    unsafe impl aya::Pod for super::HistCache {}
 }
 
 #[cfg(test)]

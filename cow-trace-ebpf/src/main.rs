@@ -4,12 +4,13 @@
 //! - `copies`: copy vs reuse, from user-page allocations inside a fault
 //! - `tasks`: keeps the traced-process map and snapshot windows in step with fork and exit
 //! - `report`: a finished fault is streamed or counted in the kernel
+//! - `summary`: the in-kernel counts (--summary), with a per-CPU cache of the last key
 //! - `maps`: the maps and load-time settings every program shares, and the per-thread `Slot`
 //! - `clock`: the kernel clock as a safe call
 //! - `diagnostics`: rare events logged for the user (aya-log, shown with -v)
 #![no_std]
 #![no_main]
-// atomic_xadd: the summary's shared counters (see report::add).
+// atomic_xadd: the summary's shared counters (see summary::add); atomic_cxchg: claiming a slot.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
@@ -20,6 +21,7 @@ mod faults;
 mod handle_mm_fault;
 mod maps;
 mod report;
+mod summary;
 mod tasks;
 
 #[cfg(not(test))]

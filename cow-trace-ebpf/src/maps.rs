@@ -9,8 +9,8 @@ use aya_ebpf::{
     programs::tracing::StackIdContext,
 };
 use cow_trace_common::{
-    COMM_LEN, Hist, HistKey, NO_FIELD, NO_STACK, PENDING_COMPLETED, PENDING_DEFERRED, PendingFault,
-    Record, Settings, StatKey, StatValue, Window, counter, kind,
+    COMM_LEN, Hist, HistCache, HistKey, NO_FIELD, NO_STACK, PENDING_COMPLETED, PENDING_DEFERRED,
+    PendingFault, Record, Settings, StatCache, StatKey, StatValue, Window, counter, kind,
 };
 
 use crate::diagnostics;
@@ -64,6 +64,14 @@ pub static STATS: HashMap<StatKey, StatValue> = HashMap::with_max_entries(65536,
 /// The in-kernel summary's log2 latency histograms per pid x class (shared, as STATS).
 #[map]
 pub static HISTS: HashMap<HistKey, Hist> = HashMap::with_max_entries(4096, 0);
+
+/// Per CPU, the last `STATS` key counted and its counts not yet in `STATS` (see `StatCache`).
+#[map]
+pub static STAT_CACHE: PerCpuArray<StatCache> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU, the last `HISTS` key and its counts not yet in `HISTS`.
+#[map]
+pub static HIST_CACHE: PerCpuArray<HistCache> = PerCpuArray::with_max_entries(1, 0);
 
 /// Traced child tgid -> its traced parent's tgid, to close the parent's window at exit.
 #[map]
@@ -164,10 +172,15 @@ fn is_marked(marks: &Array<u32>, index: u32) -> bool {
 
 #[inline(always)]
 pub fn bump(index: u32) {
+    bump_by(index, 1);
+}
+
+#[inline(always)]
+pub fn bump_by(index: u32, n: u64) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: this CPU's copy, live while the program runs; a program preempted on its
         // CPU by another may lose a count, never corrupt one.
-        unsafe { *slot += 1 };
+        unsafe { *slot += n };
     }
 }
 

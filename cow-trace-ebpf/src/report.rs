@@ -1,19 +1,12 @@
-//! The last step of every fault: stream it to userspace, or count it in the kernel.
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
-use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    maps::HashMap,
-};
-use cow_trace_common::{
-    HIST_BUCKETS, Hist, HistKey, REGION_SHIFT, Record, StatKey, StatValue, TS_NOT_TAKEN, Window,
-    class, counter, flags, hist_bucket, kind, x86_pf,
-};
+//! The last step of every fault: stream it to userspace, or count it in the kernel
+//! (`summary`).
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+use cow_trace_common::{Record, TS_NOT_TAKEN, Window, counter, flags, kind, x86_pf};
 
 use crate::{
     clock::now_ns,
-    diagnostics,
-    maps::{EVENTS, HISTS, STATS, WINDOW, bump, may_have_window, setting},
+    maps::{EVENTS, WINDOW, bump, may_have_window, setting},
+    summary,
 };
 
 /// Writes `record` to the ring buffer, counting a loss when it is full. Userspace is woken
@@ -90,73 +83,7 @@ pub fn fault(record: &mut Record) {
     record.other_pid = window_of(record);
     if setting!(summary_mode) == 0 {
         emit(record);
-        return;
-    }
-    let class = class::of_record(record);
-    let key = StatKey {
-        pid: record.pid,
-        class,
-        window: record.other_pid,
-        stack_id: record.stack_id,
-        region: record.address >> REGION_SHIFT,
-    };
-    let timed = record.flags & (flags::UNTIMED | flags::NO_ENTRY) == 0;
-    let first = StatValue {
-        sample_address: record.address,
-        ..StatValue::default()
-    };
-    let Some(counts) = get_or_insert(&STATS, key, &first) else {
-        bump(counter::SUMMARY_FULL);
-        diagnostics::summary_full(record.pid, false);
-        return;
-    };
-    // SAFETY: a value of STATS, live while this program runs.
-    unsafe {
-        add(&raw mut (*counts).faults, 1);
-        if timed {
-            add(&raw mut (*counts).timed, 1);
-            add(&raw mut (*counts).latency_ns, record.latency_ns);
-        }
-    }
-    if !timed {
-        return;
-    }
-    let key = HistKey {
-        pid: record.pid,
-        class,
-    };
-    let bucket = hist_bucket(record.latency_ns) & (HIST_BUCKETS - 1);
-    // Zeroes from a static: a Hist is too big for the BPF stack.
-    match get_or_insert(&HISTS, key, &EMPTY_HIST) {
-        // SAFETY: a value of HISTS; the index is masked into range for the verifier.
-        Some(hist) => unsafe { add(&raw mut (*hist).buckets[bucket], 1) },
-        None => {
-            bump(counter::SUMMARY_FULL);
-            diagnostics::summary_full(record.pid, true);
-        }
+    } else {
+        summary::count(record);
     }
 }
-
-/// The value of `key`, inserted as `first` if absent: one lookup once the key exists. Another
-/// CPU may insert the same key meanwhile; then both use its entry.
-#[inline(always)]
-fn get_or_insert<K: Copy, V>(map: &HashMap<K, V>, key: K, first: &V) -> Option<*mut V> {
-    map.get_ptr_mut(key).or_else(|| {
-        let _ = map.insert(key, first, BPF_NOEXIST.into());
-        map.get_ptr_mut(key)
-    })
-}
-
-/// Adds `n` to a summary counter. The maps are shared by all CPUs (per-CPU copies would cost
-/// memory and creation time in proportion to the CPU count), so the add is atomic: BPF's
-/// atomic add, as C's `__sync_fetch_and_add` with its result unused. (core's AtomicU64 has no
-/// fetch_add on the BPF target, which lacks compare-and-swap before v3.)
-#[inline(always)]
-unsafe fn add(counter: *mut u64, n: u64) {
-    // SAFETY: the caller's pointer is an aligned u64 inside a live map value.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
-}
-
-static EMPTY_HIST: Hist = Hist {
-    buckets: [0; HIST_BUCKETS],
-};

@@ -8,7 +8,8 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
 use cow_trace_common::{
-    Hist, HistKey, NO_FIELD, PENDING_DEFERRED, PendingFault, Record, Settings, StatKey, StatValue,
+    Hist, HistCache, HistKey, NO_FIELD, PENDING_DEFERRED, PendingFault, Record, Settings,
+    StatCache, StatKey, StatValue,
 };
 
 use crate::{
@@ -173,6 +174,24 @@ impl Probes {
     pub fn hists(&self) -> anyhow::Result<HashMap<&MapData, HistKey, Hist>> {
         let map = self.ebpf.map("HISTS").context("HISTS map missing")?;
         HashMap::try_from(map).context("HISTS has an unexpected type")
+    }
+
+    /// The in-kernel summary's per-CPU caches of the last key counted (--summary).
+    pub fn stat_caches(&self) -> anyhow::Result<PerCpuArray<&MapData, StatCache>> {
+        let map = self
+            .ebpf
+            .map("STAT_CACHE")
+            .context("STAT_CACHE map missing")?;
+        PerCpuArray::try_from(map).context("STAT_CACHE has an unexpected type")
+    }
+
+    /// The in-kernel summary's per-CPU caches of the last histogram (--summary).
+    pub fn hist_caches(&self) -> anyhow::Result<PerCpuArray<&MapData, HistCache>> {
+        let map = self
+            .ebpf
+            .map("HIST_CACHE")
+            .context("HIST_CACHE map missing")?;
+        PerCpuArray::try_from(map).context("HIST_CACHE has an unexpected type")
     }
 
     /// The addresses of user stack `stack_id` (--stack), innermost first.
