@@ -365,8 +365,9 @@ pub struct Settings {
     pub untimed: u32,
     /// Non-zero: capture the user stack of each fault (--stack).
     pub stacks: u32,
-    /// Wake userspace only once this many bytes wait in the ring: waking it for every fault
-    /// would cost a context switch each. Userspace also drains on a short timer.
+    /// Wake userspace only once a CPU has written this many bytes to the ring since it last
+    /// did: waking it for every fault would cost a context switch each. (Userspace gives each
+    /// CPU an even share of an eighth of the ring; it also drains on a short timer.)
     pub wakeup_bytes: u32,
 }
 

@@ -51,6 +51,10 @@ const SLOT_COUNT: u32 = 65536;
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
+/// Per CPU, the bytes written to `EVENTS` since the CPU last woke userspace.
+#[map]
+pub static WRITTEN: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU loss counters, indexed by `cow_trace_common::counter`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);

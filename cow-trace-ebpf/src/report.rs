@@ -1,26 +1,25 @@
 //! The last step of every fault: stream it to userspace, or count it in the kernel
 //! (`summary`).
-use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+use aya_ebpf::bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use cow_trace_common::{Record, TS_NOT_TAKEN, Window, counter, flags, kind, x86_pf};
 
 use crate::{
     clock::now_ns,
-    maps::{EVENTS, WINDOW, bump, may_have_window, setting},
+    maps::{EVENTS, WINDOW, WRITTEN, bump, may_have_window, setting},
     summary,
 };
 
 /// Writes `record` to the ring buffer, counting a loss when it is full. Userspace is woken
-/// only once enough has piled up (it also drains on a timer), or for a process event.
+/// only once this CPU has written enough since it last woke it (userspace also drains on a
+/// timer), or for a process event.
 #[inline(always)]
 pub fn emit(record: &Record) {
     match EVENTS.reserve::<Record>(0) {
         Some(mut entry) => {
             entry.write(*record);
             let urgent = matches!(record.kind, kind::FORK | kind::EXIT | kind::EXEC);
-            let wake = urgent
-                || EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= u64::from(setting!(wakeup_bytes));
             entry.submit(
-                if wake {
+                if wakeup_due(urgent) {
                     BPF_RB_FORCE_WAKEUP
                 } else {
                     BPF_RB_NO_WAKEUP
@@ -30,6 +29,26 @@ pub fn emit(record: &Record) {
         }
         None => bump(counter::RING_FULL),
     }
+}
+
+/// Counts a record's bytes toward this CPU's next wakeup of userspace; true if it is due. A
+/// per-CPU count, where asking the ring how much it holds was a helper call per record.
+#[inline(always)]
+fn wakeup_due(urgent: bool) -> bool {
+    let Some(written) = WRITTEN.get_ptr_mut(0) else {
+        return true;
+    };
+    let due = setting!(wakeup_bytes);
+    // SAFETY: this CPU's count, live while the program runs; a program interrupting another
+    // on this CPU may lose a record's bytes, which delays a wakeup a little.
+    unsafe {
+        *written += size_of::<Record>() as u32;
+        if urgent || *written >= due {
+            *written = 0;
+            return true;
+        }
+    }
+    false
 }
 
 /// How long a window keeps counting copies after its child's exit, while the kernel releases

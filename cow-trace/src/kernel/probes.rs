@@ -62,7 +62,9 @@ impl Probes {
         check_privilege()?;
         let root = tracefs::ensure_mounted()?;
         let mut settings = read_settings(&root, summary_mode, stacks)?;
-        settings.wakeup_bytes = ring_size / 8;
+        // An eighth of the ring in all, shared by the CPUs.
+        let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
+        settings.wakeup_bytes = (ring_size / 8 / cpus).max(1);
         settings.untimed = untimed.into();
         raise_memlock_limit();
         raise_open_file_limit();
