@@ -1,6 +1,7 @@
 //! Processes the tasks start: reaped with wait4, for their CPU and memory use, and stopped
 //! whatever happens (dropped: SIGTERM, a grace period, then SIGKILL).
 use std::{
+    io::Read as _,
     os::unix::process::ExitStatusExt as _,
     process::{Child, Command, ExitStatus},
     thread,
@@ -45,6 +46,20 @@ impl Guarded {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Everything the process writes to its stdout (spawned piped), until it closes it.
+    pub fn read_stdout(&mut self) -> anyhow::Result<String> {
+        let mut stdout = self
+            .child
+            .stdout
+            .take()
+            .with_context(|| format!("{}'s stdout is not piped", self.name))?;
+        let mut text = String::new();
+        stdout
+            .read_to_string(&mut text)
+            .with_context(|| format!("reading {}'s output", self.name))?;
+        Ok(text)
     }
 
     pub fn signal(&self, signal: i32) {

@@ -121,6 +121,11 @@ impl Config {
         )
     }
 
+    /// Its tracer runs BPF programs (perf trace does not).
+    pub fn runs_bpf(self) -> bool {
+        self.is_cow_trace() || self.is_floor() || self == Config::Bpftrace
+    }
+
     pub fn is_floor(self) -> bool {
         matches!(self, Config::FloorUntimed | Config::FloorTimed)
     }

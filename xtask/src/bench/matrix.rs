@@ -5,6 +5,7 @@ use anyhow::Context as _;
 
 use super::{
     Args, SETTLE,
+    bpf_stats::{ProgramTimes, Role, StatsEnabled},
     configs::{Config, Tools},
     load::{Load, LoadFigures},
     runners::{Tracer, TracerStats},
@@ -27,6 +28,29 @@ pub struct Matrix {
     pub configs: Vec<Config>,
     pub variants: Vec<Variant>,
     pub samples: Vec<Sample>,
+    /// From one more round, with the kernel's BPF statistics on (empty with --no-bpf-stats).
+    pub programs: Vec<ProgramSample>,
+}
+
+/// What a configuration's BPF programs ran in one run of a workload's loop (a run with the
+/// kernel's statistics on, whose time is not used: the statistics add to every program run).
+pub struct ProgramSample {
+    pub variant: usize,
+    pub config: Config,
+    /// The loop's faults.
+    pub faults: u64,
+    pub programs: ProgramTimes,
+}
+
+impl ProgramSample {
+    /// Nanoseconds per fault of the loop, of all programs or of one role's.
+    pub fn ns_per_fault(&self, role: Option<Role>) -> f64 {
+        let ns = match role {
+            Some(role) => self.programs.ns_of(role),
+            None => self.programs.total_ns(),
+        };
+        ns as f64 / self.faults.max(1) as f64
+    }
 }
 
 pub fn run_matrix(args: &Args, tools: &Tools) -> anyhow::Result<Matrix> {
@@ -66,13 +90,56 @@ pub fn run_matrix(args: &Args, tools: &Tools) -> anyhow::Result<Matrix> {
             }
         }
     }
+    let load = load.since();
+    let programs = match args.no_bpf_stats {
+        true => Vec::new(),
+        false => run_program_round(tools, &variants, &configs)?,
+    };
     Ok(Matrix {
-        load: load.since(),
+        load,
         rounds: args.runs,
         configs,
         variants,
         samples,
+        programs,
     })
+}
+
+/// One more run of every workload under each configuration that runs BPF programs, with the
+/// kernel's statistics on: their cost per fault, per program.
+fn run_program_round(
+    tools: &Tools,
+    variants: &[Variant],
+    configs: &[Config],
+) -> anyhow::Result<Vec<ProgramSample>> {
+    let _enabled = StatsEnabled::on()?;
+    let mut samples = Vec::new();
+    for (v, variant) in variants.iter().enumerate() {
+        for &config in configs.iter().filter(|c| c.runs_bpf()) {
+            let workload = Workload::start(tools, &variant.args())?;
+            let target = workload.target;
+            let tracer = Tracer::start(config, tools, &workload)?;
+            thread::sleep(SETTLE);
+            let (outcome, programs) = workload.measure_programs(tracer.pid())?;
+            tracer.stop(target)?;
+            let Some(programs) = programs else { continue };
+            let sample = ProgramSample {
+                variant: v,
+                config,
+                faults: outcome.loop_minflt,
+                programs,
+            };
+            eprintln!(
+                "bench: BPF statistics {:>5} MiB {:<7} {:<20} {:>6.0} ns/fault",
+                variant.mib,
+                variant.mode,
+                config.name(),
+                sample.ns_per_fault(None)
+            );
+            samples.push(sample);
+        }
+    }
+    Ok(samples)
 }
 
 fn run_once(

@@ -6,17 +6,24 @@
 //! perf trace) runs it in turn, rotating the order every round, and BENCHMARKS.md gets the
 //! medians. `--soak SECONDS` adds a long cow-trace run at a steady fault rate, sampling its RSS.
 //!
+//! Besides: `bystander` (what a tracer costs the processes it does not trace) and `redis`
+//! (Redis's SET throughput during a BGSAVE, traced and not), each selected with `--parts`.
+//!
 //! One module per job: `configs` (what is measured, and with what), `workloads` (driving
 //! bench_cow), `runners` (starting, watching and stopping each tracer), `counting` (what each
-//! tracer delivered), `matrix` (every configuration on every workload), `soak`, `load` (how
-//! busy the machine was), `leftovers` (nothing left attached), `stats` (medians and
-//! steadiness), `report` and `host` (BENCHMARKS.md).
+//! tracer delivered), `matrix` (every configuration on every workload), `bystander`, `redis`,
+//! `soak`, `bpf_stats` (the kernel's run time of each BPF program), `load` (how busy the
+//! machine was), `leftovers` (nothing left attached), `stats` (medians and steadiness),
+//! `report` and `host` (BENCHMARKS.md).
+mod bpf_stats;
+mod bystander;
 mod configs;
 mod counting;
 mod host;
 mod leftovers;
 mod load;
 mod matrix;
+mod redis;
 mod report;
 mod runners;
 mod soak;
@@ -28,10 +35,12 @@ use std::{fs, path::PathBuf, time::Duration};
 use anyhow::Context as _;
 
 use crate::{setup, util};
+use bystander::run_bystander;
 use configs::Tools;
 use leftovers::{bpf_program_ids, check_nothing_left};
 use matrix::run_matrix;
-use report::{kept_notes, render};
+use redis::run_redis;
+use report::{Parts, kept_notes, render};
 use soak::run_soak;
 
 #[derive(clap::Args)]
@@ -45,9 +54,18 @@ pub struct Args {
     /// Threads of the many-threads variant.
     #[arg(long, default_value_t = 4)]
     threads: u32,
-    /// Rounds: each configuration runs each workload once per round (0: no matrix, soak only).
+    /// Which parts to run: matrix (every configuration on every workload), bystander (an
+    /// untraced storm while tracers trace a sleeping process), redis (SET throughput during a
+    /// BGSAVE).
+    #[arg(long, value_delimiter = ',', default_value = "matrix,bystander,redis")]
+    parts: Vec<Part>,
+    /// Rounds: each configuration runs each workload once per round (0: no matrix, soak only);
+    /// also the bystander's and Redis's rounds.
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Size (MiB) of the bystander's untraced COW storm.
+    #[arg(long, default_value_t = 256)]
+    bystander_size: u64,
     /// Only these configurations (untraced always runs, as the reference): cow-text, cow-json,
     /// cow-summary, cow-untimed, cow-summary-untimed, floor-untimed, floor-timed, bpftrace,
     /// perf-trace.
@@ -62,6 +80,10 @@ pub struct Args {
     /// MiB each soak child inherits and writes: the larger, the fewer processes come and go.
     #[arg(long, default_value_t = 1024)]
     soak_size: u64,
+    /// Skip the extra round that reads the kernel's BPF statistics (the "BPF ns/fault"
+    /// figures).
+    #[arg(long)]
+    no_bpf_stats: bool,
     /// The report to write, relative to the workspace root.
     #[arg(long, default_value = "BENCHMARKS.md")]
     output: PathBuf,
@@ -77,13 +99,31 @@ const QUIET: Duration = Duration::from_millis(300);
 /// A tracer that stops by itself (cow-trace, perf trace) gets this long before SIGINT.
 const SELF_STOP: Duration = Duration::from_secs(5);
 
+/// A part of the bench (`--parts`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    Matrix,
+    Bystander,
+    Redis,
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     setup::run()?;
     let tools = Tools::prepare()?;
     let programs_before = bpf_program_ids();
-    let matrix = match args.runs {
-        0 => None,
-        _ => Some(run_matrix(&args, &tools)?),
+    let runs = args.runs > 0;
+    let part = |part| runs && args.parts.contains(&part);
+    let matrix = match part(Part::Matrix) {
+        true => Some(run_matrix(&args, &tools)?),
+        false => None,
+    };
+    let bystander = match part(Part::Bystander) {
+        true => Some(run_bystander(&tools, &args)?),
+        false => None,
+    };
+    let redis = match part(Part::Redis) {
+        true => Some(run_redis(&tools, &args)?),
+        false => None,
     };
     let soak = match args.soak {
         Some(seconds) => Some(run_soak(&tools, &args, seconds)?),
@@ -92,7 +132,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     check_nothing_left(programs_before);
     let path = util::root().join(&args.output);
     let kept = kept_notes(&path);
-    let report = render(&tools, matrix.as_ref(), soak.as_ref(), &kept);
+    let parts = Parts {
+        matrix: matrix.as_ref(),
+        bystander: bystander.as_ref(),
+        redis: redis.as_ref(),
+        soak: soak.as_ref(),
+    };
+    let report = render(&tools, &parts, &kept);
     fs::write(&path, report).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("bench: wrote {}", path.display());
     Ok(())

@@ -4,9 +4,12 @@ use std::{fmt::Write as _, fs, path::Path};
 
 use super::{
     QUIET, SETTLE,
+    bpf_stats::Role,
+    bystander::{self, Bystander},
     configs::{Config, Tools},
     host::{first_line, machine, mitigations},
     matrix::{Matrix, optional},
+    redis::{self, RedisRuns},
     soak::Soak,
     stats::{NOISY, Row, max, median, min, steady},
 };
@@ -19,14 +22,28 @@ fn fig(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "–".to_string(), |v| format!("{v:.decimals$}"))
 }
 
-pub fn render(tools: &Tools, matrix: Option<&Matrix>, soak: Option<&Soak>, kept: &str) -> String {
+/// What one bench session measured (`--parts`, `--soak`).
+pub struct Parts<'a> {
+    pub matrix: Option<&'a Matrix>,
+    pub bystander: Option<&'a Bystander>,
+    pub redis: Option<&'a RedisRuns>,
+    pub soak: Option<&'a Soak>,
+}
+
+pub fn render(tools: &Tools, parts: &Parts, kept: &str) -> String {
     let mut out = String::new();
-    let _ = render_header(&mut out, tools, matrix, soak);
-    if let Some(matrix) = matrix {
+    let _ = render_header(&mut out, tools, parts.matrix, parts.soak);
+    if let Some(matrix) = parts.matrix {
         let _ = render_matrix(&mut out, matrix);
-        let _ = render_targets(&mut out, matrix, soak);
     }
-    if let Some(soak) = soak {
+    if let Some(bystander) = parts.bystander {
+        let _ = render_bystander(&mut out, bystander);
+    }
+    if let Some(redis) = parts.redis {
+        let _ = render_redis(&mut out, redis);
+    }
+    let _ = render_targets(&mut out, parts);
+    if let Some(soak) = parts.soak {
         let _ = render_soak(&mut out, soak);
     }
     let _ = render_method(&mut out);
@@ -107,35 +124,87 @@ fn render_matrix(out: &mut String, matrix: &Matrix) -> std::fmt::Result {
          per 1000 expected faults; **IPIs** the inter-processor interrupts of the whole machine \
          (IRQ work, rescheduling, function call, TLB shootdown) during the loop, per fault: on \
          a virtual machine each is an exit to the hypervisor. **others %** is the most CPU that \
-         processes not started by the bench used during any one run, in % of one CPU: noise.\n",
+         processes not started by the bench used during any one run, in % of one CPU: noise. \
+         **BPF ns/fault** is what the tracer's BPF programs ran per fault of the loop, by the \
+         kernel's own statistics, from one more run with them on (see Method).\n",
         matrix.rounds
     )?;
     for (v, variant) in matrix.variants.iter().enumerate() {
         writeln!(out, "### {}\n", variant.title())?;
         writeln!(
             out,
-            "| configuration | ns/fault (min–max) | × untraced | expected | delivered | missing | lost | CPU ms | RSS MiB | attach ms | wake-ups /1k faults | IPIs /fault | others % |"
+            "| configuration | ns/fault (min–max) | × untraced | BPF ns/fault | expected | delivered | missing | lost | CPU ms | RSS MiB | attach ms | wake-ups /1k faults | IPIs /fault | others % |"
         )?;
-        writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")?;
+        writeln!(
+            out,
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+        )?;
         for &config in &matrix.configs {
-            render_row(out, &matrix.row(v, config))?;
+            let bpf_ns = matrix.bpf_ns(v, config, None);
+            render_row(out, &matrix.row(v, config), bpf_ns)?;
+        }
+        writeln!(out)?;
+    }
+    render_programs(out, matrix)
+}
+
+/// Per COW workload, what each program of each configuration ran per fault.
+fn render_programs(out: &mut String, matrix: &Matrix) -> std::fmt::Result {
+    if matrix.programs.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "### BPF time per fault, by program\n")?;
+    writeln!(
+        out,
+        "From the run with the kernel's statistics on (`kernel.bpf_stats_enabled`): each \
+         program's run time over the loop, divided by the loop's faults. The statistics add two \
+         clock reads to every run, which an empty program (the floor rows) shows. **fault \
+         entry**: the exception tracepoints; **completion**: the PAGE_FAULTS_MIN/MAJ perf \
+         events; **others**: process tracking (fork, exec, exit, rename).\n"
+    )?;
+    let roles = Role::ALL.map(Role::label);
+    for (v, variant) in matrix.variants.iter().enumerate() {
+        if variant.mode != "cow" {
+            continue;
+        }
+        writeln!(out, "{}:\n", variant.title())?;
+        writeln!(out, "| configuration | {} | total |", roles.join(" | "))?;
+        writeln!(out, "|---|--:|--:|--:|--:|--:|")?;
+        for config in matrix
+            .configs
+            .iter()
+            .copied()
+            .filter(|&c| c.runs_bpf() && c != Config::Bpftrace)
+        {
+            let cells: Vec<String> = Role::ALL
+                .iter()
+                .map(|&role| fig(matrix.bpf_ns(v, config, Some(role)), 0))
+                .collect();
+            writeln!(
+                out,
+                "| {} | {} | {} |",
+                config.label(),
+                cells.join(" | "),
+                fig(matrix.bpf_ns(v, config, None), 0)
+            )?;
         }
         writeln!(out)?;
     }
     Ok(())
 }
 
-fn render_row(out: &mut String, row: &Row) -> std::fmt::Result {
+fn render_row(out: &mut String, row: &Row, bpf_ns: Option<f64>) -> std::fmt::Result {
     let traced = row.config != Config::Untraced;
     let when_traced = |value: String| if traced { value } else { "".to_string() };
     writeln!(
         out,
-        "| {} | {} ({}–{}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} ({}–{}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         row.config.label(),
         fig(median(&row.ns), 0),
         fig(min(&row.ns), 0),
         fig(max(&row.ns), 0),
         fig(median(&row.ratio), 2),
+        when_traced(fig(bpf_ns, 0)),
         fig(median(&row.expected), 0),
         when_traced(fig(median(&row.delivered), 0)),
         when_traced(fig(max(&row.missing), 0)),
@@ -153,6 +222,85 @@ fn render_row(out: &mut String, row: &Row) -> std::fmt::Result {
     )
 }
 
+fn render_bystander(out: &mut String, bystander: &Bystander) -> std::fmt::Result {
+    writeln!(out, "## What the rest of the machine pays\n")?;
+    writeln!(
+        out,
+        "An untraced process's {mib} MiB copy-on-write storm (`bench_cow cow {mib}`, its own \
+         process tree) while each tracer traces an unrelated process that sleeps: what tracing \
+         one process costs every other. Medians of {rounds} rounds, the configurations taking \
+         turns; **× no tracer** is the median of the ratio to the same round's run without a \
+         tracer. **BPF ns/fault**: what the tracer's BPF programs ran per fault of the storm, by \
+         the kernel's statistics, from one more run with them on.\n",
+        mib = bystander.mib,
+        rounds = bystander.rounds,
+    )?;
+    writeln!(
+        out,
+        "| beside the storm | ns/fault (min–max) | × no tracer | BPF ns/fault |\n|---|--:|--:|--:|"
+    )?;
+    for config in bystander::CONFIGS {
+        let ns = bystander.ns(config);
+        let label = match config {
+            Config::Untraced => "no tracer",
+            Config::PerfTrace => "perf trace --pf=min -p SLEEPER",
+            Config::Bpftrace => "bpftrace, tracepoint with /pid == SLEEPER/",
+            _ => config.label(),
+        };
+        writeln!(
+            out,
+            "| {label} | {} ({}–{}) | {} | {} |",
+            fig(median(&ns), 0),
+            fig(min(&ns), 0),
+            fig(max(&ns), 0),
+            fig(median(&bystander.ratios(config)), 2),
+            fig(bystander.bpf_ns(config), 0),
+        )?;
+    }
+    writeln!(out)
+}
+
+fn render_redis(out: &mut String, runs: &RedisRuns) -> std::fmt::Result {
+    writeln!(out, "## Redis throughput during a snapshot\n")?;
+    writeln!(
+        out,
+        "Debian's redis-server (transparent huge pages off) holding {keys} keys of {size} bytes; \
+         each run starts `redis-benchmark -t set -n {sets} -r {keys} -d {size} -P {pipeline} -c \
+         {clients}` together with a BGSAVE, whose child copies pages on write while the \
+         benchmark overwrites keys, and waits for both. The tracers trace the server (cow-trace \
+         its snapshot child too). Medians of {rounds} rounds, the configurations taking turns, \
+         after one round not counted; **vs untraced** is the median of the ratio to the same \
+         round's untraced run.\n",
+        keys = redis::KEYS,
+        size = redis::VALUE_SIZE,
+        sets = redis::SETS,
+        pipeline = redis::PIPELINE,
+        clients = redis::CLIENTS,
+        rounds = runs.rounds,
+    )?;
+    writeln!(
+        out,
+        "| configuration | SET/s (min–max) | vs untraced |\n|---|--:|--:|"
+    )?;
+    for config in redis::CONFIGS {
+        let sets = runs.throughput(config);
+        let ratio = median(&runs.ratios(config));
+        writeln!(
+            out,
+            "| {} | {} ({}–{}) | {} |",
+            RedisRuns::label(config),
+            fig(median(&sets), 0),
+            fig(min(&sets), 0),
+            fig(max(&sets), 0),
+            ratio.map_or_else(
+                || "–".to_string(),
+                |r| format!("{:+.1}%", (r - 1.0) * 100.0)
+            ),
+        )?;
+    }
+    writeln!(out)
+}
+
 /// One line of the targets table: what, the figure, met or not (None: not measured, or the
 /// runs too noisy to judge).
 fn verdict(out: &mut String, target: &str, figure: String, met: Option<bool>) -> std::fmt::Result {
@@ -164,7 +312,10 @@ fn verdict(out: &mut String, target: &str, figure: String, met: Option<bool>) ->
     writeln!(out, "| {target} | {figure} | {met} |")
 }
 
-fn render_targets(out: &mut String, matrix: &Matrix, soak: Option<&Soak>) -> std::fmt::Result {
+fn render_targets(out: &mut String, parts: &Parts) -> std::fmt::Result {
+    if parts.matrix.is_none() && parts.bystander.is_none() && parts.redis.is_none() {
+        return Ok(());
+    }
     writeln!(out, "## Targets\n")?;
     writeln!(
         out,
@@ -174,6 +325,46 @@ fn render_targets(out: &mut String, matrix: &Matrix, soak: Option<&Soak>) -> std
         NOISY * 100.0
     )?;
     writeln!(out, "| target | measured | |\n|---|---|---|")?;
+    if let Some(matrix) = parts.matrix {
+        render_matrix_targets(out, matrix, parts.soak)?;
+    }
+    if let Some(bystander) = parts.bystander {
+        for config in bystander::CONFIGS.into_iter().filter(|c| c.is_cow_trace()) {
+            let (ratio, judged) = bystander.judged_ratio(config);
+            verdict(
+                out,
+                &format!(
+                    "an untraced process's fault beside {}: at most 1.03× no tracer",
+                    config.label()
+                ),
+                format!("{}×", fig(ratio, 2)),
+                ratio.map(|r| r <= 1.03).filter(|_| judged),
+            )?;
+        }
+    }
+    if let Some(redis) = parts.redis {
+        for (config, floor) in [(Config::CowSummaryUntimed, 0.98), (Config::CowText, 0.97)] {
+            let (ratio, judged) = redis.judged_ratio(config);
+            verdict(
+                out,
+                &format!(
+                    "Redis SET/s during BGSAVE, {}: within {:.0}% of untraced",
+                    RedisRuns::label(config),
+                    (1.0 - floor) * 100.0
+                ),
+                format!("{}% of untraced", fig(ratio.map(|r| r * 100.0), 1)),
+                ratio.map(|r| r >= floor).filter(|_| judged),
+            )?;
+        }
+    }
+    writeln!(out)
+}
+
+fn render_matrix_targets(
+    out: &mut String,
+    matrix: &Matrix,
+    soak: Option<&Soak>,
+) -> std::fmt::Result {
     let cow_variants: Vec<usize> = (0..matrix.variants.len())
         .filter(|&v| matrix.variants[v].mode == "cow")
         .collect();
@@ -240,8 +431,7 @@ fn render_targets(out: &mut String, matrix: &Matrix, soak: Option<&Soak>) -> std
         Some(soak) => soak_flatness(soak),
         None => ("no soak in this run (`--soak 600`)".to_string(), None),
     };
-    verdict(out, "tracer memory flat over a long run", figure, flat)?;
-    writeln!(out)
+    verdict(out, "tracer memory flat over a long run", figure, flat)
 }
 
 /// "1.50×", followed by what the configuration's hooks alone cost, when the run measured it.
@@ -386,7 +576,19 @@ fn render_method(out: &mut String) -> std::fmt::Result {
          - **Order**: every round runs every workload under every configuration, the \
          configurations rotated one place per round, after one unmeasured untraced run of that \
          workload (a warm-up). Nothing is pinned. The harness checks \
-         `bpftool prog list` afterwards so nothing stays loaded.",
+         `bpftool prog list` afterwards so nothing stays loaded.\n\
+         - **BPF ns/fault**: after the timed rounds, one more run of each workload under each \
+         configuration that runs BPF programs, with `kernel.bpf_stats_enabled` set (and restored \
+         after): each program's `run_time_ns` from `bpftool prog show` (the programs the \
+         tracer holds, found in /proc/PID/fdinfo), read just before the loop is released and \
+         just after it ends (the workload's root is stopped meanwhile, so a tracer that ends \
+         with it keeps its programs until then), divided by the loop's faults. A program runs \
+         with preemption off, so the figure does not depend on what else the machine runs, but \
+         it includes the runs the programs made for other processes during the loop (few, on a \
+         quiet machine) and the statistics' own two clock reads per run (the floor rows, empty \
+         programs, show them). Those runs are not timed. The floors attach their perf events \
+         per CPU, cow-trace per traced thread: the same path for each fault of the traced \
+         process.",
         settle = SETTLE.as_millis(),
         quiet = QUIET.as_millis(),
     )

@@ -57,9 +57,20 @@ pub struct Tracer {
 impl Tracer {
     /// Starts the tracer for `config` on the workload and returns once it is attached.
     pub fn start(config: Config, tools: &Tools, workload: &Workload) -> anyhow::Result<Tracer> {
+        Tracer::start_on(config, tools, workload.root(), workload.target)
+    }
+
+    /// Starts the tracer for `config` on a process tree: cow-trace follows `root`'s; bpftrace
+    /// and perf trace watch `target`.
+    pub fn start_on(
+        config: Config,
+        tools: &Tools,
+        root: u32,
+        target: u32,
+    ) -> anyhow::Result<Tracer> {
         let events = tools.scratch.join(format!("{}.out", config.name()));
         let _ = fs::remove_file(&events);
-        let mut command = tracer_command(config, tools, workload, &events)?;
+        let mut command = tracer_command(config, tools, root, target, &events)?;
         let started = Instant::now();
         let mut child = command
             .stderr(Stdio::piped())
@@ -159,6 +170,12 @@ impl Tracer {
         }
     }
 
+    /// Stops a tracer whose target lives on: SIGINT at once, then as [`Tracer::stop`].
+    pub fn interrupt(self, target: u32) -> anyhow::Result<TracerStats> {
+        self.process.signal(libc::SIGINT);
+        self.stop(target)
+    }
+
     /// Lets the tracer deliver everything, stops it, and counts what it delivered for `target`.
     pub fn stop(mut self, target: u32) -> anyhow::Result<TracerStats> {
         let reaped = self.wait_until_done()?;
@@ -256,10 +273,11 @@ impl Drop for Tracer {
 fn tracer_command(
     config: Config,
     tools: &Tools,
-    workload: &Workload,
+    root: u32,
+    target: u32,
     events: &Path,
 ) -> anyhow::Result<Command> {
-    let (root, target) = (workload.root().to_string(), workload.target.to_string());
+    let (root, target) = (root.to_string(), target.to_string());
     let mut command = match config {
         Config::Untraced => bail!("untraced has no tracer"),
         c if c.is_cow_trace() => Command::new(&tools.cow_trace),

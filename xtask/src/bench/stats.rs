@@ -1,6 +1,7 @@
 //! The statistics: each configuration's runs on one workload gathered into a row, their
 //! medians and extremes, and whether they are steady enough to judge a target.
 use super::{
+    bpf_stats::Role,
     configs::Config,
     matrix::{Matrix, Sample},
 };
@@ -84,6 +85,20 @@ impl Matrix {
                 .push(t.wakeups as f64 * 1000.0 / o.expected.max(1) as f64);
         }
         row
+    }
+}
+
+impl Matrix {
+    /// BPF nanoseconds per fault of `config` on `variant` (of one role's programs, or all),
+    /// from the round with the kernel's statistics on.
+    pub fn bpf_ns(&self, variant: usize, config: Config, role: Option<Role>) -> Option<f64> {
+        let values: Vec<f64> = self
+            .programs
+            .iter()
+            .filter(|p| p.variant == variant && p.config == config)
+            .map(|p| p.ns_per_fault(role))
+            .collect();
+        median(&values)
     }
 }
 

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{Args, configs::Tools, load::ipi_count};
+use super::{Args, bpf_stats::ProgramTimes, configs::Tools, load::ipi_count};
 use crate::process::Guarded;
 
 #[derive(Clone, Debug)]
@@ -18,12 +18,17 @@ pub struct Variant {
 }
 
 impl Variant {
-    pub fn selected(args: &Args) -> Vec<Variant> {
-        let cow = |mib| Variant {
+    /// Fork, then the child writes `mib` MiB: one COW fault per page.
+    pub fn cow(mib: u64) -> Variant {
+        Variant {
             mode: "cow",
             mib,
             threads: 1,
-        };
+        }
+    }
+
+    pub fn selected(args: &Args) -> Vec<Variant> {
+        let cow = Variant::cow;
         let mut variants: Vec<Variant> = args.sizes.iter().map(|&mib| cow(mib)).collect();
         if args.variant_size > 0 {
             variants.push(Variant {
@@ -74,6 +79,14 @@ pub struct Outcome {
     pub expected: u64,
     /// Inter-processor interrupts on the whole machine from "go" to the result line.
     pub ipis: u64,
+}
+
+/// What the loop of one run showed: the result line's fields, the IPIs meanwhile, what a
+/// tracer's BPF programs ran.
+struct Looped {
+    result: Vec<(String, String)>,
+    ipis: u64,
+    programs: Option<ProgramTimes>,
 }
 
 /// A running bench_cow, driven over its stdin and stdout.
@@ -130,19 +143,68 @@ impl Workload {
     }
 
     /// Releases the measured loop, reads the result and exit lines, and reaps the root.
-    pub fn measure(mut self) -> anyhow::Result<Outcome> {
-        let ipis_before = ipi_count();
-        self.go()?;
-        let result = fields(&self.expect_line("result ")?);
-        let ipis = ipi_count().saturating_sub(ipis_before);
+    pub fn measure(self) -> anyhow::Result<Outcome> {
+        Ok(self.measure_inner(None)?.0)
+    }
+
+    /// As [`Workload::measure`], and what the BPF programs `holder` holds ran from just before
+    /// the loop to just after it (None, with a warning, where they could not be read).
+    pub fn measure_programs(self, holder: u32) -> anyhow::Result<(Outcome, Option<ProgramTimes>)> {
+        self.measure_inner(Some(holder))
+    }
+
+    fn measure_inner(
+        mut self,
+        holder: Option<u32>,
+    ) -> anyhow::Result<(Outcome, Option<ProgramTimes>)> {
+        // Stopped, the root (it only waits in wait4) keeps a tracer that ends with it attached
+        // until the programs are read after the loop.
+        if holder.is_some() {
+            self.process.signal(libc::SIGSTOP);
+        }
+        let looped = self.run_loop(holder);
+        if holder.is_some() {
+            self.process.signal(libc::SIGCONT);
+        }
+        let Looped {
+            result,
+            ipis,
+            programs,
+        } = looped?;
         let exit = fields(&self.expect_line("exit ")?);
         self.process.wait_success("bench_cow")?;
         let start = number(&result, "start_minflt")?;
-        Ok(Outcome {
+        let outcome = Outcome {
             ns_per_fault: number(&result, "ns_per_fault")?,
             loop_minflt: number(&result, "loop_minflt")? as u64,
             expected: (number(&exit, "minflt")? - start) as u64,
             ipis,
+        };
+        Ok((outcome, programs))
+    }
+
+    /// Go, then the result line: its fields, IPIs meanwhile, what `holder`'s programs ran.
+    fn run_loop(&mut self, holder: Option<u32>) -> anyhow::Result<Looped> {
+        let read = |pid: u32| match ProgramTimes::of(pid) {
+            Ok(times) => Some(times),
+            Err(error) => {
+                eprintln!("bench: no BPF statistics of process {pid}: {error:#}");
+                None
+            }
+        };
+        let before = holder.and_then(read);
+        let ipis_before = ipi_count();
+        self.go()?;
+        let result = fields(&self.expect_line("result ")?);
+        let ipis = ipi_count().saturating_sub(ipis_before);
+        let after = holder.and_then(read);
+        let programs = before
+            .zip(after)
+            .map(|(before, after)| after.since(&before));
+        Ok(Looped {
+            result,
+            ipis,
+            programs,
         })
     }
 }

@@ -10,10 +10,11 @@
 //! One module per job: `interrupt` (Ctrl-C, and waits that notice it), `server`, `client`
 //! (RESP), `snapshot` (the data set, then BGSAVE under overwrites), `tracer` (cow-trace on the
 //! server), `trace` (what cow-trace saw, from its JSON), `report` (beside Redis's own figures).
-mod client;
-mod interrupt;
+// The server and its client serve the bench's Redis table too.
+pub(crate) mod client;
+pub(crate) mod interrupt;
 mod report;
-mod server;
+pub(crate) mod server;
 mod snapshot;
 mod trace;
 mod tracer;

@@ -28,7 +28,7 @@ impl Server {
             Some(port) => port,
             None => free_port()?,
         };
-        let dir = std::env::temp_dir().join(format!("cow-trace-redis-demo-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("cow-trace-redis-{}", std::process::id()));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         // From here on, drop removes the directory.
         let mut server = Server {
@@ -112,10 +112,10 @@ impl Drop for Server {
         }
         match fs::remove_dir_all(&self.dir) {
             Ok(()) => eprintln!(
-                "redis-demo: redis-server stopped, {} removed",
+                "xtask: redis-server stopped, {} removed",
                 self.dir.display()
             ),
-            Err(e) => eprintln!("redis-demo: removing {}: {e}", self.dir.display()),
+            Err(e) => eprintln!("xtask: removing {}: {e}", self.dir.display()),
         }
     }
 }
