@@ -3,7 +3,11 @@
 //! - kprobe: kprobe + kretprobe on handle_mm_fault, kprobe on do_wp_page;
 //! - tracepoint: exceptions:page_fault_{user,kernel} at entry, the PAGE_FAULTS_MIN/MAJ perf
 //!   software events at completion. Works where kprobes and trampolines are forbidden.
-use crate::{cli::BackendChoice, kernel::kernel_error};
+use crate::{
+    cli::BackendChoice,
+    failure::{Status, failure},
+    kernel::kernel_error,
+};
 use aya::{
     Btf, Ebpf,
     programs::{
@@ -233,6 +237,17 @@ pub fn watch_thread(ebpf: &mut Ebpf, tid: u32, untimed: bool) -> anyhow::Result<
                 if io_error.raw_os_error() == Some(libc::ESRCH) =>
             {
                 return Ok(false);
+            }
+            Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
+                if matches!(io_error.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
+            {
+                return Err(failure(
+                    Status::Privilege,
+                    format!(
+                        "the kernel refused a page-fault event on thread {tid} ({io_error}): \
+                         events on another user's process need root or CAP_SYS_PTRACE"
+                    ),
+                ));
             }
             Err(error) => {
                 return Err(kernel_error(
