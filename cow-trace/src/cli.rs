@@ -24,7 +24,8 @@ Exit status: 0 on success (or the traced command's own status with -- CMD);
 #[derive(Debug, Parser)]
 #[command(name = "cow-trace", version, after_help = EXAMPLES)]
 pub struct Args {
-    /// Trace this process and every descendant it has or will have.
+    /// Trace this process and every descendant it has or will have. A thread id traces the
+    /// thread's process.
     #[arg(short = 'x', short_alias = 'p', long = "pid", value_name = "PID",
           value_parser = parse_pid, conflicts_with = "command", allow_negative_numbers = true)]
     pub pid: Option<i32>,

@@ -68,7 +68,12 @@ fn run(args: Args) -> anyhow::Result<i32> {
     let (root, held) = match (args.pid, args.command.is_empty()) {
         (Some(pid), _) => {
             target::check_pid(pid)?;
-            (pid as u32, None)
+            let process = target::process_of(pid)?;
+            if process != pid {
+                eprintln!("cow-trace: {pid} is a thread of {process}: tracing {process}");
+                target::check_pid(process)?;
+            }
+            (process as u32, None)
         }
         (None, false) => {
             let identity = Identity::choose(args.user.as_deref())?;

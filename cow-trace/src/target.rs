@@ -53,6 +53,20 @@ pub fn check_pid(pid: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The process (thread group) `pid` belongs to: itself for a process, its process for a
+/// thread id, as `ps -L` and `top -H` show them. The kernel follows processes, not threads.
+pub fn process_of(pid: i32) -> anyhow::Result<i32> {
+    let status = procfs::process::Process::new(pid)
+        .and_then(|process| process.status())
+        .map_err(|_| {
+            failure(
+                Kind::Target,
+                format!("process {pid} exited before tracing began"),
+            )
+        })?;
+    Ok(status.tgid)
+}
+
 /// Every live descendant of `root` (children, grandchildren, ...), from /proc.
 pub fn descendants(root: i32) -> Vec<i32> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
@@ -249,6 +263,23 @@ mod tests {
     #[test]
     fn our_own_process_is_traceable() {
         check_pid(std::process::id() as i32).unwrap();
+    }
+
+    #[test]
+    fn a_thread_id_names_its_process() {
+        let me = std::process::id() as i32;
+        assert_eq!(process_of(me).unwrap(), me);
+        let (send, receive) = std::sync::mpsc::channel();
+        let (stop, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            send.send(nix::unistd::gettid().as_raw()).unwrap();
+            let _ = wait.recv();
+        });
+        let live = receive.recv().unwrap();
+        assert_ne!(live, me);
+        assert_eq!(process_of(live).unwrap(), me);
+        drop(stop);
+        thread.join().unwrap();
     }
 
     #[test]

@@ -181,6 +181,46 @@ fn article_clone_with_vm_shares_memory() {
     assert!(on_buf.is_empty(), "{on_buf:?}");
 }
 
+/// `-x TID` of a thread that is not its process's main thread (as `ps -L` or `top -H` show
+/// it) traces the whole process, and says so.
+#[test]
+fn a_thread_id_traces_its_process() {
+    if !require_root("a_thread_id_traces_its_process") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tid: u32 = field_after(&faulter.run("idle-thread").join("\n"), "thread ")
+        .parse()
+        .unwrap();
+    assert_ne!(tid, pid);
+    let tracer = Tracer::start(&["-x", &tid.to_string(), "--json"]);
+    let said = format!("{tid} is a thread of {pid}: tracing {pid}");
+    assert!(
+        tracer.stderr_lines.iter().any(|line| line.contains(&said)),
+        "{:?}",
+        tracer.stderr_lines
+    );
+    assert!(
+        tracer
+            .stderr_lines
+            .iter()
+            .any(|line| line.contains(&format!("Tracing pid {pid} "))),
+        "{:?}",
+        tracer.stderr_lines
+    );
+    let before = kernel_fault_counts(pid);
+    faulter.run("touch 100");
+    let after = kernel_fault_counts(pid);
+    let done = tracer.stop();
+    assert_eq!(
+        done.counts_of(pid),
+        (after.0 - before.0, after.1 - before.1)
+    );
+    assert!(after.0 - before.0 >= 100);
+    faulter.exit();
+}
+
 /// For a traced process, MINOR and MAJOR per pid equal the kernel's own minflt / majflt
 /// increase, read from /proc/PID/stat while the process sat in read(2).
 #[test]
