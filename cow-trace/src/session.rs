@@ -397,6 +397,7 @@ pub async fn run(
         probes,
         mut sink,
         plot,
+        tree,
         ..
     } = session;
     drop(ring);
@@ -434,7 +435,14 @@ pub async fn run(
     let mut status = match held.as_mut() {
         Some(command) => {
             if matches!(stop, Stop::Signal(_) | Stop::Duration | Stop::OutputClosed) {
-                command.terminate();
+                let traced: Vec<u32> = tree.live.iter().copied().collect();
+                if command.terminate(&traced) {
+                    eprintln!(
+                        "cow-trace: the command's processes were still running {} s after \
+                         SIGTERM: killed them (SIGKILL)",
+                        target::GRACE.as_secs()
+                    );
+                }
             }
             command.wait()?
         }
