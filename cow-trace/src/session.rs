@@ -280,14 +280,23 @@ pub async fn run(
 ) -> anyhow::Result<i32> {
     let mut probes = Probes::load(&options.kernel)?;
     // The root joins the map before process-tree tracking attaches; descendants that exist
-    // already are found in /proc after it attached, so none slips between the two.
-    probes.trace(options.root)?;
+    // already are found in /proc after it attached, so none slips between the two. A held
+    // command joins at its exec: until then it runs our code.
+    if held.is_some() {
+        probes.trace_from_exec(options.root)?;
+    } else {
+        probes.trace(options.root)?;
+    }
     let backend = probes.attach(options.backend, options.verbose)?;
     let mut tree = Tree::default();
     tree.add(options.root);
+    // Never cow-trace itself, a descendant of the root in `-x 1` or `-x $PPID`.
+    let me = std::process::id() as i32;
     for child in target::descendants(options.root as i32) {
-        probes.trace(child as u32)?;
-        tree.add(child as u32);
+        if child != me {
+            probes.trace(child as u32)?;
+            tree.add(child as u32);
+        }
     }
     let mut ring = Ring::new(&mut probes)?;
     let sink = sink::new(options.format, out, WallClock::now(), backend.name());

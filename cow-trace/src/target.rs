@@ -19,8 +19,14 @@ use crate::failure::{Kind, failure};
 
 const PF_KTHREAD: u32 = 0x0020_0000;
 
-/// Checks that `pid` names a live user process that can be traced.
+/// Checks that `pid` names a live user process that can be traced: not cow-trace itself.
 pub fn check_pid(pid: i32) -> anyhow::Result<()> {
+    if pid as u32 == std::process::id() {
+        return Err(failure(
+            Kind::Target,
+            format!("pid {pid} is cow-trace itself, which never traces itself: give another pid"),
+        ));
+    }
     let process = procfs::process::Process::new(pid).map_err(|_| {
         failure(
             Kind::Target,
@@ -350,8 +356,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn our_own_process_is_traceable() {
-        check_pid(std::process::id() as i32).unwrap();
+    fn a_live_process_is_traceable_but_not_ourselves() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let traceable = check_pid(child.id() as i32);
+        let _ = child.kill();
+        let _ = child.wait();
+        traceable.unwrap();
+        let err = check_pid(std::process::id() as i32).unwrap_err();
+        assert!(err.to_string().contains("cow-trace itself"), "{err}");
     }
 
     #[test]

@@ -444,7 +444,8 @@ fn existing_descendants_are_traced() {
 }
 
 /// -- CMD: the command is held until the probes are attached (its very first faults after exec
-/// are seen), and its exit status is passed through.
+/// are seen), and its exit status is passed through. It is counted from its exec: none of
+/// cow-trace's own code, which the forked child runs until then, is.
 #[test]
 fn held_command_is_traced_from_exec_and_its_status_passed_through() {
     if !require_root("held_command_is_traced_from_exec_and_its_status_passed_through") {
@@ -452,6 +453,7 @@ fn held_command_is_traced_from_exec_and_its_status_passed_through() {
     }
     let done = Tracer::start(&["--json", "--", "sh", "-c", "exit 7"]).wait();
     assert_eq!(done.status, 7, "{}", done.stderr);
+    let events = done.json();
     let faults = done.faults();
     assert!(!faults.is_empty());
     // The dynamic loader's first instruction fetches are among them: nothing after exec missed.
@@ -459,11 +461,69 @@ fn held_command_is_traced_from_exec_and_its_status_passed_through() {
         faults.iter().any(|f| f["access"] == "x"),
         "no instruction-fetch faults seen"
     );
-    assert!(
-        faults
-            .iter()
-            .all(|f| f["comm"] == "sh" || f["comm"] == "cow-trace")
-    );
+    let not_sh: Vec<&Value> = faults.iter().filter(|f| f["comm"] != "sh").collect();
+    assert!(not_sh.is_empty(), "faults before the exec: {not_sh:?}");
+    // Before the exec event, only the kernel's own writes into the new program's memory (its
+    // stack, its zeroed data) come: the user code of the forked child is never seen.
+    let exec_at = events
+        .iter()
+        .position(|v| v["event"] == "exec")
+        .expect("the command's exec event");
+    let before_exec: Vec<&Value> = events[..exec_at]
+        .iter()
+        .filter(|v| v["event"] == "fault" && v["kernel_mode"] != true)
+        .collect();
+    assert!(before_exec.is_empty(), "{before_exec:?}");
+    let summary: Vec<&Value> = events.iter().filter(|v| v["event"] == "summary").collect();
+    assert_eq!(summary.len(), 1, "{summary:?}");
+    assert_eq!(summary[0]["comm"], "sh");
+    assert_eq!(summary[0]["faults"].as_u64(), Some(faults.len() as u64));
+}
+
+/// cow-trace never traces itself, though it is a descendant of the traced process (as with
+/// `-x 1`); and refuses to be the target.
+#[test]
+fn cow_trace_never_traces_itself() {
+    if !require_root("cow_trace_never_traces_itself") {
+        return;
+    }
+    let output = scratch().join(format!("itself-{}.json", std::process::id()));
+    // The shell waits for cow-trace, its child, which traces the shell and so its own process
+    // too, were it not excluded; `; :` keeps the shell from exec'ing cow-trace.
+    let shell = Command::new("sh")
+        .args(["-c", "\"$0\" -x $$ --json -d 1s -o \"$1\"; :"])
+        .arg(cow_trace())
+        .arg(&output)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&shell.stderr);
+    assert!(shell.status.success(), "{stderr}");
+    let text = std::fs::read_to_string(&output).unwrap();
+    let _ = std::fs::remove_file(&output);
+    // Its comm: the binary's name, cut to the kernel's 15 characters.
+    let name = cow_trace()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let comm: String = name.chars().take(15).collect();
+    let mine: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|v| v["comm"] == comm.as_str())
+        .collect();
+    assert!(mine.is_empty(), "cow-trace traced itself: {mine:?}");
+
+    let refused = Command::new("sh")
+        .args(["-c", "exec \"$0\" -x $$ -d 5s -o /dev/null"])
+        .arg(cow_trace())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("is cow-trace itself"), "{stderr}");
 }
 
 fn parse_hex_after(printed: &[String], label: &str) -> u64 {
