@@ -11,8 +11,6 @@ mod target;
 
 use std::{fs::File, io::Write};
 
-use clap::Parser as _;
-
 use crate::{
     cli::Args,
     failure::{Failure, Kind, failure},
@@ -21,7 +19,7 @@ use crate::{
 };
 
 fn main() {
-    let args = match Args::try_parse() {
+    let args = match Args::try_parse_checked() {
         Ok(args) => args,
         Err(error) => exit_on_usage_error(error),
     };

@@ -68,6 +68,39 @@ fn bad_input_gets_one_line_and_a_distinct_status() {
     );
 }
 
+/// Options that cannot work together are refused, naming both, never silently ignored.
+#[test]
+fn conflicting_options_are_refused_naming_both() {
+    for (args, first, second) in [
+        (
+            &["--format", "stap", "--summary", "-x", "1"][..],
+            "--format stap",
+            "--summary",
+        ),
+        (&["-u", "nobody", "-x", "1"], "--user", "--pid"),
+        (
+            &["--summary", "--plot", "x.svg", "-x", "1"],
+            "--summary",
+            "--plot",
+        ),
+        (
+            &["--summary", "--resolve", "-x", "1"],
+            "--summary",
+            "--resolve",
+        ),
+    ] {
+        // --duration: a regression that accepts the options must not trace for good.
+        let args = [args, &["-d", "2s", "-o", "/dev/null"]].concat();
+        let (code, _, stderr) = run_cow_trace(&args);
+        assert_eq!(code, 2, "cow-trace {args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "cow-trace {args:?}: {stderr:?}");
+        assert!(
+            stderr.contains(first) && stderr.contains(second),
+            "cow-trace {args:?}: {stderr:?} names {first} and {second}"
+        );
+    }
+}
+
 #[test]
 fn zombie_target_is_refused() {
     // A child that exited and was not reaped stays a zombie.
