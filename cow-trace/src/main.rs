@@ -60,8 +60,12 @@ fn exit_on_usage_error(error: clap::Error) -> ! {
 }
 
 fn run(args: Args) -> anyhow::Result<i32> {
-    // Open the output before starting a command, so a bad -o never leaves one behind.
+    // Open the output before starting a command, so a bad -o never leaves one behind; the
+    // plot, written at the end, must be writable now too, not only after the whole trace.
     let out = open_output(&args)?;
+    if let Some(path) = &args.plot {
+        check_writable(path, "--plot")?;
+    }
     // The held command is forked before the runtime starts any thread.
     let (root, held) = match (args.pid, args.command.is_empty()) {
         (Some(pid), _) => {
@@ -127,4 +131,24 @@ fn open_output(args: &Args) -> anyhow::Result<Box<dyn Write>> {
         }
         None => Box::new(std::io::BufWriter::with_capacity(BUFFER, std::io::stdout())),
     })
+}
+
+/// Fails now, as a bad -o does, if `path` (given with `option`) cannot be written. Creates it
+/// if missing; an existing file is left as it is until it is written.
+fn check_writable(path: &std::path::Path, option: &str) -> anyhow::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(drop)
+        .map_err(|e| {
+            failure(
+                Kind::Output,
+                format!(
+                    "cannot write to {}: {e}: choose another file with {option}",
+                    path.display()
+                ),
+            )
+        })
 }

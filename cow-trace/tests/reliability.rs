@@ -61,6 +61,27 @@ fn bad_input_gets_one_line_and_a_distinct_status() {
         6,
         "cannot write to",
     );
+    // Every file written at the end is checked before tracing, and before a command starts.
+    let marker = scratch().join(format!("plot-marker-{}", std::process::id()));
+    assert_one_line_error(
+        &[
+            "--plot",
+            "/proc/no/such/dir/x.svg",
+            "-d",
+            "5s",
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ],
+        6,
+        "cannot write to /proc/no/such/dir/x.svg",
+    );
+    assert!(!marker.exists(), "the command ran");
+    assert_one_line_error(
+        &["--plot", "/proc/no/such/dir/x.svg", "-x", "1", "-d", "5s"],
+        6,
+        "choose another file with --plot",
+    );
     assert_one_line_error(
         &["--user", "no-such-user-cow-trace", "--", "true"],
         3,
