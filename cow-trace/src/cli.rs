@@ -44,11 +44,12 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
-    /// Same as --format json: one JSON object per line.
+    /// Same as --format json: one JSON object per line. With -- CMD and no -o, CMD's standard
+    /// output goes to standard error, so standard output carries only JSON.
     #[arg(long, conflicts_with = "format")]
     pub json: bool,
 
-    /// Write events to FILE instead of standard output.
+    /// Write events to FILE instead of standard output (which -- CMD shares, but for JSON).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
 

@@ -79,7 +79,9 @@ fn run(args: Args) -> anyhow::Result<i32> {
         }
         (None, false) => {
             let identity = Identity::choose(args.user.as_deref())?;
-            let held = HeldCommand::spawn(&args.command, identity.as_ref())?;
+            // JSON lines on stdout stay parseable: the command's own output goes to stderr.
+            let json_on_stdout = args.format() == cli::Format::Json && args.output.is_none();
+            let held = HeldCommand::spawn(&args.command, identity.as_ref(), json_on_stdout)?;
             (held.pid.as_raw() as u32, Some(held))
         }
         (None, true) => {

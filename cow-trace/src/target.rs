@@ -162,7 +162,13 @@ impl Identity {
 
 impl HeldCommand {
     /// Forks `argv`, which waits for `release` before exec. Call before any thread starts.
-    pub fn spawn(argv: &[String], identity: Option<&Identity>) -> anyhow::Result<HeldCommand> {
+    /// `stdout_to_stderr`: the command writes its standard output to our standard error
+    /// (stdout carries a machine-readable stream its lines must not break).
+    pub fn spawn(
+        argv: &[String],
+        identity: Option<&Identity>,
+        stdout_to_stderr: bool,
+    ) -> anyhow::Result<HeldCommand> {
         let program = &argv[0];
         let resolved = which_program(program).ok_or_else(|| {
             failure(
@@ -200,6 +206,10 @@ impl HeldCommand {
                 // SAFETY: plain read(2) on our own pipe.
                 let n = unsafe { libc::read(wait_end.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
                 if n != 1 {
+                    unsafe { libc::_exit(126) };
+                }
+                // SAFETY: plain dup2(2) on standard descriptors.
+                if stdout_to_stderr && unsafe { libc::dup2(2, 1) } != 1 {
                     unsafe { libc::_exit(126) };
                 }
                 if let (Some(id), Some(name)) = (identity, groups_for.as_ref()) {

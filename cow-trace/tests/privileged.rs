@@ -480,6 +480,40 @@ fn held_command_is_traced_from_exec_and_its_status_passed_through() {
     assert_eq!(summary[0]["faults"].as_u64(), Some(faults.len() as u64));
 }
 
+/// --json and -- CMD without -o: stdout carries only JSON lines; the command's own standard
+/// output is on stderr, whole and in order.
+#[test]
+fn json_on_stdout_stays_parseable_beside_a_command() {
+    if !require_root("json_on_stdout_stays_parseable_beside_a_command") {
+        return;
+    }
+    let output = Command::new(cow_trace())
+        .args(backend_args())
+        .args(["--json", "--", "sh", "-c"])
+        .arg("echo one; echo two; printf '{not json\\n'; echo on stderr >&2")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let events: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
+        .collect();
+    assert!(events.iter().any(|v| v["event"] == "fault"));
+    assert_eq!(events.last().unwrap()["event"], "totals");
+    let printed: Vec<&str> = stderr
+        .lines()
+        .filter(|line| ["one", "two", "{not json", "on stderr"].contains(line))
+        .collect();
+    assert_eq!(
+        printed,
+        ["one", "two", "{not json", "on stderr"],
+        "{stderr}"
+    );
+}
+
 /// cow-trace never traces itself, though it is a descendant of the traced process (as with
 /// `-x 1`); and refuses to be the target.
 #[test]
