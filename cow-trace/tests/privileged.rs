@@ -514,6 +514,95 @@ fn json_on_stdout_stays_parseable_beside_a_command() {
     );
 }
 
+/// Runs `cow-trace ARGS -- true` with TZ set; returns the first event line, and the UTC time
+/// just before and just after the run.
+fn first_line_with_tz(
+    tz: &str,
+    args: &[&str],
+) -> (
+    String,
+    chrono::DateTime<chrono::Utc>,
+    chrono::DateTime<chrono::Utc>,
+) {
+    let before = chrono::Utc::now();
+    let output = Command::new(cow_trace())
+        .args(backend_args())
+        .args(args)
+        .args(["--", "true"])
+        .env("TZ", tz)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let after = chrono::Utc::now();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|line| !line.starts_with("TIME "))
+        .unwrap_or_else(|| panic!("no event line: {stdout:?}"))
+        .to_string();
+    (line, before, after)
+}
+
+/// Is the time of day `shown` that of a moment between `from` and `to`, `offset_hours` east
+/// of UTC? (A second of slack: the text shows the time of the fault, not of our clock reads.)
+fn shown_between(
+    shown: chrono::NaiveTime,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+    offset_hours: i64,
+) -> bool {
+    let offset = chrono::Duration::hours(offset_hours);
+    let (from, to) = (from + offset, to + offset);
+    let slack = chrono::Duration::seconds(1);
+    [from.date_naive(), to.date_naive()].iter().any(|day| {
+        let moment = day.and_time(shown).and_utc();
+        moment >= from - slack && moment <= to + slack
+    })
+}
+
+/// The text format's TIME is local time, as `date` shows it (TZ honoured); the stap format
+/// stays UTC, as the SystemTap script's ctime() printed it; JSON stays RFC 3339 UTC.
+#[test]
+fn text_times_follow_tz_stap_and_json_stay_utc() {
+    if !require_root("text_times_follow_tz_stap_and_json_stay_utc") {
+        return;
+    }
+    // POSIX TZ rules need no time-zone database (the VM tests have none); a zone name does.
+    let mut zones = vec![("JST-9", 9), ("UTC0", 0), ("<-04>4", -4)];
+    if std::path::Path::new("/usr/share/zoneinfo/Asia/Tokyo").exists() {
+        zones.push(("Asia/Tokyo", 9));
+    }
+    for (tz, hours) in zones {
+        let (line, from, to) = first_line_with_tz(tz, &[]);
+        let shown = chrono::NaiveTime::parse_from_str(&line[..15], "%H:%M:%S%.6f").unwrap();
+        assert!(
+            shown_between(shown, from, to, hours),
+            "TZ={tz}: {line:?} is not between {from} and {to} at UTC{hours:+}"
+        );
+    }
+    let (line, from, to) = first_line_with_tz("JST-9", &["--format", "stap"]);
+    let stamp = &line[1..line.find(']').unwrap()];
+    let shown = chrono::NaiveDateTime::parse_from_str(stamp, "%a %b %e %H:%M:%S %Y").unwrap();
+    assert!(
+        shown_between(shown.time(), from, to, 0),
+        "stap with TZ=JST-9: {line:?} is not UTC ({from})"
+    );
+    let (line, from, to) = first_line_with_tz("JST-9", &["--json"]);
+    let event: Value = serde_json::from_str(&line).unwrap();
+    let time = event["time"].as_str().unwrap();
+    assert!(time.ends_with('Z'), "{time}");
+    let time = chrono::DateTime::parse_from_rfc3339(time).unwrap();
+    assert!(
+        shown_between(time.naive_utc().time(), from, to, 0),
+        "{line}"
+    );
+}
+
 /// cow-trace never traces itself, though it is a descendant of the traced process (as with
 /// `-x 1`); and refuses to be the target.
 #[test]
