@@ -111,7 +111,9 @@ pub struct Args {
     #[arg(short, long)]
     pub verbose: bool,
 
-    /// Start CMD held until the probes are attached, trace it and its descendants.
+    /// Start CMD held until the probes are attached, trace it and its descendants (from its
+    /// exec). If tracing stops first, CMD's process group is ended: SIGTERM, SIGKILL 2 s later
+    /// (in a terminal's foreground CMD shares cow-trace's group, and each traced process is).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
