@@ -16,6 +16,11 @@ Examples:
   cow-trace --summary --interval 1s -x $(pidof redis-server)
   cow-trace --summary --fail-over-cow 64MiB -- ./fork-heavy-test   (CI gate)
 
+Combinations: -u needs -- CMD (not -x). --summary counts in the kernel, with no line per fault,
+so it takes --format text or --json, --interval, --stack (top COW stacks), --fail-over-cow and
+-o, but not --format stap, --plot or --resolve (its mapping table is always there). Everything
+else combines; with --format stap, --resolve and --stack add only to the tables on stderr.
+
 Exit status: 0 on success (or the traced command's own status with -- CMD);
 2 bad usage; 3 bad target; 4 missing privilege; 5 kernel refused a probe; 6 output error;
 7 more than --fail-over-cow was copied on write.";
@@ -24,7 +29,8 @@ Exit status: 0 on success (or the traced command's own status with -- CMD);
 #[derive(Debug, Parser)]
 #[command(name = "cow-trace", version, after_help = EXAMPLES)]
 pub struct Args {
-    /// Trace this process and every descendant it has or will have.
+    /// Trace this process and every descendant it has or will have. A thread id traces the
+    /// thread's process.
     #[arg(short = 'x', short_alias = 'p', long = "pid", value_name = "PID",
           value_parser = parse_pid, conflicts_with = "command", allow_negative_numbers = true)]
     pub pid: Option<i32>,
@@ -34,15 +40,16 @@ pub struct Args {
     #[arg(short = 'b', long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
 
-    /// Output format for each fault.
+    /// Output format for each fault. stap is a line per fault only: not with --summary.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
-    /// Same as --format json: one JSON object per line.
+    /// Same as --format json: one JSON object per line. With -- CMD and no -o, CMD's standard
+    /// output goes to standard error, so standard output carries only JSON.
     #[arg(long, conflicts_with = "format")]
     pub json: bool,
 
-    /// Write events to FILE instead of standard output.
+    /// Write events to FILE instead of standard output (which -- CMD shares, but for JSON).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
 
@@ -65,8 +72,9 @@ pub struct Args {
     pub interval: Option<Duration>,
 
     /// Resolve each fault's address to its mapping ([heap], [stack], file@offset) and its
-    /// instruction pointer to function+offset (module).
-    #[arg(short = 'r', long)]
+    /// instruction pointer to function+offset (module). Not with --summary, which shows no
+    /// single fault and lists mappings anyway.
+    #[arg(short = 'r', long, conflicts_with = "summary")]
     pub resolve: bool,
 
     /// Capture each fault's user stack (symbolized); with --summary, the stacks that took the
@@ -95,8 +103,9 @@ pub struct Args {
     #[arg(long, value_name = "SIZE", value_parser = parse_ring_size, default_value = "16MiB")]
     pub ring_size: u32,
 
-    /// Run CMD as this user (default with -- CMD under sudo: the invoking user).
-    #[arg(short = 'u', long, value_name = "USER")]
+    /// Run CMD as this user (default with -- CMD under sudo: the invoking user). Only with
+    /// -- CMD: a traced pid runs as whoever started it.
+    #[arg(short = 'u', long, value_name = "USER", conflicts_with = "pid")]
     pub user: Option<String>,
 
     /// Say more about what cow-trace does (probes, seeding, counters, the kernel side's
@@ -104,7 +113,9 @@ pub struct Args {
     #[arg(short, long)]
     pub verbose: bool,
 
-    /// Start CMD held until the probes are attached, trace it and its descendants.
+    /// Start CMD held until the probes are attached, trace it and its descendants (from its
+    /// exec). If tracing stops first, CMD's process group is ended: SIGTERM, SIGKILL 2 s later
+    /// (in a terminal's foreground CMD shares cow-trace's group, and each traced process is).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
@@ -132,6 +143,26 @@ pub enum Format {
 impl Args {
     pub fn format(&self) -> Format {
         if self.json { Format::Json } else { self.format }
+    }
+
+    /// Parses the command line, then checks the conflicts that depend on an option's value,
+    /// which clap's declarations cannot express; they fail as clap's own conflicts do.
+    pub fn try_parse_checked() -> Result<Args, clap::Error> {
+        let args = Args::try_parse()?;
+        args.check_value_conflicts()?;
+        Ok(args)
+    }
+
+    fn check_value_conflicts(&self) -> Result<(), clap::Error> {
+        use clap::{CommandFactory, error::ErrorKind};
+        if self.summary && self.format == Format::Stap {
+            return Err(Args::command().error(
+                ErrorKind::ArgumentConflict,
+                "the argument '--format stap' cannot be used with '--summary': \
+                 stap prints a line per fault, --summary none",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -260,6 +291,33 @@ mod tests {
         let args = Args::try_parse_from(["cow-trace", "--", "ls", "-l"]).unwrap();
         assert_eq!(args.command, ["ls", "-l"]);
         assert!(Args::try_parse_from(["cow-trace", "-x", "1", "--", "ls"]).is_err());
+    }
+
+    #[test]
+    fn conflicting_options_are_refused() {
+        use clap::error::ErrorKind;
+        let refused = |args: &[&str]| {
+            let parsed = Args::try_parse_from(args).and_then(|a| a.check_value_conflicts());
+            parsed.expect_err("accepted").kind()
+        };
+        let conflict = ErrorKind::ArgumentConflict;
+        assert_eq!(
+            refused(&["cow-trace", "--format", "stap", "-s", "-x", "1"]),
+            conflict
+        );
+        assert_eq!(refused(&["cow-trace", "-u", "nobody", "-x", "1"]), conflict);
+        assert_eq!(
+            refused(&["cow-trace", "-s", "--plot", "a.svg", "-x", "1"]),
+            conflict
+        );
+        assert_eq!(refused(&["cow-trace", "-s", "-r", "-x", "1"]), conflict);
+        let accepted = |args: &[&str]| {
+            let args = Args::try_parse_from(args).unwrap();
+            args.check_value_conflicts().unwrap();
+        };
+        accepted(&["cow-trace", "--format", "stap", "-r", "-g", "-x", "1"]);
+        accepted(&["cow-trace", "--json", "-s", "-g", "-i", "1s", "-x", "1"]);
+        accepted(&["cow-trace", "-u", "nobody", "--", "true"]);
     }
 
     proptest! {

@@ -12,8 +12,6 @@ mod target;
 
 use std::{fs::File, io::Write};
 
-use clap::Parser as _;
-
 use crate::{
     cli::Args,
     failure::{Failure, Status, failure},
@@ -22,7 +20,7 @@ use crate::{
 };
 
 fn main() {
-    let args = match Args::try_parse() {
+    let args = match Args::try_parse_checked() {
         Ok(args) => args,
         Err(error) => exit_on_usage_error(error),
     };
@@ -83,17 +81,28 @@ fn exit_on_usage_error(error: clap::Error) -> ! {
 }
 
 fn run(args: Args) -> anyhow::Result<i32> {
-    // Open the output before starting a command, so a bad -o never leaves one behind.
+    // Open the output before starting a command, so a bad -o never leaves one behind; the
+    // plot, written at the end, must be writable now too, not only after the whole trace.
     let out = open_output(&args)?;
+    if let Some(path) = &args.plot {
+        check_writable(path, "--plot")?;
+    }
     // The held command is forked before the runtime starts any thread.
     let (root, held) = match (args.pid, args.command.is_empty()) {
         (Some(pid), _) => {
             target::check_pid(pid)?;
-            (pid as u32, None)
+            let process = target::process_of(pid)?;
+            if process != pid {
+                eprintln!("cow-trace: {pid} is a thread of {process}: tracing {process}");
+                target::check_pid(process)?;
+            }
+            (process as u32, None)
         }
         (None, false) => {
             let identity = Identity::choose(args.user.as_deref())?;
-            let held = HeldCommand::spawn(&args.command, identity.as_ref())?;
+            // JSON lines on stdout stay parseable: the command's own output goes to stderr.
+            let json_on_stdout = args.format() == cli::Format::Json && args.output.is_none();
+            let held = HeldCommand::spawn(&args.command, identity.as_ref(), json_on_stdout)?;
             (held.pid.as_raw() as u32, Some(held))
         }
         (None, true) => {
@@ -144,4 +153,24 @@ fn open_output(args: &Args) -> anyhow::Result<Box<dyn Write>> {
         }
         None => Box::new(std::io::BufWriter::with_capacity(BUFFER, std::io::stdout())),
     })
+}
+
+/// Fails now, as a bad -o does, if `path` (given with `option`) cannot be written. Creates it
+/// if missing; an existing file is left as it is until it is written.
+fn check_writable(path: &std::path::Path, option: &str) -> anyhow::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(drop)
+        .map_err(|e| {
+            failure(
+                Status::Output,
+                format!(
+                    "cannot write to {}: {e}: choose another file with {option}",
+                    path.display()
+                ),
+            )
+        })
 }

@@ -312,14 +312,23 @@ pub async fn run(
 ) -> anyhow::Result<i32> {
     let mut probes = Probes::load(&options.kernel)?;
     // The root joins the map before process-tree tracking attaches; descendants that exist
-    // already are found in /proc after it attached, so none slips between the two.
-    probes.trace(options.root)?;
+    // already are found in /proc after it attached, so none slips between the two. A held
+    // command joins at its exec: until then it runs our code.
+    if held.is_some() {
+        probes.trace_from_exec(options.root)?;
+    } else {
+        probes.trace(options.root)?;
+    }
     let backend = probes.attach(options.backend)?;
     let mut tree = Tree::default();
     tree.add(options.root);
+    // Never cow-trace itself, a descendant of the root in `-x 1` or `-x $PPID`.
+    let me = std::process::id() as i32;
     for child in target::descendants(options.root as i32) {
-        probes.trace(child as u32)?;
-        tree.add(child as u32);
+        if child != me {
+            probes.trace(child as u32)?;
+            tree.add(child as u32);
+        }
     }
     let mut ring = Ring::new(&mut probes)?;
     let clock = WallClock::now();
@@ -455,6 +464,7 @@ pub async fn run(
         mut sink,
         plot,
         clock,
+        tree,
         ..
     } = session;
     drop(ring);
@@ -499,7 +509,14 @@ pub async fn run(
     let mut status = match held.as_mut() {
         Some(command) => {
             if matches!(stop, Stop::Signal(_) | Stop::Duration | Stop::OutputClosed) {
-                command.terminate();
+                let traced: Vec<u32> = tree.live.iter().copied().collect();
+                if command.terminate(&traced) {
+                    eprintln!(
+                        "cow-trace: the command's processes were still running {} s after \
+                         SIGTERM: killed them (SIGKILL)",
+                        target::GRACE.as_secs()
+                    );
+                }
             }
             command.wait()?
         }

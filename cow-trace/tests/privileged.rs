@@ -181,6 +181,46 @@ fn article_clone_with_vm_shares_memory() {
     assert!(on_buf.is_empty(), "{on_buf:?}");
 }
 
+/// `-x TID` of a thread that is not its process's main thread (as `ps -L` or `top -H` show
+/// it) traces the whole process, and says so.
+#[test]
+fn a_thread_id_traces_its_process() {
+    if !require_root("a_thread_id_traces_its_process") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tid: u32 = field_after(&faulter.run("idle-thread").join("\n"), "thread ")
+        .parse()
+        .unwrap();
+    assert_ne!(tid, pid);
+    let tracer = Tracer::start(&["-x", &tid.to_string(), "--json"]);
+    let said = format!("{tid} is a thread of {pid}: tracing {pid}");
+    assert!(
+        tracer.stderr_lines.iter().any(|line| line.contains(&said)),
+        "{:?}",
+        tracer.stderr_lines
+    );
+    assert!(
+        tracer
+            .stderr_lines
+            .iter()
+            .any(|line| line.contains(&format!("Tracing pid {pid} "))),
+        "{:?}",
+        tracer.stderr_lines
+    );
+    let before = kernel_fault_counts(pid);
+    faulter.run("touch 100");
+    let after = kernel_fault_counts(pid);
+    let done = tracer.stop();
+    assert_eq!(
+        done.counts_of(pid),
+        (after.0 - before.0, after.1 - before.1)
+    );
+    assert!(after.0 - before.0 >= 100);
+    faulter.exit();
+}
+
 /// For a traced process, MINOR and MAJOR per pid equal the kernel's own minflt / majflt
 /// increase, read from /proc/PID/stat while the process sat in read(2).
 #[test]
@@ -404,7 +444,8 @@ fn existing_descendants_are_traced() {
 }
 
 /// -- CMD: the command is held until the probes are attached (its very first faults after exec
-/// are seen), and its exit status is passed through.
+/// are seen), and its exit status is passed through. It is counted from its exec: none of
+/// cow-trace's own code, which the forked child runs until then, is.
 #[test]
 fn held_command_is_traced_from_exec_and_its_status_passed_through() {
     if !require_root("held_command_is_traced_from_exec_and_its_status_passed_through") {
@@ -412,6 +453,7 @@ fn held_command_is_traced_from_exec_and_its_status_passed_through() {
     }
     let done = Tracer::start(&["--json", "--", "sh", "-c", "exit 7"]).wait();
     assert_eq!(done.status, 7, "{}", done.stderr);
+    let events = done.json();
     let faults = done.faults();
     assert!(!faults.is_empty());
     // The dynamic loader's first instruction fetches are among them: nothing after exec missed.
@@ -419,11 +461,192 @@ fn held_command_is_traced_from_exec_and_its_status_passed_through() {
         faults.iter().any(|f| f["access"] == "x"),
         "no instruction-fetch faults seen"
     );
-    assert!(
-        faults
-            .iter()
-            .all(|f| f["comm"] == "sh" || f["comm"] == "cow-trace")
+    let not_sh: Vec<&Value> = faults.iter().filter(|f| f["comm"] != "sh").collect();
+    assert!(not_sh.is_empty(), "faults before the exec: {not_sh:?}");
+    // Before the exec event, only the kernel's own writes into the new program's memory (its
+    // stack, its zeroed data) come: the user code of the forked child is never seen.
+    let exec_at = events
+        .iter()
+        .position(|v| v["event"] == "exec")
+        .expect("the command's exec event");
+    let before_exec: Vec<&Value> = events[..exec_at]
+        .iter()
+        .filter(|v| v["event"] == "fault" && v["kernel_mode"] != true)
+        .collect();
+    assert!(before_exec.is_empty(), "{before_exec:?}");
+    let summary: Vec<&Value> = events.iter().filter(|v| v["event"] == "summary").collect();
+    assert_eq!(summary.len(), 1, "{summary:?}");
+    assert_eq!(summary[0]["comm"], "sh");
+    assert_eq!(summary[0]["faults"].as_u64(), Some(faults.len() as u64));
+}
+
+/// --json and -- CMD without -o: stdout carries only JSON lines; the command's own standard
+/// output is on stderr, whole and in order.
+#[test]
+fn json_on_stdout_stays_parseable_beside_a_command() {
+    if !require_root("json_on_stdout_stays_parseable_beside_a_command") {
+        return;
+    }
+    let output = Command::new(cow_trace())
+        .args(backend_args())
+        .args(["--json", "--", "sh", "-c"])
+        .arg("echo one; echo two; printf '{not json\\n'; echo on stderr >&2")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let events: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
+        .collect();
+    assert!(events.iter().any(|v| v["event"] == "fault"));
+    assert_eq!(events.last().unwrap()["event"], "totals");
+    let printed: Vec<&str> = stderr
+        .lines()
+        .filter(|line| ["one", "two", "{not json", "on stderr"].contains(line))
+        .collect();
+    assert_eq!(
+        printed,
+        ["one", "two", "{not json", "on stderr"],
+        "{stderr}"
     );
+}
+
+/// Runs `cow-trace ARGS -- true` with TZ set; returns the first event line, and the UTC time
+/// just before and just after the run.
+fn first_line_with_tz(
+    tz: &str,
+    args: &[&str],
+) -> (
+    String,
+    chrono::DateTime<chrono::Utc>,
+    chrono::DateTime<chrono::Utc>,
+) {
+    let before = chrono::Utc::now();
+    let output = Command::new(cow_trace())
+        .args(backend_args())
+        .args(args)
+        .args(["--", "true"])
+        .env("TZ", tz)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let after = chrono::Utc::now();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|line| !line.starts_with("TIME "))
+        .unwrap_or_else(|| panic!("no event line: {stdout:?}"))
+        .to_string();
+    (line, before, after)
+}
+
+/// Is the time of day `shown` that of a moment between `from` and `to`, `offset_hours` east
+/// of UTC? (A second of slack: the text shows the time of the fault, not of our clock reads.)
+fn shown_between(
+    shown: chrono::NaiveTime,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+    offset_hours: i64,
+) -> bool {
+    let offset = chrono::Duration::hours(offset_hours);
+    let (from, to) = (from + offset, to + offset);
+    let slack = chrono::Duration::seconds(1);
+    [from.date_naive(), to.date_naive()].iter().any(|day| {
+        let moment = day.and_time(shown).and_utc();
+        moment >= from - slack && moment <= to + slack
+    })
+}
+
+/// The text format's TIME is local time, as `date` shows it (TZ honoured); the stap format
+/// stays UTC, as the SystemTap script's ctime() printed it; JSON stays RFC 3339 UTC.
+#[test]
+fn text_times_follow_tz_stap_and_json_stay_utc() {
+    if !require_root("text_times_follow_tz_stap_and_json_stay_utc") {
+        return;
+    }
+    // POSIX TZ rules need no time-zone database (the VM tests have none); a zone name does.
+    let mut zones = vec![("JST-9", 9), ("UTC0", 0), ("<-04>4", -4)];
+    if std::path::Path::new("/usr/share/zoneinfo/Asia/Tokyo").exists() {
+        zones.push(("Asia/Tokyo", 9));
+    }
+    for (tz, hours) in zones {
+        let (line, from, to) = first_line_with_tz(tz, &[]);
+        let shown = chrono::NaiveTime::parse_from_str(&line[..15], "%H:%M:%S%.6f").unwrap();
+        assert!(
+            shown_between(shown, from, to, hours),
+            "TZ={tz}: {line:?} is not between {from} and {to} at UTC{hours:+}"
+        );
+    }
+    let (line, from, to) = first_line_with_tz("JST-9", &["--format", "stap"]);
+    let stamp = &line[1..line.find(']').unwrap()];
+    let shown = chrono::NaiveDateTime::parse_from_str(stamp, "%a %b %e %H:%M:%S %Y").unwrap();
+    assert!(
+        shown_between(shown.time(), from, to, 0),
+        "stap with TZ=JST-9: {line:?} is not UTC ({from})"
+    );
+    let (line, from, to) = first_line_with_tz("JST-9", &["--json"]);
+    let event: Value = serde_json::from_str(&line).unwrap();
+    let time = event["time"].as_str().unwrap();
+    assert!(time.ends_with('Z'), "{time}");
+    let time = chrono::DateTime::parse_from_rfc3339(time).unwrap();
+    assert!(
+        shown_between(time.naive_utc().time(), from, to, 0),
+        "{line}"
+    );
+}
+
+/// cow-trace never traces itself, though it is a descendant of the traced process (as with
+/// `-x 1`); and refuses to be the target.
+#[test]
+fn cow_trace_never_traces_itself() {
+    if !require_root("cow_trace_never_traces_itself") {
+        return;
+    }
+    let output = scratch().join(format!("itself-{}.json", std::process::id()));
+    // The shell waits for cow-trace, its child, which traces the shell and so its own process
+    // too, were it not excluded; `; :` keeps the shell from exec'ing cow-trace.
+    let shell = Command::new("sh")
+        .args(["-c", "\"$0\" -x $$ --json -d 1s -o \"$1\"; :"])
+        .arg(cow_trace())
+        .arg(&output)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&shell.stderr);
+    assert!(shell.status.success(), "{stderr}");
+    let text = std::fs::read_to_string(&output).unwrap();
+    let _ = std::fs::remove_file(&output);
+    // Its comm: the binary's name, cut to the kernel's 15 characters.
+    let name = cow_trace()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let comm: String = name.chars().take(15).collect();
+    let mine: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|v| v["comm"] == comm.as_str())
+        .collect();
+    assert!(mine.is_empty(), "cow-trace traced itself: {mine:?}");
+
+    let refused = Command::new("sh")
+        .args(["-c", "exec \"$0\" -x $$ -d 5s -o /dev/null"])
+        .arg(cow_trace())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("is cow-trace itself"), "{stderr}");
 }
 
 fn parse_hex_after(printed: &[String], label: &str) -> u64 {

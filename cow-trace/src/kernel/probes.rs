@@ -87,6 +87,18 @@ impl Probes {
             .with_context(|| format!("adding pid {pid} to the traced set"))
     }
 
+    /// Traces `pid` from its exec on (the held command: until then it runs cow-trace's code).
+    pub fn trace_from_exec(&mut self, pid: u32) -> anyhow::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("TRACE_AT_EXEC")
+            .context("TRACE_AT_EXEC map missing")?;
+        HashMap::<_, u32, u8>::try_from(map)
+            .context("TRACE_AT_EXEC map has an unexpected type")?
+            .insert(pid, 1, 0)
+            .with_context(|| format!("tracing pid {pid} from its exec"))
+    }
+
     /// Detaches every program, keeping the maps: what the kernel wrote stays readable, and
     /// nothing changes under a reader any more.
     pub fn detach(&mut self) {

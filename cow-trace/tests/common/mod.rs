@@ -33,7 +33,7 @@ pub fn scratch() -> PathBuf {
 /// so the same suite runs once per backend.
 /// The backend (COW_TRACE_BACKEND) and mode (COW_TRACE_UNTIMED=1: --no-latency) a suite run
 /// tests: `cargo xtask test` runs the suites once per mode, vm-test once per backend too.
-fn backend_args() -> Vec<String> {
+pub fn backend_args() -> Vec<String> {
     let mut args = Vec::new();
     if let Ok(backend) = std::env::var("COW_TRACE_BACKEND")
         && !backend.is_empty()

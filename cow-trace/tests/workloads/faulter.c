@@ -26,12 +26,14 @@
 //                faults before execve.
 //   stacks N     map N private anonymous pages and read each (N <= 65536), each from a call
 //                stack of its own: more distinct user stacks than --stack's map holds
+//   idle-thread  start a second thread that sleeps for good; print "thread TID"
 //   spin         fault forever (an unrelated busy process for filtering tests)
 //   exit         exit(0)
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
+#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,6 +218,24 @@ static void threads(long t, long n) {
     for (long i = 0; i < t; i++) pthread_join(ids[i], NULL);
 }
 
+static void *idle_thread_main(void *arg) {
+    char line[64];
+    snprintf(line, sizeof line, "thread %d\n", gettid());
+    say(line);
+    sem_post(arg);
+    for (;;) pause();
+    return NULL;
+}
+
+// A thread that stays: its id is a thread id, not a process id.
+static void idle_thread(void) {
+    static sem_t started;
+    pthread_t id;
+    sem_init(&started, 0, 0);
+    pthread_create(&id, NULL, idle_thread_main, &started);
+    while (sem_wait(&started)) {}
+}
+
 static void major(const char *path, long n) {
     int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
     if (fd < 0) _exit(5);
@@ -289,6 +309,7 @@ int main(void) {
         else if (sscanf(line, "rename %15s %ld", path, &a) == 2) rename_and_touch(path, a);
         else if (sscanf(line, "exec-thread %ld", &a) == 1) exec_thread(a);
         else if (sscanf(line, "stacks %ld", &a) == 1) stacks(a);
+        else if (!strcmp(line, "idle-thread")) idle_thread();
         else if (!strcmp(line, "spin")) spin();
         else if (!strcmp(line, "exit")) return 0;
         else { say("unknown command\n"); continue; }
