@@ -67,6 +67,25 @@ fn bad_input_gets_one_line_and_a_distinct_status() {
     );
 }
 
+/// The flame graph's files are checked before anything is traced or started, as -o is.
+#[test]
+fn flame_outputs_are_checked_before_tracing() {
+    let marker = scratch().join(format!("flame-not-started-{}", std::process::id()));
+    let marker = marker.to_str().unwrap();
+    for option in ["--flamegraph", "--folded"] {
+        assert_one_line_error(
+            &[option, "/proc/no/such/dir/out", "--", "touch", marker],
+            6,
+            &format!("choose another file with {option}"),
+        );
+        assert!(
+            !std::path::Path::new(marker).exists(),
+            "{option}: the command ran"
+        );
+    }
+    assert_one_line_error(&["--flame-faults", "all", "-x", "1"], 2, "--flamegraph");
+}
+
 #[test]
 fn zombie_target_is_refused() {
     // A child that exited and was not reaped stays a zombie.

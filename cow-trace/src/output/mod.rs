@@ -1,5 +1,6 @@
 //! What the user sees: the totals (`summary`), the event stream in one of three formats
-//! (`sink`) and the SVG plot (`plot`).
+//! (`sink`), the SVG plot (`plot`) and the flame graph (`flame`).
+pub mod flame;
 pub mod format;
 pub mod losses;
 pub mod plot;
