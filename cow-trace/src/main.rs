@@ -16,6 +16,7 @@ use crate::{
     cli::Args,
     failure::{Failure, Status, failure},
     kernel::KernelConfig,
+    output::flame::FlameFiles,
     target::{HeldCommand, Identity},
 };
 
@@ -71,11 +72,15 @@ fn exit_on_usage_error(error: clap::Error) -> ! {
         error.exit();
     }
     let rendered = error.render().to_string();
-    let first = rendered
-        .lines()
-        .find(|line| !line.trim().is_empty())
-        .unwrap_or("invalid arguments");
-    let message = first.trim().trim_start_matches("error: ");
+    let mut lines = rendered.lines().filter(|line| !line.trim().is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    let mut message = first.trim().trim_start_matches("error: ").to_string();
+    // "the following required arguments were not provided:" names them on the next line.
+    if message.ends_with(':')
+        && let Some(next) = lines.next()
+    {
+        message = format!("{message} {}", next.trim());
+    }
     eprintln!("cow-trace: {message} (see cow-trace --help)");
     std::process::exit(Status::Usage.code());
 }
@@ -87,6 +92,11 @@ fn run(args: Args) -> anyhow::Result<i32> {
     if let Some(path) = &args.plot {
         check_writable(path, "--plot")?;
     }
+    let flame = FlameFiles::open(
+        args.flamegraph.as_deref(),
+        args.folded.as_deref(),
+        args.flame_faults,
+    )?;
     // The held command is forked before the runtime starts any thread.
     let (root, held) = match (args.pid, args.command.is_empty()) {
         (Some(pid), _) => {
@@ -121,13 +131,15 @@ fn run(args: Args) -> anyhow::Result<i32> {
         interval: args.interval,
         fail_over_cow: args.fail_over_cow,
         resolve: args.resolve,
+        show_stacks: args.stack,
         kernel: KernelConfig {
             ring_size: args.ring_size,
             summary: args.summary,
-            stacks: args.stack,
+            stacks: args.captures_stacks(),
             untimed: args.no_latency,
         },
         plot: args.plot.clone(),
+        flame,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -21,6 +21,7 @@ use crate::{
         ring::{Ring, read_lost},
     },
     output::{
+        flame::{FlameFiles, FlameGraph, StackSample},
         format::human_bytes,
         interval::Intervals,
         losses::Losses,
@@ -44,7 +45,12 @@ pub struct Options {
     pub fail_over_cow: Option<u64>,
     /// Resolve mappings and symbols of each fault.
     pub resolve: bool,
+    /// -g: the event lines and the summary show stacks. (The kernel may capture them for the
+    /// flame graph alone.)
+    pub show_stacks: bool,
     pub plot: Option<PathBuf>,
+    /// --flamegraph / --folded, opened.
+    pub flame: Option<FlameFiles>,
 }
 
 /// Why tracing stopped.
@@ -107,6 +113,7 @@ struct Session {
     streamed: Summary,
     enricher: Enricher,
     plot: Option<FaultPlot>,
+    flame: Option<FlameGraph>,
     losses: Losses,
     clock: WallClock,
     /// --interval: the counts at the previous report.
@@ -133,6 +140,7 @@ impl Session {
             streamed,
             enricher,
             plot,
+            flame,
             ..
         } = self;
         match event {
@@ -144,8 +152,26 @@ impl Session {
                 } else if options.resolve {
                     enricher.resolve(&mut fault);
                 }
-                if let Some(stack_id) = fault.stack_id {
-                    fault.stack = enricher.stack(fault.pid, stack_id, |id| probes.stack_ips(id));
+                let in_flame = flame.as_ref().is_some_and(|f| f.counts(fault.class));
+                let frames = match fault.stack_id {
+                    Some(id) if options.show_stacks || in_flame => {
+                        enricher.stack(fault.pid, id, |id| probes.stack_ips(id))
+                    }
+                    _ => Vec::new(),
+                };
+                if let Some(flame) = flame.as_mut().filter(|_| in_flame) {
+                    flame.add(&StackSample {
+                        pid: fault.pid,
+                        window: (fault.window != 0).then_some(fault.window),
+                        frames: &frames,
+                        faults: 1,
+                    });
+                }
+                if options.show_stacks {
+                    fault.stack = frames;
+                } else {
+                    // Captured for the flame graph only: event lines and tables show no stack.
+                    fault.stack_id = None;
                 }
                 streamed.record(&fault);
                 if let Some(plot) = plot.as_mut() {
@@ -223,7 +249,9 @@ impl Session {
                     value.timed,
                     value.latency_ns,
                 );
-                if let Ok(stack_id) = u32::try_from(key.stack_id) {
+                if let Ok(stack_id) = u32::try_from(key.stack_id)
+                    && self.options.show_stacks
+                {
                     summary.add_stack(key.pid, stack_id, class, value.faults);
                 }
                 // Each region is labelled by the mapping of its first faulting address.
@@ -253,6 +281,34 @@ impl Session {
         summary.lost = self.losses.update(read_lost(&self.probes));
         summary.lost.stacks_failed += self.enricher.unread_stacks();
         Ok(summary)
+    }
+
+    /// --summary, once at the end: the kernel's counts per pid x class x window x stack into
+    /// the flame graph (the faults collected from its slots went in as they were handled).
+    fn add_kernel_stacks_to_flame(&mut self) -> anyhow::Result<()> {
+        let Some(flame) = self.flame.as_mut() else {
+            return Ok(());
+        };
+        if !self.options.kernel.summary {
+            return Ok(());
+        }
+        let probes = &self.probes;
+        for (key, value) in kstats::read(probes)?.stats {
+            if !flame.counts(FaultClass::from_bits(key.class)) {
+                continue;
+            }
+            let frames = match u32::try_from(key.stack_id) {
+                Ok(id) => self.enricher.stack(key.pid, id, |id| probes.stack_ips(id)),
+                Err(_) => Vec::new(),
+            };
+            flame.add(&StackSample {
+                pid: key.pid,
+                window: (key.window != 0).then_some(key.window),
+                frames: &frames,
+                faults: value.faults,
+            });
+        }
+        Ok(())
     }
 
     /// Says on stderr what was lost since the last report, if anything.
@@ -356,6 +412,10 @@ pub async fn run(
         .interval
         .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
     let plot = options.plot.as_ref().map(|_| FaultPlot::new());
+    let flame = options
+        .flame
+        .as_ref()
+        .map(|files| FlameGraph::new(files.which));
     let mut session = Session {
         options,
         probes,
@@ -364,6 +424,7 @@ pub async fn run(
         streamed: Summary::default(),
         enricher: Enricher::default(),
         plot,
+        flame,
         losses: Losses::default(),
         clock,
         intervals: None,
@@ -458,13 +519,16 @@ pub async fn run(
     } else {
         session.write_interval(&summary, stopped_ns)
     };
+    // After the totals: reading stacks again must not change what they report.
+    session.add_kernel_stacks_to_flame()?;
     let Session {
-        options,
+        mut options,
         probes,
         mut sink,
         plot,
         clock,
         tree,
+        flame,
         ..
     } = session;
     drop(ring);
@@ -504,6 +568,10 @@ pub async fn run(
         plot.render_svg(path, &title)
             .map_err(|e| failure(Status::Output, format!("drawing {}: {e:#}", path.display())))?;
         eprintln!("cow-trace: plot written to {}", path.display());
+    }
+    if let (Some(graph), Some(files)) = (flame, options.flame.take()) {
+        let traced = format!("pid {} and its children", options.root);
+        files.write(&graph, &summary.comms, &traced)?;
     }
 
     let mut status = match held.as_mut() {

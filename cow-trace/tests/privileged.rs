@@ -1481,3 +1481,171 @@ fn kernel_diagnostics_are_shown_with_verbose_only() {
         assert_eq!(logged, verbose, "-v: {verbose}, stderr: {}", done.stderr);
     }
 }
+
+/// A --folded file: (stack, count) per line, the stack root first.
+fn read_folded(path: &std::path::Path) -> Vec<(String, u64)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::remove_file(path).unwrap();
+    text.lines()
+        .map(|line| {
+            let (stack, count) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("not folded: {line:?}"));
+            (stack.to_string(), count.parse().unwrap())
+        })
+        .collect()
+}
+
+fn folded_sum<'a>(lines: impl IntoIterator<Item = &'a (String, u64)>) -> u64 {
+    lines.into_iter().map(|(_, count)| count).sum()
+}
+
+/// --flamegraph and --folded, streaming and --summary: a snapshot's copies stand under the
+/// process and its window ("while child N ran"), by stack, and the folded counts add up to the
+/// copies the same run counted. Without -g the stacks are captured for the graph only.
+#[test]
+fn flame_graph_of_a_snapshot_adds_up_in_both_modes() {
+    if !require_root("flame_graph_of_a_snapshot_adds_up_in_both_modes") {
+        return;
+    }
+    // One run per mode, one after the other: with --no-latency, a tracer's pending fault ends
+    // at a nested kernel-mode fault, such as another tracer's user-stack walk causes.
+    flame_graph_of_a_snapshot(&[]);
+    flame_graph_of_a_snapshot(&["--summary"]);
+}
+
+fn flame_graph_of_a_snapshot(mode: &[&str]) {
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let file = |name: &str| {
+        scratch().join(format!(
+            "flame-{}-{}.{name}",
+            std::process::id(),
+            mode.len()
+        ))
+    };
+    let (svg, folded) = (file("svg"), file("folded"));
+    let pid_arg = pid.to_string();
+    let mut args = vec!["-x", &pid_arg, "--json", "--flamegraph"];
+    args.extend([svg.to_str().unwrap(), "--folded", folded.to_str().unwrap()]);
+    args.extend(mode);
+    let tracer = Tracer::start(&args);
+    let printed = faulter.run("snapshot 128");
+    faulter.run("cow 16");
+    let done = tracer.stop();
+    faulter.exit();
+    let child: u64 = field_after(&printed.join("\n"), "child ").parse().unwrap();
+    let json = done.json();
+
+    // -g was not given: no event line or summary line shows a stack.
+    assert!(
+        json.iter()
+            .all(|v| v.get("stack").is_none() && v["event"] != "stack"),
+        "{mode:?}: a stack was shown without -g"
+    );
+
+    let lines = read_folded(&folded);
+    let copied: u64 = json
+        .iter()
+        .filter(|v| v["event"] == "summary")
+        .map(|v| v["copied"].as_u64().unwrap())
+        .sum();
+    assert_eq!(folded_sum(&lines), copied, "{mode:?}: folded vs copied");
+
+    // The parent's copies while the snapshot child lived stand under that window.
+    let window = format!("faulter ({pid});while child {child} ran;");
+    let in_window: Vec<&(String, u64)> = lines
+        .iter()
+        .filter(|(stack, _)| stack.starts_with(&window))
+        .collect();
+    let window_copied = json
+        .iter()
+        .find(|v| v["event"] == "window" && v["pid"] == pid && v["child"] == child)
+        .unwrap_or_else(|| panic!("{mode:?}: no window line"))["copied"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        folded_sum(in_window.iter().copied()),
+        window_copied,
+        "{mode:?}: {lines:?}"
+    );
+    // The 128 writes come from one loop: one stack, down to main, or one the kernel said it
+    // could not take.
+    let (top, count) = in_window
+        .iter()
+        .max_by_key(|(_, n)| n)
+        .unwrap_or_else(|| panic!("{mode:?}: nothing under {window:?}: {lines:?}"));
+    assert!(*count >= 128, "{mode:?}: {in_window:?}");
+    let stacks_failed = json.last().unwrap()["lost_detail"]["stacks_failed"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        top.split(';').any(|frame| frame == "main")
+            || (top.ends_with(";[stack not taken]") && stacks_failed > 0),
+        "{mode:?}: {top}"
+    );
+
+    // The SVG parses, with the process's root frame and the window in its tooltips.
+    let text = std::fs::read_to_string(&svg).unwrap();
+    std::fs::remove_file(&svg).unwrap();
+    // inferno writes the SVG 1.1 DOCTYPE.
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let document = roxmltree::Document::parse_with_options(&text, options)
+        .unwrap_or_else(|e| panic!("{mode:?}: not XML: {e}"));
+    assert_eq!(document.root_element().tag_name().name(), "svg");
+    let titles: Vec<&str> = document
+        .descendants()
+        .filter(|n| n.has_tag_name("title"))
+        .filter_map(|n| n.text())
+        .collect();
+    let root = format!("faulter ({pid}) (");
+    let window = format!("while child {child} ran (");
+    for wanted in [&root, &window] {
+        assert!(
+            titles.iter().any(|t| t.starts_with(wanted.as_str())),
+            "{mode:?}: no {wanted:?} frame in {titles:?}"
+        );
+    }
+    assert!(
+        titles.iter().any(|t| t.contains(" bytes copied, ")),
+        "{mode:?}: {titles:?}"
+    );
+}
+
+/// --flame-faults all: every fault of the process, as many as the kernel itself counted.
+#[test]
+fn flame_graph_of_all_faults_counts_what_the_kernel_counted() {
+    if !require_root("flame_graph_of_all_faults_counts_what_the_kernel_counted") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let folded = scratch().join(format!("flame-{}-all.folded", std::process::id()));
+    let tracer = Tracer::start(&[
+        "-x",
+        &pid.to_string(),
+        "--summary",
+        "--flame-faults",
+        "all",
+        "--folded",
+        folded.to_str().unwrap(),
+    ]);
+    let before = kernel_fault_counts(pid);
+    faulter.run("touch 64");
+    faulter.run("read 32");
+    let after = kernel_fault_counts(pid);
+    let done = tracer.stop();
+    faulter.exit();
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    let root = format!("faulter ({pid});");
+    let lines = read_folded(&folded);
+    let own = lines.iter().filter(|(stack, _)| stack.starts_with(&root));
+    assert_eq!(
+        folded_sum(own),
+        (after.0 + after.1) - (before.0 + before.1),
+        "{lines:?}"
+    );
+}

@@ -122,6 +122,25 @@ fn conflicting_options_are_refused_naming_both() {
     }
 }
 
+/// The flame graph's files are checked before anything is traced or started, as -o is.
+#[test]
+fn flame_outputs_are_checked_before_tracing() {
+    let marker = scratch().join(format!("flame-not-started-{}", std::process::id()));
+    let marker = marker.to_str().unwrap();
+    for option in ["--flamegraph", "--folded"] {
+        assert_one_line_error(
+            &[option, "/proc/no/such/dir/out", "--", "touch", marker],
+            6,
+            &format!("choose another file with {option}"),
+        );
+        assert!(
+            !std::path::Path::new(marker).exists(),
+            "{option}: the command ran"
+        );
+    }
+    assert_one_line_error(&["--flame-faults", "all", "-x", "1"], 2, "--flamegraph");
+}
+
 #[test]
 fn zombie_target_is_refused() {
     // A child that exited and was not reaped stays a zombie.

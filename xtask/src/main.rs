@@ -39,7 +39,8 @@ enum Task {
     /// writes BENCHMARKS.md (takes minutes; not part of CI).
     Bench(bench::Args),
     /// Trace a Redis BGSAVE under overwrites and print cow-trace's copies beside Redis's own
-    /// rdb_last_cow_size (installs redis-server and redis-tools if missing).
+    /// rdb_last_cow_size, and the stacks that copied, with a flame graph (installs
+    /// redis-server and redis-tools if missing).
     RedisDemo(redis_demo::Args),
     /// Boot Debian's 6.1 and 6.12 kernels in qemu and run the privileged suite in each.
     VmTest,
