@@ -17,12 +17,10 @@ use cow_trace_common::{
 };
 
 use crate::{
+    arch::{PT_REGS_IP, sample_ip},
     maps::{FaultEntry, PENDING, begin_fault, is_traced, pending_slot, settings, user_stack},
     report,
 };
-
-/// Offset of `ip` in x86-64's `struct pt_regs` (a fixed ABI).
-const PT_REGS_IP: u64 = 16 * 8;
 
 /// Raw tracepoints: the kernel calls the program with the tracepoint's arguments, skipping the
 /// trace record a classic tracepoint program would have it build first (half the cost here).
@@ -116,7 +114,7 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
         return;
     }
     // SAFETY: the context is the kernel's bpf_perf_event_data for this sample.
-    let (address, regs_ip) = unsafe { ((*ctx.ctx).addr, (*ctx.ctx).regs.rip) };
+    let (address, regs_ip) = unsafe { ((*ctx.ctx).addr, sample_ip(&(*ctx.ctx).regs)) };
 
     let mut record = Record::zeroed();
     record.kind = kind::FAULT;
@@ -126,10 +124,13 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
     if major {
         record.flags |= flags::MAJOR;
     }
+    let settings = settings();
     // SAFETY: as above.
     match slot.map(|slot| unsafe { (slot, *slot) }) {
-        Some((slot, entry)) if entry.ts_ns != 0 && (entry.address ^ address) >> 12 == 0 => {
-            let settings = settings();
+        // The same page (of the system's size) as the pending entry.
+        Some((slot, entry))
+            if entry.ts_ns != 0 && (entry.address ^ address) >> settings.page_shift == 0 =>
+        {
             record.ts_ns = entry.ts_ns;
             if settings.untimed == 0 {
                 record.latency_ns = now - entry.ts_ns;

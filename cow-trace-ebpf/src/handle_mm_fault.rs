@@ -15,6 +15,7 @@ use aya_ebpf::{
 use cow_trace_common::{Record, flags, kind, x86_pf};
 
 use crate::{
+    arch::PT_REGS_IP,
     maps::{FaultEntry, PENDING, begin_fault, pending_slot, settings, user_stack},
     report,
 };
@@ -40,9 +41,6 @@ const VM_FAULT_ERROR: u32 = VM_FAULT_OOM
     | VM_FAULT_HWPOISON
     | VM_FAULT_HWPOISON_LARGE
     | VM_FAULT_FALLBACK;
-
-/// x86-64 `struct pt_regs`: offset of ip.
-const PT_REGS_IP: usize = 16 * 8;
 
 /// Set in a pending entry when `do_wp_page` ran for it.
 const WRITE_PROTECT_SEEN: u32 = 1 << 31;
@@ -111,7 +109,7 @@ fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, re
     // regs is NULL for a get_user_pages() fault.
     let ip = if regs != 0 {
         // SAFETY: regs points to the faulting context's pt_regs.
-        unsafe { bpf_probe_read_kernel((regs as usize + PT_REGS_IP) as *const u64) }.unwrap_or(0)
+        unsafe { bpf_probe_read_kernel((regs + PT_REGS_IP) as *const u64) }.unwrap_or(0)
     } else {
         0
     };

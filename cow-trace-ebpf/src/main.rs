@@ -5,12 +5,14 @@
 //! - `tasks`: keeps the traced-process map and snapshot windows in step with fork and exit
 //! - `report`: a finished fault is streamed or counted in the kernel
 //! - `maps`: the maps and load-time settings every program shares
+//! - `arch`: register layouts, per CPU architecture
 #![no_std]
 #![no_main]
 // atomic_xadd: the summary's shared counters (see report::add).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod arch;
 mod copies;
 mod faults;
 mod handle_mm_fault;

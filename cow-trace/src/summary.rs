@@ -6,9 +6,10 @@ use std::{collections::BTreeMap, io};
 use cow_trace_common::{HIST_BUCKETS, class};
 use serde::Serialize;
 
-use crate::event::{CowOutcome, Fault};
-
-pub const PAGE_SIZE: u64 = 4096;
+use crate::{
+    event::{CowOutcome, Fault},
+    page,
+};
 
 /// Counts for one pid, or for one pid during one child's lifetime.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -73,9 +74,9 @@ impl Counts {
         self.latency_ns_total += latency_ns;
     }
 
-    /// Bytes copied on write.
+    /// Bytes copied on write: whole pages, of the system's size.
     pub fn copied_bytes(&self) -> u64 {
-        self.copied * PAGE_SIZE
+        self.copied * page::size()
     }
 }
 
@@ -554,7 +555,7 @@ mod tests {
         summary.add(10, wp, 0, 2, 0, 0);
         let counts = &summary.pids[&10];
         assert_eq!((counts.cow, counts.copied, counts.reused), (5, 3, 2));
-        assert_eq!(counts.copied_bytes(), 3 * 4096);
+        assert_eq!(counts.copied_bytes(), 3 * page::size());
         let window = &summary.windows[&(10, 11)];
         assert_eq!((window.faults, window.copied), (3, 3));
         assert_eq!(summary.windows.len(), 1);
