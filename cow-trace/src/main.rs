@@ -6,7 +6,9 @@ mod cli;
 mod enrich;
 mod event;
 mod failure;
+mod kernel_version;
 mod kstats;
+mod page;
 mod plot;
 mod probes;
 mod ring;
@@ -69,6 +71,9 @@ fn exit_on_usage_error(error: clap::Error) -> ! {
 }
 
 fn run(args: Args) -> anyhow::Result<i32> {
+    // What this kernel and CPU cannot do, said before any command starts.
+    kernel_version::check()?;
+    backends::candidates(args.backend)?;
     // Open the output before starting a command, so a bad -o never leaves one behind.
     let out = open_output(&args)?;
     // The held command is forked before the runtime starts any thread.

@@ -120,8 +120,16 @@ impl Probes {
         if verbose {
             eprintln!("cow-trace: attached {program} to raw tracepoint {event}");
         }
+        let candidates = backends::candidates(choice)?;
+        if verbose && choice == BackendChoice::Auto && !backends::HAS_FAULT_TRACEPOINTS {
+            eprintln!(
+                "cow-trace: {} kernels have no exceptions:page_fault_* tracepoints: \
+                 trying fexit, then kprobe, on handle_mm_fault",
+                std::env::consts::ARCH
+            );
+        }
         let mut refusals = Vec::new();
-        for &backend in backends::candidates(choice) {
+        for &backend in candidates {
             match backends::attach(&mut self.ebpf, backend, self.untimed, verbose) {
                 Ok(()) => return Ok(backend),
                 Err(error) => {
@@ -133,7 +141,10 @@ impl Probes {
             }
         }
         let hint = match choice {
-            BackendChoice::Auto => "check that tracefs and perf events are available",
+            BackendChoice::Auto if backends::HAS_FAULT_TRACEPOINTS => {
+                "check that tracefs and perf events are available"
+            }
+            BackendChoice::Auto => "the kernel needs kprobes, or BTF and BPF trampolines",
             _ => "try --backend auto",
         };
         Err(failure(
@@ -165,6 +176,7 @@ fn read_settings(root: &Path, summary_mode: bool, stacks: bool) -> anyhow::Resul
         untimed: 0,
         stacks: stacks.into(),
         wakeup_bytes: 0,
+        page_shift: crate::page::shift(),
     })
 }
 
