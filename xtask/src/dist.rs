@@ -5,7 +5,7 @@
 //! a `.deb` (cargo-deb, metadata in cow-trace/Cargo.toml), plus `SHA256SUMS`.
 use std::{
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, bail};
@@ -168,14 +168,11 @@ fn deb(arch: &Arch) -> anyhow::Result<PathBuf> {
                 "--no-strip",
                 "--output",
             ])
-            .arg(dist_dir()),
+            .arg(dist_dir())
+            // Its stdout names the package; its messages show as they come.
+            .stderr(Stdio::inherit()),
     )
-    .with_context(|| {
-        format!(
-            "cargo deb for {} failed (run it by hand to see why)",
-            arch.target
-        )
-    })?;
+    .with_context(|| format!("cargo deb for {} failed (see above)", arch.target))?;
     // cargo-deb prints the path of the package it wrote.
     let path = PathBuf::from(output.trim());
     let expected_end = format!("_{}.deb", arch.debian);
