@@ -368,6 +368,9 @@ pub struct Settings {
     /// Wake userspace only once this many bytes wait in the ring: waking it for every fault
     /// would cost a context switch each. Userspace also drains on a short timer.
     pub wakeup_bytes: u32,
+    /// log2 of the system's page size (12 for 4 KiB; arm64 kernels also use 16 and 64 KiB):
+    /// a fault's completion pairs with the entry pending for the same page.
+    pub page_shift: u32,
 }
 
 /// No stack captured (not asked for, or the stack map was full).

@@ -5,10 +5,8 @@
 //! task's min_flt / maj_flt, so one completion record is emitted per fault the kernel counts.
 //! Untimed (--no-latency), PAGE_FAULTS_MIN is not attached (it costs more than the rest): a
 //! fault entered DEFERRED is final once its thread goes on (see [`finish_pending`]).
-use core::mem::offset_of;
 
 use aya_ebpf::{
-    bindings::pt_regs,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{perf_event, raw_tracepoint},
     programs::{PerfEventContext, RawTracePointContext},
@@ -16,6 +14,7 @@ use aya_ebpf::{
 use cow_trace_common::{PENDING_DEFERRED as DEFERRED, Record, TS_NOT_TAKEN, flags, kind};
 
 use crate::{
+    arch::{PT_REGS_IP, sample_ip},
     clock::now_ns,
     diagnostics,
     maps::{FaultEntry, Slot, is_traced, settings, user_stack},
@@ -79,8 +78,8 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
     let ip = if summary_mode {
         0
     } else {
-        let regs: usize = ctx.arg(1);
-        let ip = (regs + offset_of!(pt_regs, rip)) as *const u64;
+        let regs: u64 = ctx.arg(1);
+        let ip = (regs + PT_REGS_IP) as *const u64;
         // SAFETY: regs is the kernel's pt_regs of this fault; the helper reads it without
         // faulting, and a failed read leaves ip unknown.
         unsafe { bpf_probe_read_kernel(ip) }.unwrap_or(0)
@@ -112,7 +111,7 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
         return;
     }
     // SAFETY: the context is the kernel's bpf_perf_event_data for this sample.
-    let (address, regs_ip) = unsafe { ((*ctx.ctx).addr, (*ctx.ctx).regs.rip) };
+    let (address, regs_ip) = unsafe { ((*ctx.ctx).addr, sample_ip(&(*ctx.ctx).regs)) };
 
     let mut record = Record::zeroed();
     record.kind = kind::FAULT;
@@ -122,9 +121,12 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
     if major {
         record.flags |= flags::MAJOR;
     }
+    let settings = settings();
     match slot.map(|slot| (slot, slot.read())) {
-        Some((slot, entry)) if entry.ts_ns != 0 && (entry.address ^ address) >> 12 == 0 => {
-            let settings = settings();
+        // The same page (of the system's size) as the pending entry.
+        Some((slot, entry))
+            if entry.ts_ns != 0 && (entry.address ^ address) >> settings.page_shift == 0 =>
+        {
             record.ts_ns = entry.ts_ns;
             if settings.untimed == 0 {
                 record.latency_ns = now - entry.ts_ns;

@@ -5,10 +5,8 @@
 //!
 //! Kernels forbid these on some machines (no kprobes, BPF trampolines refused): userspace then
 //! falls back to the tracepoint backend in `faults`.
-use core::mem::offset_of;
 
 use aya_ebpf::{
-    bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{
@@ -18,6 +16,7 @@ use aya_ebpf::{
 use cow_trace_common::{Record, flags, kind, x86_pf};
 
 use crate::{
+    arch::PT_REGS_IP,
     clock::now_ns,
     diagnostics,
     maps::{FaultEntry, Slot, settings, user_stack},
@@ -112,10 +111,9 @@ fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, re
     }
     // regs is NULL for a get_user_pages() fault.
     let ip = if regs != 0 {
-        let ip = (regs as usize + offset_of!(pt_regs, rip)) as *const u64;
         // SAFETY: regs points to the faulting context's pt_regs; the helper reads it without
         // faulting, and a failed read leaves ip unknown.
-        unsafe { bpf_probe_read_kernel(ip) }.unwrap_or(0)
+        unsafe { bpf_probe_read_kernel((regs + PT_REGS_IP) as *const u64) }.unwrap_or(0)
     } else {
         0
     };

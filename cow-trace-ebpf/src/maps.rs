@@ -79,7 +79,8 @@ pub fn may_have_window(pid: u32) -> bool {
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 
-/// Written by userspace before loading; the defaults are 6.18's offsets.
+/// Written by userspace before loading; the defaults are 6.18's offsets (and no page size:
+/// userspace writes the system's).
 #[unsafe(no_mangle)]
 static SETTINGS: Settings = Settings {
     task_newtask_pid: 8,
@@ -92,6 +93,7 @@ static SETTINGS: Settings = Settings {
     untimed: 0,
     stacks: 0,
     wakeup_bytes: 0,
+    page_shift: 0,
 };
 
 /// The settings userspace wrote (a volatile read, so the compiler cannot fold the defaults).

@@ -245,9 +245,14 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 fn parse_ring_size(text: &str) -> Result<u32, String> {
     let size = parse_size(text)?;
-    if !size.is_power_of_two() || !(4096..=1 << 30).contains(&size) {
+    // The kernel wants whole pages: 4 KiB on x86-64, up to 64 KiB on arm64.
+    // SAFETY: sysconf has no memory-safety preconditions. (This file is also compiled into
+    // xtask, for the man page, so it cannot use the crate's page module.)
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(u64::MAX);
+    if !size.is_power_of_two() || !(page..=1 << 30).contains(&size) {
         return Err(format!(
-            "ring size {text} must be a power of two between 4KiB and 1GiB"
+            "ring size {text} must be a power of two between the page size ({}KiB) and 1GiB",
+            page >> 10
         ));
     }
     Ok(size as u32)
@@ -307,6 +312,10 @@ mod tests {
         assert!(parse_size("99999999999999999999").is_err());
         assert!(parse_ring_size("3MiB").is_err());
         assert_eq!(parse_ring_size("4MiB"), Ok(4 << 20));
+        // SAFETY: as in parse_ring_size.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+        assert_eq!(parse_ring_size(&page.to_string()), Ok(page as u32));
+        assert!(parse_ring_size(&(page / 2).to_string()).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod event;
 mod failure;
 mod kernel;
 mod output;
+mod page;
 mod session;
 mod target;
 
@@ -86,6 +87,9 @@ fn exit_on_usage_error(error: clap::Error) -> ! {
 }
 
 fn run(args: Args) -> anyhow::Result<i32> {
+    // What this kernel and CPU cannot do, said before any command starts.
+    kernel::version::check()?;
+    kernel::backends::candidates(args.backend)?;
     // Open the output before starting a command, so a bad -o never leaves one behind; the
     // plot, written at the end, must be writable now too, not only after the whole trace.
     let out = open_output(&args)?;

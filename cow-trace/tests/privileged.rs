@@ -137,7 +137,7 @@ fn article_clone_without_vm_copies_on_write() {
     let cow_on_buf: Vec<Value> = done
         .faults_of(child)
         .into_iter()
-        .filter(|f| address(f) >> 12 == buf >> 12 && f["cow"] == true && f["access"] == "w")
+        .filter(|f| page_of(address(f)) == page_of(buf) && f["cow"] == true && f["access"] == "w")
         .collect();
     assert_eq!(cow_on_buf.len(), 1, "{:?}", done.faults_of(child));
     assert_eq!(cow_on_buf[0]["type"], "MINOR");
@@ -176,7 +176,7 @@ fn article_clone_with_vm_shares_memory() {
     let on_buf: Vec<Value> = done
         .faults_of(child)
         .into_iter()
-        .filter(|f| address(f) >> 12 == buf >> 12)
+        .filter(|f| page_of(address(f)) == page_of(buf))
         .collect();
     assert!(on_buf.is_empty(), "{on_buf:?}");
 }
@@ -322,7 +322,7 @@ fn forked_child_writes_take_one_cow_fault_per_page() {
     let printed = faulter.run("cow 64");
     let done = tracer.stop();
     let base = u64::from_str_radix(printed[0].strip_prefix("pages ").unwrap(), 16).unwrap();
-    let in_range = |f: &&Value| (base..base + 64 * 4096).contains(&address(f));
+    let in_range = |f: &&Value| (base..base + 64 * page_size()).contains(&address(f));
     let children: BTreeSet<u64> = done
         .faults()
         .iter()
@@ -338,7 +338,7 @@ fn forked_child_writes_take_one_cow_fault_per_page() {
         cow.iter()
             .all(|f| f["cow"] == true && f["access"] == "w" && f["type"] == "MINOR")
     );
-    let pages: BTreeSet<u64> = cow.iter().map(|f| address(f) >> 12).collect();
+    let pages: BTreeSet<u64> = cow.iter().map(|f| page_of(address(f))).collect();
     assert_eq!(pages.len(), 64, "one fault per page");
     // The parent filled the pages before forking: first-touch faults, not COW.
     let parent_fills: Vec<Value> = done
@@ -666,7 +666,7 @@ fn first_writer_copies_last_sharer_reuses() {
     let printed = faulter.run("reuse 64");
     let done = tracer.stop();
     let base = parse_hex_after(&printed, "pages ");
-    let in_range = |f: &Value| (base..base + 64 * 4096).contains(&address(f));
+    let in_range = |f: &Value| (base..base + 64 * page_size()).contains(&address(f));
     let child = done
         .faults()
         .iter()
@@ -726,7 +726,7 @@ fn comm_follows_a_rename() {
     let faults = done.faults_of(pid);
     let (after, before): (Vec<&Value>, Vec<&Value>) = faults
         .iter()
-        .partition(|f| (base..base + 32 * 4096).contains(&address(f)));
+        .partition(|f| (base..base + 32 * page_size()).contains(&address(f)));
     assert_eq!(after.len(), 32, "{after:?}");
     assert!(
         after.iter().all(|f| f["comm"] == "renamed-cow"),
@@ -765,7 +765,7 @@ fn no_latency_reports_a_sleeping_threads_last_fault_at_stop() {
     let faults = done.faults_of(pid);
     let writes: Vec<&Value> = faults
         .iter()
-        .filter(|f| (base..base + 32 * 4096).contains(&address(f)) && f["access"] == "w")
+        .filter(|f| (base..base + 32 * page_size()).contains(&address(f)) && f["access"] == "w")
         .collect();
     // The last of them was still waiting in the kernel when tracing stopped.
     assert_eq!(writes.len(), 32, "writes to the 32 pages reported");
@@ -831,7 +831,7 @@ fn no_latency_reports_an_exec_threads_last_fault_before_the_exec() {
         .iter()
         .enumerate()
         .filter(|(_, v)| v["event"] == "fault" && v["pid"] == pid)
-        .filter(|(_, f)| (base..base + 16 * 4096).contains(&address(f)))
+        .filter(|(_, f)| (base..base + 16 * page_size()).contains(&address(f)))
         .collect();
     assert_eq!(writes.len(), 16, "writes to the 16 pages reported");
     for (at, fault) in &writes {
@@ -865,7 +865,7 @@ fn snapshot_window_and_kernel_summary_agree_with_the_stream() {
     let in_window: Vec<Value> = stream
         .faults_of(pid)
         .into_iter()
-        .filter(|f| (base..base + 128 * 4096).contains(&address(f)) && f["cow"] == true)
+        .filter(|f| (base..base + 128 * page_size()).contains(&address(f)) && f["cow"] == true)
         .collect();
     assert_eq!(in_window.len(), 128);
     assert!(
@@ -919,7 +919,7 @@ fn snapshot_window_and_kernel_summary_agree_with_the_stream() {
     assert_eq!(window(&counted)["copied"], window(&stream)["copied"]);
     assert_eq!(
         window(&counted)["copied_bytes"].as_u64().unwrap(),
-        copied * 4096
+        copied * page_size()
     );
     // Latency histograms come with --summary, unless faults are untimed.
     let histogram = counted
@@ -946,7 +946,7 @@ fn resolve_mappings_symbols_and_stacks() {
     let cow: Vec<Value> = done
         .faults()
         .into_iter()
-        .filter(|f| f["pid"] != pid && (base..base + 16 * 4096).contains(&address(f)))
+        .filter(|f| f["pid"] != pid && (base..base + 16 * page_size()).contains(&address(f)))
         .collect();
     assert_eq!(cow.len(), 16);
     for fault in &cow {
@@ -1202,7 +1202,7 @@ fn zero_page_writes_are_zero_fills_not_copies() {
     let writes: Vec<Value> = done
         .faults_of(pid)
         .into_iter()
-        .filter(|f| (base..base + 32 * 4096).contains(&address(f)) && f["access"] == "w")
+        .filter(|f| (base..base + 32 * page_size()).contains(&address(f)) && f["access"] == "w")
         .collect();
     assert_eq!(writes.len(), 32);
     assert!(

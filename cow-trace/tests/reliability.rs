@@ -596,7 +596,9 @@ fn overload_seen_plus_lost_equals_the_kernels_count() {
     }
     let mut faulter = Faulter::start();
     let pid = faulter.pid();
-    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json", "--ring-size", "4KiB"]);
+    // The smallest ring the kernel takes: one page.
+    let ring = page_size().to_string();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json", "--ring-size", &ring]);
     let before = kernel_fault_counts(pid);
     faulter.run("threads 4 20000");
     let after = kernel_fault_counts(pid);
@@ -605,7 +607,7 @@ fn overload_seen_plus_lost_equals_the_kernels_count() {
     let lost = done.lost();
     assert!(
         lost > 0,
-        "a 4 KiB ring should have overflowed under {} faults",
+        "a one-page ring should have overflowed under {} faults",
         after.0 - before.0
     );
     assert_eq!(

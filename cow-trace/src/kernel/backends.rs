@@ -3,7 +3,11 @@
 //! - kprobe: kprobe + kretprobe on handle_mm_fault, kprobe on do_wp_page;
 //! - tracepoint: exceptions:page_fault_{user,kernel} at entry, the PAGE_FAULTS_MIN/MAJ perf
 //!   software events at completion. Works where kprobes and trampolines are forbidden.
-use crate::{cli::BackendChoice, kernel::kernel_error};
+use crate::{
+    cli::BackendChoice,
+    failure::{Status, failure},
+    kernel::kernel_error,
+};
 use aya::{
     Btf, Ebpf,
     programs::{
@@ -31,14 +35,38 @@ impl Backend {
     }
 }
 
-/// The backends `choice` allows, in the order to try them.
-pub fn candidates(choice: BackendChoice) -> &'static [Backend] {
-    match choice {
-        BackendChoice::Auto => &[Backend::Fexit, Backend::Kprobe, Backend::Tracepoint],
+/// Whether this CPU architecture's kernels have the `exceptions:page_fault_user` /
+/// `page_fault_kernel` tracepoints the tracepoint backend starts from: x86 only (arm64 kernels,
+/// Debian's 6.1 for one, have none). Elsewhere only the handle_mm_fault backends can work.
+pub const HAS_FAULT_TRACEPOINTS: bool = cfg!(target_arch = "x86_64");
+
+/// The backends `choice` allows on this CPU architecture, in the order to try them.
+pub fn candidates(choice: BackendChoice) -> anyhow::Result<&'static [Backend]> {
+    candidates_for(choice, HAS_FAULT_TRACEPOINTS)
+        .map_err(|message| failure(Status::Kernel, message))
+}
+
+/// [`candidates`] where the fault tracepoints exist or not.
+fn candidates_for(
+    choice: BackendChoice,
+    fault_tracepoints: bool,
+) -> Result<&'static [Backend], String> {
+    Ok(match choice {
+        BackendChoice::Auto if fault_tracepoints => {
+            &[Backend::Fexit, Backend::Kprobe, Backend::Tracepoint]
+        }
+        BackendChoice::Auto => &[Backend::Fexit, Backend::Kprobe],
         BackendChoice::Fexit => &[Backend::Fexit],
         BackendChoice::Kprobe => &[Backend::Kprobe],
-        BackendChoice::Tracepoint => &[Backend::Tracepoint],
-    }
+        BackendChoice::Tracepoint if fault_tracepoints => &[Backend::Tracepoint],
+        BackendChoice::Tracepoint => {
+            return Err(format!(
+                "--backend tracepoint needs the exceptions:page_fault_* tracepoints, which {} \
+                 kernels do not have: use --backend fexit or kprobe (or auto)",
+                std::env::consts::ARCH
+            ));
+        }
+    })
 }
 
 /// Attaches one backend's programs; on failure, unloads what it had attached.
@@ -219,4 +247,44 @@ fn attach_tracepoint_backend(ebpf: &mut Ebpf, untimed: bool) -> anyhow::Result<(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_tries_every_backend_where_the_fault_tracepoints_exist() {
+        assert_eq!(
+            candidates_for(BackendChoice::Auto, true),
+            Ok(&[Backend::Fexit, Backend::Kprobe, Backend::Tracepoint][..])
+        );
+        assert_eq!(
+            candidates_for(BackendChoice::Tracepoint, true),
+            Ok(&[Backend::Tracepoint][..])
+        );
+    }
+
+    #[test]
+    fn without_fault_tracepoints_only_handle_mm_fault_backends() {
+        assert_eq!(
+            candidates_for(BackendChoice::Auto, false),
+            Ok(&[Backend::Fexit, Backend::Kprobe][..])
+        );
+        assert_eq!(
+            candidates_for(BackendChoice::Kprobe, false),
+            Ok(&[Backend::Kprobe][..])
+        );
+        let error = candidates_for(BackendChoice::Tracepoint, false).unwrap_err();
+        assert!(error.contains("--backend fexit or kprobe"), "{error}");
+        assert!(!error.contains('\n'), "{error}");
+    }
+
+    #[test]
+    fn x86_64_has_the_fault_tracepoints_and_arm64_does_not() {
+        assert_eq!(HAS_FAULT_TRACEPOINTS, cfg!(target_arch = "x86_64"));
+        if cfg!(target_arch = "aarch64") {
+            assert!(candidates(BackendChoice::Tracepoint).is_err());
+        }
+    }
 }

@@ -7,6 +7,7 @@ pub mod kstats;
 pub mod probes;
 pub mod ring;
 pub mod tracefs;
+pub mod version;
 
 use crate::failure::{Status, failure};
 

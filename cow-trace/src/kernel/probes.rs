@@ -169,8 +169,16 @@ impl Probes {
         let (program, event) = PAGE_ALLOC;
         backends::attach_raw_tracepoint(&mut self.ebpf, program, event)?;
         log::info!("attached {program} to raw tracepoint {event}");
+        let candidates = backends::candidates(choice)?;
+        if choice == BackendChoice::Auto && !backends::HAS_FAULT_TRACEPOINTS {
+            log::info!(
+                "{} kernels have no exceptions:page_fault_* tracepoints: \
+                 trying fexit, then kprobe, on handle_mm_fault",
+                std::env::consts::ARCH
+            );
+        }
         let mut refusals = Vec::new();
-        for &backend in backends::candidates(choice) {
+        for &backend in candidates {
             match backends::attach(&mut self.ebpf, backend, self.untimed) {
                 Ok(()) => return Ok(backend),
                 Err(error) => {
@@ -180,7 +188,10 @@ impl Probes {
             }
         }
         let hint = match choice {
-            BackendChoice::Auto => "check that tracefs and perf events are available",
+            BackendChoice::Auto if backends::HAS_FAULT_TRACEPOINTS => {
+                "check that tracefs and perf events are available"
+            }
+            BackendChoice::Auto => "the kernel needs kprobes, or BTF and BPF trampolines",
             _ => "try --backend auto",
         };
         Err(failure(
@@ -212,6 +223,7 @@ fn read_settings(root: &Path, summary_mode: bool, stacks: bool) -> anyhow::Resul
         untimed: 0,
         stacks: stacks.into(),
         wakeup_bytes: 0,
+        page_shift: crate::page::shift(),
     })
 }
 

@@ -23,7 +23,8 @@ use crate::{
     cli::FlameFaults,
     event::{CowOutcome, FaultClass},
     failure::{Status, failure},
-    output::{format::human_bytes, summary::PAGE_SIZE},
+    output::format::human_bytes,
+    page,
 };
 
 /// The frame drawn where a fault's stack was not taken (the kernel could not capture it, or it
@@ -131,11 +132,11 @@ impl FlameGraph {
                 "Copy-on-write copies by user stack",
                 format!(
                     "{traced}: {total} pages copied ({}); widths count pages",
-                    human_bytes(total * PAGE_SIZE)
+                    human_bytes(total * page::size())
                 ),
                 "bytes copied",
                 // Tooltips give bytes: inferno multiplies the counts (pages) by the factor.
-                PAGE_SIZE as f64,
+                page::size() as f64,
             ),
             FlameFaults::All => (
                 "Page faults by user stack",

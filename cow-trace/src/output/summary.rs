@@ -9,9 +9,8 @@ use serde::Serialize;
 use crate::{
     event::{Access, CowOutcome, Fault, FaultClass, Lost, Outcome, mapping_name},
     output::format::{human_bytes, human_ns},
+    page,
 };
-
-pub const PAGE_SIZE: u64 = 4096;
 
 /// Counts for one pid, or for one pid during one child's lifetime.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -75,9 +74,9 @@ impl Counts {
         self.latency_ns_total += latency_ns;
     }
 
-    /// Bytes copied on write.
+    /// Bytes copied on write: whole pages, of the system's size.
     pub fn copied_bytes(&self) -> u64 {
-        self.copied * PAGE_SIZE
+        self.copied * page::size()
     }
 }
 
@@ -485,7 +484,7 @@ mod tests {
         summary.add(10, FaultClass::from_bits(wp), 0, 2, 0, 0);
         let counts = &summary.pids[&10];
         assert_eq!((counts.cow, counts.copied, counts.reused), (5, 3, 2));
-        assert_eq!(counts.copied_bytes(), 3 * 4096);
+        assert_eq!(counts.copied_bytes(), 3 * page::size());
         let window = &summary.windows[&(10, 11)];
         assert_eq!((window.faults, window.copied), (3, 3));
         assert_eq!(summary.windows.len(), 1);

@@ -94,6 +94,18 @@ pub fn workload(name: &str) -> PathBuf {
     binary
 }
 
+/// The system's page size: arm64 kernels use 4, 16 or 64 KiB pages.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).expect("sysconf(_SC_PAGESIZE)")
+}
+
+/// The number of the page holding `address`.
+pub fn page_of(address: u64) -> u64 {
+    address / page_size()
+}
+
 /// (minflt, majflt) from /proc/PID/stat: what the kernel itself counted.
 pub fn kernel_fault_counts(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

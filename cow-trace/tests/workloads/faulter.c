@@ -42,7 +42,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define PAGE 4096
+// The system's page size (arm64 kernels use 4, 16 or 64 KiB), read once at start.
+static long page_size;
+#define PAGE page_size
+// The largest page size of the architectures cow-trace runs on.
+#define MAX_PAGE 65536
 
 static void say(const char *text) {
     if (write(1, text, strlen(text)) < 0) _exit(2);
@@ -239,7 +243,7 @@ static void idle_thread(void) {
 static void major(const char *path, long n) {
     int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
     if (fd < 0) _exit(5);
-    static char page[PAGE];
+    static char page[MAX_PAGE];
     memset(page, 7, PAGE);
     for (long i = 0; i < n; i++)
         if (write(fd, page, PAGE) != PAGE) _exit(6);
@@ -282,6 +286,8 @@ static void spin(void) {
 }
 
 int main(void) {
+    page_size = sysconf(_SC_PAGESIZE);
+    if (page_size <= 0 || page_size > MAX_PAGE) _exit(9);
     static char line[4096];
     for (;;) {
         // Read a line with read(2) only: stdio would allocate (and fault) between commands.

@@ -69,8 +69,6 @@ impl Default for FaultPlot {
 
 impl FaultPlot {
     pub fn new() -> FaultPlot {
-        // SAFETY: sysconf has no memory-safety preconditions.
-        let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         FaultPlot {
             origin_ns: None,
             bucket_ns: FIRST_BUCKET_NS,
@@ -79,7 +77,7 @@ impl FaultPlot {
             others: Series::default(),
             windows: Windows::default(),
             strip: AddressStrip::new(),
-            page_size: u64::try_from(page_size).unwrap_or(4096),
+            page_size: crate::page::size(),
         }
     }
 

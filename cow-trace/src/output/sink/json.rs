@@ -212,7 +212,9 @@ impl Sink for JsonSink {
             cow_outcome: fault.cow_outcome().map(CowOutcome::json_value),
             window: (fault.window != 0).then_some(fault.window),
             kernel_mode: fault.kernel_mode,
-            error_code: fault.error_code,
+            // Only x86 has a page-fault error code. Elsewhere the bits are cow-trace's own
+            // account of the fault flags (access, mode, do_wp_page): no error code to show.
+            error_code: fault.error_code.filter(|_| cfg!(target_arch = "x86_64")),
             latency_ns: fault.latency_ns,
             mapping: fault.mapping.as_deref(),
             symbol: fault.symbol.as_deref(),
