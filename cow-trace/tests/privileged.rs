@@ -1220,6 +1220,95 @@ fn shared_and_anonymous_first_writes_copy_nothing() {
     }
 }
 
+/// Pages of a private file mapping, copied at their first writes, pushed out to swap, then
+/// written again: each write reads its page back from swap (a page allocated at a write to a
+/// page not present, as a first write's copy is), and copies nothing. The handle_mm_fault
+/// backends see the swap-in (`do_swap_page`) and count no copy; the tracepoint backend cannot
+/// tell, and says so at the end of the run.
+#[test]
+fn private_file_pages_read_back_from_swap_are_no_copies() {
+    let test = "private_file_pages_read_back_from_swap_are_no_copies";
+    if !require_root(test) {
+        return;
+    }
+    let swap_on = std::fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1);
+    if !swap_on {
+        skip(test, "no swap area is on (the VM tests turn one on)");
+        return;
+    }
+    let pages = 64;
+    let file = scratch().join(format!("swapped-{}", std::process::id()));
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let printed = faulter.run(&format!("private {} {pages} cached", file.display()));
+    let base = parse_hex_after(&printed, "pages ");
+    let swapped: u64 = field_after(&faulter.run("pageout").join("\n"), "swapped ")
+        .parse()
+        .unwrap();
+    if swapped != pages {
+        faulter.run("release");
+        skip(
+            test,
+            &format!(
+                "MADV_PAGEOUT left {} of {pages} pages in memory",
+                pages - swapped
+            ),
+        );
+        return;
+    }
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json"]);
+    let before = kernel_fault_counts(pid);
+    faulter.run("rewrite");
+    let after = kernel_fault_counts(pid);
+    let done = tracer.stop();
+    faulter.run("release");
+    faulter.exit();
+    assert_eq!(
+        done.counts_of(pid),
+        (after.0 - before.0, after.1 - before.1),
+        "cow-trace vs /proc/{pid}/stat"
+    );
+    let writes: Vec<Value> = done
+        .faults_of(pid)
+        .into_iter()
+        .filter(|f| (base..base + pages * 4096).contains(&address(f)) && f["access"] == "w")
+        .collect();
+    assert_eq!(writes.len() as u64, pages, "one write fault per page");
+    assert!(
+        writes.iter().any(|f| f["type"] == "MAJOR"),
+        "no page was read back from swap: {:?}",
+        writes[0]
+    );
+    let json = done.json();
+    let backend = json
+        .iter()
+        .find(|v| v["event"] == "totals")
+        .map(|v| v["backend"].as_str().unwrap().to_string())
+        .unwrap();
+    let summary = json
+        .iter()
+        .find(|v| v["event"] == "summary" && v["pid"] == pid)
+        .unwrap();
+    let noted = done.stderr.contains("swap is on");
+    if backend == "tracepoint" {
+        // Pages read back are taken for copies of the file's pages: said, not hidden.
+        assert_eq!(
+            noted,
+            summary["file_copies"].as_u64().unwrap() > 0,
+            "{}",
+            done.stderr
+        );
+    } else {
+        assert!(
+            writes.iter().all(|f| f["copied"].is_null()),
+            "{backend}: a page read back from swap counted as copied: {:?}",
+            writes.iter().find(|f| !f["copied"].is_null())
+        );
+        assert_eq!(summary["copied"], 0, "{backend}: {summary}");
+        assert!(!noted, "{}", done.stderr);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // --interval
 

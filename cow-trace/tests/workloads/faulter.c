@@ -28,6 +28,10 @@
 //                write every page: no copy. Prints "pages ADDR" (and "resident K")
 //   shm N        map N pages of shared anonymous memory and write each: no copy. Prints
 //                "pages ADDR"
+//   pageout      push the pages of the private file mappings kept (copies by now) out to swap
+//                (MADV_PAGEOUT); prints "swapped K", how many are in swap
+//   rewrite      write every page of the mappings kept again (after pageout: each is read
+//                back from swap, no copy)
 //   release      unmap what private, shared and shm mapped (it stays mapped till then, so
 //                that a tracer reads the mappings after the faults) and delete the files
 //   tree N       fork a child that forks a grandchild; the grandchild writes N pages, prints
@@ -267,6 +271,38 @@ static void keep(void *p, long n, int fd, const char *path) {
     snprintf(k->path, sizeof k->path, "%s", path);
 }
 
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
+
+// Pushes the pages of the kept private file mappings (copied, so anonymous) out to swap, and
+// prints "swapped K": how many of them are in swap now (/proc/self/pagemap bit 62).
+static void pageout(void) {
+    long swapped = 0;
+    int pagemap = open("/proc/self/pagemap", O_RDONLY);
+    if (pagemap < 0) _exit(16);
+    for (int i = 0; i < kept_count; i++) {
+        if (kept[i].fd < 0) continue;
+        madvise(kept[i].p, kept[i].n * PAGE, MADV_PAGEOUT);
+        for (long j = 0; j < kept[i].n; j++) {
+            unsigned long long entry;
+            off_t at = ((unsigned long)kept[i].p / PAGE + j) * sizeof entry;
+            if (pread(pagemap, &entry, sizeof entry, at) != sizeof entry) _exit(17);
+            swapped += (entry >> 62) & 1;
+        }
+    }
+    close(pagemap);
+    char line[64];
+    snprintf(line, sizeof line, "swapped %ld\n", swapped);
+    say(line);
+}
+
+// Writes every page of the kept mappings again.
+static void rewrite(void) {
+    for (int i = 0; i < kept_count; i++)
+        for (long j = 0; j < kept[i].n; j++) ((char *)kept[i].p)[j * PAGE] = 3;
+}
+
 static void release(void) {
     for (int i = 0; i < kept_count; i++) {
         munmap(kept[i].p, kept[i].n * PAGE);
@@ -417,6 +453,8 @@ int main(void) {
             shared_file(path, a, !strcmp(mode, "uncached"));
         else if (sscanf(line, "shm %ld", &a) == 1) shm(a);
         else if (!strcmp(line, "release")) release();
+        else if (!strcmp(line, "pageout")) pageout();
+        else if (!strcmp(line, "rewrite")) rewrite();
         else if (sscanf(line, "tree %ld", &a) == 1) tree(a);
         else if (sscanf(line, "rename %15s %ld", path, &a) == 2) rename_and_touch(path, a);
         else if (sscanf(line, "exec-thread %ld", &a) == 1) exec_thread(a);
