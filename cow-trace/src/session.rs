@@ -338,8 +338,9 @@ pub async fn run(
     // already are found in /proc after it attached, so none slips between the two.
     probes.trace(options.root)?;
     let backend = probes.attach(options.backend)?;
+    // A swap-in the backend does not see looks like a first write's copy: say so if swap was on.
     let swap_ins_unseen = !probes.sees().swap_ins;
-    let mut swap_on = swap_ins_unseen && swap_in_use();
+    let swap_at_start = swap_in_use();
     let mut tree = Tree::default();
     tree.add(options.root);
     for child in target::descendants(options.root as i32) {
@@ -514,9 +515,8 @@ pub async fn run(
         }
         let _ = stderr.summary(&summary);
     }
-    swap_on = swap_on || (swap_ins_unseen && swap_in_use());
     let file_copies = summary.total().file_copies;
-    if swap_on && file_copies > 0 {
+    if swap_ins_unseen && file_copies > 0 && (swap_at_start || swap_in_use()) {
         eprintln!(
             "cow-trace: note: swap is on, and the {} backend does not see pages read back from swap: a write that read back a swapped-out page of a private file mapping counts among the {file_copies} file pages copied",
             backend.name()
