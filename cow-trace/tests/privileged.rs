@@ -1240,6 +1240,7 @@ fn private_file_pages_read_back_from_swap_are_no_copies() {
     let file = scratch().join(format!("swapped-{}", std::process::id()));
     let mut faulter = Faulter::start();
     let pid = faulter.pid();
+    faulter.run("pin");
     let printed = faulter.run(&format!("private {} {pages} cached", file.display()));
     let base = parse_hex_after(&printed, "pages ");
     let swapped: u64 = field_after(&faulter.run("pageout").join("\n"), "swapped ")

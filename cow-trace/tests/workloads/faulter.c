@@ -28,6 +28,7 @@
 //                write every page: no copy. Prints "pages ADDR" (and "resident K")
 //   shm N        map N pages of shared anonymous memory and write each: no copy. Prints
 //                "pages ADDR"
+//   pin          stay on the current CPU from now on (before pageout: see pin())
 //   pageout      push the pages of the private file mappings kept (copies by now) out to swap
 //                (MADV_PAGEOUT); prints "swapped K", how many are in swap
 //   rewrite      write every page of the mappings kept again (after pageout: each is read
@@ -297,6 +298,15 @@ static void pageout(void) {
     say(line);
 }
 
+// Keeps this process on the CPU it runs on: a page it faults in waits in that CPU's batch
+// before it joins the LRU lists, and MADV_PAGEOUT moves only its own CPU's batch there.
+static void pin(void) {
+    cpu_set_t here;
+    CPU_ZERO(&here);
+    CPU_SET(sched_getcpu(), &here);
+    if (sched_setaffinity(0, sizeof here, &here)) _exit(13);
+}
+
 // Writes every page of the kept mappings again.
 static void rewrite(void) {
     for (int i = 0; i < kept_count; i++)
@@ -454,6 +464,7 @@ int main(void) {
         else if (sscanf(line, "shm %ld", &a) == 1) shm(a);
         else if (!strcmp(line, "release")) release();
         else if (!strcmp(line, "pageout")) pageout();
+        else if (!strcmp(line, "pin")) pin();
         else if (!strcmp(line, "rewrite")) rewrite();
         else if (sscanf(line, "tree %ld", &a) == 1) tree(a);
         else if (sscanf(line, "rename %15s %ld", path, &a) == 2) rename_and_touch(path, a);
