@@ -7,6 +7,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use cow_trace_common::HIST_BUCKETS;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -145,6 +146,14 @@ impl Session {
         } = self;
         match event {
             Event::Fault(mut fault) => {
+                if fault.class.needs_mapping() {
+                    // A page allocated at a first write: a copy of the file's page only in a
+                    // private file mapping. (The summary's times may not be taken: look up
+                    // the mapping as its counts are, as last read.)
+                    let at = (!options.kernel.summary).then_some(fault.ts_ns);
+                    let private = enricher.in_private_file_mapping(fault.pid, fault.address, at);
+                    fault.class = fault.class.with_mapping(private);
+                }
                 if options.kernel.summary {
                     // Only the faults collected at the end come here: label their mappings as
                     // the kernel's counts are, from the maps read last.
@@ -240,7 +249,14 @@ impl Session {
             let mut summary = Summary::default();
             let counts = kstats::read(&self.probes)?;
             for (key, value) in &counts.stats {
-                let class = FaultClass::from_bits(key.class);
+                let mut class = FaultClass::from_bits(key.class);
+                if class.needs_mapping() {
+                    // The region's faults are in the mapping of its first faulting address.
+                    let private =
+                        self.enricher
+                            .in_private_file_mapping(key.pid, value.sample_address, None);
+                    class = class.with_mapping(private);
+                }
                 summary.add(
                     key.pid,
                     class,
@@ -259,9 +275,16 @@ impl Session {
                 *summary.mappings.entry((key.pid, label, class)).or_default() += value.faults;
             }
             for (key, hist) in counts.hists {
-                summary
+                // A histogram knows no address, so no mapping: a first write that allocated
+                // a page goes with the other writes of its kind, copy or not.
+                let class = FaultClass::from_bits(key.class).with_mapping(false);
+                let buckets = summary
                     .hists
-                    .insert((key.pid, FaultClass::from_bits(key.class)), hist.buckets);
+                    .entry((key.pid, class))
+                    .or_insert([0; HIST_BUCKETS]);
+                for (sum, count) in buckets.iter_mut().zip(hist.buckets) {
+                    *sum += count;
+                }
             }
             summary.merge(&self.streamed);
             summary
@@ -376,6 +399,9 @@ pub async fn run(
         probes.trace(options.root)?;
     }
     let backend = probes.attach(options.backend)?;
+    // A swap-in the backend does not see looks like a first write's copy: say so if swap was on.
+    let swap_ins_unseen = !probes.sees().swap_ins;
+    let swap_at_start = swap_in_use();
     let mut tree = Tree::default();
     tree.add(options.root);
     // Never cow-trace itself, a descendant of the root in `-x 1` or `-x $PPID`.
@@ -563,6 +589,13 @@ pub async fn run(
         }
         let _ = stderr.summary(&summary);
     }
+    let file_copies = summary.total().file_copies;
+    if swap_ins_unseen && file_copies > 0 && (swap_at_start || swap_in_use()) {
+        eprintln!(
+            "cow-trace: note: swap is on, and the {} backend does not see pages read back from swap: a write that read back a swapped-out page of a private file mapping counts among the {file_copies} file pages copied",
+            backend.name()
+        );
+    }
     if let (Some(plot), Some(path)) = (plot, &options.plot) {
         let title = format!("cow-trace: pid {} and its children", options.root);
         plot.render_svg(path, &title)
@@ -605,6 +638,11 @@ pub async fn run(
         }
     }
     Ok(status)
+}
+
+/// Whether a swap area is active (/proc/swaps lists one below its header).
+fn swap_in_use() -> bool {
+    std::fs::read_to_string("/proc/swaps").is_ok_and(|swaps| swaps.lines().nth(1).is_some())
 }
 
 async fn next_tick(interval: &mut Option<tokio::time::Interval>) {

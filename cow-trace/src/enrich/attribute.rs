@@ -78,7 +78,6 @@ impl Perms {
         self.0[1] == b'w'
     }
 
-    #[cfg(test)]
     /// Shared mappings are written in place; private ones copy on write.
     pub fn shared(&self) -> bool {
         self.0[3] == b's'
@@ -88,6 +87,14 @@ impl Perms {
 impl fmt::Display for Perms {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl Mapping {
+    /// A private mapping of a file (memfd and tmpfs files too): a first write to one of its
+    /// pages copies the file's page into private memory.
+    pub fn is_private_file(&self) -> bool {
+        self.backing == Backing::File && !self.perms.shared()
     }
 }
 
