@@ -5,10 +5,8 @@
 //! task's min_flt / maj_flt, so one completion record is emitted per fault the kernel counts.
 //! Untimed (--no-latency), PAGE_FAULTS_MIN is not attached (it costs more than the rest): a
 //! fault entered DEFERRED is final once its thread goes on (see [`finish_pending`]).
-use core::mem::offset_of;
 
 use aya_ebpf::{
-    bindings::pt_regs,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{perf_event, raw_tracepoint},
     programs::{PerfEventContext, RawTracePointContext},
@@ -19,6 +17,7 @@ use cow_trace_common::{
 };
 
 use crate::{
+    arch::{PT_REGS_IP, sample_ip},
     clock::{now_ns, tick_ns},
     diagnostics,
     maps::{FaultEntry, Slot, is_traced, setting, user_stack},
@@ -82,8 +81,8 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
     let ip = if summary_mode {
         0
     } else {
-        let regs: usize = ctx.arg(1);
-        let ip = (regs + offset_of!(pt_regs, rip)) as *const u64;
+        let regs: u64 = ctx.arg(1);
+        let ip = (regs + PT_REGS_IP) as *const u64;
         // SAFETY: regs is the kernel's pt_regs of this fault; the helper reads it without
         // faulting, and a failed read leaves ip unknown.
         unsafe { bpf_probe_read_kernel(ip) }.unwrap_or(0)
@@ -117,7 +116,7 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
         return;
     }
     // SAFETY: the context is the kernel's bpf_perf_event_data for this sample.
-    let (address, regs_ip) = unsafe { ((*ctx.ctx).addr, (*ctx.ctx).regs.rip) };
+    let (address, regs_ip) = unsafe { ((*ctx.ctx).addr, sample_ip(&(*ctx.ctx).regs)) };
 
     let major = if major { flags::MAJOR } else { 0 };
     let mut record = Record::zeroed();

@@ -1,14 +1,13 @@
 //! The "fexit" and "kprobe" backends: `handle_mm_fault(vma, address, flags, regs)` itself, as
 //! the SystemTap probes hooked it. Each call is one attempt; its return value says how it
 //! ended. The fault flags give the access; `do_wp_page` marks the write-protect
-//! (copy-on-write) faults.
+//! (copy-on-write) faults, `do_swap_page` those that read their page back from swap (whose
+//! new page is no copy).
 //!
 //! Kernels forbid these on some machines (no kprobes, BPF trampolines refused): userspace then
 //! falls back to the tracepoint backend in `faults`.
-use core::mem::offset_of;
 
 use aya_ebpf::{
-    bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{
@@ -18,6 +17,7 @@ use aya_ebpf::{
 use cow_trace_common::{Record, flags, kind, x86_pf};
 
 use crate::{
+    arch::PT_REGS_IP,
     clock::now_ns,
     diagnostics,
     maps::{FaultEntry, Slot, setting, user_stack},
@@ -68,6 +68,12 @@ pub fn do_wp_page_fentry(_ctx: FEntryContext) -> u32 {
     0
 }
 
+#[fentry(function = "do_swap_page")]
+pub fn do_swap_page_fentry(_ctx: FEntryContext) -> u32 {
+    swap_in_seen();
+    0
+}
+
 #[kprobe]
 pub fn handle_mm_fault_kprobe(ctx: ProbeContext) -> u32 {
     attempt_begins(
@@ -92,6 +98,12 @@ pub fn do_wp_page_kprobe(_ctx: ProbeContext) -> u32 {
     0
 }
 
+#[kprobe]
+pub fn do_swap_page_kprobe(_ctx: ProbeContext) -> u32 {
+    swap_in_seen();
+    0
+}
+
 #[inline(always)]
 fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, regs: u64) {
     let Some(slot) = Slot::of_current(bpf_get_current_pid_tgid()) else {
@@ -112,10 +124,9 @@ fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, re
     }
     // regs is NULL for a get_user_pages() fault.
     let ip = if regs != 0 {
-        let ip = (regs as usize + offset_of!(pt_regs, rip)) as *const u64;
         // SAFETY: regs points to the faulting context's pt_regs; the helper reads it without
         // faulting, and a failed read leaves ip unknown.
-        unsafe { bpf_probe_read_kernel(ip) }.unwrap_or(0)
+        unsafe { bpf_probe_read_kernel((regs + PT_REGS_IP) as *const u64) }.unwrap_or(0)
     } else {
         0
     };
@@ -142,6 +153,15 @@ fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, re
 fn write_protect_seen() {
     if let Some(slot) = Slot::of(bpf_get_current_pid_tgid() as u32) {
         slot.mark(WRITE_PROTECT_SEEN);
+    }
+}
+
+/// The attempt reads its page back from swap: a page it allocates is that page, not a copy of
+/// a file's page (a swapped-out page of a private file mapping was copied long before).
+#[inline(always)]
+fn swap_in_seen() {
+    if let Some(slot) = Slot::of(bpf_get_current_pid_tgid() as u32) {
+        slot.mark(flags::SWAP_IN);
     }
 }
 
@@ -172,7 +192,8 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
     if entry.flags & WRITE_PROTECT_SEEN != 0 {
         record.error_code |= x86_pf::PROT | x86_pf::WRITE;
     }
-    record.flags = entry.flags & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED | flags::PAGE_ZEROED);
+    record.flags = entry.flags
+        & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED | flags::PAGE_ZEROED | flags::SWAP_IN);
     if setting!(untimed) == 0 {
         record.latency_ns = now - entry.ts_ns;
     } else {

@@ -8,12 +8,14 @@
 //! - `maps`: the maps and load-time settings every program shares, and the per-thread `Slot`
 //! - `clock`: the kernel clock as a safe call
 //! - `diagnostics`: rare events logged for the user (aya-log, shown with -v)
+//! - `arch`: register layouts, per CPU architecture
 #![no_std]
 #![no_main]
 // atomic_xadd: the summary's shared counters (see summary::add); atomic_cxchg: claiming a slot.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod arch;
 mod clock;
 mod copies;
 mod diagnostics;

@@ -116,8 +116,8 @@ pub fn may_have_window(pid: u32) -> bool {
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 
-/// Written by userspace before loading; the defaults are 6.18's offsets. Read with
-/// [`setting!`].
+/// Written by userspace before loading; the defaults are 6.18's offsets (and no page size:
+/// userspace writes the system's). Read with [`setting!`].
 #[unsafe(no_mangle)]
 pub static SETTINGS: Settings = Settings {
     task_newtask_pid: 8,
@@ -130,6 +130,7 @@ pub static SETTINGS: Settings = Settings {
     untimed: 0,
     stacks: 0,
     wakeup_bytes: 0,
+    page_shift: 0,
 };
 
 /// One field of the settings userspace wrote: a volatile read of that field alone, so the
@@ -361,11 +362,12 @@ impl Slot {
         }
     }
 
-    /// Whether the slot's fault (pending or just completed) is on the page of `address`.
+    /// Whether the slot's fault (pending or just completed) is on the page (of the system's
+    /// size) of `address`.
     #[inline(always)]
     pub fn is_for(self, address: u64) -> bool {
         // SAFETY: see [`Slot`].
-        (unsafe { (*self.value).address } ^ address) >> 12 == 0
+        (unsafe { (*self.value).address } ^ address) >> setting!(page_shift) == 0
     }
 
     /// When the pending fault began (or `TS_NOT_TAKEN`); 0: no fault is pending.

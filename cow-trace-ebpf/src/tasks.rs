@@ -1,8 +1,10 @@
-//! Follows the traced process tree: children join at creation, processes leave at exit.
+//! Follows the traced process tree: children join at creation (a held command at its exec),
+//! processes leave at exit.
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::tracepoint,
+    macros::{map, tracepoint},
+    maps::HashMap,
     programs::TracePointContext,
 };
 use cow_trace_common::{COMM_LEN, NO_FIELD, Record, Window, counter, kind};
@@ -16,6 +18,12 @@ use crate::{
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
+
+/// The held command (`-- CMD`): cow-trace's child, waiting to exec. It joins `TRACED` as it
+/// execs (see `join_at_exec`), so none of cow-trace's own code it ran before counts. Written by
+/// userspace. Value unused.
+#[map]
+static TRACE_AT_EXEC: HashMap<u32, u8> = HashMap::with_max_entries(1, 0);
 
 /// task:task_newtask, fired in the parent while it creates a task.
 /// ```text
@@ -179,19 +187,23 @@ pub fn sched_sched_process_exec(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "task", name = "task_rename")]
 pub fn task_task_rename(ctx: TracePointContext) -> u32 {
     let task_rename_pid = setting!(task_rename_pid);
+    let current = bpf_get_current_pid_tgid();
     let tid = if task_rename_pid == NO_FIELD {
-        bpf_get_current_pid_tgid() as u32
+        current as u32
     } else {
         // SAFETY: offset from this kernel's tracepoint format; a failed read gives 0.
         unsafe { ctx.read_at::<u32>(task_rename_pid as usize) }.unwrap_or(0)
     };
+    if tid == current as u32 {
+        join_at_exec((current >> 32) as u32);
+    }
     // Only traced threads have slots.
     let Some(slot) = Slot::of(tid) else {
         return 0;
     };
     // A thread renaming itself (as exec does) has gone on from its last fault: untimed, that
     // fault is over, and keeps the name it had.
-    if tid == bpf_get_current_pid_tgid() as u32 {
+    if tid == current as u32 {
         finish_deferred(slot);
     }
     let newcomm_at = setting!(task_rename_newcomm) as usize;
@@ -200,4 +212,22 @@ pub fn task_task_rename(ctx: TracePointContext) -> u32 {
         slot.set_comm(comm);
     }
     0
+}
+
+/// Moves the held command from `TRACE_AT_EXEC` to `TRACED`. exec renames the task in
+/// `begin_new_exec`, right after the new program's address space replaced the old one and
+/// before the program is loaded into it (the held command renames itself nowhere else): from
+/// here on, every fault is the new program's.
+#[inline(always)]
+fn join_at_exec(tgid: u32) {
+    // SAFETY: only presence is checked.
+    if unsafe { TRACE_AT_EXEC.get(tgid) }.is_none() {
+        return;
+    }
+    let _ = TRACE_AT_EXEC.remove(tgid);
+    // The hint first, as for a new child.
+    hint_traced(tgid);
+    if TRACED.insert(tgid, 1, 0).is_err() {
+        bump(counter::TRACED_FULL);
+    }
 }

@@ -7,22 +7,22 @@ mod event;
 mod failure;
 mod kernel;
 mod output;
+mod page;
 mod session;
 mod target;
 
 use std::{fs::File, io::Write};
 
-use clap::Parser as _;
-
 use crate::{
     cli::Args,
     failure::{Failure, Status, failure},
     kernel::KernelConfig,
+    output::flame::FlameFiles,
     target::{HeldCommand, Identity},
 };
 
 fn main() {
-    let args = match Args::try_parse() {
+    let args = match Args::try_parse_checked() {
         Ok(args) => args,
         Err(error) => exit_on_usage_error(error),
     };
@@ -73,27 +73,50 @@ fn exit_on_usage_error(error: clap::Error) -> ! {
         error.exit();
     }
     let rendered = error.render().to_string();
-    let first = rendered
-        .lines()
-        .find(|line| !line.trim().is_empty())
-        .unwrap_or("invalid arguments");
-    let message = first.trim().trim_start_matches("error: ");
+    let mut lines = rendered.lines().filter(|line| !line.trim().is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    let mut message = first.trim().trim_start_matches("error: ").to_string();
+    // "the following required arguments were not provided:" names them on the next line.
+    if message.ends_with(':')
+        && let Some(next) = lines.next()
+    {
+        message = format!("{message} {}", next.trim());
+    }
     eprintln!("cow-trace: {message} (see cow-trace --help)");
     std::process::exit(Status::Usage.code());
 }
 
 fn run(args: Args) -> anyhow::Result<i32> {
-    // Open the output before starting a command, so a bad -o never leaves one behind.
+    // What this kernel and CPU cannot do, said before any command starts.
+    kernel::version::check()?;
+    kernel::backends::candidates(args.backend)?;
+    // Open the output before starting a command, so a bad -o never leaves one behind; the
+    // plot, written at the end, must be writable now too, not only after the whole trace.
     let out = open_output(&args)?;
+    if let Some(path) = &args.plot {
+        check_writable(path, "--plot")?;
+    }
+    let flame = FlameFiles::open(
+        args.flamegraph.as_deref(),
+        args.folded.as_deref(),
+        args.flame_faults,
+    )?;
     // The held command is forked before the runtime starts any thread.
     let (root, held) = match (args.pid, args.command.is_empty()) {
         (Some(pid), _) => {
             target::check_pid(pid)?;
-            (pid as u32, None)
+            let process = target::process_of(pid)?;
+            if process != pid {
+                eprintln!("cow-trace: {pid} is a thread of {process}: tracing {process}");
+                target::check_pid(process)?;
+            }
+            (process as u32, None)
         }
         (None, false) => {
             let identity = Identity::choose(args.user.as_deref())?;
-            let held = HeldCommand::spawn(&args.command, identity.as_ref())?;
+            // JSON lines on stdout stay parseable: the command's own output goes to stderr.
+            let json_on_stdout = args.format() == cli::Format::Json && args.output.is_none();
+            let held = HeldCommand::spawn(&args.command, identity.as_ref(), json_on_stdout)?;
             (held.pid.as_raw() as u32, Some(held))
         }
         (None, true) => {
@@ -112,13 +135,15 @@ fn run(args: Args) -> anyhow::Result<i32> {
         interval: args.interval,
         fail_over_cow: args.fail_over_cow,
         resolve: args.resolve,
+        show_stacks: args.stack,
         kernel: KernelConfig {
             ring_size: args.ring_size,
             summary: args.summary,
-            stacks: args.stack,
+            stacks: args.captures_stacks(),
             untimed: args.no_latency,
         },
         plot: args.plot.clone(),
+        flame,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -144,4 +169,24 @@ fn open_output(args: &Args) -> anyhow::Result<Box<dyn Write>> {
         }
         None => Box::new(std::io::BufWriter::with_capacity(BUFFER, std::io::stdout())),
     })
+}
+
+/// Fails now, as a bad -o does, if `path` (given with `option`) cannot be written. Creates it
+/// if missing; an existing file is left as it is until it is written.
+fn check_writable(path: &std::path::Path, option: &str) -> anyhow::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(drop)
+        .map_err(|e| {
+            failure(
+                Status::Output,
+                format!(
+                    "cannot write to {}: {e}: choose another file with {option}",
+                    path.display()
+                ),
+            )
+        })
 }

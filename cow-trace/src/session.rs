@@ -7,6 +7,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use cow_trace_common::HIST_BUCKETS;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -21,6 +22,7 @@ use crate::{
         ring::{Ring, read_lost},
     },
     output::{
+        flame::{FlameFiles, FlameGraph, StackSample},
         format::human_bytes,
         interval::Intervals,
         losses::Losses,
@@ -44,7 +46,12 @@ pub struct Options {
     pub fail_over_cow: Option<u64>,
     /// Resolve mappings and symbols of each fault.
     pub resolve: bool,
+    /// -g: the event lines and the summary show stacks. (The kernel may capture them for the
+    /// flame graph alone.)
+    pub show_stacks: bool,
     pub plot: Option<PathBuf>,
+    /// --flamegraph / --folded, opened.
+    pub flame: Option<FlameFiles>,
 }
 
 /// Why tracing stopped.
@@ -107,6 +114,7 @@ struct Session {
     streamed: Summary,
     enricher: Enricher,
     plot: Option<FaultPlot>,
+    flame: Option<FlameGraph>,
     losses: Losses,
     clock: WallClock,
     /// --interval: the counts at the previous report.
@@ -133,10 +141,19 @@ impl Session {
             streamed,
             enricher,
             plot,
+            flame,
             ..
         } = self;
         match event {
             Event::Fault(mut fault) => {
+                if fault.class.needs_mapping() {
+                    // A page allocated at a first write: a copy of the file's page only in a
+                    // private file mapping. (The summary's times may not be taken: look up
+                    // the mapping as its counts are, as last read.)
+                    let at = (!options.kernel.summary).then_some(fault.ts_ns);
+                    let private = enricher.in_private_file_mapping(fault.pid, fault.address, at);
+                    fault.class = fault.class.with_mapping(private);
+                }
                 if options.kernel.summary {
                     // Only the faults collected at the end come here: label their mappings as
                     // the kernel's counts are, from the maps read last.
@@ -144,8 +161,26 @@ impl Session {
                 } else if options.resolve {
                     enricher.resolve(&mut fault);
                 }
-                if let Some(stack_id) = fault.stack_id {
-                    fault.stack = enricher.stack(fault.pid, stack_id, |id| probes.stack_ips(id));
+                let in_flame = flame.as_ref().is_some_and(|f| f.counts(fault.class));
+                let frames = match fault.stack_id {
+                    Some(id) if options.show_stacks || in_flame => {
+                        enricher.stack(fault.pid, id, |id| probes.stack_ips(id))
+                    }
+                    _ => Vec::new(),
+                };
+                if let Some(flame) = flame.as_mut().filter(|_| in_flame) {
+                    flame.add(&StackSample {
+                        pid: fault.pid,
+                        window: (fault.window != 0).then_some(fault.window),
+                        frames: &frames,
+                        faults: 1,
+                    });
+                }
+                if options.show_stacks {
+                    fault.stack = frames;
+                } else {
+                    // Captured for the flame graph only: event lines and tables show no stack.
+                    fault.stack_id = None;
                 }
                 streamed.record(&fault);
                 if let Some(plot) = plot.as_mut() {
@@ -214,7 +249,14 @@ impl Session {
             let mut summary = Summary::default();
             let counts = kstats::read(&self.probes)?;
             for (key, value) in &counts.stats {
-                let class = FaultClass::from_bits(key.class);
+                let mut class = FaultClass::from_bits(key.class);
+                if class.needs_mapping() {
+                    // The region's faults are in the mapping of its first faulting address.
+                    let private =
+                        self.enricher
+                            .in_private_file_mapping(key.pid, value.sample_address, None);
+                    class = class.with_mapping(private);
+                }
                 summary.add(
                     key.pid,
                     class,
@@ -223,7 +265,9 @@ impl Session {
                     value.timed,
                     value.latency_ns,
                 );
-                if let Ok(stack_id) = u32::try_from(key.stack_id) {
+                if let Ok(stack_id) = u32::try_from(key.stack_id)
+                    && self.options.show_stacks
+                {
                     summary.add_stack(key.pid, stack_id, class, value.faults);
                 }
                 // Each region is labelled by the mapping of its first faulting address.
@@ -231,9 +275,16 @@ impl Session {
                 *summary.mappings.entry((key.pid, label, class)).or_default() += value.faults;
             }
             for (key, hist) in counts.hists {
-                summary
+                // A histogram knows no address, so no mapping: a first write that allocated
+                // a page goes with the other writes of its kind, copy or not.
+                let class = FaultClass::from_bits(key.class).with_mapping(false);
+                let buckets = summary
                     .hists
-                    .insert((key.pid, FaultClass::from_bits(key.class)), hist.buckets);
+                    .entry((key.pid, class))
+                    .or_insert([0; HIST_BUCKETS]);
+                for (sum, count) in buckets.iter_mut().zip(hist.buckets) {
+                    *sum += count;
+                }
             }
             summary.merge(&self.streamed);
             summary
@@ -253,6 +304,34 @@ impl Session {
         summary.lost = self.losses.update(read_lost(&self.probes));
         summary.lost.stacks_failed += self.enricher.unread_stacks();
         Ok(summary)
+    }
+
+    /// --summary, once at the end: the kernel's counts per pid x class x window x stack into
+    /// the flame graph (the faults collected from its slots went in as they were handled).
+    fn add_kernel_stacks_to_flame(&mut self) -> anyhow::Result<()> {
+        let Some(flame) = self.flame.as_mut() else {
+            return Ok(());
+        };
+        if !self.options.kernel.summary {
+            return Ok(());
+        }
+        let probes = &self.probes;
+        for (key, value) in kstats::read(probes)?.stats {
+            if !flame.counts(FaultClass::from_bits(key.class)) {
+                continue;
+            }
+            let frames = match u32::try_from(key.stack_id) {
+                Ok(id) => self.enricher.stack(key.pid, id, |id| probes.stack_ips(id)),
+                Err(_) => Vec::new(),
+            };
+            flame.add(&StackSample {
+                pid: key.pid,
+                window: (key.window != 0).then_some(key.window),
+                frames: &frames,
+                faults: value.faults,
+            });
+        }
+        Ok(())
     }
 
     /// Says on stderr what was lost since the last report, if anything.
@@ -312,16 +391,28 @@ pub async fn run(
 ) -> anyhow::Result<i32> {
     let mut probes = Probes::load(&options.kernel)?;
     // The root joins the map before process-tree tracking attaches; descendants that exist
-    // already are found in /proc after it attached, so none slips between the two.
-    probes.trace(options.root)?;
+    // already are found in /proc after it attached, so none slips between the two. A held
+    // command joins at its exec: until then it runs our code.
+    if held.is_some() {
+        probes.trace_from_exec(options.root)?;
+    } else {
+        probes.trace(options.root)?;
+    }
     let backend = probes.attach(options.backend)?;
+    // A swap-in the backend does not see looks like a first write's copy: say so if swap was on.
+    let swap_ins_unseen = !probes.sees().swap_ins;
+    let swap_at_start = swap_in_use();
     let mut tree = Tree::default();
     tree.add(options.root);
+    // Never cow-trace itself, a descendant of the root in `-x 1` or `-x $PPID`.
+    let me = std::process::id() as i32;
     for child in target::descendants(options.root as i32) {
-        probes.trace(child as u32)?;
-        tree.add(child as u32);
+        if child != me {
+            probes.trace(child as u32)?;
+            tree.add(child as u32);
+        }
     }
-    watch_every_thread(&mut probes, options.root)?;
+    watch_every_thread(&mut probes, options.root, me)?;
     let mut ring = Ring::new(&mut probes)?;
     let clock = WallClock::now();
     let sink = sink::new(options.format, out, clock, backend.name());
@@ -348,6 +439,10 @@ pub async fn run(
         .interval
         .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
     let plot = options.plot.as_ref().map(|_| FaultPlot::new());
+    let flame = options
+        .flame
+        .as_ref()
+        .map(|files| FlameGraph::new(files.which));
     let mut session = Session {
         options,
         probes,
@@ -356,6 +451,7 @@ pub async fn run(
         streamed: Summary::default(),
         enricher: Enricher::default(),
         plot,
+        flame,
         losses: Losses::default(),
         clock,
         intervals: None,
@@ -450,12 +546,16 @@ pub async fn run(
     } else {
         session.write_interval(&summary, stopped_ns)
     };
+    // After the totals: reading stacks again must not change what they report.
+    session.add_kernel_stacks_to_flame()?;
     let Session {
-        options,
+        mut options,
         probes,
         mut sink,
         plot,
         clock,
+        tree,
+        flame,
         ..
     } = session;
     drop(ring);
@@ -490,17 +590,35 @@ pub async fn run(
         }
         let _ = stderr.summary(&summary);
     }
+    let file_copies = summary.total().file_copies;
+    if swap_ins_unseen && file_copies > 0 && (swap_at_start || swap_in_use()) {
+        eprintln!(
+            "cow-trace: note: swap is on, and the {} backend does not see pages read back from swap: a write that read back a swapped-out page of a private file mapping counts among the {file_copies} file pages copied",
+            backend.name()
+        );
+    }
     if let (Some(plot), Some(path)) = (plot, &options.plot) {
         let title = format!("cow-trace: pid {} and its children", options.root);
         plot.render_svg(path, &title)
             .map_err(|e| failure(Status::Output, format!("drawing {}: {e:#}", path.display())))?;
         eprintln!("cow-trace: plot written to {}", path.display());
     }
+    if let (Some(graph), Some(files)) = (flame, options.flame.take()) {
+        let traced = format!("pid {} and its children", options.root);
+        files.write(&graph, &summary.comms, &traced)?;
+    }
 
     let mut status = match held.as_mut() {
         Some(command) => {
             if matches!(stop, Stop::Signal(_) | Stop::Duration | Stop::OutputClosed) {
-                command.terminate();
+                let traced: Vec<u32> = tree.live.iter().copied().collect();
+                if command.terminate(&traced) {
+                    eprintln!(
+                        "cow-trace: the command's processes were still running {} s after \
+                         SIGTERM: killed them (SIGKILL)",
+                        target::GRACE.as_secs()
+                    );
+                }
             }
             command.wait()?
         }
@@ -528,13 +646,14 @@ pub async fn run(
 /// nothing to inherit. A tree that creates threads all the time never stops giving new ones
 /// (which inherited what they need, or get it twice, which the kernel side tells apart), so
 /// the scans stop after a few rounds: a thread still missed would have been created within
-/// them by a thread missed itself.
-fn watch_every_thread(probes: &mut Probes, root: u32) -> anyhow::Result<()> {
+/// them by a thread missed itself. cow-trace's own threads are never given any (`me`).
+fn watch_every_thread(probes: &mut Probes, root: u32, me: i32) -> anyhow::Result<()> {
     const ROUNDS: usize = 8;
     for _ in 0..ROUNDS {
         let mut new = false;
         let processes = target::descendants(root as i32)
             .into_iter()
+            .filter(|&pid| pid != me)
             .map(|p| p as u32);
         for pid in std::iter::once(root).chain(processes) {
             for tid in target::threads(pid) {
@@ -547,6 +666,11 @@ fn watch_every_thread(probes: &mut Probes, root: u32) -> anyhow::Result<()> {
     }
     log::info!("threads kept appearing during {ROUNDS} scans of the traced tree");
     Ok(())
+}
+
+/// Whether a swap area is active (/proc/swaps lists one below its header).
+fn swap_in_use() -> bool {
+    std::fs::read_to_string("/proc/swaps").is_ok_and(|swaps| swaps.lines().nth(1).is_some())
 }
 
 async fn next_tick(interval: &mut Option<tokio::time::Interval>) {

@@ -52,6 +52,24 @@ fn describe(command: &Command) -> String {
     text
 }
 
+/// cow-trace's version, from its Cargo.toml (xtask has its own).
+pub fn cow_trace_version() -> anyhow::Result<String> {
+    let metadata = output(Command::new("cargo").current_dir(root()).args([
+        "metadata",
+        "--no-deps",
+        "--format-version",
+        "1",
+    ]))
+    .context("cargo metadata failed")?;
+    let metadata: serde_json::Value = serde_json::from_str(&metadata)?;
+    metadata["packages"]
+        .as_array()
+        .and_then(|packages| packages.iter().find(|p| p["name"] == "cow-trace"))
+        .and_then(|package| package["version"].as_str())
+        .map(str::to_string)
+        .context("no cow-trace package in cargo metadata")
+}
+
 /// Builds cow-trace in release mode and returns the binary's path.
 pub fn build_release() -> anyhow::Result<PathBuf> {
     run(Command::new("cargo").current_dir(root()).args([

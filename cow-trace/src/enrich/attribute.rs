@@ -78,7 +78,6 @@ impl Perms {
         self.0[1] == b'w'
     }
 
-    #[cfg(test)]
     /// Shared mappings are written in place; private ones copy on write.
     pub fn shared(&self) -> bool {
         self.0[3] == b's'
@@ -88,6 +87,14 @@ impl Perms {
 impl fmt::Display for Perms {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl Mapping {
+    /// A private mapping of a file (memfd and tmpfs files too): a first write to one of its
+    /// pages copies the file's page into private memory.
+    pub fn is_private_file(&self) -> bool {
+        self.backing == Backing::File && !self.perms.shared()
     }
 }
 
@@ -337,12 +344,13 @@ mod refresh_tests {
     #[test]
     fn refresh_keeps_unmapped_regions_and_adds_new_ones() {
         let pid = std::process::id();
+        let page = crate::page::size() as usize;
         let mut mappings = Mappings::default();
         // SAFETY: plain anonymous mmap/munmap of our own memory.
         let old = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                4096,
+                page,
                 libc::PROT_READ,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
@@ -351,11 +359,11 @@ mod refresh_tests {
         } as u64;
         assert!(mappings.refresh(pid));
         assert!(matches!(mappings.resolve(pid, old), Attribution::Mapped(_)));
-        unsafe { libc::munmap(old as *mut libc::c_void, 4096) };
+        unsafe { libc::munmap(old as *mut libc::c_void, page) };
         let new = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                8192,
+                2 * page,
                 libc::PROT_READ,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
@@ -368,10 +376,10 @@ mod refresh_tests {
         assert!(table.find(new).is_some());
         // ... and the unmapped one still answers for faults taken while it existed, unless
         // the new mapping took its place.
-        if !(new..new + 8192).contains(&old) {
+        if !(new..new + 2 * page as u64).contains(&old) {
             assert!(table.find(old).is_some());
         }
-        unsafe { libc::munmap(new as *mut libc::c_void, 8192) };
+        unsafe { libc::munmap(new as *mut libc::c_void, 2 * page) };
         assert!(!mappings.refresh(u32::MAX));
     }
 }
@@ -387,7 +395,10 @@ mod tests {
 
     use super::*;
 
-    const PAGE: usize = 4096;
+    /// The system's page size: a file mapping's offset must be a multiple of it.
+    fn page() -> usize {
+        crate::page::size() as usize
+    }
 
     fn own_pid() -> u32 {
         std::process::id()
@@ -412,7 +423,7 @@ mod tests {
         /// just-unmapped region still stands in a cached table, or merge with a neighbour.
         fn new(pages: usize) -> AnonPages {
             static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let len = pages * PAGE;
+            let len = pages * page();
             let slot = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let hint = 0x2000_0000_0000u64 + slot * 0x1000_0000;
             // SAFETY: a fresh anonymous mapping where nothing is mapped (NOREPLACE refuses
@@ -493,13 +504,13 @@ mod tests {
         let mut mappings = Mappings::new();
         mapped(mappings.resolve(own_pid(), on_main_stack()));
         let pages = AnonPages::new(4);
-        let mapping = mapped(mappings.resolve(own_pid(), pages.at(2 * PAGE + 8)));
+        let mapping = mapped(mappings.resolve(own_pid(), pages.at(2 * page() + 8)));
         assert_eq!(mapping.to_string(), "[anon]");
         assert_eq!(mapping.backing, Backing::Anonymous);
         assert!(!mapping.shared());
         assert!(mapping.perms.writable());
-        assert!(mapping.start <= pages.at(0) && pages.at(4 * PAGE) <= mapping.end);
-        assert_eq!(mapping.offset, pages.at(2 * PAGE + 8) - mapping.start);
+        assert!(mapping.start <= pages.at(0) && pages.at(4 * page()) <= mapping.end);
+        assert_eq!(mapping.offset, pages.at(2 * page() + 8) - mapping.start);
     }
 
     #[test]
@@ -521,28 +532,28 @@ mod tests {
     #[test]
     fn file_mapping_reports_path_and_offset_into_the_file() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
-        file.write_all(&vec![7u8; 3 * PAGE]).unwrap();
+        file.write_all(&vec![7u8; 3 * page()]).unwrap();
         file.flush().unwrap();
         // SAFETY: maps two pages of a file we own, read-only, from its second page.
         let address = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                2 * PAGE,
+                2 * page(),
                 libc::PROT_READ,
                 libc::MAP_SHARED,
                 file.as_file().as_raw_fd(),
-                PAGE as libc::off_t,
+                page() as libc::off_t,
             )
         };
         assert_ne!(address, libc::MAP_FAILED);
-        let resolved = Mappings::new().resolve(own_pid(), address as u64 + PAGE as u64 + 0x123);
+        let resolved = Mappings::new().resolve(own_pid(), address as u64 + page() as u64 + 0x123);
         // SAFETY: unmaps exactly the mapping above.
-        unsafe { libc::munmap(address, 2 * PAGE) };
+        unsafe { libc::munmap(address, 2 * page()) };
         let mapping = mapped(resolved);
         let path = file.path().canonicalize().unwrap();
         assert_eq!(&*mapping.label, path.to_str().unwrap());
         assert_eq!(mapping.backing, Backing::File);
-        assert_eq!(mapping.offset, 2 * PAGE as u64 + 0x123);
+        assert_eq!(mapping.offset, 2 * page() as u64 + 0x123);
         assert_eq!(mapping.perms.as_str(), "r--s");
         assert!(mapping.shared() && !mapping.anonymous());
         assert_eq!(mapping.to_string(), format!("{}@0x2123", path.display()));

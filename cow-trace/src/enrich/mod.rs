@@ -61,16 +61,31 @@ impl Enricher {
     /// The label of the mapping holding `address` in `pid` (or, once it exited, in its
     /// nearest live ancestor's layout).
     pub fn mapping(&mut self, pid: u32, address: u64, ts_ns: Option<u64>) -> String {
+        self.attribution(pid, address, ts_ns).to_string()
+    }
+
+    /// Whether `address` lies in a private file mapping of `pid`, where a first write copies
+    /// the file's page (`FaultClass::with_mapping`). False where the mapping is unknown.
+    pub fn in_private_file_mapping(&mut self, pid: u32, address: u64, ts_ns: Option<u64>) -> bool {
+        match self.attribution(pid, address, ts_ns) {
+            Attribution::Mapped(mapping) => mapping.is_private_file(),
+            Attribution::Unmapped | Attribution::Gone => false,
+        }
+    }
+
+    /// The mapping holding `address` in `pid` (or, once it exited, in its nearest live
+    /// ancestor's layout).
+    fn attribution(&mut self, pid: u32, address: u64, ts_ns: Option<u64>) -> Attribution {
         for current in lineage(&self.parents, pid) {
             let found = match ts_ns {
                 Some(ts) if current == pid => self.mappings.resolve_at(current, address, ts),
                 _ => self.mappings.resolve(current, address),
             };
             if found != Attribution::Gone {
-                return found.to_string();
+                return found;
             }
         }
-        Attribution::Gone.to_string()
+        Attribution::Gone
     }
 
     /// As `mapping`, without the offset: the name a summary groups faults by.

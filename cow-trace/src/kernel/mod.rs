@@ -8,6 +8,7 @@ mod mapped;
 pub mod probes;
 pub mod ring;
 pub mod tracefs;
+pub mod version;
 
 use crate::failure::{Status, failure};
 

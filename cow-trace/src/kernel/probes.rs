@@ -17,7 +17,7 @@ use crate::{
     failure::{Status, failure},
     kernel::{
         KernelConfig,
-        backends::{self, Backend},
+        backends::{self, Backend, Sees},
         diagnostics, kernel_error, mapped, tracefs,
     },
 };
@@ -46,6 +46,8 @@ pub struct Probes {
     untimed: bool,
     /// The backend that attached.
     backend: Option<Backend>,
+    /// What the attached backend sees besides faults.
+    sees: Sees,
     /// Threads whose per-task completion events are open (tracepoint backend).
     watched: HashSet<u32>,
 }
@@ -83,6 +85,7 @@ impl Probes {
             ebpf,
             untimed,
             backend: None,
+            sees: Sees::default(),
             watched: HashSet::new(),
         })
     }
@@ -119,6 +122,18 @@ impl Probes {
             return Ok(false);
         }
         backends::watch_thread(&mut self.ebpf, tid, self.untimed)
+    }
+
+    /// Traces `pid` from its exec on (the held command: until then it runs cow-trace's code).
+    pub fn trace_from_exec(&mut self, pid: u32) -> anyhow::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("TRACE_AT_EXEC")
+            .context("TRACE_AT_EXEC map missing")?;
+        HashMap::<_, u32, u8>::try_from(map)
+            .context("TRACE_AT_EXEC map has an unexpected type")?
+            .insert(pid, 1, 0)
+            .with_context(|| format!("tracing pid {pid} from its exec"))
     }
 
     /// Detaches every program, keeping the maps: what the kernel wrote stays readable, and
@@ -207,6 +222,11 @@ impl Probes {
         Ok(trace.frames().iter().map(|frame| frame.ip).collect())
     }
 
+    /// What the attached backend sees besides faults (nothing before [`Probes::attach`]).
+    pub fn sees(&self) -> Sees {
+        self.sees
+    }
+
     /// Attaches the shared programs, then the first backend of `choice` the kernel accepts.
     pub fn attach(&mut self, choice: BackendChoice) -> anyhow::Result<Backend> {
         for (program, category, event) in COMMON {
@@ -216,11 +236,20 @@ impl Probes {
         let (program, event) = PAGE_ALLOC;
         backends::attach_raw_tracepoint(&mut self.ebpf, program, event)?;
         log::info!("attached {program} to raw tracepoint {event}");
+        let candidates = backends::candidates(choice)?;
+        if choice == BackendChoice::Auto && !backends::HAS_FAULT_TRACEPOINTS {
+            log::info!(
+                "{} kernels have no exceptions:page_fault_* tracepoints: \
+                 trying fexit, then kprobe, on handle_mm_fault",
+                std::env::consts::ARCH
+            );
+        }
         let mut refusals = Vec::new();
-        for &backend in backends::candidates(choice) {
+        for &backend in candidates {
             match backends::attach(&mut self.ebpf, backend, self.untimed) {
-                Ok(()) => {
+                Ok(sees) => {
                     self.backend = Some(backend);
+                    self.sees = sees;
                     return Ok(backend);
                 }
                 Err(error) => {
@@ -230,7 +259,10 @@ impl Probes {
             }
         }
         let hint = match choice {
-            BackendChoice::Auto => "check that tracefs and perf events are available",
+            BackendChoice::Auto if backends::HAS_FAULT_TRACEPOINTS => {
+                "check that tracefs and perf events are available"
+            }
+            BackendChoice::Auto => "the kernel needs kprobes, or BTF and BPF trampolines",
             _ => "try --backend auto",
         };
         Err(failure(
@@ -262,6 +294,7 @@ fn read_settings(root: &Path, summary_mode: bool, stacks: bool) -> anyhow::Resul
         untimed: 0,
         stacks: stacks.into(),
         wakeup_bytes: 0,
+        page_shift: crate::page::shift(),
     })
 }
 

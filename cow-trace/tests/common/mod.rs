@@ -33,7 +33,7 @@ pub fn scratch() -> PathBuf {
 /// so the same suite runs once per backend.
 /// The backend (COW_TRACE_BACKEND) and mode (COW_TRACE_UNTIMED=1: --no-latency) a suite run
 /// tests: `cargo xtask test` runs the suites once per mode, vm-test once per backend too.
-fn backend_args() -> Vec<String> {
+pub fn backend_args() -> Vec<String> {
     let mut args = Vec::new();
     if let Ok(backend) = std::env::var("COW_TRACE_BACKEND")
         && !backend.is_empty()
@@ -92,6 +92,18 @@ pub fn workload(name: &str) -> PathBuf {
         built.push(name.to_string());
     }
     binary
+}
+
+/// The system's page size: arm64 kernels use 4, 16 or 64 KiB pages.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).expect("sysconf(_SC_PAGESIZE)")
+}
+
+/// The number of the page holding `address`.
+pub fn page_of(address: u64) -> u64 {
+    address / page_size()
 }
 
 /// (minflt, majflt) from /proc/PID/stat: what the kernel itself counted.

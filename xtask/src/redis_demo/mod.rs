@@ -4,18 +4,21 @@
 //! data set, cow-trace attaches to it, redis-benchmark overwrites keys, and BGSAVE forks the
 //! snapshot child. Then cow-trace's account (the parent's copies while the child lived, its
 //! reuses after, the child's own faults) is printed beside Redis's own figure, the child's
-//! Private_Dirty (`rdb_last_cow_size`, the "Fork CoW for RDB" log line). The server and its
-//! files go away on every way out, Ctrl-C included.
+//! Private_Dirty (`rdb_last_cow_size`, the "Fork CoW for RDB" log line), and the stacks that
+//! copied (a flame graph, and the top stacks of the server's and the child's copies). The
+//! server and its files go away on every way out, Ctrl-C included.
 //!
 //! One module per job: `interrupt` (Ctrl-C, and waits that notice it), `server`, `client`
 //! (RESP), `snapshot` (the data set, then BGSAVE under overwrites), `tracer` (cow-trace on the
-//! server), `trace` (what cow-trace saw, from its JSON), `report` (beside Redis's own figures).
+//! server), `trace` (what cow-trace saw, from its JSON), `report` (beside Redis's own figures),
+//! `stacks` (which code copied, from its folded stacks).
 // The server and its client serve the bench's Redis table too.
 pub(crate) mod client;
 pub(crate) mod interrupt;
 mod report;
 pub(crate) mod server;
 mod snapshot;
+mod stacks;
 mod trace;
 mod tracer;
 
@@ -26,6 +29,7 @@ use client::Conn;
 use report::{RedisFigures, print_side_by_side};
 use server::{Server, report_thp};
 use snapshot::{load, snapshot_under_writes};
+use stacks::Stacks;
 use trace::Trace;
 use tracer::Tracer;
 
@@ -71,17 +75,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     report_thp(server.pid())?;
     let mut conn = Conn::connect(server.port)?;
     let keys = load(&mut conn, &args)?;
-    // The plot goes under target/xtask, which a fresh checkout does not have yet.
-    let plot_dir = util::root().join("target/xtask");
-    std::fs::create_dir_all(&plot_dir)
-        .with_context(|| format!("creating {}", plot_dir.display()))?;
-    let plot = plot_dir.join("redis-demo.svg");
-    let tracer = Tracer::start(&cow_trace, server.pid(), &server.dir, &plot)?;
+    let drawings = util::root().join("target/xtask");
+    std::fs::create_dir_all(&drawings)
+        .with_context(|| format!("creating {}", drawings.display()))?;
+    let plot = drawings.join("redis-demo.svg");
+    let flame_graph = drawings.join("redis-flame.svg");
+    let tracer = Tracer::start(&cow_trace, server.pid(), &server.dir, &plot, &flame_graph)?;
     let snapshot = snapshot_under_writes(&server, &mut conn, &args, keys)?;
     tracer.stop()?;
     let trace = Trace::read(&server.dir.join("trace.json"), server.pid(), snapshot.child)?;
     let redis = RedisFigures::read(&mut conn, &server)?;
     print_side_by_side(&snapshot, &trace, &redis);
+    let stacks = Stacks::read(&server.dir.join(tracer::FOLDED))?;
+    stacks::print_top(&stacks, server.pid(), snapshot.child, &flame_graph);
     println!("\nPlot of the run: {}", plot.display());
     Ok(())
 }

@@ -11,20 +11,34 @@ use anyhow::{Context as _, bail, ensure};
 use super::interrupt;
 use crate::{process::Guarded, util};
 
-/// cow-trace -x REDIS --json, its stderr relayed (the readiness line, the table at the end).
+/// The folded stacks of the copies, in the server's directory.
+pub const FOLDED: &str = "copies.folded";
+
+/// cow-trace -x REDIS --json with its plot, flame graph and folded stacks, its stderr relayed
+/// (the readiness line, the table at the end).
 pub struct Tracer {
     process: Guarded,
     relay: thread::JoinHandle<()>,
 }
 
 impl Tracer {
-    pub fn start(cow_trace: &Path, pid: u32, dir: &Path, plot: &Path) -> anyhow::Result<Tracer> {
+    pub fn start(
+        cow_trace: &Path,
+        pid: u32,
+        dir: &Path,
+        plot: &Path,
+        flame_graph: &Path,
+    ) -> anyhow::Result<Tracer> {
         let mut command = Command::new(cow_trace);
         command
             .args(["-x", &pid.to_string(), "--json", "-o"])
             .arg(dir.join("trace.json"))
             .arg("--plot")
             .arg(plot)
+            .arg("--flamegraph")
+            .arg(flame_graph)
+            .arg("--folded")
+            .arg(dir.join(FOLDED))
             .stdin(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = command.spawn().context("starting cow-trace")?;

@@ -3,7 +3,8 @@
 //!
 //! Each VM boots from an initramfs holding busybox, cow-trace, the suite's test binary, the C
 //! workloads and their shared libraries, plus the kernel's modules for a virtio disk with ext4:
-//! the suite's scratch directory must be disk-backed (on tmpfs there are no major faults).
+//! the suite's scratch directory must be disk-backed (on tmpfs there are no major faults); and
+//! for a RAM disk, on which swap is turned on (the swap test needs pages swapped out).
 //! Kernels, initramfs parts, disk images and console logs are kept under target/vm/.
 //!
 //! One module per job: `artifacts` (what the build puts in the VMs), `kernels` (Debian's
