@@ -340,6 +340,109 @@ fn threads_created_while_attaching_count_once() {
     faulter.exit();
 }
 
+/// The tracepoint backend opens its completion events per traced thread (inherited by the
+/// tasks it creates), never per CPU: another process's faults never run the completion
+/// programs, and the traced process runs them once per fault the kernel counts (untimed, only
+/// the major-fault one is attached). Read from the kernel's BPF run counts, kept while the
+/// test holds them on.
+#[test]
+fn bystanders_never_run_the_completion_programs() {
+    const NAME: &str = "bystanders_never_run_the_completion_programs";
+    if !require_root(NAME) {
+        return;
+    }
+    let _statistics = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        Ok(fd) => fd,
+        Err(error) => {
+            skip(
+                NAME,
+                &format!("the kernel keeps no BPF run counts ({error})"),
+            );
+            return;
+        }
+    };
+    let mut traced = Faulter::start();
+    let mut bystander = Faulter::start();
+    let pid = traced.pid();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json"]);
+    if !tracer
+        .stderr_lines
+        .iter()
+        .any(|line| line.contains("backend: tracepoint"))
+    {
+        skip(NAME, "only the tracepoint backend has completion events");
+        return;
+    }
+    let completions = completion_program_ids(tracer.pid());
+    assert!(!completions.is_empty(), "no completion program loaded");
+    let runs = || -> u64 {
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter(|program| completions.contains(&program.id()))
+            .map(|program| program.run_count())
+            .sum()
+    };
+    let faults = |faulter: &mut Faulter| {
+        let pid = faulter.pid();
+        let file = scratch().join(format!("major-{pid}"));
+        let before = kernel_fault_counts(pid);
+        faulter.run("touch 300");
+        faulter.run(&format!("major {} 32", file.display()));
+        let after = kernel_fault_counts(pid);
+        let _ = std::fs::remove_file(file);
+        (after.0 - before.0, after.1 - before.1)
+    };
+
+    let start = runs();
+    let (minor, major) = faults(&mut bystander);
+    assert!(
+        minor >= 300 && major > 0,
+        "bystander: {minor} minor, {major} major"
+    );
+    assert_eq!(
+        runs() - start,
+        0,
+        "the bystander's faults ran a completion program"
+    );
+
+    let start = runs();
+    let (minor, major) = faults(&mut traced);
+    let expected = if untimed() { major } else { minor + major };
+    assert!(major > 0, "traced: {minor} minor, {major} major");
+    assert_eq!(
+        runs() - start,
+        expected,
+        "traced: {minor} minor, {major} major"
+    );
+    tracer.stop();
+    traced.exit();
+    bystander.exit();
+}
+
+/// The ids of the completion programs (`fault_done_minor`, `fault_done_major`: 15 characters
+/// of each in the kernel) that process `pid` holds.
+fn completion_program_ids(pid: u32) -> BTreeSet<u32> {
+    let held: BTreeSet<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("prog_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|program| {
+            held.contains(&program.id())
+                && program
+                    .name_as_str()
+                    .is_some_and(|name| name.starts_with("fault_done_"))
+        })
+        .map(|program| program.id())
+        .collect()
+}
+
 /// A fault's time lies between the moments before and after it; untimed (--no-latency), the
 /// tracepoint backend takes its timer tick's time, up to a tick (at most 10 ms) early.
 #[test]
