@@ -129,6 +129,10 @@ pub struct HeldCommand {
 /// How long the command's processes have to end after SIGTERM before they get SIGKILL.
 pub const GRACE: Duration = Duration::from_secs(2);
 
+/// How long to wait for processes sent SIGKILL to have exited: they cannot refuse, but on a
+/// loaded machine each must still be scheduled to run its exit.
+const KILL_WAIT: Duration = Duration::from_secs(2);
+
 /// Who the command runs as.
 pub struct Identity {
     pub uid: Uid,
@@ -280,7 +284,8 @@ impl HeldCommand {
     /// Ends the command early (tracing stopped by a signal, --duration or a closed output),
     /// with its descendants: SIGTERM to its process group, or, sharing ours in a terminal's
     /// foreground, to it and each of `traced` (the traced processes still alive); SIGKILL to
-    /// whatever is left of them after [`GRACE`]. Returns whether SIGKILL was needed.
+    /// whatever is left of them after [`GRACE`], then waits for those to have exited. Returns
+    /// whether SIGKILL was needed.
     pub fn terminate(&mut self, traced: &[u32]) -> bool {
         // Never ourselves, whatever the caller's list holds.
         let me = std::process::id();
@@ -294,6 +299,7 @@ impl HeldCommand {
         while self.any_left(&others) {
             if Instant::now() >= deadline {
                 self.signal(Signal::SIGKILL, &others);
+                self.wait_killed(&others);
                 return true;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -309,6 +315,33 @@ impl HeldCommand {
                 let _ = kill(pid, signal);
             }
         }
+    }
+
+    /// Waits until no process `terminate` sent SIGKILL still runs (zombies have exited), up to
+    /// [`KILL_WAIT`]: so that none is left running once cow-trace has ended.
+    fn wait_killed(&mut self, others: &[Pid]) {
+        let deadline = Instant::now() + KILL_WAIT;
+        while Instant::now() < deadline && self.any_running(others) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// As [`HeldCommand::any_left`], but a zombie, which has exited and waits for its parent
+    /// (init, for an orphan) to reap it, is not left.
+    fn any_running(&mut self, others: &[Pid]) -> bool {
+        let left = self.any_left(others);
+        if !left || !self.own_group {
+            // Not our group: `any_left` already passed over zombies.
+            return left;
+        }
+        let group = self.pid.as_raw();
+        procfs::process::all_processes().is_ok_and(|mut all| {
+            all.any(|process| {
+                process
+                    .and_then(|p| p.stat())
+                    .is_ok_and(|stat| stat.pgrp == group && !matches!(stat.state, 'Z' | 'X'))
+            })
+        })
     }
 
     /// Is any process `terminate` signalled still running? Reaps the command meanwhile.
