@@ -82,13 +82,17 @@ pub fn workload(name: &str) -> PathBuf {
         let source = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/workloads")
             .join(format!("{name}.c"));
+        // Built aside and renamed into place: another test binary running at the same time
+        // (the suites share this directory) may be executing the previous build.
+        let fresh = dir.join(format!("{name}.{}.tmp", std::process::id()));
         let status = Command::new("cc")
             .args(["-O1", "-fno-omit-frame-pointer", "-pthread", "-Wall", "-o"])
-            .arg(&binary)
+            .arg(&fresh)
             .arg(&source)
             .status()
             .expect("running cc (install gcc: cargo xtask setup)");
         assert!(status.success(), "compiling {}", source.display());
+        std::fs::rename(&fresh, &binary).unwrap();
         built.push(name.to_string());
     }
     binary
