@@ -1262,9 +1262,11 @@ fn plot_is_a_valid_svg() {
     }
     let svg = scratch().join(format!("plot-{}.svg", std::process::id()));
     // The parent writes 32 pages while its snapshot child lives (copies), 32 more after
-    // (reuses).
+    // (reuses). The shell becomes the faulter, its commands in a here-document: a pipe from
+    // printf would fork a subshell, whose window (the shell writing while it lives, on a
+    // loaded machine) could come first and take the place of the snapshot's label.
     let script = format!(
-        "printf 'snapshot 64 32\\nexit\\n' | {}",
+        "exec {} <<EOF\nsnapshot 64 32\nexit\nEOF\n",
         workload("faulter").display()
     );
     let done = Tracer::start(&[
