@@ -5,6 +5,7 @@ mod enrich;
 mod event;
 mod failure;
 mod kernel;
+mod map_record;
 mod output;
 mod session;
 mod target;

@@ -11,11 +11,12 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{BackendChoice, Format},
-    enrich::Enricher,
-    event::{Change, Event, ProcessEvent},
+    enrich::{self, Enricher, Retention},
+    event::{Change, Event, Lost, ProcessEvent},
     failure::{Kind, failure},
     kernel::{
         KernelConfig, kstats,
+        mmap_events::MmapEvents,
         probes::Probes,
         ring::{Ring, read_lost},
     },
@@ -47,6 +48,14 @@ pub struct Options {
 
 /// Exit status when more than --fail-over-cow was copied.
 pub const OVER_COW_LIMIT: i32 = 7;
+
+/// Records taken from the ring at a time: the mapping records are read after each batch, so
+/// every mapping its faults were in is known before they are resolved.
+const BATCH: usize = 4096;
+
+/// Streaming applies a mapping record when a fault after it is resolved, or at the latest this
+/// long after it was made (faults arrive in about the order they complete, within far less).
+const MAPPING_RECORD_GRACE_NS: u64 = 1_000_000_000;
 
 /// Why tracing stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -107,18 +116,57 @@ struct Session {
     /// collected from the kernel's slots at the end (--no-latency), added to its counts.
     streamed: Summary,
     enricher: Enricher,
+    /// The kernel's records of the traced processes' mappings (with --resolve, --stack or
+    /// --summary, where the perf events could be opened).
+    mapping_events: Option<MmapEvents>,
     plot: Option<FaultPlot>,
 }
 
 impl Session {
     /// Hands everything the kernel has written to the summary, plot and sink.
     fn drain(&mut self, ring: &mut Ring) -> io::Result<()> {
-        let mut result = Ok(());
-        ring.drain(|event| {
-            result = self.handle(event);
-            result.is_ok()
-        });
-        result.and_then(|()| self.sink.flush())
+        loop {
+            let mut batch = Vec::new();
+            let read = ring.drain(|event| {
+                batch.push(event);
+                batch.len() < BATCH
+            });
+            // A mapping is recorded when it is made, before any fault in it: read after the
+            // batch, the records cover every fault in it.
+            self.read_mappings();
+            for event in batch {
+                self.handle(event)?;
+            }
+            if read < BATCH {
+                break;
+            }
+        }
+        self.sink.flush()
+    }
+
+    /// Hands the mapping records written so far to the history.
+    fn read_mappings(&mut self) {
+        if let Some(events) = self.mapping_events.as_mut() {
+            self.enricher.add_records(events.drain());
+        }
+    }
+
+    /// Applies the mapping records no fault will ask about any more.
+    fn settle_mappings(&mut self) {
+        self.read_mappings();
+        let until = if self.options.kernel.summary {
+            u64::MAX
+        } else {
+            enrich::monotonic_ns().saturating_sub(MAPPING_RECORD_GRACE_NS)
+        };
+        self.enricher.settle_until(until);
+    }
+
+    /// Everything lost so far, by the eBPF programs and the mapping events.
+    fn lost(&self) -> anyhow::Result<Lost> {
+        let mut lost = read_lost(&self.probes)?;
+        lost.mapping_records = self.mapping_events.as_ref().map_or(0, MmapEvents::lost);
+        Ok(lost)
     }
 
     fn handle(&mut self, event: Event) -> io::Result<()> {
@@ -130,18 +178,21 @@ impl Session {
             streamed,
             enricher,
             plot,
+            ..
         } = self;
         match event {
             Event::Fault(mut fault) => {
+                // Streamed faults resolve as at their time; with --summary only the faults
+                // collected at the end come here, labelled as the kernel's counts are.
+                let at = (!options.kernel.summary).then(|| enrich::fault_time(&fault));
                 if options.kernel.summary {
-                    // Only the faults collected at the end come here: label their mappings as
-                    // the kernel's counts are, from the maps read last.
                     fault.mapping = Some(enricher.mapping_label(fault.pid, fault.address));
                 } else if options.resolve {
                     enricher.resolve(&mut fault);
                 }
                 if let Some(stack_id) = fault.stack_id {
-                    fault.stack = enricher.stack(fault.pid, stack_id, |id| probes.stack_ips(id));
+                    fault.stack =
+                        enricher.stack(fault.pid, stack_id, at, |id| probes.stack_ips(id));
                 }
                 streamed.record(&fault);
                 if let Some(plot) = plot.as_mut() {
@@ -154,25 +205,11 @@ impl Session {
             }
             Event::Process(process) => {
                 tree.apply(&process);
+                // The history follows forks and execs from the kernel's mapping records.
                 match process.change {
-                    Change::Fork { child } => {
-                        enricher.on_fork(process.pid, child);
-                        // --summary resolves mappings at the end: read them while alive.
-                        if options.kernel.summary {
-                            enricher.refresh([child]);
-                        }
-                    }
-                    // The old program's maps and symbols are stale now. Streaming reads the
-                    // new ones on its next lookup; --summary reads them while alive.
-                    Change::Exec => {
-                        enricher.on_exit(process.pid);
-                        if options.kernel.summary {
-                            enricher.refresh([process.pid]);
-                        }
-                    }
-                    // Streaming resolved this process's faults already.
-                    Change::Exit if !options.kernel.summary => enricher.on_exit(process.pid),
-                    Change::Exit => {}
+                    Change::Fork { .. } => {}
+                    Change::Exec => enricher.on_exec(process.pid),
+                    Change::Exit => enricher.on_exit(process.pid, process.ts_ns),
                 }
                 if options.kernel.summary {
                     return Ok(());
@@ -240,27 +277,20 @@ impl Session {
             let probes = &self.probes;
             let frames = self
                 .enricher
-                .stack(pid, stack_id, |id| probes.stack_ips(id));
+                .stack(pid, stack_id, None, |id| probes.stack_ips(id));
             summary.stack_frames.insert((pid, stack_id), frames);
         }
-        summary.lost = read_lost(&self.probes)?;
+        summary.lost = self.lost()?;
         Ok(summary)
     }
 
     /// Prints the totals so far: into the output in --summary mode, else on stderr.
-    /// --summary resolves mappings at the end, when some processes may be gone: read the live
-    /// ones' now (at start, every second, and at the end).
-    fn read_live_mappings(&mut self) {
-        if self.options.kernel.summary {
-            self.enricher.refresh(self.tree.live.iter().copied());
-        }
-    }
-
     fn report(&mut self) -> anyhow::Result<io::Result<()>> {
         let live: Vec<u32> = self.tree.live.iter().copied().collect();
         for pid in live {
             self.tree.refresh_comm(pid);
         }
+        self.read_mappings();
         let summary = self.totals()?;
         if self.options.kernel.summary {
             Ok(self.sink.summary(&summary).and_then(|()| self.sink.flush()))
@@ -290,6 +320,19 @@ pub async fn run(
         tree.add(child as u32);
     }
     let mut ring = Ring::new(&mut probes)?;
+    let retention = if options.kernel.summary {
+        Retention::UntilEnd
+    } else {
+        Retention::UntilExit
+    };
+    let mut enricher = Enricher::new(retention);
+    let needs_mappings = options.resolve || options.kernel.stacks || options.kernel.summary;
+    let mapping_events = if needs_mappings {
+        let pids: Vec<u32> = tree.live.iter().copied().collect();
+        follow_mappings(&pids, &mut enricher, options.verbose)
+    } else {
+        None
+    };
     let sink = sink::new(options.format, out, WallClock::now(), backend.name());
     // Handlers first: a signal right after the readiness line must end the run cleanly.
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -323,7 +366,8 @@ pub async fn run(
         sink,
         tree,
         streamed: Summary::default(),
-        enricher: Enricher::default(),
+        enricher,
+        mapping_events,
         plot,
     };
     if !session.options.kernel.summary {
@@ -335,9 +379,7 @@ pub async fn run(
 
     // The kernel wakes us only once an eighth of the ring is full; this tick drains the rest.
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut reported_lost = 0;
-    let mut ticks: u64 = 0;
-    session.read_live_mappings();
+    let mut reported = Lost::default();
 
     let stop = loop {
         let step = tokio::select! {
@@ -345,15 +387,17 @@ pub async fn run(
                 ready.context("waiting on the ring buffer")?;
                 session.drain(&mut ring)
             }
+            ready = mappings_readable(&session.mapping_events) => {
+                ready.context("waiting on the mapping rings")?;
+                session.read_mappings();
+                Ok(())
+            }
             _ = tick.tick() => {
                 let drained = session.drain(&mut ring);
-                ticks += 1;
-                if ticks.is_multiple_of(10) {
-                    session.read_live_mappings();
-                }
+                session.settle_mappings();
                 // Exit records can be lost when the ring is full: /proc has the last word.
                 session.tree.live.retain(|&pid| target::is_alive(pid));
-                report_new_losses(&session.probes, &mut reported_lost)?;
+                report_new_losses(&session.lost()?, &mut reported);
                 drained
             }
             _ = next_tick(&mut report) => session.report()?,
@@ -381,10 +425,10 @@ pub async fn run(
         session.drain(&mut ring)
     };
     // Losses since the last tick (a short run may end before one) get their line too.
-    report_new_losses(&session.probes, &mut reported_lost)?;
-    session.read_live_mappings();
+    report_new_losses(&session.lost()?, &mut reported);
+    session.read_mappings();
     // So do the faults it holds for --no-latency, each newer than anything in the ring from
-    // its thread (after the maps are read: their mappings may be new).
+    // its thread (after the mapping records are read: their mappings may be new).
     let last = match last {
         Ok(()) if stop != Stop::OutputClosed && session.options.kernel.untimed => {
             session.collect_deferred()
@@ -392,6 +436,13 @@ pub async fn run(
         other => other,
     };
     let summary = session.totals()?;
+    if session.options.verbose {
+        let (history, open_files) = session.enricher.stats();
+        eprintln!(
+            "cow-trace: mapping history: {} processes, {} live and {} replaced pieces (at most {} in one process), {open_files} files held open",
+            history.processes, history.live_pieces, history.past_pieces, history.largest
+        );
+    }
     let Session {
         options,
         probes,
@@ -457,17 +508,59 @@ pub async fn run(
     Ok(status)
 }
 
-/// Says on stderr how many events were lost since the last report, if any.
-fn report_new_losses(probes: &Probes, reported: &mut u64) -> anyhow::Result<()> {
-    let lost = read_lost(probes)?.events();
-    if lost > *reported {
+/// Says on stderr how many events and mapping records were lost since the last report, if any.
+fn report_new_losses(lost: &Lost, reported: &mut Lost) {
+    if lost.events() > reported.events() {
         eprintln!(
             "cow-trace: LOST {} events (ring buffer full): try a larger --ring-size",
-            lost - *reported
+            lost.events() - reported.events()
         );
-        *reported = lost;
     }
-    Ok(())
+    if lost.mapping_records > reported.mapping_records {
+        eprintln!(
+            "cow-trace: LOST {} mapping records (mapping ring full): some addresses may show [unknown]",
+            lost.mapping_records - reported.mapping_records
+        );
+    }
+    *reported = *lost;
+}
+
+/// Opens the kernel's mapping records for `pids` (alive, traced) and seeds their histories
+/// with what they have mapped already. Without the records (the kernel refused the events),
+/// mappings are read from /proc/PID/maps while the processes live.
+fn follow_mappings(pids: &[u32], enricher: &mut Enricher, verbose: bool) -> Option<MmapEvents> {
+    let events = match MmapEvents::open(pids) {
+        Ok(events) => Some(events),
+        Err(error) => {
+            eprintln!(
+                "cow-trace: no mapping records ({error:#}): mappings are read from /proc while processes live"
+            );
+            None
+        }
+    };
+    // After the events are open, so nothing mapped between the two is missed.
+    for &pid in pids {
+        enricher.seed(pid);
+    }
+    if let Some(events) = &events {
+        if events.unfollowed() > 0 {
+            eprintln!(
+                "cow-trace: {} threads have no mapping records (over {} events): their mappings are read from /proc while they live",
+                events.unfollowed(),
+                crate::kernel::mmap_events::MAX_EVENTS
+            );
+        } else if verbose {
+            eprintln!("cow-trace: following mappings with perf mapping records");
+        }
+    }
+    events
+}
+
+async fn mappings_readable(events: &Option<MmapEvents>) -> io::Result<()> {
+    match events {
+        Some(events) => events.readable().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_tick(interval: &mut Option<tokio::time::Interval>) {

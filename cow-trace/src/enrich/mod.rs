@@ -1,108 +1,129 @@
 //! Where and why, for the session: each fault's mapping and symbolized ip (--resolve), its user
-//! stack (--stack), and the mapping of a summary region. A process that has exited is looked up
-//! through its parent: a forked child that did not exec has its parent's layout.
+//! stack (--stack), and the mapping of a summary region, all from each process's address-space
+//! history (`history.rs`), so they resolve whether or not the process is still alive.
 mod attribute;
+mod files;
+mod history;
 mod symbolize;
 
 use std::collections::HashMap;
 
+pub use self::history::{HistoryStats, Retention};
 use self::{
-    attribute::{Attribution, Mappings},
-    symbolize::Symbols,
+    attribute::{Attribution, read_maps},
+    files::Files,
+    history::{History, MapInfo},
+    symbolize::{Symbols, is_user_ip},
 };
-use crate::event::Fault;
+use crate::{
+    event::Fault,
+    map_record::{MapChange, MapRecord},
+};
 
 /// At most this many stacks are kept symbolized; then the cache starts over.
 const STACK_CACHE_CAP: usize = 1 << 14;
 
-#[derive(Default)]
 pub struct Enricher {
-    mappings: Mappings,
+    history: History,
+    files: Files,
     symbols: Symbols,
-    /// child -> parent, from fork records, for the parent fallback.
-    parents: HashMap<u32, u32>,
     stacks: HashMap<(u32, u32), Vec<String>>,
+    /// When /proc/PID/maps was last read to fill a gap in a process's history.
+    gap_reads: HashMap<u32, u64>,
 }
 
 impl Enricher {
-    pub fn on_fork(&mut self, parent: u32, child: u32) {
-        self.parents.insert(child, parent);
-    }
-
-    /// Re-reads the mappings of live `pids` (for --summary, which resolves them at the end,
-    /// when some may have exited).
-    pub fn refresh(&mut self, pids: impl IntoIterator<Item = u32>) {
-        for pid in pids {
-            self.mappings.refresh(pid);
+    pub fn new(retention: Retention) -> Enricher {
+        Enricher {
+            history: History::new(retention),
+            files: Files::default(),
+            symbols: Symbols::new(),
+            stacks: HashMap::new(),
+            gap_reads: HashMap::new(),
         }
     }
 
-    /// A process exited: drop its cached maps and symbols, so caches stay bounded however
-    /// many processes come and go. Its later lookups go through its parent.
-    pub fn on_exit(&mut self, pid: u32) {
-        self.mappings.forget(pid);
-        self.symbols.forget(pid);
+    /// What `pid` has mapped now (at attach, for what was mapped before the kernel's records
+    /// began). False if it could not be read.
+    pub fn seed(&mut self, pid: u32) -> bool {
+        let Some(maps) = read_maps(pid) else {
+            return false;
+        };
+        self.open_code_files(pid, &maps);
+        self.history.seed(pid, maps);
+        true
     }
 
-    /// Fills in `fault.mapping` and `fault.symbol`.
+    /// Records read from the kernel, in time order. The files of new code mappings are opened
+    /// now, while the process may still be there to open them through.
+    pub fn add_records(&mut self, records: Vec<MapRecord>) {
+        for record in &records {
+            if let MapChange::Map(mapping) = &record.change
+                && mapping.executable()
+                && mapping.is_file()
+                && let Some(key) = MapInfo::from_record(mapping).file
+            {
+                self.files
+                    .observe(record.pid, mapping.start, mapping.end(), key, &mapping.path);
+            }
+        }
+        self.history.add(records);
+    }
+
+    /// Applies the records up to `at` (CLOCK_MONOTONIC ns); lookups would, but none may come.
+    pub fn settle_until(&mut self, at: u64) {
+        self.history.advance_to(at);
+    }
+
+    /// A process exited at `at`, after all its faults were handled.
+    pub fn on_exit(&mut self, pid: u32, at: u64) {
+        self.history.on_exit(pid, at);
+        self.gap_reads.remove(&pid);
+        self.stacks.retain(|&(stack_pid, _), _| stack_pid != pid);
+    }
+
+    /// A process ran a new program: the stacks seen so far mean other code now.
+    pub fn on_exec(&mut self, pid: u32) {
+        self.stacks.retain(|&(stack_pid, _), _| stack_pid != pid);
+    }
+
+    /// Fills in `fault.mapping` and `fault.symbol`, as they were at the fault.
     pub fn resolve(&mut self, fault: &mut Fault) {
-        fault.mapping = Some(self.mapping(fault.pid, fault.address, Some(fault.ts_ns)));
-        fault.symbol = self.symbol(fault.pid, fault.ip);
+        let at = Some(fault_time(fault));
+        fault.mapping = Some(
+            self.find(fault.pid, fault.address, at)
+                .describe(fault.address),
+        );
+        fault.symbol = self
+            .symbol(fault.pid, fault.ip, at)
+            .map(|frames| frames.join(" "));
     }
 
-    /// The label of the mapping holding `address` in `pid` (or, once it exited, in its
-    /// nearest live ancestor's layout).
-    pub fn mapping(&mut self, pid: u32, address: u64, ts_ns: Option<u64>) -> String {
-        let mut current = pid;
-        for _ in 0..8 {
-            let found = match ts_ns {
-                Some(ts) if current == pid => self.mappings.resolve_at(current, address, ts),
-                _ => self.mappings.resolve(current, address),
-            };
-            match (found, self.parents.get(&current)) {
-                (Attribution::Gone, Some(&parent)) => current = parent,
-                (found, _) => return found.to_string(),
-            }
-        }
-        Attribution::Gone.to_string()
-    }
-
-    /// As `mapping`, without the offset: the name a summary groups faults by.
+    /// The label of the last mapping that held `address` in `pid`, without the offset: the
+    /// name a summary groups faults by (the kernel's counts carry no time).
     pub fn mapping_label(&mut self, pid: u32, address: u64) -> String {
-        let mapping = self.mapping(pid, address, None);
-        match mapping.rsplit_once('@') {
-            Some((label, offset)) if offset.starts_with("0x") => label.to_string(),
-            _ => mapping,
-        }
+        self.find(pid, address, None).label()
     }
 
-    fn symbol(&mut self, pid: u32, ip: u64) -> Option<String> {
-        let mut current = pid;
-        for _ in 0..8 {
-            if let Some(symbol) = self.symbols.symbolize_one(current, ip) {
-                return Some(symbol);
-            }
-            current = *self.parents.get(&current)?;
-        }
-        None
-    }
-
-    /// The symbolized frames of user stack `stack_id` of `pid`, innermost first; `read_ips`
-    /// reads its addresses from the kernel's stack map, if not cached.
+    /// The symbolized frames of user stack `stack_id` of `pid`, innermost first, as at `at`
+    /// (None: as last mapped); `read_ips` reads its addresses from the kernel's stack map, if
+    /// not cached.
     pub fn stack(
         &mut self,
         pid: u32,
         stack_id: u32,
+        at: Option<u64>,
         read_ips: impl FnOnce(u32) -> Vec<u64>,
     ) -> Vec<String> {
         if let Some(frames) = self.stacks.get(&(pid, stack_id)) {
             return frames.clone();
         }
-        let ips = read_ips(stack_id);
-        let mut frames = Vec::with_capacity(ips.len());
-        for ip in ips {
-            let symbol = self.symbol(pid, ip);
-            frames.push(symbol.unwrap_or_else(|| format!("{ip:#x}")));
+        let mut frames = Vec::new();
+        for ip in read_ips(stack_id) {
+            match self.symbol(pid, ip, at) {
+                Some(symbolized) => frames.extend(symbolized),
+                None => frames.push(self.unsymbolized(pid, ip, at)),
+            }
         }
         if self.stacks.len() >= STACK_CACHE_CAP {
             self.stacks.clear();
@@ -110,4 +131,99 @@ impl Enricher {
         self.stacks.insert((pid, stack_id), frames.clone());
         frames
     }
+
+    pub fn stats(&self) -> (HistoryStats, usize) {
+        (self.history.stats(), self.files.open_count())
+    }
+
+    /// The frames of `ip` (inlined functions first), or None where no symbol is known.
+    fn symbol(&mut self, pid: u32, ip: u64, at: Option<u64>) -> Option<Vec<String>> {
+        if !is_user_ip(ip) {
+            return None;
+        }
+        let Attribution::Mapped(hit) = self.find(pid, ip, at) else {
+            return None;
+        };
+        let offset = hit.info.offset_of(ip);
+        let symbol = match (hit.info.file, &*hit.info.label) {
+            (Some(key), path) => {
+                let closed = self.files.take_closed();
+                self.symbols.forget_files(closed);
+                let file = self.files.get(key, path)?;
+                self.symbols.in_file(key, file, offset)
+            }
+            (None, "[vdso]") => self.symbols.in_vdso(offset),
+            (None, _) => None,
+        }?;
+        Some(symbol.frames(&hit.info.label))
+    }
+
+    /// An address with no symbol, and the mapping it is in where known.
+    fn unsymbolized(&mut self, pid: u32, ip: u64, at: Option<u64>) -> String {
+        if !is_user_ip(ip) {
+            return format!("{ip:#x}");
+        }
+        match self.find(pid, ip, at) {
+            found @ Attribution::Mapped(_) => format!("{ip:#x} ({})", found.describe(ip)),
+            Attribution::Unmapped | Attribution::Unknown => format!("{ip:#x}"),
+        }
+    }
+
+    /// The mapping holding `address` in `pid` at `at` (None: the last that held it). Where no
+    /// record covers it and the process may still be alive, /proc/PID/maps fills the gap: a
+    /// mapping the kernel made without a record (mremap), or a process whose events could not
+    /// be opened. It is read at most once per fault time, so a burst of faults on a wild
+    /// address does not read it each time.
+    fn find(&mut self, pid: u32, address: u64, at: Option<u64>) -> Attribution {
+        let lookup = |history: &mut History| match at {
+            Some(at) => history.lookup(pid, address, at),
+            None => history.lookup_latest(pid, address),
+        };
+        if let Some(hit) = lookup(&mut self.history) {
+            return Attribution::Mapped(hit);
+        }
+        if !self.history.may_be_alive(pid) {
+            return Attribution::Unknown;
+        }
+        let last_read = self.gap_reads.get(&pid).copied();
+        if last_read.is_some_and(|read| at.is_some_and(|at| read > at)) {
+            // Read after this fault already: it would show nothing new.
+            return Attribution::Unmapped;
+        }
+        let read_at = monotonic_ns();
+        let Some(maps) = read_maps(pid) else {
+            return Attribution::Unknown;
+        };
+        self.open_code_files(pid, &maps);
+        self.history.fill(pid, maps);
+        self.gap_reads.insert(pid, read_at);
+        match lookup(&mut self.history) {
+            Some(hit) => Attribution::Mapped(hit),
+            None => Attribution::Unmapped,
+        }
+    }
+
+    fn open_code_files(&mut self, pid: u32, maps: &[(u64, u64, MapInfo)]) {
+        for (start, end, info) in maps {
+            if let (Some(key), true) = (info.file, info.executable()) {
+                self.files.observe(pid, *start, *end, key, &info.label);
+            }
+        }
+    }
+}
+
+/// When the fault's mapping is looked up: at its completion where timed (the kernel held the
+/// mapping then), else at its entry.
+pub fn fault_time(fault: &Fault) -> u64 {
+    fault.ts_ns.saturating_add(fault.latency_ns.unwrap_or(0))
+}
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
