@@ -66,24 +66,44 @@ pub fn skip(test: &str, why: &str) {
     println!("skipped {test}: {why}");
 }
 
-/// Compiles `tests/workloads/NAME.c` once per test run and returns the binary. Where
-/// COW_TRACE_WORKLOADS names a directory of prebuilt workloads (the VM tests, which have no
-/// compiler), that one is used.
+/// Compiles `tests/workloads/NAME.c` once per test run and returns the binary (`libNAME.c`
+/// is a shared library, `libNAME.so`). Where COW_TRACE_WORKLOADS names a directory of prebuilt
+/// workloads (the VM tests, which have no compiler), that one is used. The flags are xtask's
+/// too (xtask/src/util.rs): frame pointers in every function for --stack, debug information
+/// for inlined functions.
 pub fn workload(name: &str) -> PathBuf {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let library = name.starts_with("lib");
+    let file = if library {
+        format!("{name}.so")
+    } else {
+        name.to_string()
+    };
     if let Some(dir) = std::env::var_os("COW_TRACE_WORKLOADS") {
-        return PathBuf::from(dir).join(name);
+        return PathBuf::from(dir).join(file);
     }
     let dir = scratch().join("workloads");
-    let binary = dir.join(name);
+    let binary = dir.join(&file);
     let mut built = BUILT.lock().unwrap();
     if !built.iter().any(|b| b == name) {
         std::fs::create_dir_all(&dir).unwrap();
         let source = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/workloads")
             .join(format!("{name}.c"));
-        let status = Command::new("cc")
-            .args(["-O1", "-fno-omit-frame-pointer", "-pthread", "-Wall", "-o"])
+        let mut cc = Command::new("cc");
+        cc.args([
+            "-O1",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-mno-omit-leaf-frame-pointer",
+            "-pthread",
+            "-Wall",
+        ]);
+        if library {
+            cc.args(["-shared", "-fPIC"]);
+        }
+        let status = cc
+            .arg("-o")
             .arg(&binary)
             .arg(&source)
             .status()

@@ -1,0 +1,38 @@
+// Run from a copy that the test deletes while it runs. Usage: dlopen_deleted LIBRARY FIFO.
+// Prints "lib START END" and "own START END" (page ranges), waits for a line on FIFO, then:
+// loads LIBRARY, has its cowdl_write() write the "lib" pages, unloads it, writes the "own"
+// pages itself, and exits at once.
+#include <dlfcn.h>
+#include <stdio.h>
+#include <sys/mman.h>
+
+#define PAGES 64
+
+__attribute__((noinline)) void write_own(char *pages) {
+    for (int i = 0; i < PAGES; i++) pages[(long)i * 4096] = 2;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) return 2;
+    char *lib_pages = mmap(NULL, PAGES * 4096L, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    char *own_pages = mmap(NULL, PAGES * 4096L, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (lib_pages == MAP_FAILED || own_pages == MAP_FAILED) return 3;
+    printf("lib %lx %lx\n", (unsigned long)lib_pages, (unsigned long)(lib_pages + PAGES * 4096L));
+    printf("own %lx %lx\n", (unsigned long)own_pages, (unsigned long)(own_pages + PAGES * 4096L));
+    fflush(stdout);
+    FILE *fifo = fopen(argv[2], "r");
+    char line[16];
+    if (!fifo || !fgets(line, sizeof line, fifo)) return 4;
+    void *library = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    if (!library) {
+        fprintf(stderr, "%s\n", dlerror());
+        return 5;
+    }
+    int (*cowdl_write)(char *, int) = (int (*)(char *, int))dlsym(library, "cowdl_write");
+    if (!cowdl_write || cowdl_write(lib_pages, PAGES) != PAGES) return 6;
+    dlclose(library);
+    write_own(own_pages);
+    return 0;
+}

@@ -1,0 +1,25 @@
+// Maps and unmaps 100 000 one-page regions, writing each once: in 64 slots of a fixed area,
+// so a region often takes the place of one unmapped before, and the same slot is reused
+// again and again. Prints "area START END" first.
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <sys/mman.h>
+
+#define REGIONS 100000
+#define SLOTS 64
+#define AREA 0x600000000000UL
+
+int main(void) {
+    printf("area %lx %lx\n", AREA, AREA + 2 * SLOTS * 4096UL);
+    fflush(stdout);
+    for (long i = 0; i < REGIONS; i++) {
+        // Every other page of the area, so neighbours never merge into one mapping.
+        char *want = (char *)(AREA + 2 * (i % SLOTS) * 4096UL);
+        char *page = mmap(want, 4096, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+        if (page != want) return 1;
+        page[0] = 1;
+        if (munmap(page, 4096)) return 2;
+    }
+    return 0;
+}
