@@ -50,8 +50,9 @@ pub struct Options {
 pub const OVER_COW_LIMIT: i32 = 7;
 
 /// Records taken from the ring at a time: the mapping records are read after each batch, so
-/// every mapping its faults were in is known before they are resolved.
-const BATCH: usize = 4096;
+/// every mapping its faults were in is known before they are resolved (and often enough that
+/// the mapping rings do not fill while a busy stream is handled).
+const BATCH: usize = 1024;
 
 /// Streaming applies a mapping record when a fault after it is resolved, or at the latest this
 /// long after it was made (faults arrive in about the order they complete, within far less).
@@ -325,7 +326,9 @@ pub async fn run(
     } else {
         Retention::UntilExit
     };
-    let mut enricher = Enricher::new(retention);
+    let faults_in_flight =
+        options.kernel.ring_size as usize / size_of::<cow_trace_common::Record>();
+    let mut enricher = Enricher::new(retention, faults_in_flight);
     let needs_mappings = options.resolve || options.kernel.stacks || options.kernel.summary;
     let mapping_events = if needs_mappings {
         let pids: Vec<u32> = tree.live.iter().copied().collect();
@@ -439,8 +442,12 @@ pub async fn run(
     if session.options.verbose {
         let (history, open_files) = session.enricher.stats();
         eprintln!(
-            "cow-trace: mapping history: {} processes, {} live and {} replaced pieces (at most {} in one process), {open_files} files held open",
-            history.processes, history.live_pieces, history.past_pieces, history.largest
+            "cow-trace: mapping history: {} processes, {} live and {} replaced pieces, at most {} in one process (bound {}), {open_files} files held open",
+            history.processes,
+            history.live_pieces,
+            history.past_pieces,
+            history.peak,
+            enrich::PIECES_PER_PROCESS
         );
     }
     let Session {

@@ -1,6 +1,8 @@
 //! End-to-end tests that really load the eBPF programs and really fault pages. They need root
 //! (CI runs as root); elsewhere each says why it skips.
 mod common;
+#[path = "privileged/history.rs"]
+mod history;
 
 use std::{
     collections::BTreeSet,

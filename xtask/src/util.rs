@@ -63,7 +63,7 @@ pub fn build_release() -> anyhow::Result<PathBuf> {
 /// Compiles one of the C test workloads into target/xtask and returns the binary's path
 /// (`libNAME.c` is a shared library, `libNAME.so`). The flags are the tests' own
 /// (cow-trace/tests/common/mod.rs): the VM tests run these binaries, --stack needs the frame
-/// pointers (in leaf functions too), and debug information shows inlined functions.
+/// pointers, and debug information shows inlined functions.
 pub fn workload(name: &str) -> anyhow::Result<PathBuf> {
     let dir = root().join("target/xtask");
     std::fs::create_dir_all(&dir)?;
@@ -86,11 +86,4 @@ pub fn workload(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// The C compiler's flags for the workloads, as cow-trace/tests/common/mod.rs has them.
-const WORKLOAD_FLAGS: &[&str] = &[
-    "-O1",
-    "-g",
-    "-fno-omit-frame-pointer",
-    "-mno-omit-leaf-frame-pointer",
-    "-pthread",
-    "-Wall",
-];
+const WORKLOAD_FLAGS: &[&str] = &["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-Wall"];

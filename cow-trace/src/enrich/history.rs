@@ -16,7 +16,7 @@
 //! default `vm.max_map_count`; pieces of a process that unmaps without mapping anew in the same
 //! place are dropped, oldest and non-executable first, past that) and `MAX_PAST` replaced ones.
 //! `Retention::UntilEnd` (the summary resolves at the end) keeps at most `MAX_EXITED` exited
-//! processes.
+//! processes. At most as many records wait in `pending` as faults fit in the event ring.
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::Arc,
@@ -33,8 +33,10 @@ pub const MAX_LIVE: usize = 1 << 16;
 pub const MAX_PAST: usize = 4096;
 /// With `Retention::UntilEnd`, exited processes kept; the longest gone is dropped first.
 pub const MAX_EXITED: usize = 1024;
-/// Records waiting for a lookup to reach their time; past this the oldest are applied.
-const MAX_PENDING: usize = 1 << 16;
+/// Records waiting for a lookup to reach their time, at least; past the bound the oldest are
+/// applied. `History::new` takes a larger one: as many as faults can wait in the event ring,
+/// since each may be in a mapping of its own.
+const MIN_PENDING: usize = 1 << 16;
 
 /// A file, as the kernel identifies it: device (major, minor) and inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -300,9 +302,12 @@ pub struct History {
     spaces: HashMap<u32, Space>,
     /// Records not applied yet, in time order.
     pending: VecDeque<MapRecord>,
+    max_pending: usize,
     retention: Retention,
     /// Exited processes still kept, in the order they exited (`Retention::UntilEnd`).
     exited: VecDeque<u32>,
+    /// The most pieces (live and past) one process has held.
+    peak: usize,
 }
 
 /// How much the history holds, for --verbose and the tests of its bounds.
@@ -311,17 +316,20 @@ pub struct HistoryStats {
     pub processes: usize,
     pub live_pieces: usize,
     pub past_pieces: usize,
-    /// The most pieces (live and past) any one process holds.
-    pub largest: usize,
+    /// The most pieces (live and past) one process has held at any time.
+    pub peak: usize,
 }
 
 impl History {
-    pub fn new(retention: Retention) -> History {
+    /// `faults_in_flight`: how many faults the event ring can hold unread.
+    pub fn new(retention: Retention, faults_in_flight: usize) -> History {
         History {
             spaces: HashMap::new(),
             pending: VecDeque::new(),
+            max_pending: faults_in_flight.max(MIN_PENDING),
             retention,
             exited: VecDeque::new(),
+            peak: 0,
         }
     }
 
@@ -342,7 +350,7 @@ impl History {
             // A record in flight during the last read: restore time order.
             self.pending.make_contiguous().sort_by_key(|r| r.ts_ns);
         }
-        while self.pending.len() > MAX_PENDING {
+        while self.pending.len() > self.max_pending {
             let record = self.pending.pop_front().expect("not empty");
             self.apply(record);
         }
@@ -362,6 +370,14 @@ impl History {
     }
 
     fn apply(&mut self, record: MapRecord) {
+        let pid = record.pid;
+        self.apply_change(record);
+        if let Some(space) = self.spaces.get(&pid) {
+            self.peak = self.peak.max(space.live.len() + space.past.len());
+        }
+    }
+
+    fn apply_change(&mut self, record: MapRecord) {
         let MapRecord { ts_ns, pid, change } = record;
         match change {
             MapChange::Map(mapping) => {
@@ -457,12 +473,12 @@ impl History {
     pub fn stats(&self) -> HistoryStats {
         let mut stats = HistoryStats {
             processes: self.spaces.len(),
+            peak: self.peak,
             ..HistoryStats::default()
         };
         for space in self.spaces.values() {
             stats.live_pieces += space.live.len();
             stats.past_pieces += space.past.len();
-            stats.largest = stats.largest.max(space.live.len() + space.past.len());
         }
         stats
     }
@@ -505,7 +521,7 @@ mod tests {
 
     #[test]
     fn newest_mapping_at_the_fault_time_wins_and_the_rest_stays() {
-        let mut history = History::new(Retention::UntilExit);
+        let mut history = History::new(Retention::UntilExit, 0);
         history.add([
             record(
                 10,
@@ -533,7 +549,7 @@ mod tests {
 
     #[test]
     fn fork_inherits_exec_starts_anew() {
-        let mut history = History::new(Retention::UntilExit);
+        let mut history = History::new(Retention::UntilExit, 0);
         history.add([
             record(10, 1, anon(0x10000, PAGE)),
             record(20, 2, MapChange::Fork { parent: 1 }),
@@ -556,7 +572,7 @@ mod tests {
 
     #[test]
     fn records_wait_until_a_lookup_reaches_their_time() {
-        let mut history = History::new(Retention::UntilExit);
+        let mut history = History::new(Retention::UntilExit, 0);
         history.add([record(10, 1, anon(0x10000, PAGE))]);
         history.add([record(30, 1, map(0x10000, PAGE, "/bin/a", 0, 0))]);
         assert_eq!(history.pending.len(), 2);
@@ -570,7 +586,7 @@ mod tests {
 
     #[test]
     fn exit_forgets_or_keeps_by_retention() {
-        let mut streaming = History::new(Retention::UntilExit);
+        let mut streaming = History::new(Retention::UntilExit, 0);
         streaming.add([
             record(10, 1, anon(0x10000, PAGE)),
             record(20, 2, MapChange::Fork { parent: 1 }),
@@ -580,7 +596,7 @@ mod tests {
         assert_eq!(label(streaming.lookup(2, 0x10000, 40)), "[anon]");
         assert_eq!(label(streaming.lookup(1, 0x10000, 40)), "none");
 
-        let mut counting = History::new(Retention::UntilEnd);
+        let mut counting = History::new(Retention::UntilEnd, 0);
         for pid in 1..=(MAX_EXITED as u32 + 10) {
             counting.add([record(u64::from(pid), pid, anon(0x10000, PAGE))]);
             counting.on_exit(pid, u64::from(pid));
@@ -596,7 +612,7 @@ mod tests {
 
     #[test]
     fn a_reused_pid_starts_from_its_parent_not_its_predecessor() {
-        let mut history = History::new(Retention::UntilEnd);
+        let mut history = History::new(Retention::UntilEnd, 0);
         history.add([
             record(10, 5, map(0x10000, PAGE, "/bin/old", 0, 0)),
             record(15, 5, MapChange::Exit),
@@ -611,7 +627,7 @@ mod tests {
 
     #[test]
     fn procfs_fills_only_what_no_record_covers() {
-        let mut history = History::new(Retention::UntilExit);
+        let mut history = History::new(Retention::UntilExit, 0);
         history.add([record(10, 1, map(0x11000, PAGE, "/bin/a", 0, 0))]);
         let info = MapInfo::from_record(&NewMapping {
             start: 0x10000,
@@ -637,7 +653,7 @@ mod tests {
     #[test]
     fn bounded_under_100_000_mappings() {
         for same_place in [true, false] {
-            let mut history = History::new(Retention::UntilExit);
+            let mut history = History::new(Retention::UntilExit, 0);
             history.add([record(
                 1,
                 1,
@@ -660,13 +676,19 @@ mod tests {
             // The code mapping was never dropped.
             assert_eq!(label(history.lookup(1, 0x1000, u64::MAX - 1)), "/bin/a");
             let stats = history.stats();
-            assert!(stats.largest <= MAX_LIVE + MAX_PAST, "{stats:?}");
+            assert!(stats.peak <= MAX_LIVE + 1 + MAX_PAST, "{stats:?}");
+            // The bounds were reached, not merely respected.
+            if same_place {
+                assert_eq!(stats.past_pieces, MAX_PAST, "{stats:?}");
+            } else {
+                assert!(stats.live_pieces > MAX_LIVE / 2, "{stats:?}");
+            }
         }
     }
 
     #[test]
     fn late_fault_finds_the_mapping_replaced_after_it() {
-        let mut history = History::new(Retention::UntilExit);
+        let mut history = History::new(Retention::UntilExit, 0);
         for i in 0..100u64 {
             history.add([record(10 + i * 10, 1, anon(0x10000 + (i % 2) * PAGE, PAGE))]);
         }

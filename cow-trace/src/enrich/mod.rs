@@ -9,6 +9,9 @@ mod symbolize;
 use std::collections::HashMap;
 
 pub use self::history::{HistoryStats, Retention};
+
+/// The most pieces of mappings the history keeps for one process, live and replaced.
+pub const PIECES_PER_PROCESS: usize = history::MAX_LIVE + history::MAX_PAST;
 use self::{
     attribute::{Attribution, read_maps},
     files::Files,
@@ -33,9 +36,11 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    pub fn new(retention: Retention) -> Enricher {
+    /// `faults_in_flight`: how many faults the event ring can hold unread (that many mapping
+    /// records may have to wait for them).
+    pub fn new(retention: Retention, faults_in_flight: usize) -> Enricher {
         Enricher {
-            history: History::new(retention),
+            history: History::new(retention, faults_in_flight),
             files: Files::default(),
             symbols: Symbols::new(),
             stacks: HashMap::new(),

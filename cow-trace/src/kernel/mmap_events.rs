@@ -30,9 +30,12 @@ use tokio::io::unix::AsyncFd;
 
 use crate::map_record::{MapChange, MapRecord, NewMapping};
 
-/// Bytes of each CPU's ring (a power of two). An MMAP2 record takes about 100 bytes, so a ring
-/// holds some ten thousand; the reader is woken when a quarter is full.
-const RING_BYTES: usize = 1 << 20;
+/// Bytes of all CPUs' rings together, split evenly, each a power of two within
+/// `MIN_RING_BYTES..=MAX_RING_BYTES`. An MMAP2 record takes about 100 bytes, so 4 MiB hold some
+/// forty thousand; the reader is woken when a quarter of one is full.
+const RINGS_BYTES: usize = 8 << 20;
+const MIN_RING_BYTES: usize = 512 << 10;
+const MAX_RING_BYTES: usize = 4 << 20;
 /// Event file descriptors opened at most (tasks x CPUs) for the tasks that exist at attach.
 pub const MAX_EVENTS: usize = 8192;
 
@@ -65,13 +68,18 @@ pub struct MmapEvents {
     unfollowed: usize,
     /// Bytes of a record that wraps around the end of a ring.
     scratch: Vec<u8>,
+    ring_bytes: usize,
 }
 
 impl MmapEvents {
     /// Opens the events on every thread of `pids` (all alive, traced) and their ring per CPU.
     pub fn open(pids: &[u32]) -> anyhow::Result<MmapEvents> {
         raise_fd_limit();
-        let attr = event_attr();
+        let cpus = online_cpus();
+        let ring_bytes = (RINGS_BYTES / cpus.len())
+            .next_power_of_two()
+            .clamp(MIN_RING_BYTES, MAX_RING_BYTES);
+        let attr = event_attr(ring_bytes);
         // SAFETY: perf_event_attr is plain old data; its bytes are what the kernel reads.
         let attr_bytes = unsafe {
             std::slice::from_raw_parts(
@@ -90,8 +98,8 @@ impl MmapEvents {
             lost: 0,
             unfollowed: 0,
             scratch: Vec::new(),
+            ring_bytes,
         };
-        let cpus = online_cpus();
         // Threads created while we open are found by the next pass, unless inherited already.
         for _ in 0..3 {
             let mut new = 0;
@@ -163,7 +171,7 @@ impl MmapEvents {
                     }
                     self.events.push(fd);
                 }
-                None => self.rings.push(map_ring(cpu, fd)?),
+                None => self.rings.push(map_ring(cpu, fd, self.ring_bytes)?),
             }
         }
         Ok(())
@@ -330,7 +338,7 @@ fn copy_out(data: *const u8, size: usize, at: usize, out: &mut [u8]) {
     }
 }
 
-fn event_attr() -> bindings::perf_event_attr {
+fn event_attr(ring_bytes: usize) -> bindings::perf_event_attr {
     let mut attr = bindings::perf_event_attr {
         type_: bindings::PERF_TYPE_SOFTWARE,
         size: size_of::<bindings::perf_event_attr>() as u32,
@@ -351,15 +359,15 @@ fn event_attr() -> bindings::perf_event_attr {
     attr.set_exclude_kernel(1);
     attr.set_exclude_hv(1);
     attr.set_watermark(1);
-    attr.__bindgen_anon_2.wakeup_watermark = (RING_BYTES / 4) as u32;
+    attr.__bindgen_anon_2.wakeup_watermark = (ring_bytes / 4) as u32;
     attr
 }
 
-/// Maps `fd`'s ring: a control page and `RING_BYTES` of data (less if the kernel refuses).
-fn map_ring(cpu: i32, fd: OwnedFd) -> anyhow::Result<CpuRing> {
+/// Maps `fd`'s ring: a control page and `ring_bytes` of data (less if the kernel refuses).
+fn map_ring(cpu: i32, fd: OwnedFd, ring_bytes: usize) -> anyhow::Result<CpuRing> {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    let mut data_size = RING_BYTES;
+    let mut data_size = ring_bytes;
     loop {
         let mapped_len = page + data_size;
         // SAFETY: a shared mapping of the event's ring, unmapped in CpuRing's Drop.

@@ -91,14 +91,7 @@ pub fn workload(name: &str) -> PathBuf {
             .join("tests/workloads")
             .join(format!("{name}.c"));
         let mut cc = Command::new("cc");
-        cc.args([
-            "-O1",
-            "-g",
-            "-fno-omit-frame-pointer",
-            "-mno-omit-leaf-frame-pointer",
-            "-pthread",
-            "-Wall",
-        ]);
+        cc.args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-Wall"]);
         if library {
             cc.args(["-shared", "-fPIC"]);
         }

@@ -1,15 +1,23 @@
 // Run from a copy that the test deletes while it runs. Usage: dlopen_deleted LIBRARY FIFO.
 // Prints "lib START END" and "own START END" (page ranges), waits for a line on FIFO, then:
-// loads LIBRARY, has its cowdl_write() write the "lib" pages, unloads it, writes the "own"
-// pages itself, and exits at once.
+// loads LIBRARY, has its cowdl_write() read and write the "lib" pages, unloads it, reads and
+// writes the "own" pages itself, and exits at once.
 #include <dlfcn.h>
 #include <stdio.h>
 #include <sys/mman.h>
 
 #define PAGES 64
 
-__attribute__((noinline)) void write_own(char *pages) {
+// Not a leaf, so it has a frame pointer (gcc sets up none in a leaf function).
+__attribute__((noinline)) void written(void) { __asm__ volatile(""); }
+
+// Reads each page first, as cowdl_write does: each write is then a write-protect fault.
+__attribute__((noinline)) int write_own(char *pages) {
+    int sum = 0;
+    for (int i = 0; i < PAGES; i++) sum += ((volatile char *)pages)[(long)i * 4096];
     for (int i = 0; i < PAGES; i++) pages[(long)i * 4096] = 2;
+    written();
+    return sum;
 }
 
 int main(int argc, char **argv) {
@@ -33,6 +41,5 @@ int main(int argc, char **argv) {
     int (*cowdl_write)(char *, int) = (int (*)(char *, int))dlsym(library, "cowdl_write");
     if (!cowdl_write || cowdl_write(lib_pages, PAGES) != PAGES) return 6;
     dlclose(library);
-    write_own(own_pages);
-    return 0;
+    return write_own(own_pages);
 }

@@ -1,0 +1,384 @@
+//! Mappings and symbols that outlive the process: faults of processes that exited before
+//! cow-trace looked, of a binary deleted while it ran and of a library unloaded before exit
+//! still resolve, from the kernel's records of each mapping; and the history of a process
+//! that maps and unmaps 100 000 regions stays within its bound.
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{address, common::*};
+
+/// The `LABEL START END` range a workload printed.
+fn printed_range(stdout: &str, label: &str) -> std::ops::Range<u64> {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{label} ")))
+        .unwrap_or_else(|| panic!("no {label:?} line in {stdout:?}"));
+    let mut bounds = line
+        .split_whitespace()
+        .map(|hex| u64::from_str_radix(hex, 16).unwrap());
+    bounds.next().unwrap()..bounds.next().unwrap()
+}
+
+fn frames(fault: &Value) -> Vec<&str> {
+    fault["stack"]
+        .as_array()
+        .map(|frames| frames.iter().map(|f| f.as_str().unwrap()).collect())
+        .unwrap_or_default()
+}
+
+fn totals(done: &Finished) -> Value {
+    done.json()
+        .into_iter()
+        .find(|v| v["event"] == "totals")
+        .expect("no totals line")
+}
+
+/// The (parent, child) pids of the one fork of a run.
+fn parent_and_child(done: &Finished) -> (u32, u32) {
+    let fork = done
+        .json()
+        .into_iter()
+        .find(|v| v["event"] == "fork")
+        .expect("no fork event");
+    (
+        fork["pid"].as_u64().unwrap() as u32,
+        fork["child"].as_u64().unwrap() as u32,
+    )
+}
+
+/// A frame `FUNCTION+0x.. (MODULE)` is in `stack`.
+fn has_frame(stack: &[&str], function: &str, module: &Path) -> bool {
+    let module = format!("({})", module.display());
+    stack
+        .iter()
+        .any(|frame| frame.starts_with(&format!("{function}+0x")) && frame.ends_with(&module))
+}
+
+/// The workload: a child that writes 300 inherited pages three calls deep and exits at
+/// once, the parent writing them again and exiting right after; both gone long before
+/// cow-trace's first look at /proc. Streaming, every COW fault of each is in `[anon]` and its
+/// stack reaches `main` in the workload binary, the write inlined into `level3` at the top.
+#[test]
+fn short_lived_processes_resolve_after_they_exit() {
+    if !require_root("short_lived_processes_resolve_after_they_exit") {
+        return;
+    }
+    let binary = workload("fork_deep");
+    let done = Tracer::start(&[
+        "--json",
+        "--resolve",
+        "--stack",
+        "--",
+        binary.to_str().unwrap(),
+    ])
+    .wait();
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    let pages = printed_range(&done.command_stdout, "pages");
+    let (parent, child) = parent_and_child(&done);
+    let stacks_failed = totals(&done)["lost_detail"]["stacks_failed"]
+        .as_u64()
+        .unwrap();
+    for (pid, outcome) in [(child, "copied"), (parent, "reused")] {
+        let cow: Vec<Value> = done
+            .faults_of(pid)
+            .into_iter()
+            .filter(|f| f["cow"] == true && pages.contains(&address(f)))
+            .collect();
+        assert_eq!(cow.len(), 300, "pid {pid}: {cow:?}");
+        let mut without_stack = 0;
+        for fault in &cow {
+            assert_eq!(fault["cow_outcome"], outcome, "{fault}");
+            assert_eq!(fault["mapping"], "[anon]", "{fault}");
+            let symbol = fault["symbol"].as_str().unwrap_or_default();
+            assert!(
+                symbol.starts_with("touch (inlined) level3+0x") && symbol.contains("fork_deep)"),
+                "{fault}"
+            );
+            let stack = frames(fault);
+            if stack.is_empty() {
+                without_stack += 1;
+                continue;
+            }
+            assert_eq!(stack[0], "touch (inlined)", "{fault}");
+            for function in ["level3", "level2", "level1", "main"] {
+                assert!(has_frame(&stack, function, &binary), "{function}: {fault}");
+            }
+        }
+        // A stack the kernel could not take is reported as such, never silently missing.
+        assert!(
+            without_stack <= stacks_failed,
+            "{without_stack} faults of pid {pid} without a stack, {stacks_failed} reported"
+        );
+    }
+    assert!(!done.output.contains("[unknown]"), "{}", done.output);
+}
+
+/// The same workload with --summary -g: the kernel's counts are resolved at the end, when
+/// both processes are long gone.
+#[test]
+fn short_lived_processes_resolve_in_the_kernel_summary() {
+    if !require_root("short_lived_processes_resolve_in_the_kernel_summary") {
+        return;
+    }
+    let binary = workload("fork_deep");
+    let done = Tracer::start(&[
+        "--json",
+        "--summary",
+        "--stack",
+        "--",
+        binary.to_str().unwrap(),
+    ])
+    .wait();
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    let json = done.json();
+    let summaries: Vec<&Value> = json.iter().filter(|v| v["event"] == "summary").collect();
+    assert_eq!(summaries.len(), 2, "{summaries:?}");
+    for (class, wanted) in [("cow-copied", 300), ("cow-reused", 300)] {
+        // The COW writes of the 300 pages (plus, at most, a few other pages of anonymous
+        // memory that libc wrote): all in [anon].
+        let in_anon: u64 = json
+            .iter()
+            .filter(|v| v["event"] == "mapping" && v["mapping"] == "[anon]")
+            .filter(|v| v["class"] == format!("w MINOR {class}"))
+            .map(|v| v["faults"].as_u64().unwrap())
+            .sum();
+        assert!(
+            (wanted..wanted + 8).contains(&in_anon),
+            "{class}: {in_anon}"
+        );
+    }
+    assert!(
+        json.iter()
+            .filter(|v| v["event"] == "mapping")
+            .all(|v| v["mapping"] != "[unknown]"),
+        "{json:?}"
+    );
+    let deep: Vec<&Value> = json
+        .iter()
+        .filter(|v| v["event"] == "stack" && v["cow_faults"].as_u64().unwrap() >= 300)
+        .collect();
+    let failed =
+        json.iter().find(|v| v["event"] == "totals").unwrap()["lost_detail"]["stacks_failed"]
+            .as_u64()
+            .unwrap();
+    // One stack per process takes the 300 writes, unless the kernel said it could not take it.
+    assert!(deep.len() == 2 || failed > 0, "{deep:?}");
+    assert!(!deep.is_empty(), "no stack took the writes: {json:?}");
+    for stack in deep {
+        let frames: Vec<&str> = stack["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        assert_eq!(frames[0], "touch (inlined)", "{stack}");
+        for function in ["level3", "level2", "level1", "main"] {
+            assert!(has_frame(&frames, function, &binary), "{function}: {stack}");
+        }
+    }
+}
+
+/// Waits until cow-trace (pid `tracer`) holds `path` open.
+fn wait_until_held(tracer: u32, path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let held = std::fs::read_dir(format!("/proc/{tracer}/fd"))
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .any(|target| target == path);
+        if held {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cow-trace never opened {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs dlopen_deleted from a copy that is deleted once cow-trace holds it, with `args`.
+/// Returns the run and the copy's path.
+fn run_deleted_binary(args: &[&str]) -> (Finished, PathBuf, PathBuf) {
+    let dir = scratch().join(format!("deleted-{}-{}", std::process::id(), args.len()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("prog");
+    std::fs::copy(workload("dlopen_deleted"), &copy).unwrap();
+    let library = workload("libcowdl");
+    let fifo = dir.join("go");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend([
+        "--",
+        copy.to_str().unwrap(),
+        library.to_str().unwrap(),
+        fifo.to_str().unwrap(),
+    ]);
+    let tracer = Tracer::start(&all);
+    // It runs (blocked on the FIFO) and cow-trace has opened its binary: delete it.
+    wait_until_held(tracer.pid(), &copy);
+    std::fs::remove_file(&copy).unwrap();
+    let mut go = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    writeln!(go, "go").unwrap();
+    drop(go);
+    let done = tracer.wait();
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+    (done, copy, library)
+}
+
+/// A binary deleted while it ran, and a library it loaded with dlopen, used and unloaded
+/// before exiting: their faults name the right file and function after the process is gone.
+#[test]
+fn deleted_binary_and_unloaded_library_still_resolve() {
+    if !require_root("deleted_binary_and_unloaded_library_still_resolve") {
+        return;
+    }
+    let (done, copy, library) = run_deleted_binary(&["--json", "--resolve", "--stack"]);
+    let lib_pages = printed_range(&done.command_stdout, "lib");
+    let own_pages = printed_range(&done.command_stdout, "own");
+    let faults = done.faults();
+    for (range, function, module) in [
+        (&lib_pages, "cowdl_write", &library),
+        (&own_pages, "write_own", &copy),
+    ] {
+        let writes: Vec<&Value> = faults
+            .iter()
+            .filter(|f| f["access"] == "w" && range.contains(&address(f)))
+            .collect();
+        assert_eq!(writes.len(), 64, "{function}: {writes:?}");
+        for fault in writes {
+            let symbol = fault["symbol"].as_str().unwrap_or_default();
+            assert!(
+                symbol.starts_with(&format!("{function}+0x"))
+                    && symbol.ends_with(&format!("({})", module.display())),
+                "{fault}"
+            );
+            let stack = frames(fault);
+            if !stack.is_empty() {
+                assert!(has_frame(&stack, "main", &copy), "{fault}");
+            }
+        }
+    }
+    // The library's own pages: its code, faulted in by the calls, named by its file.
+    let library_prefix = format!("{}@0x", library.display());
+    assert!(
+        faults.iter().any(|f| f["mapping"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with(&library_prefix)),
+        "no fault resolved into {}",
+        library.display()
+    );
+    assert!(!done.output.contains("[unknown]"), "{}", done.output);
+}
+
+/// The same with --summary -g: the stacks are symbolized at the end.
+#[test]
+fn deleted_binary_and_unloaded_library_in_the_kernel_summary() {
+    if !require_root("deleted_binary_and_unloaded_library_in_the_kernel_summary") {
+        return;
+    }
+    let (done, copy, library) = run_deleted_binary(&["--json", "--summary", "--stack"]);
+    let json = done.json();
+    let stacks: Vec<Vec<&str>> = json
+        .iter()
+        .filter(|v| v["event"] == "stack" && v["cow_faults"].as_u64().unwrap() >= 64)
+        .map(|v| {
+            v["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap())
+                .collect()
+        })
+        .collect();
+    let failed = totals(&done)["lost_detail"]["stacks_failed"]
+        .as_u64()
+        .unwrap();
+    // The 64 zero-page writes of each function share one stack, unless the kernel said it
+    // could not take it.
+    for function in ["cowdl_write", "write_own"] {
+        let module = if function == "cowdl_write" {
+            &library
+        } else {
+            &copy
+        };
+        let found = stacks
+            .iter()
+            .any(|stack| has_frame(stack, function, module) && has_frame(stack, "main", &copy));
+        assert!(found || failed > 0, "{function}: {stacks:?}");
+    }
+    // And the mapping rows name both files.
+    for file in [&library, &copy] {
+        assert!(
+            json.iter()
+                .any(|v| v["event"] == "mapping" && v["mapping"] == file.to_str().unwrap()),
+            "{}: {json:?}",
+            file.display()
+        );
+    }
+    assert!(!done.output.contains("[unknown]"), "{}", done.output);
+}
+
+/// A process maps and unmaps 100 000 one-page regions, writing each: with the default
+/// settings every write resolves to `[anon]`, nothing is lost, and the history keeps no
+/// more than its bound (and reaches it: the replaced pieces are trimmed).
+#[test]
+fn a_hundred_thousand_mappings_stay_bounded() {
+    if !require_root("a_hundred_thousand_mappings_stay_bounded") {
+        return;
+    }
+    let done = Tracer::start(&[
+        "--json",
+        "--resolve",
+        "--verbose",
+        "--",
+        workload("mmap_churn").to_str().unwrap(),
+    ])
+    .wait();
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    let area = printed_range(&done.command_stdout, "area");
+    let writes: Vec<Value> = done
+        .faults()
+        .into_iter()
+        .filter(|f| f["access"] == "w" && area.contains(&address(f)))
+        .collect();
+    assert_eq!(writes.len(), 100_000);
+    assert!(writes.iter().all(|f| f["mapping"] == "[anon]"));
+    let totals = totals(&done);
+    assert_eq!(totals["lost"], 0, "{totals}");
+    assert_eq!(totals["lost_detail"]["mapping_records"], 0, "{totals}");
+    let history = done
+        .stderr
+        .lines()
+        .find(|l| l.contains("mapping history:"))
+        .expect("no mapping history line with --verbose");
+    let number_before = |text: &str| -> usize {
+        let at = history.find(text).unwrap_or_else(|| panic!("{history}"));
+        history[..at]
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let peak = number_before(" in one process");
+    let bound: usize = history
+        .split("(bound ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(peak <= bound, "{history}");
+    // 100 000 mappings were made; the history held a few thousand at most.
+    assert!((4096..10_000).contains(&peak), "{history}");
+}
