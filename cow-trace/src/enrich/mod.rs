@@ -15,7 +15,7 @@ pub const PIECES_PER_PROCESS: usize = history::MAX_LIVE + history::MAX_PAST;
 use self::{
     attribute::{Attribution, read_maps},
     files::Files,
-    history::{History, MapInfo},
+    history::{FileKey, History, MapInfo},
     symbolize::{Symbols, is_user_ip},
 };
 use crate::{
@@ -66,8 +66,12 @@ impl Enricher {
             if let MapChange::Map(mapping) = &record.change
                 && mapping.executable()
                 && mapping.is_file()
-                && let Some(key) = MapInfo::from_record(mapping).file
+                && mapping.ino != 0
             {
+                let key = FileKey {
+                    dev: mapping.dev,
+                    ino: mapping.ino,
+                };
                 self.files
                     .observe(record.pid, mapping.start, mapping.end(), key, &mapping.path);
             }

@@ -12,6 +12,7 @@
 //!
 //! A full ring drops records and says how many (`PERF_RECORD_LOST`): counted in `lost()`.
 use std::{
+    cell::Cell,
     collections::HashSet,
     future::poll_fn,
     io,
@@ -43,6 +44,9 @@ pub const MAX_EVENTS: usize = 8192;
 struct CpuRing {
     cpu: i32,
     owner: AsyncFd<OwnedFd>,
+    /// The owner's task has exited without children: its descriptor polls as hung up for
+    /// good, so it is no longer waited on (the ring is still read with each batch and tick).
+    hung_up: Cell<bool>,
     base: *mut u8,
     mapped_len: usize,
     data_offset: usize,
@@ -177,12 +181,17 @@ impl MmapEvents {
         Ok(())
     }
 
-    /// Waits until a ring is a quarter full (or a task it follows ended).
+    /// Waits until a ring is a quarter full.
     pub async fn readable(&self) -> io::Result<()> {
         poll_fn(|cx| {
-            for ring in &self.rings {
+            for ring in self.rings.iter().filter(|ring| !ring.hung_up.get()) {
                 if let Poll::Ready(ready) = ring.owner.poll_read_ready(cx) {
-                    ready?.clear_ready();
+                    let mut ready = ready?;
+                    if ready.ready().is_read_closed() {
+                        // Final in tokio: it would be ready again at once, forever.
+                        ring.hung_up.set(true);
+                    }
+                    ready.clear_ready();
                     return Poll::Ready(Ok(()));
                 }
             }
@@ -390,6 +399,7 @@ fn map_ring(cpu: i32, fd: OwnedFd, ring_bytes: usize) -> anyhow::Result<CpuRing>
             return Ok(CpuRing {
                 cpu,
                 owner,
+                hung_up: Cell::new(false),
                 base: base.cast(),
                 mapped_len,
                 data_offset: page,

@@ -51,6 +51,12 @@ pub fn untimed() -> bool {
     std::env::var("COW_TRACE_UNTIMED").is_ok_and(|v| v == "1")
 }
 
+/// True in the VM tests (`cargo xtask vm-test`, which run prebuilt workloads): their CPUs are
+/// emulated in software, some ten times slower, so the longest workloads do less there.
+pub fn emulated() -> bool {
+    std::env::var_os("COW_TRACE_WORKLOADS").is_some()
+}
+
 /// Privileged tests need root (CI runs as root). Elsewhere they say why they skip.
 pub fn require_root(test: &str) -> bool {
     if nix::unistd::Uid::effective().is_root() {

@@ -31,6 +31,29 @@ fn frames(fault: &Value) -> Vec<&str> {
         .unwrap_or_default()
 }
 
+/// No fault of the program `comm` (after its exec) is in an unknown mapping. (Before, the held
+/// command is cow-trace's fork, and the handle_mm_fault backends see execve() copy the
+/// arguments into the new program's stack before any record of it: unknown, rightly.)
+fn assert_none_unknown(done: &Finished, comm: &str) {
+    let unknown: Vec<Value> = done
+        .faults()
+        .into_iter()
+        .filter(|f| f["comm"] == comm && f["mapping"] == "[unknown]")
+        .collect();
+    assert!(unknown.is_empty(), "{unknown:?}");
+}
+
+/// No --summary mapping row but those of kernel-mode faults (execve() copying arguments, as
+/// above) is unknown.
+fn assert_no_unknown_rows(json: &[Value]) {
+    let unknown: Vec<&Value> = json
+        .iter()
+        .filter(|v| v["event"] == "mapping" && v["mapping"] == "[unknown]")
+        .filter(|v| !v["class"].as_str().unwrap().contains("kernel"))
+        .collect();
+    assert!(unknown.is_empty(), "{unknown:?}");
+}
+
 fn totals(done: &Finished) -> Value {
     done.json()
         .into_iter()
@@ -115,7 +138,7 @@ fn short_lived_processes_resolve_after_they_exit() {
             "{without_stack} faults of pid {pid} without a stack, {stacks_failed} reported"
         );
     }
-    assert!(!done.output.contains("[unknown]"), "{}", done.output);
+    assert_none_unknown(&done, "fork_deep");
 }
 
 /// The same workload with --summary -g: the kernel's counts are resolved at the end, when
@@ -152,12 +175,7 @@ fn short_lived_processes_resolve_in_the_kernel_summary() {
             "{class}: {in_anon}"
         );
     }
-    assert!(
-        json.iter()
-            .filter(|v| v["event"] == "mapping")
-            .all(|v| v["mapping"] != "[unknown]"),
-        "{json:?}"
-    );
+    assert_no_unknown_rows(&json);
     let deep: Vec<&Value> = json
         .iter()
         .filter(|v| v["event"] == "stack" && v["cow_faults"].as_u64().unwrap() >= 300)
@@ -277,7 +295,7 @@ fn deleted_binary_and_unloaded_library_still_resolve() {
         "no fault resolved into {}",
         library.display()
     );
-    assert!(!done.output.contains("[unknown]"), "{}", done.output);
+    assert_none_unknown(&done, "prog");
 }
 
 /// The same with --summary -g: the stacks are symbolized at the end.
@@ -325,23 +343,27 @@ fn deleted_binary_and_unloaded_library_in_the_kernel_summary() {
             file.display()
         );
     }
-    assert!(!done.output.contains("[unknown]"), "{}", done.output);
+    assert_no_unknown_rows(&json);
 }
 
 /// A process maps and unmaps 100 000 one-page regions, writing each: with the default
 /// settings every write resolves to `[anon]`, nothing is lost, and the history keeps no
-/// more than its bound (and reaches it: the replaced pieces are trimmed).
+/// more than its bound (and reaches it: the replaced pieces are trimmed). In the VM tests,
+/// whose CPUs are emulated in software, 10 000 regions: still more than the history keeps.
 #[test]
 fn a_hundred_thousand_mappings_stay_bounded() {
     if !require_root("a_hundred_thousand_mappings_stay_bounded") {
         return;
     }
+    let regions: usize = if emulated() { 10_000 } else { 100_000 };
+    let count = regions.to_string();
     let done = Tracer::start(&[
         "--json",
         "--resolve",
         "--verbose",
         "--",
         workload("mmap_churn").to_str().unwrap(),
+        &count,
     ])
     .wait();
     assert_eq!(done.status, 0, "{}", done.stderr);
@@ -351,7 +373,7 @@ fn a_hundred_thousand_mappings_stay_bounded() {
         .into_iter()
         .filter(|f| f["access"] == "w" && area.contains(&address(f)))
         .collect();
-    assert_eq!(writes.len(), 100_000);
+    assert_eq!(writes.len(), regions);
     assert!(writes.iter().all(|f| f["mapping"] == "[anon]"));
     let totals = totals(&done);
     assert_eq!(totals["lost"], 0, "{totals}");
@@ -380,5 +402,5 @@ fn a_hundred_thousand_mappings_stay_bounded() {
         .unwrap();
     assert!(peak <= bound, "{history}");
     // 100 000 mappings were made; the history held a few thousand at most.
-    assert!((4096..10_000).contains(&peak), "{history}");
+    assert!((4096..regions.min(10_000)).contains(&peak), "{history}");
 }

@@ -1,18 +1,19 @@
-// Maps and unmaps 100 000 one-page regions, writing each once: in 64 slots of a fixed area,
-// so a region often takes the place of one unmapped before, and the same slot is reused
-// again and again. Prints "area START END" first.
+// Usage: mmap_churn [REGIONS]. Maps and unmaps REGIONS (100 000) one-page regions, writing
+// each once: in 64 slots of a fixed area, so each region takes the place of one unmapped
+// before. Prints "area START END" first.
 #define _GNU_SOURCE
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 
-#define REGIONS 100000
 #define SLOTS 64
 #define AREA 0x600000000000UL
 
-int main(void) {
+int main(int argc, char **argv) {
+    long regions = argc > 1 ? atol(argv[1]) : 100000;
     printf("area %lx %lx\n", AREA, AREA + 2 * SLOTS * 4096UL);
     fflush(stdout);
-    for (long i = 0; i < REGIONS; i++) {
+    for (long i = 0; i < regions; i++) {
         // Every other page of the area, so neighbours never merge into one mapping.
         char *want = (char *)(AREA + 2 * (i % SLOTS) * 4096UL);
         char *page = mmap(want, 4096, PROT_READ | PROT_WRITE,
