@@ -208,8 +208,8 @@ impl Session {
                 tree.apply(&process);
                 // The history follows forks and execs from the kernel's mapping records.
                 match process.change {
-                    Change::Fork { .. } => {}
-                    Change::Exec => enricher.on_exec(process.pid),
+                    Change::Fork { child } => enricher.on_new_program(child),
+                    Change::Exec => enricher.on_new_program(process.pid),
                     Change::Exit => enricher.on_exit(process.pid, process.ts_ns),
                 }
                 if options.kernel.summary {

@@ -84,15 +84,16 @@ impl Enricher {
         self.history.advance_to(at);
     }
 
-    /// A process exited at `at`, after all its faults were handled.
+    /// A process exited at `at`, after all its faults were handled. Its stacks stay
+    /// symbolized: the table at the end shows them.
     pub fn on_exit(&mut self, pid: u32, at: u64) {
         self.history.on_exit(pid, at);
         self.gap_reads.remove(&pid);
-        self.stacks.retain(|&(stack_pid, _), _| stack_pid != pid);
     }
 
-    /// A process ran a new program: the stacks seen so far mean other code now.
-    pub fn on_exec(&mut self, pid: u32) {
+    /// A process ran a new program, or a new process took the pid of an old one: the stacks
+    /// seen so far for it mean other code now.
+    pub fn on_new_program(&mut self, pid: u32) {
         self.stacks.retain(|&(stack_pid, _), _| stack_pid != pid);
     }
 

@@ -54,6 +54,23 @@ fn assert_no_unknown_rows(json: &[Value]) {
     assert!(unknown.is_empty(), "{unknown:?}");
 }
 
+/// Every stack of the run's table with at least `cow_faults` is symbolized: no bare address.
+fn assert_top_stacks_symbolized(done: &Finished, cow_faults: u64) {
+    let bare: Vec<Value> = done
+        .json()
+        .into_iter()
+        .filter(|v| v["event"] == "stack" && v["cow_faults"].as_u64().unwrap() >= cow_faults)
+        .filter(|v| {
+            v["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f.as_str().unwrap().starts_with("0x"))
+        })
+        .collect();
+    assert!(bare.is_empty(), "{bare:?}");
+}
+
 fn totals(done: &Finished) -> Value {
     done.json()
         .into_iter()
@@ -139,6 +156,8 @@ fn short_lived_processes_resolve_after_they_exit() {
         );
     }
     assert_none_unknown(&done, "fork_deep");
+    // The table at the end too, when both are long gone.
+    assert_top_stacks_symbolized(&done, 300);
 }
 
 /// The same workload with --summary -g: the kernel's counts are resolved at the end, when
@@ -296,6 +315,7 @@ fn deleted_binary_and_unloaded_library_still_resolve() {
         library.display()
     );
     assert_none_unknown(&done, "prog");
+    assert_top_stacks_symbolized(&done, 64);
 }
 
 /// The same with --summary -g: the stacks are symbolized at the end.
@@ -344,6 +364,7 @@ fn deleted_binary_and_unloaded_library_in_the_kernel_summary() {
         );
     }
     assert_no_unknown_rows(&json);
+    assert_top_stacks_symbolized(&done, 64);
 }
 
 /// A process maps and unmaps 100 000 one-page regions, writing each: with the default
