@@ -66,6 +66,10 @@ enum Place {
 pub struct Symbols {
     symbolizer: Symbolizer,
     memo: HashMap<(Place, u64), Option<Symbol>>,
+    /// cow-trace's own binary: a held command runs its code between fork and exec. Its
+    /// symbol table is enough there; parsing its debug information (a debug build has some
+    /// 80 MB) would cost more than the rest of a short run.
+    own_binary: Option<FileKey>,
 }
 
 impl Default for Symbols {
@@ -82,14 +86,18 @@ impl Symbols {
                 .enable_inlined_fns(true)
                 .build(),
             memo: HashMap::new(),
+            own_binary: own_binary(),
         }
     }
 
     /// The function at `offset` into the ELF file `key`, open as `file`.
     pub fn in_file(&mut self, key: FileKey, file: &OpenFile, offset: u64) -> Option<Symbol> {
         let path = file.path();
+        let debug_syms = self.own_binary != Some(key);
         self.memoized(Place::File(key), offset, |symbolizer| {
-            let source = Source::Elf(Elf::new(&path));
+            let mut elf = Elf::new(&path);
+            elf.debug_syms = debug_syms;
+            let source = Source::Elf(elf);
             symbolizer.symbolize_single(&source, Input::FileOffset(offset))
         })
     }
@@ -137,6 +145,16 @@ impl Symbols {
         self.memo.insert((place, offset), answer.clone());
         answer
     }
+}
+
+/// The file of the running cow-trace.
+fn own_binary() -> Option<FileKey> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata("/proc/self/exe").ok()?;
+    Some(FileKey {
+        dev: (libc::major(meta.dev()), libc::minor(meta.dev())),
+        ino: meta.ino(),
+    })
 }
 
 pub fn is_user_ip(ip: u64) -> bool {
