@@ -54,10 +54,6 @@ pub const OVER_COW_LIMIT: i32 = 7;
 /// the mapping rings do not fill while a busy stream is handled).
 const BATCH: usize = 1024;
 
-/// Streaming applies a mapping record when a fault after it is resolved, or at the latest this
-/// long after it was made (faults arrive in about the order they complete, within far less).
-const MAPPING_RECORD_GRACE_NS: u64 = 1_000_000_000;
-
 /// Why tracing stopped.
 #[derive(Debug, PartialEq, Eq)]
 enum Stop {
@@ -152,15 +148,14 @@ impl Session {
         }
     }
 
-    /// Applies the mapping records no fault will ask about any more.
+    /// Reads the mapping records; with --summary, whose counts are resolved against the last
+    /// mappings, applies them at once. Streaming applies each when a fault after it is
+    /// resolved, however far behind the stream is (the history bounds how many wait).
     fn settle_mappings(&mut self) {
         self.read_mappings();
-        let until = if self.options.kernel.summary {
-            u64::MAX
-        } else {
-            enrich::monotonic_ns().saturating_sub(MAPPING_RECORD_GRACE_NS)
-        };
-        self.enricher.settle_until(until);
+        if self.options.kernel.summary {
+            self.enricher.settle_until(u64::MAX);
+        }
     }
 
     /// Everything lost so far, by the eBPF programs and the mapping events.

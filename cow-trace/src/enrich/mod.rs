@@ -228,7 +228,7 @@ pub fn fault_time(fault: &Fault) -> u64 {
     fault.ts_ns.saturating_add(fault.latency_ns.unwrap_or(0))
 }
 
-pub fn monotonic_ns() -> u64 {
+fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

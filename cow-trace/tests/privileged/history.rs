@@ -394,11 +394,12 @@ fn a_hundred_thousand_mappings_stay_bounded() {
         .into_iter()
         .filter(|f| f["access"] == "w" && area.contains(&address(f)))
         .collect();
-    assert_eq!(writes.len(), regions);
-    assert!(writes.iter().all(|f| f["mapping"] == "[anon]"));
     let totals = totals(&done);
     assert_eq!(totals["lost"], 0, "{totals}");
     assert_eq!(totals["lost_detail"]["mapping_records"], 0, "{totals}");
+    assert_eq!(writes.len(), regions);
+    let elsewhere: Vec<&Value> = writes.iter().filter(|f| f["mapping"] != "[anon]").collect();
+    assert!(elsewhere.is_empty(), "{elsewhere:?}");
     let history = done
         .stderr
         .lines()
