@@ -16,8 +16,10 @@ use blazesym::{
 
 use super::{files::OpenFile, history::FileKey};
 
-/// Kernel-space addresses on x86-64 start here; only userspace ips are symbolized.
-pub const KERNEL_START: u64 = 0xffff_8000_0000_0000;
+/// Kernel-space addresses have the top bit set, on x86-64 and on arm64 alike (user space ends
+/// far below: 2^47 or 2^56 on x86-64, 2^48 or 2^52 on arm64); only userspace ips are
+/// symbolized.
+pub const KERNEL_START: u64 = 1 << 63;
 
 /// At most this many memoized answers; then the memo starts over.
 const MEMO_CAP: usize = 1 << 16;
@@ -241,6 +243,22 @@ mod tests {
         let file = files.get(key, &path).unwrap();
         assert_eq!(Symbols::new().in_file(key, file, u64::MAX / 2), None);
         assert!(!is_user_ip(0) && !is_user_ip(0xffff_ffff_8100_0000));
+    }
+
+    #[test]
+    fn kernel_ips_of_both_architectures_are_not_user_ips() {
+        // x86-64's kernel text, arm64's linear map (48-bit), x86-64's 5-level direct map.
+        for kernel in [
+            0xffff_ffff_8100_0000,
+            0xffff_0000_0810_0000,
+            0xff11_0000_0000_0000,
+        ] {
+            assert!(!is_user_ip(kernel), "{kernel:#x}");
+        }
+        // The top of x86-64's and of arm64's (52-bit) user space.
+        for user in [0x7fff_ffff_f000, 0x000f_ffff_ffff_f000] {
+            assert!(is_user_ip(user), "{user:#x}");
+        }
     }
 
     #[test]
