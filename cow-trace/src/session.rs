@@ -449,6 +449,9 @@ pub async fn run(
     let faults_in_flight =
         options.kernel.ring_size as usize / size_of::<cow_trace_common::Record>();
     let mut enricher = Enricher::new(retention, faults_in_flight);
+    if !options.resolve && !options.kernel.stacks {
+        enricher = enricher.without_code_files();
+    }
     // Every mode needs the mappings: a first write's page is a copy only in a private file
     // mapping, and --resolve, --stack, --summary and the flame graph name them.
     let pids: Vec<u32> = tree.live.iter().copied().collect();

@@ -39,6 +39,8 @@ pub struct Enricher {
     /// Stacks the kernel captured but that could not be read back: losses, as the kernel's
     /// own failed captures are.
     unread_stacks: u64,
+    /// Whether code files are opened as they are mapped (for symbols).
+    hold_code_files: bool,
 }
 
 impl Enricher {
@@ -52,6 +54,16 @@ impl Enricher {
             stacks: HashMap::new(),
             gap_reads: HashMap::new(),
             unread_stacks: 0,
+            hold_code_files: true,
+        }
+    }
+
+    /// Where nothing is symbolized, the files of code mappings are not held open (they would
+    /// keep deleted files and busy mounts for nothing).
+    pub fn without_code_files(self) -> Enricher {
+        Enricher {
+            hold_code_files: false,
+            ..self
         }
     }
 
@@ -76,6 +88,7 @@ impl Enricher {
     pub fn add_records(&mut self, records: Vec<MapRecord>) {
         for record in &records {
             if let MapChange::Map(mapping) = &record.change
+                && self.hold_code_files
                 && mapping.executable()
                 && mapping.is_file()
                 && mapping.ino != 0
@@ -247,6 +260,9 @@ impl Enricher {
     }
 
     fn open_code_files(&mut self, pid: u32, maps: &[(u64, u64, MapInfo)]) {
+        if !self.hold_code_files {
+            return;
+        }
         for (start, end, info) in maps {
             if let (Some(key), true) = (info.file, info.executable()) {
                 self.files.observe(pid, *start, *end, key, &info.label);

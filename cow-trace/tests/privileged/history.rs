@@ -224,11 +224,7 @@ fn short_lived_processes_resolve_in_the_kernel_summary() {
 fn wait_until_held(tracer: u32, path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let held = std::fs::read_dir(format!("/proc/{tracer}/fd"))
-            .unwrap()
-            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-            .any(|target| target == path);
-        if held {
+        if holds(tracer, path) {
             return;
         }
         assert!(
@@ -238,6 +234,41 @@ fn wait_until_held(tracer: u32, path: &Path) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether cow-trace (pid `tracer`) holds `path` open now.
+fn holds(tracer: u32, path: &Path) -> bool {
+    std::fs::read_dir(format!("/proc/{tracer}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .any(|target| target == path)
+}
+
+/// The code files of a traced process are held open where something is symbolized, and only
+/// there (a file held for nothing keeps a deleted file's space and its mount busy). Those of a
+/// process traced with -x are opened as its history is seeded, before the readiness line.
+#[test]
+fn code_files_are_held_only_where_symbols_are_shown() {
+    if !require_root("code_files_are_held_only_where_symbols_are_shown") {
+        return;
+    }
+    let faulter = Faulter::start();
+    let pid = faulter.pid().to_string();
+    let binary = workload("faulter").canonicalize().unwrap();
+    for (args, held) in [
+        (&["--json"][..], false),
+        (&["--summary"][..], false),
+        (&["--resolve"][..], true),
+        (&["--summary", "--stack"][..], true),
+    ] {
+        let mut all = vec!["-x", &pid];
+        all.extend(args);
+        let tracer = Tracer::start(&all);
+        assert_eq!(holds(tracer.pid(), &binary), held, "{args:?}");
+        let done = tracer.stop();
+        assert_eq!(done.status, 0, "{args:?}: {}", done.stderr);
+    }
+    faulter.exit();
 }
 
 /// Runs dlopen_deleted from a copy that is deleted once cow-trace holds it, with `args`.
