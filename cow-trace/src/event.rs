@@ -234,6 +234,9 @@ pub struct Lost {
     /// User stacks not captured (--stack): the stack map's bucket held another stack, or the
     /// stack could not be read.
     pub stacks_failed: u64,
+    /// Records of mappings the kernel dropped because the mapping ring was full: some
+    /// addresses may resolve to `[unknown]`.
+    pub mapping_records: u64,
 }
 
 impl Lost {

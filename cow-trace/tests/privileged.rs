@@ -1,6 +1,8 @@
 //! End-to-end tests that really load the eBPF programs and really fault pages. They need root
 //! (CI runs as root); elsewhere each says why it skips.
 mod common;
+#[path = "privileged/history.rs"]
+mod history;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -1436,7 +1438,9 @@ fn zero_page_writes_are_zero_fills_not_copies() {
 
 /// One faulter command on file (or shared) mappings, traced by a stream and by --summary at
 /// once, after the same command on a small mapping warmed the faulter's own code and data up
-/// (so that the command faults only in its mappings).
+/// (so that the command faults only in its mappings). The mappings are gone before either
+/// tracer stops: whether a first write copied a file's page is told from the kernel's record of
+/// the mapping, not from what the process has mapped when the tracer gets to it.
 struct MappingRun {
     pid: u32,
     printed: Vec<String>,
@@ -1457,11 +1461,10 @@ fn trace_mapping_commands(warm_up: &[String], commands: &[String]) -> MappingRun
     let counted = Tracer::start(&["-x", &pid.to_string(), "--json", "--summary"]);
     let before = kernel_fault_counts(pid);
     let printed: Vec<String> = commands.iter().flat_map(|c| faulter.run(c)).collect();
+    faulter.run("release");
     let after = kernel_fault_counts(pid);
-    // The mappings are still there while the tracers read them.
     let stream = stream.stop();
     let counted = counted.stop();
-    faulter.run("release");
     faulter.exit();
     MappingRun {
         pid,

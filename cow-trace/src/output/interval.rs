@@ -137,6 +137,7 @@ fn lost_since(now: &Lost, before: &Lost) -> Lost {
         traced_full,
         summary_full,
         stacks_failed,
+        mapping_records,
     } = now;
     Lost {
         ring_full: ring_full.saturating_sub(before.ring_full),
@@ -144,6 +145,7 @@ fn lost_since(now: &Lost, before: &Lost) -> Lost {
         traced_full: traced_full.saturating_sub(before.traced_full),
         summary_full: summary_full.saturating_sub(before.summary_full),
         stacks_failed: stacks_failed.saturating_sub(before.stacks_failed),
+        mapping_records: mapping_records.saturating_sub(before.mapping_records),
     }
 }
 

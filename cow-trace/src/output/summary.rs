@@ -319,6 +319,13 @@ impl Summary {
         if self.lost.stacks_failed > 0 {
             writeln!(out, "Stacks not taken: {}", self.lost.stacks_failed)?;
         }
+        if self.lost.mapping_records > 0 {
+            writeln!(
+                out,
+                "Mapping records lost: {} (some addresses may show [unknown])",
+                self.lost.mapping_records
+            )?;
+        }
         Ok(())
     }
 

@@ -39,8 +39,8 @@
 //                (MADV_PAGEOUT); prints "swapped K", how many are in swap
 //   rewrite      write every page of the mappings kept again (after pageout: each is read
 //                back from swap, no copy)
-//   release      unmap what private, shared and shm mapped (it stays mapped till then, so
-//                that a tracer reads the mappings after the faults) and delete the files
+//   release      unmap what private, shared and shm mapped (it stays mapped till then, for
+//                pageout and rewrite) and delete the files
 //   tree N       fork a child that forks a grandchild; the grandchild writes N pages, prints
 //                "grandchild PID", and both exit
 //   rename NAME N  set the thread's name to NAME (prctl), print "pages ADDR", write N pages
@@ -335,7 +335,8 @@ static void major(const char *path, long n) {
     unlink(path);
 }
 
-// File mappings stay until "release": a tracer reads the process's mappings after the faults.
+// File mappings stay until "release", for the commands that work on them again (pageout, pin,
+// rewrite).
 static struct kept {
     void *p;
     long n;
