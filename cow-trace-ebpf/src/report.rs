@@ -1,7 +1,7 @@
 //! The last step of every fault: stream it to userspace, or count it in the kernel
 //! (`summary`).
 use aya_ebpf::bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-use cow_trace_common::{Record, TS_NOT_TAKEN, Window, counter, flags, kind, x86_pf};
+use cow_trace_common::{CowOutcome, FaultClass, Record, TS_NOT_TAKEN, Window, counter, kind};
 
 use crate::{
     clock::now_ns,
@@ -87,11 +87,8 @@ fn window_of(record: &Record) -> u32 {
         let _ = WINDOW.remove(record.pid);
         return 0;
     }
-    let write_protect = x86_pf::PROT | x86_pf::WRITE;
-    let copied = record.kind == kind::FAULT
-        && record.flags & (flags::COPY_KNOWN | flags::PAGE_ALLOCATED)
-            == flags::COPY_KNOWN | flags::PAGE_ALLOCATED
-        && record.error_code & write_protect == write_protect;
+    let class = FaultClass::of_record(record);
+    let copied = class.is_completed() && class.cow_outcome() == Some(CowOutcome::Copied);
     if copied { child } else { 0 }
 }
 
