@@ -6,8 +6,9 @@
 //! perf trace) runs it in turn, rotating the order every round, and BENCHMARKS.md gets the
 //! medians. `--soak SECONDS` adds a long cow-trace run at a steady fault rate, sampling its RSS.
 //!
-//! Besides: `bystander` (what a tracer costs the processes it does not trace) and `redis`
-//! (Redis's SET throughput during a BGSAVE, traced and not), each selected with `--parts`.
+//! Besides: `bystander` (what a tracer costs the processes it does not trace), `redis`
+//! (Redis's SET throughput during a BGSAVE, traced and not) and `mappings` (what following
+//! 100 000 mappings costs), each selected with `--parts`.
 //!
 //! One module per job: `configs` (what is measured, and with what), `workloads` (driving
 //! bench_cow), `runners` (starting, watching and stopping each tracer), `counting` (what each
@@ -22,6 +23,7 @@ mod counting;
 mod host;
 mod leftovers;
 mod load;
+mod mappings;
 mod matrix;
 mod redis;
 mod report;
@@ -38,6 +40,7 @@ use crate::{setup, util};
 use bystander::run_bystander;
 use configs::Tools;
 use leftovers::{bpf_program_ids, check_nothing_left};
+use mappings::run_mappings;
 use matrix::run_matrix;
 use redis::run_redis;
 use report::{Parts, kept_notes, render};
@@ -56,8 +59,12 @@ pub struct Args {
     threads: u32,
     /// Which parts to run: matrix (every configuration on every workload), bystander (an
     /// untraced storm while tracers trace a sleeping process), redis (SET throughput during a
-    /// BGSAVE).
-    #[arg(long, value_delimiter = ',', default_value = "matrix,bystander,redis")]
+    /// BGSAVE), mappings (a process mapping and unmapping 100 000 regions).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "matrix,bystander,redis,mappings"
+    )]
     parts: Vec<Part>,
     /// Rounds: each configuration runs each workload once per round (0: no matrix, soak only);
     /// also the bystander's and Redis's rounds.
@@ -105,6 +112,7 @@ enum Part {
     Matrix,
     Bystander,
     Redis,
+    Mappings,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -125,6 +133,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         true => Some(run_redis(&tools, &args)?),
         false => None,
     };
+    let mappings = match part(Part::Mappings) {
+        true => Some(run_mappings(&tools, &args)?),
+        false => None,
+    };
     let soak = match args.soak {
         Some(seconds) => Some(run_soak(&tools, &args, seconds)?),
         None => None,
@@ -136,6 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         matrix: matrix.as_ref(),
         bystander: bystander.as_ref(),
         redis: redis.as_ref(),
+        mappings: mappings.as_ref(),
         soak: soak.as_ref(),
     };
     let report = render(&tools, &parts, &kept);

@@ -8,6 +8,7 @@ use super::{
     bystander::{self, Bystander},
     configs::{Config, Tools},
     host::{first_line, machine, mitigations},
+    mappings::{self, Churn, Mappings},
     matrix::{Matrix, optional},
     redis::{self, RedisRuns},
     soak::Soak,
@@ -27,6 +28,7 @@ pub struct Parts<'a> {
     pub matrix: Option<&'a Matrix>,
     pub bystander: Option<&'a Bystander>,
     pub redis: Option<&'a RedisRuns>,
+    pub mappings: Option<&'a Mappings>,
     pub soak: Option<&'a Soak>,
 }
 
@@ -41,6 +43,9 @@ pub fn render(tools: &Tools, parts: &Parts, kept: &str) -> String {
     }
     if let Some(redis) = parts.redis {
         let _ = render_redis(&mut out, redis);
+    }
+    if let Some(mappings) = parts.mappings {
+        let _ = render_mappings(&mut out, mappings);
     }
     let _ = render_targets(&mut out, parts);
     if let Some(soak) = parts.soak {
@@ -312,8 +317,58 @@ fn verdict(out: &mut String, target: &str, figure: String, met: Option<bool>) ->
     writeln!(out, "| {target} | {figure} | {met} |")
 }
 
+fn render_mappings(out: &mut String, runs: &Mappings) -> std::fmt::Result {
+    writeln!(
+        out,
+        "## Following the mappings
+"
+    )?;
+    writeln!(
+        out,
+        "A process maps, writes and unmaps {regions} one-page regions (`mmap_churn`, which \
+         times its own loop), untraced and under cow-trace, which follows each mapping from \
+         the kernel's mapping records into the process's address-space history. Medians of \
+         {rounds} rounds, the configurations taking turns; **× untraced** is the median of the \
+         ratio to the same round's untraced run. **history at the end**: cow-trace's `-v` \
+         line of the last round.\n",
+        regions = mappings::REGIONS,
+        rounds = runs.rounds,
+    )?;
+    writeln!(
+        out,
+        "| configuration | ns/region (min–max) | × untraced | peak RSS MiB | lost (mapping records) | history at the end |\n|---|--:|--:|--:|--:|---|"
+    )?;
+    for churn in Churn::ALL {
+        let ns = runs.ns(churn);
+        let traced: Vec<_> = runs.traced(churn).collect();
+        let rss: Vec<f64> = traced.iter().map(|t| t.peak_rss_mib).collect();
+        let lost = traced.iter().map(|t| t.lost).max();
+        let records = traced.iter().map(|t| t.lost_mapping_records).max();
+        let lost = match (lost, records) {
+            (Some(lost), Some(records)) => format!("{lost} ({records})"),
+            _ => String::new(),
+        };
+        writeln!(
+            out,
+            "| {} | {} ({}–{}) | {} | {} | {lost} | {} |",
+            churn.label(),
+            fig(median(&ns), 0),
+            fig(min(&ns), 0),
+            fig(max(&ns), 0),
+            fig(median(&runs.ratios(churn)), 2),
+            fig(median(&rss), 1),
+            traced.last().map_or("", |t| t.history.as_str()),
+        )?;
+    }
+    writeln!(out)
+}
+
 fn render_targets(out: &mut String, parts: &Parts) -> std::fmt::Result {
-    if parts.matrix.is_none() && parts.bystander.is_none() && parts.redis.is_none() {
+    if parts.matrix.is_none()
+        && parts.bystander.is_none()
+        && parts.redis.is_none()
+        && parts.mappings.is_none()
+    {
         return Ok(());
     }
     writeln!(out, "## Targets\n")?;
@@ -354,6 +409,24 @@ fn render_targets(out: &mut String, parts: &Parts) -> std::fmt::Result {
                 ),
                 format!("{}% of untraced", fig(ratio.map(|r| r * 100.0), 1)),
                 ratio.map(|r| r >= floor).filter(|_| judged),
+            )?;
+        }
+    }
+    if let Some(mappings) = parts.mappings {
+        for churn in [Churn::Summary, Churn::StreamResolved] {
+            let lost: Option<u64> = mappings
+                .traced(churn)
+                .map(|t| t.lost + t.lost_mapping_records)
+                .max();
+            verdict(
+                out,
+                &format!(
+                    "{} regions mapped and unmapped, {}: nothing lost, default settings",
+                    mappings::REGIONS,
+                    churn.label()
+                ),
+                format!("lost at most {}", fig(lost.map(|l| l as f64), 0)),
+                lost.map(|l| l == 0),
             )?;
         }
     }
