@@ -269,6 +269,7 @@ fn short_lived_processes_in_the_flame_graph() {
             .map(|v| v["pid"].as_u64().unwrap())
             .collect();
         assert_eq!(pids.len(), 2, "{mode:?}: {}", done.output);
+        let mut named = 0;
         for pid in pids {
             // `fork_deep (PID);[while child N ran;]...;main;level1;level2;level3;touch COUNT`:
             // the write is inlined into level3, and is its own frame.
@@ -280,12 +281,22 @@ fn short_lived_processes_in_the_flame_graph() {
                 .filter(|(stack, _)| stack.ends_with(";main;level1;level2;level3;touch"))
                 .map(|(_, count)| count.parse::<u64>().unwrap())
                 .sum();
+            // A frame-pointer walk the kernel could not take (bpf_get_stackid failing) is
+            // counted and shown as such, never as another stack.
+            let not_taken: u64 = text
+                .lines()
+                .filter(|line| line.starts_with(&root))
+                .filter_map(|line| line.rsplit_once(' '))
+                .filter(|(stack, _)| stack.ends_with(";[stack not taken]"))
+                .map(|(_, count)| count.parse::<u64>().unwrap())
+                .sum();
             assert!(
-                deep >= 300 || stacks_failed > 0,
-                "{mode:?}: pid {pid}: {deep} faults under level3: {text}"
+                deep >= 300 || (stacks_failed > 0 && deep + not_taken >= 300),
+                "{mode:?}: pid {pid}: {deep} faults under level3, {not_taken} not taken: {text}"
             );
-            assert!(deep > 0, "{mode:?}: pid {pid}: no named stack: {text}");
+            named += usize::from(deep > 0);
         }
+        assert!(named > 0, "{mode:?}: no process has a named stack: {text}");
     }
 }
 
