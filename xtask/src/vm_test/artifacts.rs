@@ -1,9 +1,14 @@
-//! What goes into the VMs from the build: cow-trace, the privileged suite, the C workloads.
+//! What goes into the VMs from the build: cow-trace as it ships (the static musl binary of
+//! `cargo xtask dist`), the privileged suite and the C workloads, for one architecture.
 use std::{fs, path::PathBuf, process::Command};
 
 use anyhow::Context as _;
 
-use crate::util::{self, output};
+use super::arch::{VmArch, X86_64};
+use crate::{
+    dist,
+    util::{self, output},
+};
 
 /// What goes into the VMs from the build.
 pub struct Artifacts {
@@ -12,28 +17,40 @@ pub struct Artifacts {
     pub workloads: Vec<PathBuf>,
 }
 
-/// Builds cow-trace, the privileged test binary (debug, as `cargo xtask test` does, so CI
-/// builds them once) and the C workloads.
-pub fn build() -> anyhow::Result<Artifacts> {
+/// Builds the shipped static cow-trace, the privileged test binary (debug, as `cargo xtask
+/// test` does; for x86-64 the host's, so CI builds it once) and the C workloads (static).
+pub fn build(arch: &VmArch) -> anyhow::Result<Artifacts> {
     let root = util::root();
-    let cow_trace = cargo_executable(&["build", "--package", "cow-trace"], "cow-trace")?;
-    let suite = cargo_executable(
-        &[
-            "test",
-            "--package",
-            "cow-trace",
-            "--test",
-            "privileged",
-            "--no-run",
-        ],
+    let cow_trace = dist::static_binary(arch.dist)?;
+    let mut suite_args = vec![
+        "test",
+        "--package",
+        "cow-trace",
+        "--test",
         "privileged",
-    )?;
+        "--no-run",
+    ];
+    if arch.name() != X86_64.name() {
+        suite_args.extend(["--target", arch.dist.target]);
+    }
+    let suite = cargo_executable(&suite_args, "privileged")?;
+    let out = root.join("target/vm").join(arch.name()).join("workloads");
+    fs::create_dir_all(&out)?;
     let mut workloads = Vec::new();
     for source in fs::read_dir(root.join("cow-trace/tests/workloads"))? {
         let source = source?.path();
         if source.extension().is_some_and(|e| e == "c") {
             let name = source.file_stem().context("workload name")?;
-            workloads.push(util::workload(&name.to_string_lossy())?);
+            let binary = out.join(name);
+            util::run(
+                Command::new(arch.cc)
+                    .args(["-O1", "-fno-omit-frame-pointer", "-pthread", "-Wall"])
+                    .args(["-static", "-o"])
+                    .arg(&binary)
+                    .arg(&source),
+            )
+            .with_context(|| format!("{} could not build {}", arch.cc, source.display()))?;
+            workloads.push(binary);
         }
     }
     Ok(Artifacts {

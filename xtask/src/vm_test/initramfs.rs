@@ -8,15 +8,25 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{BACKENDS, MARK, artifacts::Artifacts, kernels::Kernel, run_environment};
+use super::{
+    MARK,
+    arch::{VmArch, X86_64, run_environment},
+    artifacts::Artifacts,
+    kernels::Kernel,
+};
 use crate::util::{self, output};
 
 /// The part of the initramfs every kernel shares: busybox, /init, the binaries and their
-/// libraries. Returns the gzipped cpio archive.
-pub fn base_initramfs(work: &Path, artifacts: &Artifacts) -> anyhow::Result<PathBuf> {
+/// libraries, for `arch`. Returns the gzipped cpio archive.
+pub fn base_initramfs(
+    work: &Path,
+    arch: &VmArch,
+    artifacts: &Artifacts,
+) -> anyhow::Result<PathBuf> {
+    let work = work.join(arch.name());
     let root = work.join("base");
     if root.exists() {
-        fs::remove_dir_all(&root).context("clearing target/vm/base")?;
+        fs::remove_dir_all(&root).with_context(|| format!("clearing {}", root.display()))?;
     }
     for dir in [
         "proc",
@@ -29,7 +39,7 @@ pub fn base_initramfs(work: &Path, artifacts: &Artifacts) -> anyhow::Result<Path
     ] {
         fs::create_dir_all(root.join(dir))?;
     }
-    install_busybox(&root)?;
+    install_busybox(&root, &busybox(&work, arch)?)?;
     install_binary(&root, &artifacts.cow_trace, "vm/cow-trace")?;
     install_binary(&root, &artifacts.suite, "vm/privileged")?;
     for workload in &artifacts.workloads {
@@ -40,16 +50,50 @@ pub fn base_initramfs(work: &Path, artifacts: &Artifacts) -> anyhow::Result<Path
             &format!("vm/workloads/{}", name.to_string_lossy()),
         )?;
     }
-    write_executable(&root.join("init"), &init_script())?;
+    write_executable(&root.join("init"), &init_script(arch.backends))?;
     let archive = work.join("base.cpio.gz");
     cpio_gz(&root, &archive)?;
     Ok(archive)
 }
 
-/// busybox-static at /bin/busybox with a symlink per applet (the suite runs `sh -c ...`).
-fn install_busybox(root: &Path) -> anyhow::Result<()> {
+/// The static busybox for `arch`: the host's for x86-64, else busybox-static of Debian's
+/// architecture, downloaded and unpacked once under `work`.
+fn busybox(work: &Path, arch: &VmArch) -> anyhow::Result<PathBuf> {
+    if arch.name() == X86_64.name() {
+        return Ok(PathBuf::from("/bin/busybox"));
+    }
+    let tree = work.join("busybox");
+    let busybox = tree.join("bin/busybox");
+    if busybox.exists() {
+        return Ok(busybox);
+    }
+    let download = work.join("busybox-download");
+    if download.exists() {
+        fs::remove_dir_all(&download)?;
+    }
+    fs::create_dir_all(&download)?;
+    // As root apt would hand the download to its _apt user, which cannot write here.
+    util::run(Command::new("apt-get").current_dir(&download).args([
+        "-o",
+        "APT::Sandbox::User=root",
+        "download",
+        &format!("busybox-static:{}", arch.dist.debian),
+    ]))?;
+    let deb = fs::read_dir(&download)?
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download busybox-static left no .deb")?;
+    util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
+    fs::remove_dir_all(&download)?;
+    Ok(busybox)
+}
+
+/// `busybox` at /bin/busybox with a symlink per applet (the suite runs `sh -c ...`). The
+/// applets are the host busybox's: the same Debian package, built the same way.
+fn install_busybox(root: &Path, busybox: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(root.join("bin"))?;
-    fs::copy("/bin/busybox", root.join("bin/busybox")).context("copying /bin/busybox")?;
+    fs::copy(busybox, root.join("bin/busybox"))
+        .with_context(|| format!("copying {}", busybox.display()))?;
     let applets = output(Command::new("/bin/busybox").arg("--list-full"))
         .context("busybox --list-full failed")?;
     for applet in applets
@@ -91,9 +135,9 @@ fn ldd_path(line: &str) -> Option<PathBuf> {
 
 /// /init: mount what the suite and cow-trace need, load the disk modules, mount the scratch
 /// disk, run the suite once per backend between markers, power off.
-fn init_script() -> String {
+fn init_script(backends: &[&str]) -> String {
     let mut runs = String::new();
-    for backend in BACKENDS {
+    for backend in backends {
         let environment = run_environment(backend);
         runs.push_str(&format!(
             "    echo \"{MARK} begin {backend}\"\n    \

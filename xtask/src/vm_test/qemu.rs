@@ -9,37 +9,21 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{initramfs::modules_initramfs, kernels::Kernel};
+use super::{arch::VmArch, initramfs::modules_initramfs, kernels::Kernel};
 use crate::util;
 
-/// Guest and emulator settings. KVM does not work here (nested virtualisation), so TCG; and
-/// single-threaded TCG, because with one host thread per vCPU Debian's 6.12 oopses ("int3" in
-/// exc_page_fault) when a static key is flipped while another vCPU takes page faults, as
-/// enabling the page-fault tracepoint does. The guest still has two CPUs.
-const QEMU_ARGS: &[&str] = &[
-    "-accel",
-    "tcg,thread=single",
-    "-cpu",
-    "max",
-    "-smp",
-    "2",
-    "-m",
-    "2G",
-    "-nographic",
-    "-no-reboot",
-    "-nic",
-    "none",
-];
-
-const KERNEL_ARGS: &str = "console=ttyS0 quiet panic=-1";
+/// Settings of every VM; the machine and kernel command line are the architecture's.
+const QEMU_ARGS: &[&str] = &["-nographic", "-no-reboot", "-nic", "none"];
 
 /// A VM that has not powered off by then is killed. One VM runs the suite once per backend:
-/// a few minutes under TCG on a quiet machine, far longer when the machine is loaded.
+/// a few minutes under TCG on a quiet machine, far longer when the machine is loaded, and
+/// emulating arm64 is slower still.
 const VM_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 /// A VM ready to boot: its kernel, initramfs, scratch disk and console log.
 pub struct Vm {
     pub release: String,
+    pub arch: &'static VmArch,
     vmlinuz: PathBuf,
     initrd: PathBuf,
     disk: PathBuf,
@@ -58,6 +42,7 @@ pub fn prepare(work: &Path, kernel: &Kernel, base: &Path) -> anyhow::Result<Vm> 
     fs::write(&initrd, joined)?;
     Ok(Vm {
         release: kernel.release.clone(),
+        arch: kernel.arch,
         vmlinuz: kernel.vmlinuz.clone(),
         initrd,
         disk: scratch_disk(&dir)?,
@@ -86,7 +71,8 @@ pub fn boot(vm: &Vm) -> anyhow::Result<()> {
     );
     let started = Instant::now();
     let console = fs::File::create(&vm.log)?;
-    let mut qemu = Command::new("qemu-system-x86_64")
+    let mut qemu = Command::new(vm.arch.qemu)
+        .args(vm.arch.qemu_args)
         .args(QEMU_ARGS)
         .arg("-kernel")
         .arg(&vm.vmlinuz)
@@ -94,12 +80,12 @@ pub fn boot(vm: &Vm) -> anyhow::Result<()> {
         .arg(&vm.initrd)
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=raw", vm.disk.display()))
-        .args(["-append", KERNEL_ARGS])
+        .args(["-append", vm.arch.kernel_args])
         .stdin(Stdio::null())
         .stdout(console.try_clone()?)
         .stderr(console)
         .spawn()
-        .context("starting qemu-system-x86_64")?;
+        .with_context(|| format!("starting {}", vm.arch.qemu))?;
     let deadline = Instant::now() + VM_TIMEOUT;
     loop {
         if let Some(status) = qemu.try_wait()? {
