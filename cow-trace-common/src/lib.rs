@@ -43,6 +43,9 @@ pub mod flags {
     pub const PAGE_ZEROED: u32 = 1 << 5;
     /// The fault was not timed (--no-latency): its latency is unknown.
     pub const UNTIMED: u32 = 1 << 6;
+    /// The fault read its page back from swap (handle_mm_fault backends, where `do_swap_page`
+    /// can be hooked): a page it allocated holds the page read back, not a copy.
+    pub const SWAP_IN: u32 = 1 << 7;
 }
 
 /// x86 page-fault error code bits (arch/x86/include/asm/trap_pf.h).
@@ -82,6 +85,17 @@ pub mod class {
     /// On a write-protect fault with COPY_KNOWN: a write to the shared zero page, filled with a
     /// fresh zeroed page (nothing shared was copied).
     pub const ZERO_FILL: u32 = 1 << 9;
+    /// A write to a page not present that allocated a user page not zeroed (PAGE_ALLOCATED),
+    /// not read back from swap. In a private file mapping that page is the private copy of the
+    /// file's page (the kernel's do_cow_fault allocates it first, then reads the file's page
+    /// if need be, and copies); elsewhere it is a page-cache page (a shared file's, or
+    /// shmem's) or a page read back from swap. The kernel cannot tell the mappings apart:
+    /// userspace resolves it, with [`super::FaultClass::with_mapping`], to FILE_COPY or to
+    /// nothing.
+    pub const NEW_PAGE: u32 = 1 << 10;
+    /// Set by userspace only, for a NEW_PAGE fault in a private file mapping: the file's page
+    /// was copied into private memory.
+    pub const FILE_COPY: u32 = 1 << 11;
 
     use super::{flags, x86_pf};
 
@@ -94,7 +108,8 @@ pub mod class {
             record.error_code,
         );
         if record.kind == super::kind::FAULT_RETRY {
-            class |= RETRY;
+            // The attempt freed what it allocated: the fault goes on, and copies then.
+            class = (class | RETRY) & !NEW_PAGE;
         }
         class
     }
@@ -131,6 +146,12 @@ pub mod class {
                     class |= ZERO_FILL;
                 }
             }
+        } else if !incomplete
+            && class & ACCESS_MASK == WRITE
+            && record_flags & (flags::COPY_KNOWN | flags::PAGE_ALLOCATED | flags::SWAP_IN)
+                == flags::COPY_KNOWN | flags::PAGE_ALLOCATED
+        {
+            class |= NEW_PAGE;
         }
         class
     }
@@ -283,14 +304,47 @@ impl FaultClass {
         self.has(class::WRITE_PROTECT)
     }
 
+    /// A write to a page not present that allocated a page whose meaning depends on the
+    /// mapping (see [`class::NEW_PAGE`]): userspace resolves it with
+    /// [`FaultClass::with_mapping`].
+    pub const fn needs_mapping(self) -> bool {
+        self.has(class::NEW_PAGE)
+    }
+
+    /// The class of a [`class::NEW_PAGE`] fault once its mapping is known: a copy of the
+    /// file's page if the mapping is a private file mapping, else (a page-cache page, or one
+    /// read back from swap) an ordinary write. Other classes are returned unchanged.
+    pub const fn with_mapping(self, private_file: bool) -> FaultClass {
+        if !self.needs_mapping() {
+            return self;
+        }
+        let bits = self.0 & !class::NEW_PAGE;
+        FaultClass(if private_file {
+            bits | class::FILE_COPY
+        } else {
+            bits
+        })
+    }
+
+    /// A first write to a page of a private file mapping, which copied the file's page into
+    /// private memory (the kernel's do_cow_fault): a copy, though no write-protect fault.
+    pub const fn is_file_copy(self) -> bool {
+        self.has(class::FILE_COPY)
+    }
+
     /// Taken in kernel mode on a user address.
     pub const fn is_kernel_mode(self) -> bool {
         self.has(class::KERNEL_MODE)
     }
 
-    /// How a write-protect fault ended; None for other faults, or where copy detection did
-    /// not see it.
+    /// How a copy-on-write fault ended: a write-protect fault's copy, reuse or zero fill, or a
+    /// file's page copied into a private mapping at a first write (see
+    /// [`FaultClass::is_file_copy`]); None for other faults, or where copy detection did not
+    /// see it.
     pub const fn cow_outcome(self) -> Option<CowOutcome> {
+        if self.is_file_copy() {
+            return Some(CowOutcome::Copied);
+        }
         if !self.is_write_protect() || !self.has(class::COPY_KNOWN) {
             return None;
         }
@@ -313,6 +367,8 @@ impl core::fmt::Display for FaultClass {
         if self.is_write_protect() {
             let cow = self.cow_outcome().map_or("cow", CowOutcome::summary_label);
             write!(f, " {cow}")?;
+        } else if self.is_file_copy() {
+            f.write_str(" file-copied")?;
         }
         if self.is_kernel_mode() {
             f.write_str(" kernel")?;
@@ -611,16 +667,68 @@ mod tests {
             class::of(false, flags::COPY_KNOWN | flags::PAGE_ZEROED, wp),
             class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN | class::ZERO_FILL
         );
-        // A page allocated on a first-touch write is no copy-on-write.
+        // A page allocated at a write to a page not present is no write-protect fault: what
+        // it is depends on the mapping.
         assert_eq!(
             class::of(false, copied, x86_pf::WRITE | x86_pf::USER),
-            class::WRITE
+            class::WRITE | class::NEW_PAGE
         );
         assert_eq!(class::of(false, flags::NO_ENTRY, wp), class::UNKNOWN);
         assert_eq!(
             class::of(true, flags::MAJOR, x86_pf::INSTR),
             class::EXEC | class::INCOMPLETE | class::MAJOR
         );
+    }
+
+    #[test]
+    fn a_page_allocated_at_a_first_write_depends_on_the_mapping() {
+        let not_present_write = x86_pf::WRITE | x86_pf::USER;
+        let allocated = flags::COPY_KNOWN | flags::PAGE_ALLOCATED;
+        let new_page = FaultClass::of(false, allocated, not_present_write);
+        assert!(new_page.needs_mapping() && !new_page.is_write_protect());
+        assert_eq!(new_page.cow_outcome(), None, "unknown until the mapping is");
+        // In a private file mapping: the file's page copied, counted as a copy.
+        let copied = new_page.with_mapping(true);
+        assert!(copied.is_file_copy() && !copied.needs_mapping() && !copied.is_write_protect());
+        assert_eq!(copied.cow_outcome(), Some(CowOutcome::Copied));
+        assert_eq!(copied.access(), Some(Access::Write));
+        // Elsewhere (a page-cache page, a page read back from swap): an ordinary write.
+        let filled = new_page.with_mapping(false);
+        assert_eq!(filled, FaultClass::of(false, 0, not_present_write));
+        assert_eq!(filled.cow_outcome(), None);
+        // Major faults (the file's page read from disk first) copy all the same.
+        let major = FaultClass::of(false, allocated | flags::MAJOR, not_present_write);
+        assert_eq!(
+            major.with_mapping(true).outcome(),
+            Outcome::Major,
+            "still major"
+        );
+        assert!(major.with_mapping(true).is_file_copy());
+        // A fault that failed, or an attempt retried, kept no page.
+        assert!(!FaultClass::of(true, allocated, not_present_write).needs_mapping());
+        let mut retried = Record::zeroed();
+        retried.kind = kind::FAULT_RETRY;
+        retried.flags = allocated;
+        retried.error_code = not_present_write;
+        assert!(!FaultClass::of_record(&retried).needs_mapping());
+        retried.kind = kind::FAULT;
+        assert!(FaultClass::of_record(&retried).needs_mapping());
+        // Not candidates: a zeroed page (anonymous memory's first write), a page read back
+        // from swap, a read, a fault without copy detection or without its entry.
+        for (record_flags, error_code) in [
+            (flags::COPY_KNOWN | flags::PAGE_ZEROED, not_present_write),
+            (allocated | flags::SWAP_IN, not_present_write),
+            (allocated, x86_pf::USER),
+            (flags::PAGE_ALLOCATED, not_present_write),
+            (allocated | flags::NO_ENTRY, not_present_write),
+        ] {
+            let class = FaultClass::of(false, record_flags, error_code);
+            assert!(!class.needs_mapping(), "{record_flags:#x} {error_code:#x}");
+            assert_eq!(class.with_mapping(true), class, "nothing to resolve");
+        }
+        // A write-protect fault is resolved by its own bits, whatever the mapping.
+        let wp = FaultClass::of(false, allocated, not_present_write | x86_pf::PROT);
+        assert_eq!(wp.with_mapping(true), wp);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The "fexit" and "kprobe" backends: `handle_mm_fault(vma, address, flags, regs)` itself, as
 //! the SystemTap probes hooked it. Each call is one attempt; its return value says how it
 //! ended. The fault flags give the access; `do_wp_page` marks the write-protect
-//! (copy-on-write) faults.
+//! (copy-on-write) faults, `do_swap_page` those that read their page back from swap (whose
+//! new page is no copy).
 //!
 //! Kernels forbid these on some machines (no kprobes, BPF trampolines refused): userspace then
 //! falls back to the tracepoint backend in `faults`.
@@ -67,6 +68,12 @@ pub fn do_wp_page_fentry(_ctx: FEntryContext) -> u32 {
     0
 }
 
+#[fentry(function = "do_swap_page")]
+pub fn do_swap_page_fentry(_ctx: FEntryContext) -> u32 {
+    swap_in_seen();
+    0
+}
+
 #[kprobe]
 pub fn handle_mm_fault_kprobe(ctx: ProbeContext) -> u32 {
     attempt_begins(
@@ -88,6 +95,12 @@ pub fn handle_mm_fault_kretprobe(ctx: RetProbeContext) -> u32 {
 #[kprobe]
 pub fn do_wp_page_kprobe(_ctx: ProbeContext) -> u32 {
     write_protect_seen();
+    0
+}
+
+#[kprobe]
+pub fn do_swap_page_kprobe(_ctx: ProbeContext) -> u32 {
+    swap_in_seen();
     0
 }
 
@@ -143,6 +156,15 @@ fn write_protect_seen() {
     }
 }
 
+/// The attempt reads its page back from swap: a page it allocates is that page, not a copy of
+/// a file's page (a swapped-out page of a private file mapping was copied long before).
+#[inline(always)]
+fn swap_in_seen() {
+    if let Some(slot) = Slot::of(bpf_get_current_pid_tgid() as u32) {
+        slot.mark(flags::SWAP_IN);
+    }
+}
+
 /// `fault_flags` is u64::MAX where the caller cannot know them (kretprobe).
 #[inline(always)]
 fn attempt_ends(vm_fault: u32, fault_flags: u64) {
@@ -170,7 +192,8 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
     if entry.flags & WRITE_PROTECT_SEEN != 0 {
         record.error_code |= x86_pf::PROT | x86_pf::WRITE;
     }
-    record.flags = entry.flags & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED | flags::PAGE_ZEROED);
+    record.flags = entry.flags
+        & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED | flags::PAGE_ZEROED | flags::SWAP_IN);
     let settings = settings();
     if settings.untimed == 0 {
         record.latency_ns = now - entry.ts_ns;

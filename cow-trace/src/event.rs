@@ -48,13 +48,15 @@ impl Fault {
         self.error_code.map(|_| self.class.is_write_protect())
     }
 
-    /// How a copy-on-write fault ended; None for other faults, or where unknown.
+    /// How a copy-on-write fault ended (a first write that copied a file's page into a
+    /// private mapping: `Copied`); None for other faults, or where unknown.
     pub fn cow_outcome(&self) -> Option<CowOutcome> {
         self.class.cow_outcome()
     }
 
-    /// On a copy-on-write fault: Some(true) if a shared page was copied, Some(false) if it was
-    /// reused (its last sharer kept it) or was the zero page, filled afresh.
+    /// On a copy-on-write fault: Some(true) if a page was copied (a shared one, or a file's
+    /// into a private mapping), Some(false) if it was reused (its last sharer kept it) or was
+    /// the zero page, filled afresh.
     pub fn copied(&self) -> Option<bool> {
         self.cow_outcome()
             .map(|outcome| outcome == CowOutcome::Copied)
@@ -232,6 +234,9 @@ pub struct Lost {
     /// User stacks not captured (--stack): the stack map's bucket held another stack, or the
     /// stack could not be read.
     pub stacks_failed: u64,
+    /// Records of mappings the kernel dropped because the mapping ring was full: some
+    /// addresses may resolve to `[unknown]`.
+    pub mapping_records: u64,
 }
 
 impl Lost {

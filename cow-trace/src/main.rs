@@ -6,6 +6,7 @@ mod enrich;
 mod event;
 mod failure;
 mod kernel;
+mod map_record;
 mod output;
 mod page;
 mod session;

@@ -7,16 +7,18 @@ use std::{
 };
 
 use anyhow::Context as _;
+use cow_trace_common::HIST_BUCKETS;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{BackendChoice, Format},
     clock::monotonic_ns,
-    enrich::Enricher,
-    event::{Change, Event, FaultClass, ProcessEvent},
+    enrich::{self, Enricher, Retention},
+    event::{Change, Event, FaultClass, Lost, ProcessEvent},
     failure::{Status, failure},
     kernel::{
         KernelConfig, kstats,
+        mmap_events::{self, MmapEvents},
         probes::Probes,
         ring::{Ring, read_lost},
     },
@@ -52,6 +54,11 @@ pub struct Options {
     /// --flamegraph / --folded, opened.
     pub flame: Option<FlameFiles>,
 }
+
+/// Records taken from the ring at a time: the mapping records are read after each batch, so
+/// every mapping its faults were in is known before they are resolved (and often enough that
+/// the mapping rings do not fill while a busy stream is handled).
+const BATCH: usize = 1024;
 
 /// Why tracing stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -112,6 +119,9 @@ struct Session {
     /// collected from the kernel's slots at the end (--no-latency), added to its counts.
     streamed: Summary,
     enricher: Enricher,
+    /// The kernel's records of the traced processes' mappings (None where the perf events
+    /// could not be opened).
+    mapping_events: Option<MmapEvents>,
     plot: Option<FaultPlot>,
     flame: Option<FlameGraph>,
     losses: Losses,
@@ -123,12 +133,40 @@ struct Session {
 impl Session {
     /// Hands everything the kernel has written to the summary, plot and sink.
     fn drain(&mut self, ring: &mut Ring) -> io::Result<()> {
-        let mut result = Ok(());
-        ring.drain(|event| {
-            result = self.handle(event);
-            result.is_ok()
-        });
-        result.and_then(|()| self.sink.flush())
+        loop {
+            let mut batch = Vec::new();
+            let read = ring.drain(|event| {
+                batch.push(event);
+                batch.len() < BATCH
+            });
+            // A mapping is recorded when it is made, before any fault in it: read after the
+            // batch, the records cover every fault in it.
+            self.read_mappings();
+            for event in batch {
+                self.handle(event)?;
+            }
+            if read < BATCH {
+                break;
+            }
+        }
+        self.sink.flush()
+    }
+
+    /// Hands the mapping records written so far to the history.
+    fn read_mappings(&mut self) {
+        if let Some(events) = self.mapping_events.as_mut() {
+            self.enricher.add_records(events.drain());
+        }
+    }
+
+    /// Reads the mapping records; with --summary, whose counts are resolved against the last
+    /// mappings, applies them at once. Streaming applies each when a fault after it is
+    /// resolved, however far behind the stream is (the history bounds how many wait).
+    fn settle_mappings(&mut self) {
+        self.read_mappings();
+        if self.options.kernel.summary {
+            self.enricher.settle_until(u64::MAX);
+        }
     }
 
     fn handle(&mut self, event: Event) -> io::Result<()> {
@@ -145,9 +183,17 @@ impl Session {
         } = self;
         match event {
             Event::Fault(mut fault) => {
+                // Streamed faults resolve as at their time; with --summary only the faults
+                // collected at the end come here (whose times may not be taken), looked up as
+                // the kernel's counts are, in the last mappings.
+                let at = (!options.kernel.summary).then(|| enrich::fault_time(&fault));
+                if fault.class.needs_mapping() {
+                    // A page allocated at a first write: a copy of the file's page only in a
+                    // private file mapping.
+                    let private = enricher.in_private_file_mapping(fault.pid, fault.address, at);
+                    fault.class = fault.class.with_mapping(private);
+                }
                 if options.kernel.summary {
-                    // Only the faults collected at the end come here: label their mappings as
-                    // the kernel's counts are, from the maps read last.
                     fault.mapping = Some(enricher.mapping_label(fault.pid, fault.address));
                 } else if options.resolve {
                     enricher.resolve(&mut fault);
@@ -155,7 +201,7 @@ impl Session {
                 let in_flame = flame.as_ref().is_some_and(|f| f.counts(fault.class));
                 let frames = match fault.stack_id {
                     Some(id) if options.show_stacks || in_flame => {
-                        enricher.stack(fault.pid, id, |id| probes.stack_ips(id))
+                        enricher.stack(fault.pid, id, at, |id| probes.stack_ips(id))
                     }
                     _ => Vec::new(),
                 };
@@ -187,25 +233,11 @@ impl Session {
                 if let Some(plot) = plot.as_mut() {
                     plot.add_process(&process);
                 }
+                // The history follows forks and execs from the kernel's mapping records.
                 match process.change {
-                    Change::Fork { child } => {
-                        enricher.on_fork(process.pid, child);
-                        // --summary resolves mappings at the end: read them while alive.
-                        if options.kernel.summary {
-                            enricher.refresh([child]);
-                        }
-                    }
-                    // The old program's maps and symbols are stale now. Streaming reads the
-                    // new ones on its next lookup; --summary reads them while alive.
-                    Change::Exec => {
-                        enricher.on_exit(process.pid);
-                        if options.kernel.summary {
-                            enricher.refresh([process.pid]);
-                        }
-                    }
-                    // Streaming resolved this process's faults already.
-                    Change::Exit if !options.kernel.summary => enricher.on_exit(process.pid),
-                    Change::Exit => {}
+                    Change::Fork { child } => enricher.on_new_program(child),
+                    Change::Exec => enricher.on_new_program(process.pid),
+                    Change::Exit => enricher.on_exit(process.pid, process.ts_ns),
                 }
                 if options.kernel.summary {
                     return Ok(());
@@ -240,7 +272,14 @@ impl Session {
             let mut summary = Summary::default();
             let counts = kstats::read(&self.probes)?;
             for (key, value) in &counts.stats {
-                let class = FaultClass::from_bits(key.class);
+                let mut class = FaultClass::from_bits(key.class);
+                if class.needs_mapping() {
+                    // The region's faults are in the mapping of its first faulting address.
+                    let private =
+                        self.enricher
+                            .in_private_file_mapping(key.pid, value.sample_address, None);
+                    class = class.with_mapping(private);
+                }
                 summary.add(
                     key.pid,
                     class,
@@ -259,9 +298,16 @@ impl Session {
                 *summary.mappings.entry((key.pid, label, class)).or_default() += value.faults;
             }
             for (key, hist) in counts.hists {
-                summary
+                // A histogram knows no address, so no mapping: a first write that allocated
+                // a page goes with the other writes of its kind, copy or not.
+                let class = FaultClass::from_bits(key.class).with_mapping(false);
+                let buckets = summary
                     .hists
-                    .insert((key.pid, FaultClass::from_bits(key.class)), hist.buckets);
+                    .entry((key.pid, class))
+                    .or_insert([0; HIST_BUCKETS]);
+                for (sum, count) in buckets.iter_mut().zip(hist.buckets) {
+                    *sum += count;
+                }
             }
             summary.merge(&self.streamed);
             summary
@@ -275,10 +321,10 @@ impl Session {
             let probes = &self.probes;
             let frames = self
                 .enricher
-                .stack(pid, stack_id, |id| probes.stack_ips(id));
+                .stack(pid, stack_id, None, |id| probes.stack_ips(id));
             summary.stack_frames.insert((pid, stack_id), frames);
         }
-        summary.lost = self.losses.update(read_lost(&self.probes));
+        summary.lost = self.read_losses();
         summary.lost.stacks_failed += self.enricher.unread_stacks();
         Ok(summary)
     }
@@ -298,7 +344,9 @@ impl Session {
                 continue;
             }
             let frames = match u32::try_from(key.stack_id) {
-                Ok(id) => self.enricher.stack(key.pid, id, |id| probes.stack_ips(id)),
+                Ok(id) => self
+                    .enricher
+                    .stack(key.pid, id, None, |id| probes.stack_ips(id)),
                 Err(_) => Vec::new(),
             };
             flame.add(&StackSample {
@@ -311,19 +359,21 @@ impl Session {
         Ok(())
     }
 
-    /// Says on stderr what was lost since the last report, if anything.
-    fn report_new_losses(&mut self) {
-        self.losses.update(read_lost(&self.probes));
-        for line in self.losses.new_lines() {
-            eprintln!("cow-trace: {line}");
-        }
+    /// Everything lost so far, by the eBPF programs and the mapping events.
+    fn read_losses(&mut self) -> Lost {
+        let mapping_records = self.mapping_events.as_ref().map_or(0, MmapEvents::lost);
+        let read = read_lost(&self.probes).map(|lost| Lost {
+            mapping_records,
+            ..lost
+        });
+        self.losses.update(read)
     }
 
-    /// --summary resolves mappings at the end, when some processes may be gone: read the live
-    /// ones' now (at start, every second, and at the end).
-    fn read_live_mappings(&mut self) {
-        if self.options.kernel.summary {
-            self.enricher.refresh(self.tree.live.iter().copied());
+    /// Says on stderr what was lost since the last report, if anything.
+    fn report_new_losses(&mut self) {
+        self.read_losses();
+        for line in self.losses.new_lines() {
+            eprintln!("cow-trace: {line}");
         }
     }
 
@@ -333,6 +383,7 @@ impl Session {
         for pid in live {
             self.tree.refresh_comm(pid);
         }
+        self.settle_mappings();
         let summary = self.totals()?;
         Ok(self.write_interval(&summary, monotonic_ns()))
     }
@@ -376,6 +427,9 @@ pub async fn run(
         probes.trace(options.root)?;
     }
     let backend = probes.attach(options.backend)?;
+    // A swap-in the backend does not see looks like a first write's copy: say so if swap was on.
+    let swap_ins_unseen = !probes.sees().swap_ins;
+    let swap_at_start = swap_in_use();
     let mut tree = Tree::default();
     tree.add(options.root);
     // Never cow-trace itself, a descendant of the root in `-x 1` or `-x $PPID`.
@@ -387,6 +441,21 @@ pub async fn run(
         }
     }
     let mut ring = Ring::new(&mut probes)?;
+    let retention = if options.kernel.summary {
+        Retention::UntilEnd
+    } else {
+        Retention::UntilExit
+    };
+    let faults_in_flight =
+        options.kernel.ring_size as usize / size_of::<cow_trace_common::Record>();
+    let mut enricher = Enricher::new(retention, faults_in_flight);
+    if !options.resolve && !options.kernel.stacks {
+        enricher = enricher.without_code_files();
+    }
+    // Every mode needs the mappings: a first write's page is a copy only in a private file
+    // mapping, and --resolve, --stack, --summary and the flame graph name them.
+    let pids: Vec<u32> = tree.live.iter().copied().collect();
+    let mapping_events = follow_mappings(&pids, &mut enricher);
     let clock = WallClock::now();
     let sink = sink::new(options.format, out, clock, backend.name());
     // Handlers first: a signal right after the readiness line must end the run cleanly.
@@ -422,7 +491,8 @@ pub async fn run(
         sink,
         tree,
         streamed: Summary::default(),
-        enricher: Enricher::default(),
+        enricher,
+        mapping_events,
         plot,
         flame,
         losses: Losses::default(),
@@ -443,8 +513,6 @@ pub async fn run(
 
     // The kernel wakes us only once an eighth of the ring is full; this tick drains the rest.
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut ticks: u64 = 0;
-    session.read_live_mappings();
 
     let stop = loop {
         let step = tokio::select! {
@@ -452,12 +520,14 @@ pub async fn run(
                 ready.context("waiting on the ring buffer")?;
                 session.drain(&mut ring)
             }
+            ready = mappings_readable(&session.mapping_events) => {
+                ready.context("waiting on the mapping rings")?;
+                session.read_mappings();
+                Ok(())
+            }
             _ = tick.tick() => {
                 let drained = session.drain(&mut ring);
-                ticks += 1;
-                if ticks.is_multiple_of(10) {
-                    session.read_live_mappings();
-                }
+                session.settle_mappings();
                 // Exit records can be lost when the ring is full: /proc has the last word.
                 session.tree.live.retain(|&pid| target::is_alive(pid));
                 session.report_new_losses();
@@ -497,9 +567,9 @@ pub async fn run(
     };
     // Losses since the last tick (a short run may end before one) get their line too.
     session.report_new_losses();
-    session.read_live_mappings();
+    session.settle_mappings();
     // So do the faults it holds for --no-latency, each newer than anything in the ring from
-    // its thread (after the maps are read: their mappings may be new).
+    // its thread (after the mapping records are read: their mappings may be new).
     let last = match last {
         Ok(()) if stop != Stop::OutputClosed && session.options.kernel.untimed => {
             session.collect_deferred()
@@ -507,6 +577,15 @@ pub async fn run(
         other => other,
     };
     let summary = session.totals()?;
+    let (history, open_files) = session.enricher.stats();
+    log::info!(
+        "mapping history: {} processes, {} live and {} replaced pieces, at most {} in one process (bound {}), {open_files} files held open",
+        history.processes,
+        history.live_pieces,
+        history.past_pieces,
+        history.peak,
+        enrich::PIECES_PER_PROCESS
+    );
     // The totals cover the whole run; with --interval, they come after the last interval's
     // report (never a repeat of it), behind a header where reports are text.
     let whole_run = session
@@ -563,6 +642,13 @@ pub async fn run(
         }
         let _ = stderr.summary(&summary);
     }
+    let file_copies = summary.total().file_copies;
+    if swap_ins_unseen && file_copies > 0 && (swap_at_start || swap_in_use()) {
+        eprintln!(
+            "cow-trace: note: swap is on, and the {} backend does not see pages read back from swap: a write that read back a swapped-out page of a private file mapping counts among the {file_copies} file pages copied",
+            backend.name()
+        );
+    }
     if let (Some(plot), Some(path)) = (plot, &options.plot) {
         let title = format!("cow-trace: pid {} and its children", options.root);
         plot.render_svg(path, &title)
@@ -605,6 +691,49 @@ pub async fn run(
         }
     }
     Ok(status)
+}
+
+/// Opens the kernel's mapping records for `pids` (alive, traced) and seeds their histories
+/// with what they have mapped already. Without the records (the kernel refused the events),
+/// mappings are read from /proc/PID/maps while the processes live.
+fn follow_mappings(pids: &[u32], enricher: &mut Enricher) -> Option<MmapEvents> {
+    let events = match MmapEvents::open(pids) {
+        Ok(events) => Some(events),
+        Err(error) => {
+            log::warn!(
+                "no mapping records ({error:#}): mappings are read from /proc while processes live"
+            );
+            None
+        }
+    };
+    // After the events are open, so nothing mapped between the two is missed.
+    for &pid in pids {
+        enricher.seed(pid);
+    }
+    if let Some(events) = &events {
+        if events.unfollowed() > 0 {
+            log::warn!(
+                "{} threads have no mapping records (over {} events): their mappings are read from /proc while they live",
+                events.unfollowed(),
+                mmap_events::MAX_EVENTS
+            );
+        } else {
+            log::info!("following mappings with perf mapping records");
+        }
+    }
+    events
+}
+
+async fn mappings_readable(events: &Option<MmapEvents>) -> io::Result<()> {
+    match events {
+        Some(events) => events.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a swap area is active (/proc/swaps lists one below its header).
+fn swap_in_use() -> bool {
+    std::fs::read_to_string("/proc/swaps").is_ok_and(|swaps| swaps.lines().nth(1).is_some())
 }
 
 async fn next_tick(interval: &mut Option<tokio::time::Interval>) {

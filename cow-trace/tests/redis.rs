@@ -11,12 +11,16 @@
 //!   new pages, which cow-trace also sees, as the child's faults.
 //!
 //! So rdb_last_cow_size = page size x (parent's copies of shared pages + child's new pages), up to
-//! a few pages, and the test checks exactly that, term by term. Two corrections:
+//! a few pages, and the test checks exactly that, term by term. Three corrections:
 //! - cow-trace counts a write to a page the parent had only read (mapped to the shared zero
 //!   page) as a copy, yet that page was never shared with the child: fresh memory the parent's
 //!   allocator hands out during the snapshot, read, then written. None in this test's runs,
 //!   155 in one where the data had been loaded with `redis-cli --pipe`. They are told apart in
 //!   the stream: a not-present fault on the page earlier in the window.
+//! - cow-trace counts a first write to a page of a private file mapping as a copy (of the
+//!   file's page), yet the child's mapping of that page is the page cache's, not the parent's:
+//!   nothing of it becomes the child's. The window line counts them apart (`file_copies`).
+//!   In the child such a copy is one of its own new pages, counted once.
 //! - Redis samples once, before the child exits; parent copies after that sample are counted by
 //!   cow-trace only. The child is held (SIGSTOP, as a slow disk would hold it) while the writes
 //!   happen, so every copy precedes the sample.
@@ -394,9 +398,13 @@ struct Terms {
     /// Of those, writes to pages the parent had first faulted in after the fork (read, so
     /// mapped to the zero page): never shared with the child.
     parent_zero_fills: u64,
-    /// The child's own faults that copied a page (its writes to shared or zero pages).
+    /// Of those, first writes that copied a file's page into a private mapping: the child
+    /// still shares the file's page with the page cache, so nothing of it became the child's.
+    parent_file_copies: u64,
+    /// The child's own faults that copied a page (its writes to shared or zero pages, and
+    /// its first writes to pages of private file mappings).
     child_copied: u64,
-    /// The child's writes to pages it did not have: new pages of its own.
+    /// The child's other writes to pages it did not have: new pages of its own.
     child_new: u64,
 }
 
@@ -416,8 +424,11 @@ impl Terms {
         let terms = Terms {
             parent_copied: count(window, "copied"),
             parent_zero_fills: zero_fills(json, parent, child),
+            parent_file_copies: count(window, "file_copies"),
             child_copied: count(child_summary, "copied"),
-            child_new: count(child_summary, "writes") - count(child_summary, "cow"),
+            child_new: count(child_summary, "writes")
+                - count(child_summary, "cow")
+                - count(child_summary, "file_copies"),
         };
         // The stream and the window line describe the same faults.
         let streamed = json
@@ -430,7 +441,9 @@ impl Terms {
 
     /// The child's Private_Dirty as cow-trace accounts for it.
     fn private_pages(&self) -> u64 {
-        self.parent_copied - self.parent_zero_fills + self.child_copied + self.child_new
+        self.parent_copied - self.parent_zero_fills - self.parent_file_copies
+            + self.child_copied
+            + self.child_new
     }
 
     fn print(&self, redis_bytes: u64) {
@@ -438,12 +451,13 @@ impl Terms {
         eprintln!(
             "rdb_last_cow_size: {redis_bytes} bytes = {redis_pages} pages\n\
              cow-trace: parent copied {} pages in the window ({} bytes; {:+.2}% from Redis's),\n\
-             \x20 of which {} zero-page fills; child copied {} and wrote {} new pages\n\
+             \x20 of which {} zero-page fills and {} file pages; child copied {} and wrote {} new pages\n\
              \x20 => child's private pages {} ({:+} pages from Redis's)",
             self.parent_copied,
             self.parent_copied * page_size(),
             (self.parent_copied as f64 - redis_pages as f64) * 100.0 / redis_pages as f64,
             self.parent_zero_fills,
+            self.parent_file_copies,
             self.child_copied,
             self.child_new,
             self.private_pages(),

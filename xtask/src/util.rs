@@ -96,16 +96,30 @@ pub fn relay_stderr(stderr: ChildStderr) -> (mpsc::Receiver<()>, thread::JoinHan
     (is_ready, relay)
 }
 
-/// Compiles one of the C test workloads into target/xtask and returns the binary's path.
-/// The flags are the tests' own (cow-trace/tests/common/mod.rs): the VM tests run these
-/// binaries, and --stack needs the frame pointers.
+/// Compiles one of the C test workloads into target/xtask and returns the binary's path
+/// (`libNAME.c` is a shared library, `libNAME.so`). The flags are the tests' own
+/// (cow-trace/tests/common/mod.rs): the VM tests run these binaries, --stack needs the frame
+/// pointers, and debug information shows inlined functions.
 pub fn workload(name: &str) -> anyhow::Result<PathBuf> {
     let dir = root().join("target/xtask");
     std::fs::create_dir_all(&dir)?;
-    let binary = dir.join(name);
-    run(Command::new("cc")
-        .args(["-O1", "-fno-omit-frame-pointer", "-pthread", "-Wall", "-o"])
+    let library = name.starts_with("lib");
+    let binary = dir.join(if library {
+        format!("{name}.so")
+    } else {
+        name.to_string()
+    });
+    let mut cc = Command::new("cc");
+    cc.args(WORKLOAD_FLAGS);
+    if library {
+        cc.args(["-shared", "-fPIC"]);
+    }
+    run(cc
+        .arg("-o")
         .arg(&binary)
         .arg(root().join(format!("cow-trace/tests/workloads/{name}.c"))))?;
     Ok(binary)
 }
+
+/// The C compiler's flags for the workloads, as cow-trace/tests/common/mod.rs has them.
+const WORKLOAD_FLAGS: &[&str] = &["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-Wall"];

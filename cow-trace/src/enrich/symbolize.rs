@@ -1,50 +1,77 @@
-//! The faulting instruction pointer as `function+0xoff (module)`, with blazesym.
-//!
-//! blazesym reads the process's maps and the ELF (and debug) files behind them; parsed files
-//! stay cached in the one `Symbolizer`. The mappings of each pid are cached on first sight, so
-//! its ips still symbolize after it exits; an ip outside them re-reads them once. Answers are
-//! memoized per (pid, ip): a loop that faults page after page repeats the same ip.
-use std::collections::HashMap;
+//! Code addresses as functions, with blazesym: an offset into an ELF file held open (the
+//! history gives the file and the offset), so a process that has exited, or whose binary was
+//! deleted, still symbolizes. Inlined functions are reported where the file's debug
+//! information has them. Answers are memoized per (file, offset): a loop that faults page
+//! after page repeats the same ip.
+use std::{collections::HashMap, fs::File, io::Write as _, os::fd::AsRawFd, path::PathBuf};
 
-use blazesym::{
-    Pid,
-    symbolize::{
-        Input, Reason, Sym, Symbolized, Symbolizer,
-        cache::{self, Cache},
-        evict::{self, Evict},
-        source::{Process, Source},
-    },
+use blazesym::symbolize::{
+    Input, Sym, Symbolized, Symbolizer,
+    evict::{self, Evict},
+    source::{Elf, Source},
 };
+use nix::sys::memfd::{MFdFlags, memfd_create};
+
+use super::{files::OpenFile, history::FileKey};
 
 /// Kernel-space addresses have the top bit set, on x86-64 and on arm64 alike (user space ends
 /// far below: 2^47 or 2^56 on x86-64, 2^48 or 2^52 on arm64); only userspace ips are
 /// symbolized.
 pub const KERNEL_START: u64 = 1 << 63;
 
-/// At most this many memoized answers, across pids; then the memo starts over.
+/// At most this many memoized answers; then the memo starts over.
 const MEMO_CAP: usize = 1 << 16;
 
-/// blazesym keeps a small entry per (pid, file) it opened, which evicting the process does not
-/// drop; after this many forgotten pids the symbolizer is rebuilt so that stays bounded. (Live
-/// pids then have their mappings read again when next needed.)
-const REBUILD_AFTER_FORGOTTEN: usize = 1024;
-
-/// What is known of a pid's mappings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PidState {
-    /// blazesym holds its mappings, read while it was alive. `paths_valid`: it shares our mount
-    /// namespace, so the paths in its maps name the same files here.
-    Cached { paths_valid: bool },
-    /// Its mappings could not be read when first needed: it had exited.
-    Gone,
+/// A function an address is in, with the functions inlined at that address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Symbol {
+    pub name: String,
+    pub offset: u64,
+    /// Inlined calls at the address, outermost first (the innermost holds the address).
+    pub inlined: Vec<String>,
 }
 
-/// Symbolizes user-space instruction pointers of traced processes.
+impl Symbol {
+    fn of(sym: &Sym<'_>) -> Symbol {
+        Symbol {
+            name: sym.name.to_string(),
+            offset: sym.offset as u64,
+            inlined: sym.inlined.iter().map(|f| f.name.to_string()).collect(),
+        }
+    }
+
+    /// As perf shows an address: the inlined functions, innermost first, then
+    /// `function+0xoff (module)`.
+    pub fn frames(&self, module: &str) -> Vec<String> {
+        let mut frames: Vec<String> = self
+            .inlined
+            .iter()
+            .rev()
+            .map(|name| format!("{name} (inlined)"))
+            .collect();
+        frames.push(format!("{}+{:#x} ({module})", self.name, self.offset));
+        frames
+    }
+}
+
+/// Where to look an address up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Place {
+    File(FileKey),
+    /// The vDSO: the same image in every process, so ours is read instead.
+    Vdso,
+}
+
+/// Symbolizes offsets into the files of traced processes.
 pub struct Symbols {
     symbolizer: Symbolizer,
-    pids: HashMap<u32, PidState>,
-    memo: HashMap<(u32, u64), Option<String>>,
-    forgotten: usize,
+    memo: HashMap<(Place, u64), Option<Symbol>>,
+    /// cow-trace's own binary: a held command runs its code between fork and exec. Its
+    /// symbol table is enough there; parsing its debug information (a debug build has some
+    /// 80 MB) would cost more than the rest of a short run.
+    own_binary: Option<FileKey>,
+    /// cow-trace's own vDSO, copied into a file at the first need (None inside: it cannot be).
+    vdso: Option<Option<File>>,
 }
 
 impl Default for Symbols {
@@ -56,215 +83,129 @@ impl Default for Symbols {
 impl Symbols {
     pub fn new() -> Symbols {
         Symbols {
-            symbolizer: new_symbolizer(),
-            pids: HashMap::new(),
+            symbolizer: Symbolizer::builder()
+                .enable_code_info(true)
+                .enable_inlined_fns(true)
+                .build(),
             memo: HashMap::new(),
-            forgotten: 0,
+            own_binary: own_binary(),
+            vdso: None,
         }
     }
 
-    /// `function+0xoff (module)` for each ip of process `pid`, in order; None for a kernel ip,
-    /// an ip no symbol covers, or a process whose mappings could never be read.
-    pub fn symbolize(&mut self, pid: u32, ips: &[u64]) -> Vec<Option<String>> {
-        let mut answers: Vec<Option<String>> = vec![None; ips.len()];
-        if pid == 0 {
-            // blazesym reads pid 0 as "this process".
-            return answers;
-        }
-        // Each distinct user ip not answered before, once.
-        let mut todo: Vec<u64> = ips
-            .iter()
-            .copied()
-            .filter(|&ip| is_user_ip(ip) && !self.memo.contains_key(&(pid, ip)))
-            .collect();
-        todo.sort_unstable();
-        todo.dedup();
-        if !todo.is_empty() {
-            let found = self.lookup(pid, &todo);
-            if self.memo.len() + found.len() > MEMO_CAP {
-                self.memo.clear();
-            }
-            for (ip, answer) in todo.into_iter().zip(found) {
-                self.memo.insert((pid, ip), answer);
-            }
-        }
-        for (answer, ip) in answers.iter_mut().zip(ips) {
-            if is_user_ip(*ip) {
-                *answer = self.memo.get(&(pid, *ip)).cloned().flatten();
-            }
-        }
-        answers
+    /// The function at `offset` into the ELF file `key`, open as `file`.
+    pub fn in_file(&mut self, key: FileKey, file: &OpenFile, offset: u64) -> Option<Symbol> {
+        let path = file.path();
+        let debug_syms = self.own_binary != Some(key);
+        self.memoized(Place::File(key), offset, |symbolizer| {
+            let mut elf = Elf::new(&path);
+            elf.debug_syms = debug_syms;
+            let source = Source::Elf(elf);
+            symbolizer.symbolize_single(&source, Input::FileOffset(offset))
+        })
     }
 
-    /// One ip; see `symbolize`.
-    pub fn symbolize_one(&mut self, pid: u32, ip: u64) -> Option<String> {
-        self.symbolize(pid, &[ip]).pop().flatten()
-    }
-
-    /// Drops what is cached for `pid`: call it when the process exits (or execs).
-    pub fn forget(&mut self, pid: u32) {
-        if self.pids.remove(&pid).is_none() {
-            return;
-        }
-        self.memo.retain(|&(memo_pid, _), _| memo_pid != pid);
-        let _ = self
-            .symbolizer
-            .evict(&Evict::Process(evict::Process::new(Pid::from(pid))));
-        self.forgotten += 1;
-        if self.forgotten >= REBUILD_AFTER_FORGOTTEN {
-            self.symbolizer = new_symbolizer();
-            self.pids.clear();
-            self.forgotten = 0;
-        }
-    }
-
-    /// Symbolizes sorted, distinct user ips: one answer each.
-    fn lookup(&mut self, pid: u32, ips: &[u64]) -> Vec<Option<String>> {
-        let state = match self.pids.get(&pid) {
-            Some(known) => *known,
-            None => {
-                let state = if self.remember_mappings(pid) {
-                    PidState::Cached {
-                        paths_valid: same_mount_namespace(pid),
-                    }
-                } else {
-                    PidState::Gone
-                };
-                self.pids.insert(pid, state);
-                state
-            }
-        };
-        let PidState::Cached { paths_valid } = state else {
-            return vec![None; ips.len()];
-        };
-        let mut results = self.symbolize_in(pid, ips, true);
-        // An ip outside the cached mappings: the process mapped something since (dlopen, JIT,
-        // exec). Read its mappings again, once, if it is still there.
-        let unmapped = indices(&results, |r| matches!(r, Lookup::Unknown(Reason::Unmapped)));
-        if !unmapped.is_empty() && self.remember_mappings(pid) {
-            self.retry(pid, ips, &unmapped, &mut results, true);
-        }
-        // The usual error is /proc/PID/map_files having gone with the process (it fails the
-        // whole call, or one address as IgnoredError). The cached mappings still name each file
-        // by its path, so try those, where the path means the same file here.
-        let failed = indices(&results, |r| {
-            matches!(r, Lookup::Failed | Lookup::Unknown(Reason::IgnoredError))
+    /// The function at `offset` into the vDSO.
+    pub fn in_vdso(&mut self, offset: u64) -> Option<Symbol> {
+        let image = self.vdso.get_or_insert_with(|| {
+            own_vdso()
+                .inspect_err(|error| log::debug!("no copy of the vDSO: {error:#}"))
+                .ok()
         });
-        if !failed.is_empty() && paths_valid {
-            self.retry(pid, ips, &failed, &mut results, false);
-        }
-        results
-            .into_iter()
-            .map(|r| match r {
-                Lookup::Found(text) => Some(text),
-                Lookup::Unknown(_) | Lookup::Failed => None,
-            })
-            .collect()
+        let path = PathBuf::from(format!("/proc/self/fd/{}", image.as_ref()?.as_raw_fd()));
+        self.memoized(Place::Vdso, offset, |symbolizer| {
+            let source = Source::Elf(Elf::new(&path));
+            symbolizer.symbolize_single(&source, Input::FileOffset(offset))
+        })
     }
 
-    fn retry(
-        &self,
-        pid: u32,
-        ips: &[u64],
-        which: &[usize],
-        results: &mut [Lookup],
-        map_files: bool,
-    ) {
-        let again: Vec<u64> = which.iter().map(|&i| ips[i]).collect();
-        for (&i, result) in which.iter().zip(self.symbolize_in(pid, &again, map_files)) {
-            results[i] = result;
+    /// Files closed (their paths may name other files now): drop what blazesym cached.
+    pub fn forget_files(&mut self, paths: Vec<PathBuf>) {
+        for path in paths {
+            let _ = self.symbolizer.evict(&Evict::Elf(evict::Elf::new(path)));
         }
     }
 
-    /// Asks blazesym to cache the process's mappings now; false when they cannot be read.
-    fn remember_mappings(&self, pid: u32) -> bool {
-        let mut process = cache::Process::new(Pid::from(pid));
-        process.cache_perf_map = false;
-        match self.symbolizer.cache(&Cache::Process(process)) {
-            Ok(()) => true,
+    fn memoized(
+        &mut self,
+        place: Place,
+        offset: u64,
+        ask: impl FnOnce(&Symbolizer) -> blazesym::Result<Symbolized<'_>>,
+    ) -> Option<Symbol> {
+        if let Some(known) = self.memo.get(&(place, offset)) {
+            return known.clone();
+        }
+        let answer = match ask(&self.symbolizer) {
+            Ok(Symbolized::Sym(sym)) => Some(Symbol::of(&sym)),
+            Ok(Symbolized::Unknown(_)) => None,
             Err(error) => {
-                log::debug!("caching the mappings of pid {pid}: {error}");
-                false
+                log::debug!("symbolizing {place:?} at {offset:#x}: {error}");
+                None
             }
+        };
+        if self.memo.len() >= MEMO_CAP {
+            self.memo.clear();
         }
-    }
-
-    /// One blazesym call. `map_files`: open files through /proc/PID/map_files (right across
-    /// mount namespaces and for deleted files, but only while the process lives) rather than by
-    /// the path in its maps.
-    fn symbolize_in(&self, pid: u32, ips: &[u64], map_files: bool) -> Vec<Lookup> {
-        let mut process = Process::new(Pid::from(pid));
-        process.map_files = map_files;
-        match self
-            .symbolizer
-            .symbolize(&Source::Process(process), Input::AbsAddr(ips))
-        {
-            Ok(symbolized) => symbolized
-                .iter()
-                .map(|s| match s {
-                    Symbolized::Sym(sym) => Lookup::Found(describe(sym)),
-                    Symbolized::Unknown(reason) => Lookup::Unknown(*reason),
-                })
-                .collect(),
-            Err(error) => {
-                log::debug!("symbolizing ips of pid {pid}: {error}");
-                (0..ips.len()).map(|_| Lookup::Failed).collect()
-            }
-        }
+        self.memo.insert((place, offset), answer.clone());
+        answer
     }
 }
 
-/// The answer for one ip from one blazesym call.
-enum Lookup {
-    Found(String),
-    Unknown(Reason),
-    /// The whole call failed.
-    Failed,
+/// The file of the running cow-trace.
+fn own_binary() -> Option<FileKey> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata("/proc/self/exe").ok()?;
+    Some(FileKey {
+        dev: (libc::major(meta.dev()), libc::minor(meta.dev())),
+        ino: meta.ino(),
+    })
 }
 
-fn indices(results: &[Lookup], wanted: impl Fn(&Lookup) -> bool) -> Vec<usize> {
-    (0..results.len())
-        .filter(|&i| wanted(&results[i]))
-        .collect()
+/// cow-trace's own vDSO as a file: the image the kernel maps into every process (the
+/// `[vdso]` mapping of any traced process, at the same offsets), read from our memory. Its
+/// size is where its ELF section headers end, the last part of the image.
+fn own_vdso() -> anyhow::Result<File> {
+    use anyhow::{Context as _, bail};
+    // SAFETY: getauxval only reads the auxiliary vector.
+    let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) } as usize;
+    if base == 0 {
+        bail!("no vDSO in the auxiliary vector");
+    }
+    const HEADER: usize = 64;
+    // SAFETY: the kernel maps the vDSO's whole ELF image at `base`, readable, for the life of
+    // the process; its 64-bit ELF header comes first.
+    let header = unsafe { std::slice::from_raw_parts(base as *const u8, HEADER) };
+    if &header[..5] != b"\x7fELF\x02" {
+        bail!("the vDSO is no 64-bit ELF image");
+    }
+    // Our own image: in our byte order.
+    let u16_at = |at: usize| usize::from(u16::from_ne_bytes([header[at], header[at + 1]]));
+    let mut shoff = [0u8; 8];
+    shoff.copy_from_slice(&header[0x28..0x30]);
+    // e_shoff + e_shentsize * e_shnum.
+    let size = u64::from_ne_bytes(shoff) as usize + u16_at(0x3a) * u16_at(0x3c);
+    if !(HEADER..=1 << 20).contains(&size) {
+        bail!("a vDSO of {size} bytes");
+    }
+    // SAFETY: as above; the section headers lie within the mapped image.
+    let image = unsafe { std::slice::from_raw_parts(base as *const u8, size) };
+    let mut file =
+        File::from(memfd_create(c"cow-trace-vdso", MFdFlags::MFD_CLOEXEC).context("memfd_create")?);
+    file.write_all(image).context("copying the vDSO")?;
+    Ok(file)
 }
 
-fn new_symbolizer() -> Symbolizer {
-    // Function names only: line numbers and inlined frames cost DWARF parsing per fault site.
-    Symbolizer::builder()
-        .enable_code_info(false)
-        .enable_inlined_fns(false)
-        .build()
-}
-
-/// Whether `pid` sees the file system we see (a container's process does not).
-fn same_mount_namespace(pid: u32) -> bool {
-    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/mnt"));
-    let ours = std::fs::read_link("/proc/self/ns/mnt");
-    matches!((theirs, ours), (Ok(theirs), Ok(ours)) if theirs == ours)
-}
-
-fn is_user_ip(ip: u64) -> bool {
+pub fn is_user_ip(ip: u64) -> bool {
     ip != 0 && ip < KERNEL_START
-}
-
-/// `function+0xoff (module)`, as perf prints a symbolized address.
-fn describe(sym: &Sym<'_>) -> String {
-    match &sym.module {
-        Some(module) => format!(
-            "{}+{:#x} ({})",
-            sym.name,
-            sym.offset,
-            module.to_string_lossy()
-        ),
-        None => format!("{}+{:#x}", sym.name, sym.offset),
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     use super::*;
+    use crate::enrich::{
+        attribute::read_maps,
+        files::{Files, key_of},
+    };
 
     #[inline(never)]
     fn cow_trace_known_function(x: u64) -> u64 {
@@ -276,21 +217,68 @@ mod tests {
         cow_trace_known_function as fn(u64) -> u64 as usize as u64
     }
 
-    fn own_pid() -> u32 {
-        std::process::id()
+    /// The file offset of `address` in this process, and the file.
+    fn file_offset_of(address: u64) -> (FileKey, String, u64) {
+        let maps = read_maps(std::process::id()).unwrap();
+        let (_, _, info) = maps
+            .into_iter()
+            .find(|(start, end, _)| (*start..*end).contains(&address))
+            .unwrap();
+        (
+            info.file.unwrap(),
+            info.label.to_string(),
+            info.offset_of(address),
+        )
     }
 
     #[test]
-    fn known_function_of_this_process() {
+    fn a_function_of_this_binary_by_file_offset() {
         assert_eq!(cow_trace_known_function(2), 6);
+        let (key, path, offset) = file_offset_of(known_ip() + 1);
+        let mut files = Files::default();
         let mut symbols = Symbols::new();
-        let found = symbols
-            .symbolize_one(own_pid(), known_ip() + 1)
-            .expect("the test binary has a symbol table");
-        assert!(found.contains("cow_trace_known_function+0x1"), "{found}");
-        let exe = std::env::current_exe().unwrap();
-        let exe_name = exe.file_name().unwrap().to_str().unwrap();
-        assert!(found.ends_with(&format!("{exe_name})")), "{found}");
+        let file = files.get(key, &path).expect("our own binary");
+        let symbol = symbols.in_file(key, file, offset).expect("a symbol table");
+        assert!(
+            symbol.name.contains("cow_trace_known_function"),
+            "{symbol:?}"
+        );
+        assert_eq!(symbol.offset, 1);
+        let frames = symbol.frames("/bin/x");
+        assert!(
+            frames.last().unwrap().ends_with("+0x1 (/bin/x)"),
+            "{frames:?}"
+        );
+        // Memoized: the same answer again.
+        let file = files.get(key, &path).unwrap();
+        assert_eq!(symbols.in_file(key, file, offset), Some(symbol));
+    }
+
+    #[test]
+    fn a_file_deleted_after_it_was_opened_still_symbolizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("copy");
+        std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+        let (_, _, offset) = file_offset_of(known_ip());
+        let key = key_of(&copy);
+        let mut files = Files::default();
+        files.observe(u32::MAX, 0, 1, key, copy.to_str().unwrap());
+        std::fs::remove_file(&copy).unwrap();
+        let file = files.get(key, copy.to_str().unwrap()).expect("held open");
+        let symbol = Symbols::new().in_file(key, file, offset).unwrap();
+        assert!(
+            symbol.name.contains("cow_trace_known_function"),
+            "{symbol:?}"
+        );
+    }
+
+    #[test]
+    fn offsets_outside_code_have_no_symbol() {
+        let (key, path, _) = file_offset_of(known_ip());
+        let mut files = Files::default();
+        let file = files.get(key, &path).unwrap();
+        assert_eq!(Symbols::new().in_file(key, file, u64::MAX / 2), None);
+        assert!(!is_user_ip(0) && !is_user_ip(0xffff_ffff_8100_0000));
     }
 
     #[test]
@@ -310,137 +298,27 @@ mod tests {
     }
 
     #[test]
-    fn batches_keep_order_and_skip_kernel_ips() {
+    fn the_vdso_by_offset() {
+        // SAFETY: getauxval only reads the auxiliary vector.
+        assert_ne!(unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) }, 0);
+        // Some offset into the vDSO's text symbolizes to its clock_gettime.
         let mut symbols = Symbols::new();
-        let ips = [
-            known_ip(),
-            0xffff_ffff_8100_0000,
-            0,
-            known_ip() + 2,
-            known_ip(),
-        ];
-        let found = symbols.symbolize(own_pid(), &ips);
-        assert_eq!(found.len(), ips.len());
+        let found = (0..0x2000u64)
+            .step_by(16)
+            .filter_map(|offset| symbols.in_vdso(offset))
+            .find(|symbol| symbol.name.contains("clock_gettime"));
+        assert!(found.is_some(), "no __vdso_clock_gettime in the vDSO");
+        // The copy is the image the [vdso] mapping holds, no more.
+        let maps = read_maps(std::process::id()).unwrap();
+        let (start, end, _) = maps
+            .iter()
+            .find(|(_, _, info)| &*info.label == "[vdso]")
+            .expect("a [vdso] mapping");
+        let copied = own_vdso().unwrap().metadata().unwrap().len();
         assert!(
-            found[0]
-                .as_deref()
-                .unwrap()
-                .contains("cow_trace_known_function+0x0")
+            1024 < copied && copied <= end - start,
+            "{copied} bytes of {}",
+            end - start
         );
-        assert_eq!(found[1], None, "kernel ip");
-        assert_eq!(found[2], None, "null ip");
-        assert!(
-            found[3]
-                .as_deref()
-                .unwrap()
-                .contains("cow_trace_known_function+0x2")
-        );
-        assert_eq!(found[4], found[0]);
-        // Memoized: the same answer again.
-        assert_eq!(symbols.symbolize(own_pid(), &ips), found);
-    }
-
-    #[test]
-    fn bogus_address_has_no_symbol() {
-        let mut symbols = Symbols::new();
-        // Below vm.mmap_min_addr, so in no mapping.
-        assert_eq!(symbols.symbolize_one(own_pid(), 0x1000), None);
-        // The failed lookup leaves the pid usable.
-        assert!(symbols.symbolize_one(own_pid(), known_ip()).is_some());
-    }
-
-    #[test]
-    fn dead_pid_has_no_symbols() {
-        let mut child = Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        child.wait().unwrap();
-        let mut symbols = Symbols::new();
-        assert_eq!(
-            symbols.symbolize(pid, &[0x40_1000, 0x7f00_0000_1000]),
-            [None, None]
-        );
-        assert_eq!(
-            symbols.symbolize_one(0, known_ip()),
-            None,
-            "pid 0 is not this process"
-        );
-        symbols.forget(pid);
-        assert!(symbols.pids.is_empty() && symbols.memo.is_empty());
-    }
-
-    #[test]
-    fn exited_process_still_symbolizes_from_cached_mappings() {
-        // `sleep` is a C program: its code calls libc, whose entry points are exported.
-        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
-        let pid = child.id();
-        wait_for_exec(pid, "sleep");
-        let libc_ip = libc_function_address_in(pid);
-        let mut symbols = Symbols::new();
-        let alive = symbols.symbolize_one(pid, libc_ip);
-        child.kill().unwrap();
-        child.wait().unwrap();
-        symbols.memo.clear();
-        let after_exit = symbols.symbolize_one(pid, libc_ip);
-        assert!(alive.is_some(), "no symbol for {libc_ip:#x} in pid {pid}");
-        assert_eq!(after_exit, alive);
-    }
-
-    /// Until `pid` runs `comm` with libc mapped (the dynamic loader maps it after exec).
-    fn wait_for_exec(pid: u32, comm: &str) {
-        let libc_path = mapping_of(std::process::id(), libc_getpid()).2;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let comm_now = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
-            let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-            if comm_now.trim_end() == comm && maps.contains(&libc_path) {
-                // The loader maps libc before relocating; give it time to finish.
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "pid {pid} never ran {comm}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-    }
-
-    fn libc_getpid() -> u64 {
-        libc::getpid as unsafe extern "C" fn() -> libc::pid_t as usize as u64
-    }
-
-    /// The address of `getpid` in another process: libc is mapped at a different base there,
-    /// so take this process's offset of it into libc's text and rebase it.
-    fn libc_function_address_in(pid: u32) -> u64 {
-        let ours = libc_getpid();
-        let (our_start, our_offset, path) = mapping_of(std::process::id(), ours);
-        let theirs = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-        for line in theirs.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() == 6
-                && fields[5] == path
-                && u64::from_str_radix(fields[2], 16).unwrap() == our_offset
-            {
-                let start = u64::from_str_radix(fields[0].split('-').next().unwrap(), 16).unwrap();
-                return start + (ours - our_start);
-            }
-        }
-        panic!("{path} is not mapped in pid {pid}");
-    }
-
-    /// (start, file offset, path) of the mapping holding `address`.
-    fn mapping_of(pid: u32, address: u64) -> (u64, u64, String) {
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-        for line in maps.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (start, end) = fields[0].split_once('-').unwrap();
-            let start = u64::from_str_radix(start, 16).unwrap();
-            let end = u64::from_str_radix(end, 16).unwrap();
-            if (start..end).contains(&address) {
-                let offset = u64::from_str_radix(fields[2], 16).unwrap();
-                return (start, offset, fields[5].to_string());
-            }
-        }
-        panic!("{address:#x} is not mapped");
     }
 }

@@ -1,8 +1,10 @@
 //! The ways to see a fault, tried in order by `--backend auto` (as kunai tries its probes):
-//! - fexit: BTF trampolines on handle_mm_fault (fentry + fexit), do_wp_page for write-protect;
-//! - kprobe: kprobe + kretprobe on handle_mm_fault, kprobe on do_wp_page;
+//! - fexit: BTF trampolines on handle_mm_fault (fentry + fexit), do_wp_page for write-protect,
+//!   do_swap_page for swap-ins;
+//! - kprobe: kprobe + kretprobe on handle_mm_fault, kprobes on do_wp_page and do_swap_page;
 //! - tracepoint: exceptions:page_fault_{user,kernel} at entry, the PAGE_FAULTS_MIN/MAJ perf
-//!   software events at completion. Works where kprobes and trampolines are forbidden.
+//!   software events at completion. Works where kprobes and trampolines are forbidden; sees
+//!   no swap-in.
 use crate::{
     cli::BackendChoice,
     failure::{Status, failure},
@@ -33,6 +35,15 @@ impl Backend {
             Backend::Tracepoint => "tracepoint",
         }
     }
+}
+
+/// What an attached backend sees besides the faults themselves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sees {
+    /// Faults that read their page back from swap (`do_swap_page` hooked). Without it, a write
+    /// that reads back a swapped-out page of a private file mapping looks like a copy of the
+    /// file's page (it allocates a page at a write to a page not present, as the copy does).
+    pub swap_ins: bool,
 }
 
 /// Whether this CPU architecture's kernels have the `exceptions:page_fault_user` /
@@ -70,11 +81,11 @@ fn candidates_for(
 }
 
 /// Attaches one backend's programs; on failure, unloads what it had attached.
-pub fn attach(ebpf: &mut Ebpf, backend: Backend, untimed: bool) -> anyhow::Result<()> {
+pub fn attach(ebpf: &mut Ebpf, backend: Backend, untimed: bool) -> anyhow::Result<Sees> {
     let result = match backend {
         Backend::Fexit => attach_fexit(ebpf),
         Backend::Kprobe => attach_kprobe(ebpf),
-        Backend::Tracepoint => attach_tracepoint_backend(ebpf, untimed),
+        Backend::Tracepoint => attach_tracepoint_backend(ebpf, untimed).map(|()| Sees::default()),
     };
     if result.is_err() {
         for name in programs_of(backend) {
@@ -105,11 +116,13 @@ fn programs_of(backend: Backend) -> &'static [&'static str] {
             "handle_mm_fault_fentry",
             "handle_mm_fault_fexit",
             "do_wp_page_fentry",
+            "do_swap_page_fentry",
         ],
         Backend::Kprobe => &[
             "handle_mm_fault_kprobe",
             "handle_mm_fault_kretprobe",
             "do_wp_page_kprobe",
+            "do_swap_page_kprobe",
         ],
         Backend::Tracepoint => &[
             "exceptions_page_fault_user",
@@ -130,7 +143,7 @@ where
     Ok(program.try_into()?)
 }
 
-fn attach_fexit(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+fn attach_fexit(ebpf: &mut Ebpf) -> anyhow::Result<Sees> {
     let btf = Btf::from_sys_fs().map_err(|e| kernel_error("reading /sys/kernel/btf/vmlinux", e))?;
     let entry: &mut FEntry = program(ebpf, "handle_mm_fault_fentry")?;
     entry
@@ -154,11 +167,23 @@ fn attach_fexit(ebpf: &mut Ebpf) -> anyhow::Result<()> {
         Ok(()) => {}
         Err(e) => log::info!("no fentry on do_wp_page ({e}); using error codes"),
     }
+    let swap: &mut FEntry = program(ebpf, "do_swap_page_fentry")?;
+    let swap_ins = match swap
+        .load("do_swap_page", &btf)
+        .and_then(|()| swap.attach().map(drop))
+    {
+        Ok(()) => true,
+        Err(e) => {
+            log::info!("no fentry on do_swap_page ({e}): swap-ins not seen");
+            unload_named(ebpf, "do_swap_page_fentry");
+            false
+        }
+    };
     log::info!("attached fentry/fexit to handle_mm_fault");
-    Ok(())
+    Ok(Sees { swap_ins })
 }
 
-fn attach_kprobe(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+fn attach_kprobe(ebpf: &mut Ebpf) -> anyhow::Result<Sees> {
     for name in ["handle_mm_fault_kprobe", "handle_mm_fault_kretprobe"] {
         let probe: &mut KProbe = program(ebpf, name)?;
         probe
@@ -176,8 +201,27 @@ fn attach_kprobe(ebpf: &mut Ebpf) -> anyhow::Result<()> {
         Ok(()) => {}
         Err(e) => log::info!("no kprobe on do_wp_page ({e}); using error codes"),
     }
+    let swap: &mut KProbe = program(ebpf, "do_swap_page_kprobe")?;
+    let swap_ins = match swap
+        .load()
+        .and_then(|()| swap.attach("do_swap_page", 0).map(drop))
+    {
+        Ok(()) => true,
+        Err(e) => {
+            log::info!("no kprobe on do_swap_page ({e}): swap-ins not seen");
+            unload_named(ebpf, "do_swap_page_kprobe");
+            false
+        }
+    };
     log::info!("attached kprobe/kretprobe to handle_mm_fault");
-    Ok(())
+    Ok(Sees { swap_ins })
+}
+
+/// Unloads an optional program that could not attach.
+fn unload_named(ebpf: &mut Ebpf, name: &str) {
+    if let Some(program) = ebpf.program_mut(name) {
+        unload(program);
+    }
 }
 
 /// Attaches one tracepoint program.

@@ -1,9 +1,11 @@
 //! The kernel side, seen from userspace: loading and attaching the eBPF programs (`probes`,
 //! `backends`, `tracefs`), and reading what they write (`ring` for the streamed records and
-//! the loss counters, `kstats` for `--summary`'s counts).
+//! the loss counters, `kstats` for `--summary`'s counts), and the kernel's record of the
+//! traced processes' mappings (`mmap_events`, perf events, apart from the eBPF programs).
 pub mod backends;
 pub mod diagnostics;
 pub mod kstats;
+pub mod mmap_events;
 pub mod probes;
 pub mod ring;
 pub mod tracefs;

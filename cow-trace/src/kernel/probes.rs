@@ -16,7 +16,7 @@ use crate::{
     failure::{Status, failure},
     kernel::{
         KernelConfig,
-        backends::{self, Backend},
+        backends::{self, Backend, Sees},
         diagnostics, kernel_error, tracefs,
     },
 };
@@ -43,6 +43,8 @@ pub struct Probes {
     ebpf: Ebpf,
     /// --no-latency.
     untimed: bool,
+    /// What the attached backend sees besides faults.
+    sees: Sees,
 }
 
 impl Probes {
@@ -71,7 +73,11 @@ impl Probes {
             .load(OBJECT)
             .map_err(|e| kernel_error("loading the eBPF object", e))?;
         diagnostics::start(&mut ebpf);
-        Ok(Probes { ebpf, untimed })
+        Ok(Probes {
+            ebpf,
+            untimed,
+            sees: Sees::default(),
+        })
     }
 
     /// The map of traced thread-group ids.
@@ -160,6 +166,11 @@ impl Probes {
         Ok(trace.frames().iter().map(|frame| frame.ip).collect())
     }
 
+    /// What the attached backend sees besides faults (nothing before [`Probes::attach`]).
+    pub fn sees(&self) -> Sees {
+        self.sees
+    }
+
     /// Attaches the shared programs, then the first backend of `choice` the kernel accepts.
     pub fn attach(&mut self, choice: BackendChoice) -> anyhow::Result<Backend> {
         for (program, category, event) in COMMON {
@@ -180,7 +191,10 @@ impl Probes {
         let mut refusals = Vec::new();
         for &backend in candidates {
             match backends::attach(&mut self.ebpf, backend, self.untimed) {
-                Ok(()) => return Ok(backend),
+                Ok(sees) => {
+                    self.sees = sees;
+                    return Ok(backend);
+                }
                 Err(error) => {
                     log::info!("backend {} refused: {error:#}", backend.name());
                     refusals.push(format!("{}: {error:#}", backend.name()));

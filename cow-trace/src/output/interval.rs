@@ -103,6 +103,7 @@ fn counts_since(now: &Counts, before: Option<&Counts>) -> Counts {
         writes,
         cow,
         copied,
+        file_copies,
         reused,
         zero_fills,
         incomplete,
@@ -118,6 +119,7 @@ fn counts_since(now: &Counts, before: Option<&Counts>) -> Counts {
         writes: writes.saturating_sub(before.writes),
         cow: cow.saturating_sub(before.cow),
         copied: copied.saturating_sub(before.copied),
+        file_copies: file_copies.saturating_sub(before.file_copies),
         reused: reused.saturating_sub(before.reused),
         zero_fills: zero_fills.saturating_sub(before.zero_fills),
         incomplete: incomplete.saturating_sub(before.incomplete),
@@ -135,6 +137,7 @@ fn lost_since(now: &Lost, before: &Lost) -> Lost {
         traced_full,
         summary_full,
         stacks_failed,
+        mapping_records,
     } = now;
     Lost {
         ring_full: ring_full.saturating_sub(before.ring_full),
@@ -142,6 +145,7 @@ fn lost_since(now: &Lost, before: &Lost) -> Lost {
         traced_full: traced_full.saturating_sub(before.traced_full),
         summary_full: summary_full.saturating_sub(before.summary_full),
         stacks_failed: stacks_failed.saturating_sub(before.stacks_failed),
+        mapping_records: mapping_records.saturating_sub(before.mapping_records),
     }
 }
 

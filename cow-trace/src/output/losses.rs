@@ -1,5 +1,6 @@
-//! The kernel's loss counters while tracing: a LOST line on stderr for each new loss, with
-//! the remedy for what filled up, and what happens when the counters cannot be read.
+//! The loss counters while tracing (the kernel side's, and the mapping records'): a LOST line
+//! on stderr for each new loss, with the remedy for what filled up, and what happens when the
+//! counters cannot be read.
 use crate::event::Lost;
 
 /// The counters as last read, and how much of them the LOST lines have reported.
@@ -42,6 +43,12 @@ impl Losses {
                 now.summary_full - before.summary_full
             ));
         }
+        if now.mapping_records > before.mapping_records {
+            lines.push(format!(
+                "LOST {} mapping records (mapping ring full): some addresses may show [unknown]",
+                now.mapping_records - before.mapping_records
+            ));
+        }
         self.reported = now;
         lines
     }
@@ -71,6 +78,16 @@ mod tests {
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].starts_with("LOST 5 faults"), "{lines:?}");
         assert!(!lines[0].contains("--ring-size"), "{lines:?}");
+        losses.update(Ok(Lost {
+            ring_full: 3,
+            summary_full: 5,
+            mapping_records: 2,
+            ..Lost::default()
+        }));
+        assert_eq!(
+            losses.new_lines(),
+            ["LOST 2 mapping records (mapping ring full): some addresses may show [unknown]"]
+        );
     }
 
     #[test]

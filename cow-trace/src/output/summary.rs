@@ -23,8 +23,12 @@ pub struct Counts {
     pub writes: u64,
     /// Completed write-protect faults (copy-on-write breaks on private memory).
     pub cow: u64,
-    /// Copy-on-write faults that copied the page.
+    /// Pages copied: by write-protect faults that copied a shared page, and by first writes
+    /// to a private file mapping, which copied the file's page (`file_copies`).
     pub copied: u64,
+    /// Of `copied`, first writes to pages of a private file mapping not mapped yet: the
+    /// file's page copied into private memory, at a fault that was no write-protect fault.
+    pub file_copies: u64,
     /// Copy-on-write faults that reused the page (its last sharer kept it).
     pub reused: u64,
     /// Copy-on-write faults on the shared zero page, filled with a fresh zeroed page.
@@ -69,6 +73,9 @@ impl Counts {
                 Some(CowOutcome::ZeroFilled) => self.zero_fills += count,
                 None => {}
             }
+        } else if fault_class.is_file_copy() {
+            self.copied += count;
+            self.file_copies += count;
         }
         self.timed += timed;
         self.latency_ns_total += latency_ns;
@@ -90,6 +97,7 @@ impl std::ops::AddAssign<&Counts> for Counts {
             writes,
             cow,
             copied,
+            file_copies,
             reused,
             zero_fills,
             incomplete,
@@ -104,6 +112,7 @@ impl std::ops::AddAssign<&Counts> for Counts {
         self.writes += writes;
         self.cow += cow;
         self.copied += copied;
+        self.file_copies += file_copies;
         self.reused += reused;
         self.zero_fills += zero_fills;
         self.incomplete += incomplete;
@@ -283,13 +292,21 @@ impl Summary {
             }
         }
         let total = self.total();
-        writeln!(
+        write!(
             out,
             "Copied on write: {} pages, {} bytes ({})",
             total.copied,
             total.copied_bytes(),
             human_bytes(total.copied_bytes())
         )?;
+        if total.file_copies > 0 {
+            write!(
+                out,
+                "; {} of them file pages copied at a first write to a private mapping",
+                total.file_copies
+            )?;
+        }
+        writeln!(out)?;
         writeln!(
             out,
             "Lost events: {} (ring buffer full: {}; summary maps full: {}; entries not remembered: {}; children not followed: {})",
@@ -301,6 +318,13 @@ impl Summary {
         )?;
         if self.lost.stacks_failed > 0 {
             writeln!(out, "Stacks not taken: {}", self.lost.stacks_failed)?;
+        }
+        if self.lost.mapping_records > 0 {
+            writeln!(
+                out,
+                "Mapping records lost: {} (some addresses may show [unknown])",
+                self.lost.mapping_records
+            )?;
         }
         Ok(())
     }
@@ -424,7 +448,7 @@ mod tests {
     use super::*;
     use cow_trace_common::class;
 
-    use crate::output::sink::test_support::{article_fault, reclassify};
+    use crate::output::sink::test_support::{article_fault, file_copy_fault, reclassify};
 
     #[test]
     fn counts_by_class() {
@@ -491,6 +515,29 @@ mod tests {
     }
 
     #[test]
+    fn file_copies_are_copies_but_no_cow_faults() {
+        let mut summary = Summary::default();
+        summary.record(&file_copy_fault(Outcome::Minor));
+        summary.record(&file_copy_fault(Outcome::Major));
+        let wp = class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN | class::COPIED;
+        summary.add(12420, FaultClass::from_bits(wp), 0, 3, 0, 0);
+        let counts = &summary.pids[&12420];
+        assert_eq!((counts.faults, counts.minor, counts.major), (5, 4, 1));
+        assert_eq!((counts.writes, counts.cow), (5, 3));
+        assert_eq!((counts.copied, counts.file_copies), (5, 2));
+        assert_eq!(counts.copied_bytes(), 5 * 4096);
+        let mut out = Vec::new();
+        summary.write_table(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                "Copied on write: 5 pages, 20480 bytes (20.0 KiB); 2 of them file pages copied at a first write to a private mapping\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn table_lists_each_pid_windows_and_losses() {
         let mut summary = Summary::default();
         summary.record(&article_fault());
@@ -524,6 +571,10 @@ mod tests {
             "x MAJOR kernel"
         );
         assert_eq!(label(class::UNKNOWN | class::INCOMPLETE), "? INCOMPLETE");
+        assert_eq!(
+            label(class::WRITE | class::MAJOR | class::FILE_COPY),
+            "w MAJOR file-copied"
+        );
     }
 
     #[test]

@@ -51,6 +51,12 @@ pub fn untimed() -> bool {
     std::env::var("COW_TRACE_UNTIMED").is_ok_and(|v| v == "1")
 }
 
+/// True in the VM tests (`cargo xtask vm-test`, which run prebuilt workloads): their CPUs are
+/// emulated in software, some ten times slower, so the longest workloads do less there.
+pub fn emulated() -> bool {
+    std::env::var_os("COW_TRACE_WORKLOADS").is_some()
+}
+
 /// Privileged tests need root (CI runs as root). Elsewhere they say why they skip.
 pub fn require_root(test: &str) -> bool {
     if nix::unistd::Uid::effective().is_root() {
@@ -66,24 +72,37 @@ pub fn skip(test: &str, why: &str) {
     println!("skipped {test}: {why}");
 }
 
-/// Compiles `tests/workloads/NAME.c` once per test run and returns the binary. Where
-/// COW_TRACE_WORKLOADS names a directory of prebuilt workloads (the VM tests, which have no
-/// compiler), that one is used.
+/// Compiles `tests/workloads/NAME.c` once per test run and returns the binary (`libNAME.c`
+/// is a shared library, `libNAME.so`). Where COW_TRACE_WORKLOADS names a directory of prebuilt
+/// workloads (the VM tests, which have no compiler), that one is used. The flags are xtask's
+/// too (xtask/src/util.rs): frame pointers in every function for --stack, debug information
+/// for inlined functions.
 pub fn workload(name: &str) -> PathBuf {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let library = name.starts_with("lib");
+    let file = if library {
+        format!("{name}.so")
+    } else {
+        name.to_string()
+    };
     if let Some(dir) = std::env::var_os("COW_TRACE_WORKLOADS") {
-        return PathBuf::from(dir).join(name);
+        return PathBuf::from(dir).join(file);
     }
     let dir = scratch().join("workloads");
-    let binary = dir.join(name);
+    let binary = dir.join(&file);
     let mut built = BUILT.lock().unwrap();
     if !built.iter().any(|b| b == name) {
         std::fs::create_dir_all(&dir).unwrap();
         let source = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/workloads")
             .join(format!("{name}.c"));
-        let status = Command::new("cc")
-            .args(["-O1", "-fno-omit-frame-pointer", "-pthread", "-Wall", "-o"])
+        let mut cc = Command::new("cc");
+        cc.args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-Wall"]);
+        if library {
+            cc.args(["-shared", "-fPIC"]);
+        }
+        let status = cc
+            .arg("-o")
             .arg(&binary)
             .arg(&source)
             .status()

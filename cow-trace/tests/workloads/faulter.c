@@ -17,6 +17,24 @@
 //                (M copies), then all N after it exited (N - M reuses), as Redis does
 //   threads T N  T threads each map and write N pages
 //   major PATH N write an N-page file at PATH, drop its page cache, map it and read each page
+//   private PATH N cached|uncached
+//                write an N-page file at PATH (cached: its pages stay in the page cache;
+//                uncached: dropped from it, checked with mincore, and no readahead), map it
+//                MAP_PRIVATE, read its first half, then write every page: N copies of a file page into private memory,
+//                about half of them at a first write to a page not mapped yet. Prints
+//                "pages ADDR" and, uncached, "resident K" (pages still cached before the reads)
+//   shared PATH N cached|uncached
+//                write an N-page file at PATH (uncached: as for private), map it MAP_SHARED,
+//                write every page: no copy. Prints "pages ADDR" (and "resident K")
+//   shm N        map N pages of shared anonymous memory and write each: no copy. Prints
+//                "pages ADDR"
+//   pin          stay on the current CPU from now on (before pageout: see pin())
+//   pageout      push the pages of the private file mappings kept (copies by now) out to swap
+//                (MADV_PAGEOUT); prints "swapped K", how many are in swap
+//   rewrite      write every page of the mappings kept again (after pageout: each is read
+//                back from swap, no copy)
+//   release      unmap what private, shared and shm mapped (it stays mapped till then, for
+//                pageout and rewrite) and delete the files
 //   tree N       fork a child that forks a grandchild; the grandchild writes N pages, prints
 //                "grandchild PID", and both exit
 //   rename NAME N  set the thread's name to NAME (prctl), print "pages ADDR", write N pages
@@ -260,6 +278,159 @@ static void major(const char *path, long n) {
     unlink(path);
 }
 
+// File mappings stay until "release", for the commands that work on them again (pageout, pin,
+// rewrite).
+static struct kept {
+    void *p;
+    long n;
+    int fd;
+    char path[1024];
+} kept[16];
+static int kept_count;
+
+static void keep(void *p, long n, int fd, const char *path) {
+    if (kept_count == 16) _exit(15);
+    struct kept *k = &kept[kept_count++];
+    k->p = p;
+    k->n = n;
+    k->fd = fd;
+    snprintf(k->path, sizeof k->path, "%s", path);
+}
+
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
+
+// Pushes the pages of the kept private file mappings (copied, so anonymous) out to swap, and
+// prints "swapped K": how many of them are in swap now (/proc/self/pagemap bit 62).
+static void pageout(void) {
+    long swapped = 0;
+    int pagemap = open("/proc/self/pagemap", O_RDONLY);
+    if (pagemap < 0) _exit(16);
+    for (int i = 0; i < kept_count; i++) {
+        if (kept[i].fd < 0) continue;
+        madvise(kept[i].p, kept[i].n * PAGE, MADV_PAGEOUT);
+        for (long j = 0; j < kept[i].n; j++) {
+            unsigned long long entry;
+            off_t at = ((unsigned long)kept[i].p / PAGE + j) * sizeof entry;
+            if (pread(pagemap, &entry, sizeof entry, at) != sizeof entry) _exit(17);
+            swapped += (entry >> 62) & 1;
+        }
+    }
+    close(pagemap);
+    char line[64];
+    snprintf(line, sizeof line, "swapped %ld\n", swapped);
+    say(line);
+}
+
+// Keeps this process on the CPU it runs on: a page it faults in waits in that CPU's batch
+// before it joins the LRU lists, and MADV_PAGEOUT moves only its own CPU's batch there.
+static void pin(void) {
+    cpu_set_t here;
+    CPU_ZERO(&here);
+    CPU_SET(sched_getcpu(), &here);
+    if (sched_setaffinity(0, sizeof here, &here)) _exit(13);
+}
+
+// Writes every page of the kept mappings again.
+static void rewrite(void) {
+    for (int i = 0; i < kept_count; i++)
+        for (long j = 0; j < kept[i].n; j++) ((char *)kept[i].p)[j * PAGE] = 3;
+}
+
+static void release(void) {
+    for (int i = 0; i < kept_count; i++) {
+        munmap(kept[i].p, kept[i].n * PAGE);
+        if (kept[i].fd >= 0) {
+            close(kept[i].fd);
+            unlink(kept[i].path);
+        }
+    }
+    kept_count = 0;
+}
+
+// Writes an n-page file of 7s at path; with drop, pushes it out of the page cache and returns
+// how many of its pages are still resident (mincore), else 0.
+static int make_file(const char *path, long n, int drop, long *resident) {
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0) _exit(5);
+    static char page[MAX_PAGE];
+    memset(page, 7, PAGE);
+    for (long i = 0; i < n; i++)
+        if (write(fd, page, PAGE) != PAGE) _exit(6);
+    *resident = n;
+    if (drop) {
+        // A clean file's pages leave the cache at DONTNEED: write them back first.
+        fdatasync(fd);
+        posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+        void *probe = mmap(NULL, n * PAGE, PROT_READ, MAP_SHARED, fd, 0);
+        if (probe == MAP_FAILED) _exit(7);
+        static unsigned char in_core[1 << 16];
+        if (n > (long)sizeof in_core || mincore(probe, n * PAGE, in_core)) _exit(14);
+        *resident = 0;
+        for (long i = 0; i < n; i++) *resident += in_core[i] & 1;
+        munmap(probe, n * PAGE);
+    }
+    return fd;
+}
+
+// A private file mapping: reads the first half (each read maps the file's page read-only, and
+// the kernel maps the cached pages around it too), then writes every page. Each write copies
+// the file's page into private memory: a page mapped before at a write-protect fault, the
+// others at their first fault (the kernel's do_cow_fault). n copies in all.
+static void private_file(const char *path, long n, int drop) {
+    long resident;
+    int fd = make_file(path, n, drop, &resident);
+    volatile char *p = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) _exit(7);
+    // No readahead: each page not cached is read from the disk by the fault that needs it, so
+    // the writes to the second half read the file's page before copying it.
+    if (drop) madvise((void *)p, n * PAGE, MADV_RANDOM);
+    char line[96];
+    snprintf(line, sizeof line, "pages %lx\n", (unsigned long)p);
+    say(line);
+    if (drop) {
+        snprintf(line, sizeof line, "resident %ld\n", resident);
+        say(line);
+    }
+    long sum = 0;
+    for (long i = 0; i < n / 2; i++) sum += p[i * PAGE];
+    if (sum != 7 * (n / 2)) _exit(8);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 1;
+    keep((void *)p, n, fd, path);
+}
+
+// A shared file mapping written: the file's own pages are written, nothing is copied (those
+// not cached are read into the page cache first: uncached).
+static void shared_file(const char *path, long n, int drop) {
+    long resident;
+    int fd = make_file(path, n, drop, &resident);
+    char *p = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) _exit(7);
+    if (drop) madvise(p, n * PAGE, MADV_RANDOM);
+    char line[64];
+    snprintf(line, sizeof line, "pages %lx\n", (unsigned long)p);
+    say(line);
+    if (drop) {
+        snprintf(line, sizeof line, "resident %ld\n", resident);
+        say(line);
+    }
+    for (long i = 0; i < n; i++) p[i * PAGE] = 1;
+    keep(p, n, fd, path);
+}
+
+// Shared anonymous memory (shmem) written: each first write fills a page of shmem, no copy.
+// Stays mapped until "release".
+static void shm(long n) {
+    char *p = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) _exit(3);
+    char line[64];
+    snprintf(line, sizeof line, "pages %lx\n", (unsigned long)p);
+    say(line);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 1;
+    keep(p, n, -1, "");
+}
+
 static void tree(long n) {
     pid_t child = fork();
     if (child == 0) {
@@ -299,7 +470,7 @@ int main(void) {
             len++;
         }
         line[len] = 0;
-        char path[1024];
+        char path[1024], mode[16];
         long a = 0, b = 0;
         if (sscanf(line, "touch %ld", &a) == 1) touch(a);
         else if (sscanf(line, "read %ld", &a) == 1) readpages(a);
@@ -311,6 +482,17 @@ int main(void) {
         else if (sscanf(line, "snapshot %ld", &a) == 1) snapshot(a, a);
         else if (sscanf(line, "threads %ld %ld", &a, &b) == 2) threads(a, b);
         else if (sscanf(line, "major %1023s %ld", path, &a) == 2) major(path, a);
+        else if (sscanf(line, "private %1023s %ld %15s", path, &a, mode) == 3
+                 && (!strcmp(mode, "cached") || !strcmp(mode, "uncached")))
+            private_file(path, a, !strcmp(mode, "uncached"));
+        else if (sscanf(line, "shared %1023s %ld %15s", path, &a, mode) == 3
+                 && (!strcmp(mode, "cached") || !strcmp(mode, "uncached")))
+            shared_file(path, a, !strcmp(mode, "uncached"));
+        else if (sscanf(line, "shm %ld", &a) == 1) shm(a);
+        else if (!strcmp(line, "release")) release();
+        else if (!strcmp(line, "pageout")) pageout();
+        else if (!strcmp(line, "pin")) pin();
+        else if (!strcmp(line, "rewrite")) rewrite();
         else if (sscanf(line, "tree %ld", &a) == 1) tree(a);
         else if (sscanf(line, "rename %15s %ld", path, &a) == 2) rename_and_touch(path, a);
         else if (sscanf(line, "exec-thread %ld", &a) == 1) exec_thread(a);

@@ -25,6 +25,9 @@ pub struct Tally {
     pub reused: u64,
     /// Writes to pages not there before: new pages.
     pub new_pages: u64,
+    /// Of those, first writes that copied a file's page into a private mapping: copies in
+    /// cow-trace's counts, yet no page of the child's when the parent makes them.
+    pub file_copies: u64,
 }
 
 impl Tally {
@@ -36,7 +39,10 @@ impl Tally {
                 self.zero_fills += u64::from(zero_fill);
             }
             (Some(true), Some(false)) => self.reused += 1,
-            (Some(false), _) if fault.write => self.new_pages += 1,
+            (Some(false), copied) if fault.write => {
+                self.new_pages += 1;
+                self.file_copies += u64::from(copied == Some(true));
+            }
             _ => {}
         }
         self.cow += u64::from(fault.cow == Some(true));
@@ -201,10 +207,14 @@ mod tests {
             // Page 13: read in before the fork: shared, so a later copy is a real one.
             fault(5, 13, None, false, false),
             fault(14, 13, Some(2), true, true),
+            // Page 14: a first write that copied a file's page, in the window: a new page of
+            // the parent's own, no copy of a page shared with the child.
+            fault(15, 14, Some(2), false, true),
         ];
         let phases = phases(faults, 2, 10);
         assert_eq!((phases.before.faults, phases.before.copied), (1, 0));
         assert_eq!((phases.during.copied, phases.during.zero_fills), (3, 1));
+        assert_eq!((phases.during.new_pages, phases.during.file_copies), (2, 1));
         assert_eq!((phases.after.copied, phases.after.zero_fills), (1, 0));
     }
 }

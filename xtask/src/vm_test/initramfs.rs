@@ -164,7 +164,11 @@ i=0
 while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 if mount -t ext4 /dev/vda /scratch; then
     export COW_TRACE_BIN=/vm/cow-trace COW_TRACE_WORKLOADS=/vm/workloads COW_TRACE_TEST_TMP=/scratch
-{runs}    umount /scratch
+    # Swap on a RAM disk, whose writes complete at once: a page pushed out (MADV_PAGEOUT)
+    # leaves memory at once, and a fault reads it back (the swap test).
+    mkswap /dev/ram0 >/dev/null && swapon /dev/ram0 || echo "{MARK} no swap on /dev/ram0"
+{runs}    swapoff /dev/ram0
+    umount /scratch
     echo "{MARK} done"
 else
     echo "{MARK} no scratch disk: mounting /dev/vda as ext4 failed"
@@ -198,8 +202,9 @@ fn cpio_gz(root: &Path, archive: &Path) -> anyhow::Result<()> {
 
 /// What /init loads, with their dependencies, to mount the scratch disk: the virtio PCI
 /// transport, the block driver, and ext4. crc32c is only a soft dependency of ext4 (absent
-/// from modules.dep), yet mounting a filesystem with metadata checksums needs it.
-const MODULES: &[&str] = &["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
+/// from modules.dep), yet mounting a filesystem with metadata checksums needs it. And brd,
+/// RAM disks (16 MiB each by Debian's configuration), one of them for swap.
+const MODULES: &[&str] = &["virtio_pci", "virtio_blk", "crc32c_generic", "ext4", "brd"];
 
 /// The kernel's disk modules and their dependencies, decompressed, with /modules/load listing
 /// them in load order. Returns the gzipped cpio archive.

@@ -3,10 +3,11 @@
 //! architecture offers, and prints a table (arch × kernel × backend).
 //!
 //! Each VM boots from an initramfs holding busybox, cow-trace as it ships (the static musl
-//! binary), the suite's test binary, the C workloads (static), plus the kernel's modules for
-//! a virtio disk with ext4: the suite's scratch directory must be disk-backed (on tmpfs there
-//! are no major faults). Kernels, initramfs parts, disk images and console logs are kept under
-//! target/vm/.
+//! binary), the suite's test binary, the C workloads (static, and a shared library with the
+//! loader and C library that load it), plus the kernel's modules for a virtio disk with ext4:
+//! the suite's scratch directory must be disk-backed (on tmpfs there are no major faults); and
+//! for a RAM disk, on which swap is turned on (the swap test needs pages swapped out).
+//! Kernels, initramfs parts, disk images and console logs are kept under target/vm/.
 //!
 //! One module per job: `arch` (what differs per architecture), `artifacts` (what the build
 //! puts in the VMs), `kernels` (Debian's kernel packages), `initramfs` (/init, busybox,

@@ -6,7 +6,8 @@ use crate::event::{Access, CowOutcome, Fault, Outcome};
 /// What kind of fault, as the plot tells them apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PlotClass {
-    /// A write to a present page (the copy-on-write break) that copied a shared page.
+    /// A write that copied a page: a write to a present page (the copy-on-write break) that
+    /// copied a shared page, or a first write that copied a file's page into a private mapping.
     CowCopied,
     /// One that kept the page: its last sharer. A fault, but no copy.
     CowReused,
@@ -44,6 +45,7 @@ impl PlotClass {
     pub fn of(fault: &Fault) -> Option<PlotClass> {
         match fault.outcome {
             Outcome::Incomplete | Outcome::Retry => None,
+            _ if fault.class.is_file_copy() => Some(PlotClass::CowCopied),
             _ if fault.is_cow() == Some(true) => Some(match fault.cow_outcome() {
                 Some(CowOutcome::Copied) => PlotClass::CowCopied,
                 Some(CowOutcome::Reused) => PlotClass::CowReused,
@@ -59,7 +61,8 @@ impl PlotClass {
         }
     }
 
-    /// A write-protect fault: the copy-on-write break, copied or not.
+    /// A copy-on-write fault: a write-protect fault, copied or not, or a first write that
+    /// copied a file's page into a private mapping.
     pub fn is_cow(self) -> bool {
         matches!(
             self,

@@ -178,7 +178,7 @@ mod tests {
     use crate::event::FaultClass;
     use crate::{
         event::Outcome,
-        output::sink::test_support::{article_fault, reclassify},
+        output::sink::test_support::{article_fault, file_copy_fault, reclassify},
     };
 
     const MS: u64 = 1_000_000;
@@ -264,6 +264,11 @@ mod tests {
         major_copy.class =
             FaultClass::from_bits(major_copy.class.bits() | wp | cow_trace_common::class::COPIED);
         assert_eq!(PlotClass::of(&major_copy), Some(PlotClass::CowCopied));
+        // So is a first write that copied a file's page into a private mapping.
+        assert_eq!(
+            PlotClass::of(&file_copy_fault(Outcome::Major)),
+            Some(PlotClass::CowCopied)
+        );
         let mut major = article_fault();
         reclassify(&mut major, Some(0x4), Outcome::Major);
         assert_eq!(PlotClass::of(&major), Some(PlotClass::Major));

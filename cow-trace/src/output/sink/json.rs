@@ -73,9 +73,13 @@ struct FaultLine<'a> {
     access: Option<String>,
     #[serde(rename = "type")]
     kind: &'static str,
+    /// A write-protect fault.
     cow: Option<bool>,
+    /// A page was copied: on a write-protect fault, or (with `cow` false) a first write that
+    /// copied a file's page into a private mapping.
     copied: Option<bool>,
-    /// "copied", "reused" or "zero-fill" on a copy-on-write fault.
+    /// "copied", "reused" or "zero-fill" on a copy-on-write fault; "copied" on such a first
+    /// write.
     cow_outcome: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     window: Option<u32>,
@@ -352,7 +356,10 @@ impl Sink for JsonSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::sink::test_support::{Captured, article_fault, reclassify};
+    use crate::{
+        event::Outcome,
+        output::sink::test_support::{Captured, article_fault, file_copy_fault, reclassify},
+    };
 
     #[test]
     fn fault_fields() {
@@ -375,6 +382,22 @@ mod tests {
         assert_eq!(value["cow"], true);
         assert_eq!(value["latency_ns"], 1500);
         assert_eq!(value["error_code"], 7);
+    }
+
+    #[test]
+    fn a_first_write_that_copied_a_files_page_is_copied_but_no_cow_fault() {
+        let out = Captured::default();
+        let mut sink = JsonSink::new(
+            Box::new(out.clone()),
+            WallClock::with_offset(0),
+            "tracepoint",
+        );
+        sink.fault(&file_copy_fault(Outcome::Minor)).unwrap();
+        let value: serde_json::Value = serde_json::from_str(out.text().trim()).unwrap();
+        assert_eq!(value["cow"], false);
+        assert_eq!(value["copied"], true);
+        assert_eq!(value["cow_outcome"], "copied");
+        assert_eq!(value["error_code"], 6);
     }
 
     #[test]

@@ -137,6 +137,20 @@ pub(crate) mod test_support {
         );
     }
 
+    /// A first write to a page of a private file mapping not mapped yet (user, write, not
+    /// present), major as `outcome` says, which copied the file's page.
+    pub fn file_copy_fault(outcome: Outcome) -> Fault {
+        use cow_trace_common::flags;
+        let mut fault = article_fault();
+        reclassify(&mut fault, Some(0x6), outcome);
+        let mut record_flags = flags::COPY_KNOWN | flags::PAGE_ALLOCATED;
+        if outcome == Outcome::Major {
+            record_flags |= flags::MAJOR;
+        }
+        fault.class = FaultClass::of(false, record_flags, 0x6).with_mapping(true);
+        fault
+    }
+
     /// The article's first COW fault: Sun May 10 11:35:00 2020 UTC, pid 12420.
     pub fn article_fault() -> Fault {
         Fault {

@@ -48,10 +48,11 @@ impl std::fmt::Display for Columns<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let fault = self.0;
         let access = fault.access().map_or('?', |a| a.letter());
+        // A first write that copied a file's page into a private mapping is a copy too.
         let cow = match (fault.is_cow(), fault.cow_outcome()) {
-            (Some(true), Some(outcome)) => outcome.column(),
+            (Some(_), Some(outcome)) => outcome.column(),
             (Some(true), None) => "cow",
-            (Some(false), _) => "-",
+            (Some(false), None) => "-",
             (None, _) => "?",
         };
         let mode = if fault.kernel_mode { "k" } else { "u" };
@@ -181,8 +182,9 @@ fn write_header(
 mod tests {
     use super::*;
     use crate::{
+        event::FaultClass,
         event::Outcome,
-        output::sink::test_support::{Captured, article_fault, reclassify},
+        output::sink::test_support::{Captured, article_fault, file_copy_fault, reclassify},
     };
     use chrono::{FixedOffset, Utc};
 
@@ -228,6 +230,29 @@ mod tests {
         assert_eq!(lines[0].find("TYPE"), lines[1].find("MINOR"));
         assert_eq!(lines[0].find("ADDRESS"), lines[1].find("0x00007ffe"));
         assert_eq!(lines[0].len(), lines[1].len());
+    }
+
+    #[test]
+    fn a_first_write_that_copied_a_files_page_is_a_copy() {
+        let fault = file_copy_fault(Outcome::Major);
+        assert!(
+            columns(&fault).contains(" wu MAJOR      copy  "),
+            "{}",
+            columns(&fault)
+        );
+        // The same write where the mapping is no private file mapping: no copy.
+        let mut filled = fault.clone();
+        filled.class = FaultClass::of(
+            false,
+            cow_trace_common::flags::COPY_KNOWN | cow_trace_common::flags::PAGE_ALLOCATED,
+            0x6,
+        )
+        .with_mapping(false);
+        assert!(
+            columns(&filled).contains(" wu MAJOR      -     "),
+            "{}",
+            columns(&filled)
+        );
     }
 
     #[test]
