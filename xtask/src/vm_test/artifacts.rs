@@ -1,5 +1,5 @@
-//! What goes into the VMs from the build: cow-trace as it ships (the static musl binary of
-//! `cargo xtask dist`), the privileged suite and the C workloads, for one architecture.
+//! What goes into the VMs from the build, for one architecture: cow-trace as it ships (the
+//! static musl binary of `cargo xtask dist`), the privileged suite and the C workloads.
 use std::{fs, path::PathBuf, process::Command};
 
 use anyhow::Context as _;
@@ -17,75 +17,31 @@ pub struct Artifacts {
     pub workloads: Vec<PathBuf>,
 }
 
-/// Builds cow-trace, the privileged test binary (debug, as `cargo xtask test` does; for
-/// x86-64 the host's, so CI builds it once) and the C workloads. arm64 gets the shipped static
-/// binary and static workloads; x86-64 still the host's glibc builds, which its VMs have
-/// passed with (the static ones there are not yet verified in a VM).
+/// Builds the shipped cow-trace, the privileged test binary (debug, as `cargo xtask test`
+/// does: on x86-64 the host's, so CI builds it once; on arm64 for the static musl target) and
+/// the C workloads with the architecture's compiler.
 pub fn build(arch: &VmArch) -> anyhow::Result<Artifacts> {
     let root = util::root();
-    if arch.name() == X86_64.name() {
-        return host_build();
-    }
     let cow_trace = dist::static_binary(arch.dist)?;
-    let suite = cargo_executable(
-        &[
-            "test",
-            "--package",
-            "cow-trace",
-            "--test",
-            "privileged",
-            "--no-run",
-            "--target",
-            arch.dist.target,
-        ],
+    let mut test = vec![
+        "test",
+        "--package",
+        "cow-trace",
+        "--test",
         "privileged",
-    )?;
+        "--no-run",
+    ];
+    if arch.name() != X86_64.name() {
+        test.extend(["--target", arch.dist.target]);
+    }
+    let suite = cargo_executable(&test, "privileged")?;
     let out = root.join("target/vm").join(arch.name()).join("workloads");
-    fs::create_dir_all(&out)?;
     let mut workloads = Vec::new();
     for source in fs::read_dir(root.join("cow-trace/tests/workloads"))? {
         let source = source?.path();
         if source.extension().is_some_and(|e| e == "c") {
             let name = source.file_stem().context("workload name")?;
-            let binary = out.join(name);
-            util::run(
-                Command::new(arch.cc)
-                    .args(["-O1", "-fno-omit-frame-pointer", "-pthread", "-Wall"])
-                    .args(["-static", "-o"])
-                    .arg(&binary)
-                    .arg(&source),
-            )
-            .with_context(|| format!("{} could not build {}", arch.cc, source.display()))?;
-            workloads.push(binary);
-        }
-    }
-    Ok(Artifacts {
-        cow_trace,
-        suite,
-        workloads,
-    })
-}
-
-/// cow-trace and the suite built for the host, the workloads with the host's compiler.
-fn host_build() -> anyhow::Result<Artifacts> {
-    let cow_trace = cargo_executable(&["build", "--package", "cow-trace"], "cow-trace")?;
-    let suite = cargo_executable(
-        &[
-            "test",
-            "--package",
-            "cow-trace",
-            "--test",
-            "privileged",
-            "--no-run",
-        ],
-        "privileged",
-    )?;
-    let mut workloads = Vec::new();
-    for source in fs::read_dir(util::root().join("cow-trace/tests/workloads"))? {
-        let source = source?.path();
-        if source.extension().is_some_and(|e| e == "c") {
-            let name = source.file_stem().context("workload name")?;
-            workloads.push(util::workload(&name.to_string_lossy())?);
+            workloads.push(util::workload_with(&name.to_string_lossy(), arch.cc, &out)?);
         }
     }
     Ok(Artifacts {

@@ -25,11 +25,18 @@ pub enum Outcome {
     },
     /// The suite did not run or did not finish: why.
     Missing(String),
+    /// The kernel does not allow this backend, so the suite was not run with it: why.
+    NotAllowed(&'static str),
 }
 
 impl Outcome {
     pub fn passed(&self) -> bool {
         matches!(self, Outcome::Ran { failed: 0, status: 0, passed, .. } if *passed > 0)
+    }
+
+    /// A run that should have passed and did not.
+    pub fn failed(&self) -> bool {
+        !matches!(self, Outcome::NotAllowed(_)) && !self.passed()
     }
 }
 
@@ -42,16 +49,22 @@ pub fn results(vm: &Vm, booted: anyhow::Result<()>) -> Vec<Row> {
         .chars()
         .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
         .collect();
-    let rows = rows(
+    let mut rows = rows(
         vm.arch.name(),
         &vm.release,
-        vm.arch.backends,
+        &vm.runs,
         &console,
         booted.err(),
     );
-    for row in rows.iter().filter(|r| !r.outcome.passed()) {
+    for row in rows.iter().filter(|r| r.outcome.failed()) {
         print_failure(row, &console);
     }
+    rows.extend(vm.left_out.iter().map(|&(backend, why)| Row {
+        arch: vm.arch.name().to_string(),
+        kernel: vm.release.clone(),
+        backend: backend.to_string(),
+        outcome: Outcome::NotAllowed(why),
+    }));
     rows
 }
 
@@ -210,12 +223,12 @@ mod tests {
             describe(&row.outcome),
             "FAILED (1 passed, 1 failed: b, 1 skipped: c (no such field on this kernel))"
         );
-        assert!(!row.outcome.passed());
+        assert!(row.outcome.failed());
         // The backends whose markers are missing did not run: that is a failure too.
         assert!(
             rows.iter()
                 .filter(|r| r.backend != "tracepoint")
-                .all(|r| !r.outcome.passed())
+                .all(|r| r.outcome.failed())
         );
     }
 

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{arch::VmArch, initramfs::modules_initramfs, kernels::Kernel};
+use super::{arch::VmArch, initramfs::kernel_initramfs, kernels::Kernel};
 use crate::util;
 
 /// Settings of every VM; the machine and kernel command line are the architecture's.
@@ -18,24 +18,29 @@ const QEMU_ARGS: &[&str] = &["-nographic", "-no-reboot", "-nic", "none"];
 /// A VM that has not powered off by then is killed. One VM runs the suite once per backend:
 /// a few minutes under TCG on a quiet machine, far longer when the machine is loaded, and
 /// emulating arm64 is slower still.
-const VM_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+const VM_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
-/// A VM ready to boot: its kernel, initramfs, scratch disk and console log.
+/// A VM ready to boot: its kernel, the suite's runs on it, initramfs, scratch disk and console
+/// log.
 pub struct Vm {
     pub release: String,
     pub arch: &'static VmArch,
+    pub runs: Vec<&'static str>,
+    /// Runs this kernel does not allow, with why.
+    pub left_out: Vec<(&'static str, &'static str)>,
     vmlinuz: PathBuf,
     initrd: PathBuf,
     disk: PathBuf,
     pub log: PathBuf,
 }
 
-/// Puts together the initramfs (shared part + this kernel's modules) and a fresh disk.
+/// Puts together the initramfs (shared part + this kernel's modules and runs) and a fresh disk.
 pub fn prepare(work: &Path, kernel: &Kernel, base: &Path) -> anyhow::Result<Vm> {
     let dir = work.join(&kernel.release);
     fs::create_dir_all(&dir)?;
     let initrd = dir.join("initrd.gz");
-    let modules = modules_initramfs(kernel, &dir)?;
+    let (runs, left_out) = kernel.arch.runs(&kernel.release);
+    let modules = kernel_initramfs(kernel, &runs, &dir)?;
     // The kernel unpacks concatenated archives one after the other.
     let mut joined = fs::read(base)?;
     joined.extend(fs::read(&modules)?);
@@ -43,6 +48,8 @@ pub fn prepare(work: &Path, kernel: &Kernel, base: &Path) -> anyhow::Result<Vm> 
     Ok(Vm {
         release: kernel.release.clone(),
         arch: kernel.arch,
+        runs,
+        left_out,
         vmlinuz: kernel.vmlinuz.clone(),
         initrd,
         disk: scratch_disk(&dir)?,

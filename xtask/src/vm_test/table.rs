@@ -61,7 +61,7 @@ pub fn print_table(rows: &[Row]) -> usize {
     );
     let mut failed = 0;
     for row in rows {
-        if !row.outcome.passed() {
+        if row.outcome.failed() {
             failed += 1;
         }
         let result = describe(&row.outcome);
@@ -72,12 +72,15 @@ pub fn print_table(rows: &[Row]) -> usize {
         );
     }
     let kernels: BTreeSet<&str> = rows.iter().map(|r| r.kernel.as_str()).collect();
+    let runs = rows
+        .iter()
+        .filter(|r| !matches!(r.outcome, Outcome::NotAllowed(_)))
+        .count();
     let verdict = if failed == 0 { "passed" } else { "FAILED" };
     let _ = writeln!(
         out,
-        "overall: {verdict} ({} of {} runs passed on {} kernels)",
-        rows.len() - failed,
-        rows.len(),
+        "overall: {verdict} ({} of {runs} runs passed on {} kernels)",
+        runs - failed,
         kernels.len()
     );
     failed
@@ -111,5 +114,6 @@ pub fn describe(outcome: &Outcome) -> String {
             text + ")"
         }
         Outcome::Missing(why) => format!("FAILED (no result: {why})"),
+        Outcome::NotAllowed(why) => format!("not run: {why}"),
     }
 }
