@@ -65,6 +65,13 @@ pub fn results(vm: &Vm, booted: anyhow::Result<()>) -> Vec<Row> {
         backend: backend.to_string(),
         outcome: Outcome::NotAllowed(why),
     }));
+    // In the architecture's order of backends, run or not.
+    rows.sort_by_key(|row| {
+        vm.arch
+            .backends
+            .iter()
+            .position(|backend| *backend == row.backend)
+    });
     rows
 }
 
