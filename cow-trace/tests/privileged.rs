@@ -647,6 +647,51 @@ fn existing_descendants_are_traced() {
     shell.wait().unwrap();
 }
 
+/// `--backend auto` takes the first backend this kernel lets attach and, with -v, says why it
+/// passed over each before it. Where the kernel cannot put a BPF trampoline on a kernel
+/// function (arm64 before Linux 6.4), fexit's refusal says so and kprobe is taken.
+#[test]
+fn auto_backend_names_the_one_attached_and_why_not_the_others() {
+    if !require_root("auto_backend_names_the_one_attached_and_why_not_the_others") {
+        return;
+    }
+    let output = Command::new(cow_trace())
+        .args(["-v", "--backend", "auto", "-o", "/dev/null", "--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let order: &[&str] = if cfg!(target_arch = "x86_64") {
+        &["fexit", "kprobe", "tracepoint"]
+    } else {
+        &["fexit", "kprobe"]
+    };
+    let attached = order
+        .iter()
+        .position(|b| stderr.contains(&format!("(backend: {b})")))
+        .unwrap_or_else(|| panic!("no backend named: {stderr}"));
+    for refused in &order[..attached] {
+        assert!(
+            stderr.contains(&format!("backend {refused} refused: ")),
+            "no reason given for passing over {refused}: {stderr}"
+        );
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut version = release.trim().split(['.', '-']).map(|n| n.parse::<u32>());
+    let version = (
+        version.next().unwrap().unwrap(),
+        version.next().unwrap().unwrap(),
+    );
+    if cfg!(target_arch = "aarch64") && version < (6, 4) {
+        assert_eq!(order[attached], "kprobe", "{stderr}");
+        assert!(
+            stderr.contains("arm64 kernels can since Linux 6.4"),
+            "fexit's refusal does not say why: {stderr}"
+        );
+    }
+}
+
 /// -- CMD: the command is held until the probes are attached (its very first faults after exec
 /// are seen), and its exit status is passed through. It is counted from its exec: none of
 /// cow-trace's own code, which the forked child runs until then, is.

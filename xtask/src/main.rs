@@ -48,8 +48,9 @@ enum Task {
     /// rdb_last_cow_size, and the stacks that copied, with a flame graph (installs
     /// redis-server and redis-tools if missing).
     RedisDemo(redis_demo::Args),
-    /// Boot Debian's 6.1 and 6.12 kernels in qemu and run the privileged suite in each.
-    VmTest,
+    /// Boot Debian's 6.1 and 6.12 kernels for x86-64 and arm64 in qemu and run the privileged
+    /// suite in each, per backend.
+    VmTest(vm_test::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +63,6 @@ fn main() -> anyhow::Result<()> {
         Task::Completions => docs::completions(),
         Task::Bench(args) => bench::run(args),
         Task::RedisDemo(args) => redis_demo::run(args),
-        Task::VmTest => vm_test::run(),
+        Task::VmTest(args) => vm_test::run(args),
     }
 }

@@ -64,6 +64,21 @@ pub fn install_packages(packages: &[&str]) -> anyhow::Result<()> {
     )
 }
 
+/// Lets apt install and download packages of Debian's architecture `arch` (the arm64
+/// VMs' kernels and busybox); updates apt's lists when it adds it.
+pub fn add_foreign_architecture(arch: &str) -> anyhow::Result<()> {
+    let foreign =
+        output(Command::new("dpkg").arg("--print-foreign-architectures")).unwrap_or_default();
+    if foreign.lines().any(|a| a.trim() == arch) {
+        return Ok(());
+    }
+    if !nix_is_root() {
+        bail!("setup must add the {arch} architecture to dpkg: run it as root");
+    }
+    util::run(Command::new("dpkg").args(["--add-architecture", arch]))?;
+    util::run(Command::new("apt-get").arg("update").arg("-qq"))
+}
+
 fn install_rust_src() -> anyhow::Result<()> {
     let installed = output(Command::new("rustup").args([
         "component",

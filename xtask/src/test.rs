@@ -75,9 +75,10 @@ pub fn run() -> anyhow::Result<()> {
         ],
     )?;
     totals.add(untimed);
-    // The same privileged suite on Debian's 6.1 and 6.12 kernels, once per backend each
-    // allows (fexit and kprobe cannot attach on this host's kernel).
-    let (vm_passed, vm_failed, vm_skipped) = vm_test::run_suites()?;
+    // The same privileged suite on Debian's 6.1 and 6.12 kernels, x86-64 and arm64, with the
+    // static binaries that ship, once per backend each kernel allows (fexit and kprobe cannot
+    // attach on this host's kernel).
+    let (vm_passed, vm_failed, vm_skipped) = vm_test::run_suites(&vm_test::arch::ALL)?;
     totals.passed += vm_passed;
     totals.failed += vm_failed;
     totals.skipped += vm_skipped;

@@ -1,7 +1,7 @@
 //! Small helpers shared by the tasks.
 use std::{
     io::{BufRead as _, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{ChildStderr, Command, ExitStatus},
     sync::mpsc,
     thread,
@@ -96,25 +96,31 @@ pub fn relay_stderr(stderr: ChildStderr) -> (mpsc::Receiver<()>, thread::JoinHan
     (is_ready, relay)
 }
 
-/// Compiles one of the C test workloads into target/xtask and returns the binary's path
-/// (`libNAME.c` is a shared library, `libNAME.so`). The flags are the tests' own
-/// (cow-trace/tests/common/mod.rs): the VM tests run these binaries, --stack needs the frame
-/// pointers, and debug information shows inlined functions.
+/// Compiles one of the C test workloads into target/xtask with the host's compiler and returns
+/// the binary's path.
 pub fn workload(name: &str) -> anyhow::Result<PathBuf> {
-    let dir = root().join("target/xtask");
-    std::fs::create_dir_all(&dir)?;
+    workload_with(name, "cc", &root().join("target/xtask"))
+}
+
+/// Compiles one of the C test workloads into `dir` with the C compiler `cc` (the host's, or a
+/// cross compiler) and returns the binary's path (`libNAME.c` is a shared library,
+/// `libNAME.so`). The flags are the tests' own (cow-trace/tests/common/mod.rs): the VM tests
+/// run these binaries, --stack needs the frame pointers, and debug information shows inlined
+/// functions.
+pub fn workload_with(name: &str, cc: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
     let library = name.starts_with("lib");
     let binary = dir.join(if library {
         format!("{name}.so")
     } else {
         name.to_string()
     });
-    let mut cc = Command::new("cc");
-    cc.args(WORKLOAD_FLAGS);
+    let mut compiler = Command::new(cc);
+    compiler.args(WORKLOAD_FLAGS);
     if library {
-        cc.args(["-shared", "-fPIC"]);
+        compiler.args(["-shared", "-fPIC"]);
     }
-    run(cc
+    run(compiler
         .arg("-o")
         .arg(&binary)
         .arg(root().join(format!("cow-trace/tests/workloads/{name}.c"))))?;

@@ -151,12 +151,12 @@ fn attach_fexit(ebpf: &mut Ebpf) -> anyhow::Result<Sees> {
         .map_err(|e| kernel_error("loading fentry on handle_mm_fault", e))?;
     entry
         .attach()
-        .map_err(|e| kernel_error("attaching fentry to handle_mm_fault", e))?;
+        .map_err(|e| trampoline_error("attaching fentry to handle_mm_fault", e))?;
     let exit: &mut FExit = program(ebpf, "handle_mm_fault_fexit")?;
     exit.load("handle_mm_fault", &btf)
         .map_err(|e| kernel_error("loading fexit on handle_mm_fault", e))?;
     exit.attach()
-        .map_err(|e| kernel_error("attaching fexit to handle_mm_fault", e))?;
+        .map_err(|e| trampoline_error("attaching fexit to handle_mm_fault", e))?;
     // do_wp_page marks write-protect faults the error code cannot (get_user_pages faults).
     // Where it is inlined away, the error code still marks the others.
     let wp: &mut FEntry = program(ebpf, "do_wp_page_fentry")?;
@@ -181,6 +181,41 @@ fn attach_fexit(ebpf: &mut Ebpf) -> anyhow::Result<Sees> {
     };
     log::info!("attached fentry/fexit to handle_mm_fault");
     Ok(Sees { swap_ins })
+}
+
+/// The kernel's ENOTSUPP (524, an errno of its own): it has BPF trampolines, yet cannot put one
+/// on a kernel function. arm64 reaches them through ftrace's direct calls, which it has since
+/// Linux 6.4: Debian's 6.1 arm64 kernel refuses so.
+const ENOTSUPP: i32 = 524;
+
+/// A refused trampoline attach, saying what the kernel lacks where that is the cause.
+fn trampoline_error(what: &str, error: aya::programs::ProgramError) -> anyhow::Error {
+    let mut source: Option<&dyn std::error::Error> = Some(&error);
+    let mut unsupported = false;
+    while let Some(cause) = source {
+        unsupported |= cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.raw_os_error() == Some(ENOTSUPP));
+        source = cause.source();
+    }
+    let refused = kernel_error(what, error);
+    if !unsupported {
+        return refused;
+    }
+    failure(
+        Status::Kernel,
+        format!("{refused} ({})", trampolines_unsupported_hint()),
+    )
+}
+
+/// Why a kernel cannot attach trampolines to its functions, and what to use instead.
+fn trampolines_unsupported_hint() -> &'static str {
+    if cfg!(target_arch = "aarch64") {
+        "this kernel cannot attach BPF trampolines to kernel functions: arm64 kernels can since \
+         Linux 6.4; use --backend kprobe"
+    } else {
+        "this kernel cannot attach BPF trampolines to kernel functions; use --backend kprobe"
+    }
 }
 
 fn attach_kprobe(ebpf: &mut Ebpf) -> anyhow::Result<Sees> {

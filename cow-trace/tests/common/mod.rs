@@ -142,13 +142,14 @@ pub fn kernel_fault_counts(pid: u32) -> (u64, u64) {
 pub fn wait_blocked_in_read(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        // /proc/PID/syscall: "0 0x0 ..." = read(0, ...) in progress.
+        // /proc/PID/syscall: "NR 0x0 ..." = read(0, ...) in progress, NR the architecture's
+        // number of read (0 on x86-64, 63 on arm64).
         let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let sleeping = state
             .rfind(')')
             .is_some_and(|i| state[i + 2..].starts_with('S'));
-        if syscall.starts_with("0 0x0 ") && sleeping {
+        if syscall.starts_with(&format!("{} 0x0 ", libc::SYS_read)) && sleeping {
             return;
         }
         assert!(

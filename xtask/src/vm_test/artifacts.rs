@@ -1,9 +1,14 @@
-//! What goes into the VMs from the build: cow-trace, the privileged suite, the C workloads.
+//! What goes into the VMs from the build, for one architecture: cow-trace as it ships (the
+//! static musl binary of `cargo xtask dist`), the privileged suite and the C workloads.
 use std::{fs, path::PathBuf, process::Command};
 
 use anyhow::Context as _;
 
-use crate::util::{self, output};
+use super::arch::{VmArch, X86_64};
+use crate::{
+    dist,
+    util::{self, output},
+};
 
 /// What goes into the VMs from the build.
 pub struct Artifacts {
@@ -12,28 +17,31 @@ pub struct Artifacts {
     pub workloads: Vec<PathBuf>,
 }
 
-/// Builds cow-trace, the privileged test binary (debug, as `cargo xtask test` does, so CI
-/// builds them once) and the C workloads.
-pub fn build() -> anyhow::Result<Artifacts> {
+/// Builds the shipped cow-trace, the privileged test binary (debug, as `cargo xtask test`
+/// does: on x86-64 the host's, so CI builds it once; on arm64 for the static musl target) and
+/// the C workloads with the architecture's compiler.
+pub fn build(arch: &VmArch) -> anyhow::Result<Artifacts> {
     let root = util::root();
-    let cow_trace = cargo_executable(&["build", "--package", "cow-trace"], "cow-trace")?;
-    let suite = cargo_executable(
-        &[
-            "test",
-            "--package",
-            "cow-trace",
-            "--test",
-            "privileged",
-            "--no-run",
-        ],
+    let cow_trace = dist::static_binary(arch.dist)?;
+    let mut test = vec![
+        "test",
+        "--package",
+        "cow-trace",
+        "--test",
         "privileged",
-    )?;
+        "--no-run",
+    ];
+    if arch.name() != X86_64.name() {
+        test.extend(["--target", arch.dist.target]);
+    }
+    let suite = cargo_executable(&test, "privileged")?;
+    let out = root.join("target/vm").join(arch.name()).join("workloads");
     let mut workloads = Vec::new();
     for source in fs::read_dir(root.join("cow-trace/tests/workloads"))? {
         let source = source?.path();
         if source.extension().is_some_and(|e| e == "c") {
             let name = source.file_stem().context("workload name")?;
-            workloads.push(util::workload(&name.to_string_lossy())?);
+            workloads.push(util::workload_with(&name.to_string_lossy(), arch.cc, &out)?);
         }
     }
     Ok(Artifacts {

@@ -2,11 +2,12 @@
 //! /init prints around each run, or why there is none.
 use std::fs;
 
-use super::{BACKENDS, MARK, qemu::Vm, table::print_failure};
+use super::{MARK, qemu::Vm, table::print_failure};
 use crate::libtest;
 
 /// One row of the result table.
 pub struct Row {
+    pub arch: String,
     pub kernel: String,
     pub backend: String,
     pub outcome: Outcome,
@@ -24,11 +25,18 @@ pub enum Outcome {
     },
     /// The suite did not run or did not finish: why.
     Missing(String),
+    /// The kernel does not allow this backend, so the suite was not run with it: why.
+    NotAllowed(&'static str),
 }
 
 impl Outcome {
     pub fn passed(&self) -> bool {
         matches!(self, Outcome::Ran { failed: 0, status: 0, passed, .. } if *passed > 0)
+    }
+
+    /// A run that should have passed and did not.
+    pub fn failed(&self) -> bool {
+        !matches!(self, Outcome::NotAllowed(_)) && !self.passed()
     }
 }
 
@@ -41,19 +49,45 @@ pub fn results(vm: &Vm, booted: anyhow::Result<()>) -> Vec<Row> {
         .chars()
         .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
         .collect();
-    let rows = rows(&vm.release, &console, booted.err());
-    for row in rows.iter().filter(|r| !r.outcome.passed()) {
+    let mut rows = rows(
+        vm.arch.name(),
+        &vm.release,
+        &vm.runs,
+        &console,
+        booted.err(),
+    );
+    for row in rows.iter().filter(|r| r.outcome.failed()) {
         print_failure(row, &console);
     }
+    rows.extend(vm.left_out.iter().map(|&(backend, why)| Row {
+        arch: vm.arch.name().to_string(),
+        kernel: vm.release.clone(),
+        backend: backend.to_string(),
+        outcome: Outcome::NotAllowed(why),
+    }));
+    // In the architecture's order of backends, run or not.
+    rows.sort_by_key(|row| {
+        vm.arch
+            .backends
+            .iter()
+            .position(|backend| *backend == row.backend)
+    });
     rows
 }
 
 /// One row per backend from the console output; `error` is why the VM itself failed, if it did.
-fn rows(release: &str, console: &str, error: Option<anyhow::Error>) -> Vec<Row> {
+fn rows(
+    arch: &str,
+    release: &str,
+    backends: &[&str],
+    console: &str,
+    error: Option<anyhow::Error>,
+) -> Vec<Row> {
     let problem = vm_problem(console, error);
-    BACKENDS
+    backends
         .iter()
         .map(|backend| Row {
+            arch: arch.to_string(),
             kernel: release.to_string(),
             backend: backend.to_string(),
             outcome: outcome(console, backend, problem.as_deref()),
@@ -173,7 +207,8 @@ mod tests {
             test c ... skipped c: no such field on this kernel\nok\n\
             test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured\n\
             @@vm-test end tracepoint status=101\n@@vm-test done\n";
-        let rows = rows("6.1.0-57-amd64", console, None);
+        let backends = ["fexit", "kprobe", "tracepoint", "tracepoint-untimed"];
+        let rows = rows("x86_64", "6.1.0-57-amd64", &backends, console, None);
         let row = rows
             .iter()
             .find(|r| r.backend == "tracepoint")
@@ -195,12 +230,12 @@ mod tests {
             describe(&row.outcome),
             "FAILED (1 passed, 1 failed: b, 1 skipped: c (no such field on this kernel))"
         );
-        assert!(!row.outcome.passed());
+        assert!(row.outcome.failed());
         // The backends whose markers are missing did not run: that is a failure too.
         assert!(
             rows.iter()
                 .filter(|r| r.backend != "tracepoint")
-                .all(|r| !r.outcome.passed())
+                .all(|r| r.outcome.failed())
         );
     }
 
@@ -208,7 +243,7 @@ mod tests {
     fn a_crash_is_reported_as_such() {
         let console = "@@vm-test begin tracepoint\ntest a ... [ 15.6] Oops: int3: 0000 [#1]\n\
             [ 15.7] Kernel panic - not syncing: Fatal exception\n";
-        let rows = rows("6.12", console, None);
+        let rows = rows("x86_64", "6.12", &["tracepoint"], console, None);
         let Outcome::Missing(why) = &rows[0].outcome else {
             panic!("a result")
         };

@@ -8,15 +8,26 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{BACKENDS, MARK, artifacts::Artifacts, kernels::Kernel, run_environment};
+use super::{
+    MARK,
+    arch::{VmArch, X86_64, run_environment},
+    artifacts::Artifacts,
+    kernels::Kernel,
+    libraries::runtime_files,
+};
 use crate::util::{self, output};
 
 /// The part of the initramfs every kernel shares: busybox, /init, the binaries and their
-/// libraries. Returns the gzipped cpio archive.
-pub fn base_initramfs(work: &Path, artifacts: &Artifacts) -> anyhow::Result<PathBuf> {
+/// libraries, for `arch`. Returns the gzipped cpio archive.
+pub fn base_initramfs(
+    work: &Path,
+    arch: &VmArch,
+    artifacts: &Artifacts,
+) -> anyhow::Result<PathBuf> {
+    let work = work.join(arch.name());
     let root = work.join("base");
     if root.exists() {
-        fs::remove_dir_all(&root).context("clearing target/vm/base")?;
+        fs::remove_dir_all(&root).with_context(|| format!("clearing {}", root.display()))?;
     }
     for dir in [
         "proc",
@@ -29,13 +40,14 @@ pub fn base_initramfs(work: &Path, artifacts: &Artifacts) -> anyhow::Result<Path
     ] {
         fs::create_dir_all(root.join(dir))?;
     }
-    install_busybox(&root)?;
-    install_binary(&root, &artifacts.cow_trace, "vm/cow-trace")?;
-    install_binary(&root, &artifacts.suite, "vm/privileged")?;
+    install_busybox(&root, &busybox(&work, arch)?)?;
+    install_binary(&root, arch, &artifacts.cow_trace, "vm/cow-trace")?;
+    install_binary(&root, arch, &artifacts.suite, "vm/privileged")?;
     for workload in &artifacts.workloads {
         let name = workload.file_name().context("workload name")?;
         install_binary(
             &root,
+            arch,
             workload,
             &format!("vm/workloads/{}", name.to_string_lossy()),
         )?;
@@ -46,10 +58,44 @@ pub fn base_initramfs(work: &Path, artifacts: &Artifacts) -> anyhow::Result<Path
     Ok(archive)
 }
 
-/// busybox-static at /bin/busybox with a symlink per applet (the suite runs `sh -c ...`).
-fn install_busybox(root: &Path) -> anyhow::Result<()> {
+/// The static busybox for `arch`: the host's for x86-64, else busybox-static of Debian's
+/// architecture, downloaded and unpacked once under `work`.
+fn busybox(work: &Path, arch: &VmArch) -> anyhow::Result<PathBuf> {
+    if arch.name() == X86_64.name() {
+        return Ok(PathBuf::from("/bin/busybox"));
+    }
+    let tree = work.join("busybox");
+    let busybox = tree.join("bin/busybox");
+    if busybox.exists() {
+        return Ok(busybox);
+    }
+    let download = work.join("busybox-download");
+    if download.exists() {
+        fs::remove_dir_all(&download)?;
+    }
+    fs::create_dir_all(&download)?;
+    // As root apt would hand the download to its _apt user, which cannot write here.
+    util::run(Command::new("apt-get").current_dir(&download).args([
+        "-o",
+        "APT::Sandbox::User=root",
+        "download",
+        &format!("busybox-static:{}", arch.dist.debian),
+    ]))?;
+    let deb = fs::read_dir(&download)?
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download busybox-static left no .deb")?;
+    util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
+    fs::remove_dir_all(&download)?;
+    Ok(busybox)
+}
+
+/// `busybox` at /bin/busybox with a symlink per applet (the suite runs `sh -c ...`). The
+/// applets are the host busybox's: the same Debian package, built the same way.
+fn install_busybox(root: &Path, busybox: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(root.join("bin"))?;
-    fs::copy("/bin/busybox", root.join("bin/busybox")).context("copying /bin/busybox")?;
+    fs::copy(busybox, root.join("bin/busybox"))
+        .with_context(|| format!("copying {}", busybox.display()))?;
     let applets = output(Command::new("/bin/busybox").arg("--list-full"))
         .context("busybox --list-full failed")?;
     for applet in applets
@@ -64,43 +110,25 @@ fn install_busybox(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Copies `binary` to `dest` in the initramfs, with the shared libraries and dynamic loader
-/// it needs at the same paths as on the host.
-fn install_binary(root: &Path, binary: &Path, dest: &str) -> anyhow::Result<()> {
+/// Copies `binary` to `dest` in the initramfs, with the dynamic loader and libraries it
+/// needs (none for a static one).
+fn install_binary(root: &Path, arch: &VmArch, binary: &Path, dest: &str) -> anyhow::Result<()> {
     fs::copy(binary, root.join(dest)).with_context(|| format!("copying {}", binary.display()))?;
-    // ldd fails for static binaries: they need nothing.
-    let libraries = output(Command::new("ldd").arg(binary)).unwrap_or_default();
-    for library in libraries.lines().filter_map(ldd_path) {
-        let copy = root.join(library.strip_prefix("/")?);
+    for file in runtime_files(binary, arch)? {
+        let copy = root.join(file.guest.strip_prefix("/")?);
         if !copy.exists() {
             fs::create_dir_all(copy.parent().context("library path")?)?;
-            fs::copy(&library, &copy).with_context(|| format!("copying {}", library.display()))?;
+            fs::copy(&file.host, &copy)
+                .with_context(|| format!("copying {}", file.host.display()))?;
         }
     }
     Ok(())
 }
 
-/// The library path in one line of ldd's output ("libc.so.6 => /lib/.../libc.so.6 (0x..)" or
-/// "/lib64/ld-linux-x86-64.so.2 (0x..)"); None for the vDSO.
-fn ldd_path(line: &str) -> Option<PathBuf> {
-    let line = line.trim();
-    let path = line.split_once("=> ").map_or(line, |(_, path)| path);
-    let path = path.split(" (").next()?.trim();
-    path.starts_with('/').then(|| PathBuf::from(path))
-}
-
 /// /init: mount what the suite and cow-trace need, load the disk modules, mount the scratch
-/// disk, run the suite once per backend between markers, power off.
+/// disk, run the suite once per backend the kernel allows (/vm/runs, from the kernel's part of
+/// the initramfs), power off.
 fn init_script() -> String {
-    let mut runs = String::new();
-    for backend in BACKENDS {
-        let environment = run_environment(backend);
-        runs.push_str(&format!(
-            "    echo \"{MARK} begin {backend}\"\n    \
-             {environment} /vm/privileged --test-threads=1 --nocapture\n    \
-             echo \"{MARK} end {backend} status=$?\"\n"
-        ));
-    }
     format!(
         r#"#!/bin/sh
 # Generated by `cargo xtask vm-test`.
@@ -123,7 +151,8 @@ if mount -t ext4 /dev/vda /scratch; then
     # Swap on a RAM disk, whose writes complete at once: a page pushed out (MADV_PAGEOUT)
     # leaves memory at once, and a fault reads it back (the swap test).
     mkswap /dev/ram0 >/dev/null && swapon /dev/ram0 || echo "{MARK} no swap on /dev/ram0"
-{runs}    swapoff /dev/ram0
+    . /vm/runs
+    swapoff /dev/ram0
     umount /scratch
     echo "{MARK} done"
 else
@@ -132,6 +161,20 @@ fi
 poweroff -f
 "#
     )
+}
+
+/// /vm/runs: the suite once per run, between the markers the host reads.
+fn runs_script(runs: &[&str]) -> String {
+    let mut script = String::new();
+    for run in runs {
+        let environment = run_environment(run);
+        script.push_str(&format!(
+            "echo \"{MARK} begin {run}\"\n\
+             {environment} /vm/privileged --test-threads=1 --nocapture\n\
+             echo \"{MARK} end {run} status=$?\"\n"
+        ));
+    }
+    script
 }
 
 fn write_executable(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -162,14 +205,17 @@ fn cpio_gz(root: &Path, archive: &Path) -> anyhow::Result<()> {
 /// RAM disks (16 MiB each by Debian's configuration), one of them for swap.
 const MODULES: &[&str] = &["virtio_pci", "virtio_blk", "crc32c_generic", "ext4", "brd"];
 
-/// The kernel's disk modules and their dependencies, decompressed, with /modules/load listing
-/// them in load order. Returns the gzipped cpio archive.
-pub fn modules_initramfs(kernel: &Kernel, dir: &Path) -> anyhow::Result<PathBuf> {
-    let root = dir.join("modules-root");
+/// The kernel's part of the initramfs: its disk modules and their dependencies, decompressed,
+/// with /modules/load listing them in load order, and /vm/runs, the suite's runs on it.
+/// Returns the gzipped cpio archive.
+pub fn kernel_initramfs(kernel: &Kernel, runs: &[&str], dir: &Path) -> anyhow::Result<PathBuf> {
+    let root = dir.join("kernel-root");
     if root.exists() {
         fs::remove_dir_all(&root)?;
     }
     fs::create_dir_all(root.join("modules"))?;
+    fs::create_dir_all(root.join("vm"))?;
+    fs::write(root.join("vm/runs"), runs_script(runs))?;
     let mut names = Vec::new();
     for path in module_load_order(kernel)? {
         let name = module_name(&path);
@@ -180,7 +226,7 @@ pub fn modules_initramfs(kernel: &Kernel, dir: &Path) -> anyhow::Result<PathBuf>
         names.push(name);
     }
     fs::write(root.join("modules/load"), names.join("\n") + "\n")?;
-    let archive = dir.join("modules.cpio.gz");
+    let archive = dir.join("kernel.cpio.gz");
     cpio_gz(&root, &archive)?;
     Ok(archive)
 }
@@ -264,16 +310,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_ldd_and_module_paths() {
-        assert_eq!(
-            ldd_path("\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)"),
-            Some(PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"))
-        );
-        assert_eq!(
-            ldd_path("\t/lib64/ld-linux-x86-64.so.2 (0x00007f)"),
-            Some(PathBuf::from("/lib64/ld-linux-x86-64.so.2"))
-        );
-        assert_eq!(ldd_path("\tlinux-vdso.so.1 (0x00007ffd)"), None);
+    fn reads_module_paths() {
         assert_eq!(module_name("kernel/fs/ext4/ext4.ko.xz"), "ext4");
         assert_eq!(
             module_name("kernel/crypto/crc32c_generic.ko"),

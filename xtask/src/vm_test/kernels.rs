@@ -1,5 +1,5 @@
-//! Debian's kernels: the newest image package of each series, downloaded and unpacked once into
-//! target/vm/kernels.
+//! Debian's kernels: the newest image package of each series for each architecture,
+//! downloaded and unpacked once into target/vm/kernels.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -8,9 +8,10 @@ use std::{
 
 use anyhow::Context as _;
 
+use super::arch::VmArch;
 use crate::util::{self, output};
 
-/// A Debian kernel series: the newest amd64 image whose ABI name starts with `abi_prefix`.
+/// A Debian kernel series: the newest image whose ABI name starts with `abi_prefix`.
 pub struct Series {
     abi_prefix: &'static str,
 }
@@ -28,18 +29,21 @@ pub const SERIES: &[Series] = &[
 pub struct Kernel {
     /// `uname -r`, e.g. 6.1.0-57-amd64.
     pub release: String,
+    pub arch: &'static VmArch,
     pub vmlinuz: PathBuf,
     pub modules: PathBuf,
 }
 
-/// The newest kernel of `series`, downloaded and unpacked once into target/vm/kernels.
-pub fn kernel(work: &Path, series: &Series) -> anyhow::Result<Kernel> {
+/// The newest kernel of `series` for `arch`, downloaded and unpacked once into
+/// target/vm/kernels.
+pub fn kernel(work: &Path, arch: &'static VmArch, series: &Series) -> anyhow::Result<Kernel> {
     let kernels = work.join("kernels");
-    let package = newest_package(series, &kernels)?;
+    let debian = arch.dist.debian;
+    let package = newest_package(series, debian, &kernels)?;
     let tree = kernels.join(&package);
     if !tree.join(".complete").exists() {
-        unpack(&package, &kernels, &tree)?;
-        remove_superseded(&kernels, series, &package)?;
+        unpack(&format!("{package}:{debian}"), &kernels, &tree)?;
+        remove_superseded(&kernels, series, debian, &package)?;
     }
     let boot = fs::read_dir(tree.join("boot"))?;
     let vmlinuz = boot
@@ -57,6 +61,7 @@ pub fn kernel(work: &Path, series: &Series) -> anyhow::Result<Kernel> {
     let modules = tree.join("lib/modules").join(&release);
     Ok(Kernel {
         release,
+        arch,
         vmlinuz,
         modules,
     })
@@ -64,11 +69,11 @@ pub fn kernel(work: &Path, series: &Series) -> anyhow::Result<Kernel> {
 
 /// The newest image package of `series` apt knows; else (no package lists, offline) the
 /// newest already unpacked; else the newest apt knows after updating its lists.
-fn newest_package(series: &Series, kernels: &Path) -> anyhow::Result<String> {
+fn newest_package(series: &Series, debian: &str, kernels: &Path) -> anyhow::Result<String> {
     let newest = |names: Vec<String>| {
         names
             .into_iter()
-            .filter_map(|name| Some((version_key(&name, series)?, name)))
+            .filter_map(|name| Some((version_key(&name, series, debian)?, name)))
             .max()
             .map(|(_, name)| name)
     };
@@ -85,7 +90,7 @@ fn newest_package(series: &Series, kernels: &Path) -> anyhow::Result<String> {
     }
     util::run(Command::new("apt-get").args(["update", "-qq"]))?;
     newest(apt_packages(series))
-        .with_context(|| format!("apt knows no linux-image-{}*-amd64", series.abi_prefix))
+        .with_context(|| format!("apt knows no linux-image-{}*-{debian}", series.abi_prefix))
 }
 
 /// The names of the packages apt knows that start like `series`'s images.
@@ -99,14 +104,15 @@ fn apt_packages(series: &Series) -> Vec<String> {
 }
 
 /// Orders candidates: the numbers in the ABI name, then unsigned (the plain image) before
-/// signed. None for what is not a plain amd64 image of `series` (cloud, rt, dbg, meta).
-fn version_key(package: &str, series: &Series) -> Option<(Vec<u64>, bool)> {
+/// signed. None for what is not a plain image of `series` for Debian's architecture `debian`
+/// (cloud, rt, 16k, dbg, meta).
+fn version_key(package: &str, series: &Series, debian: &str) -> Option<(Vec<u64>, bool)> {
     let name = package.strip_prefix("linux-image-")?;
     let (name, unsigned) = match name.strip_suffix("-unsigned") {
         Some(name) => (name, true),
         None => (name, false),
     };
-    let abi = name.strip_suffix("-amd64")?;
+    let abi = name.strip_suffix(debian)?.strip_suffix('-')?;
     if !abi.starts_with(series.abi_prefix) {
         return None;
     }
@@ -157,10 +163,15 @@ fn unpack(package: &str, kernels: &Path, tree: &Path) -> anyhow::Result<()> {
 }
 
 /// Removes the unpacked kernels of `series` other than `keep`, which superseded them.
-fn remove_superseded(kernels: &Path, series: &Series, keep: &str) -> anyhow::Result<()> {
+fn remove_superseded(
+    kernels: &Path,
+    series: &Series,
+    debian: &str,
+    keep: &str,
+) -> anyhow::Result<()> {
     for entry in fs::read_dir(kernels)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        if name != keep && version_key(&name, series).is_some() {
+        if name != keep && version_key(&name, series, debian).is_some() {
             fs::remove_dir_all(kernels.join(&name))?;
         }
     }
@@ -181,21 +192,32 @@ mod tests {
             "linux-image-6.12.118+deb12-rt-amd64-unsigned",
             "linux-image-6.12.118+deb12-amd64-dbg",
             "linux-image-6.1.0-57-amd64-unsigned",
+            "linux-image-6.1.0-57-arm64-unsigned",
+            "linux-image-6.12.117+deb12-arm64-16k",
+            "linux-image-6.12.117+deb12-arm64",
         ];
-        let newest = |series: &Series| {
+        let newest = |series: &Series, debian: &str| {
             names
                 .iter()
-                .filter_map(|n| Some((version_key(n, series)?, *n)))
+                .filter_map(|n| Some((version_key(n, series, debian)?, *n)))
                 .max()
                 .map(|(_, n)| n)
         };
         assert_eq!(
-            newest(&SERIES[1]),
+            newest(&SERIES[1], "amd64"),
             Some("linux-image-6.12.117+deb12-amd64-unsigned")
         );
         assert_eq!(
-            newest(&SERIES[0]),
+            newest(&SERIES[0], "amd64"),
             Some("linux-image-6.1.0-57-amd64-unsigned")
+        );
+        assert_eq!(
+            newest(&SERIES[1], "arm64"),
+            Some("linux-image-6.12.117+deb12-arm64")
+        );
+        assert_eq!(
+            newest(&SERIES[0], "arm64"),
+            Some("linux-image-6.1.0-57-arm64-unsigned")
         );
     }
 }

@@ -1,16 +1,13 @@
 //! What vm-test prints: the result table, and the suite's own report of each failed run.
 use std::{collections::BTreeSet, io::Write as _};
 
-use super::{
-    BACKENDS,
-    console::{Outcome, Row, crash_line, section},
-};
+use super::console::{Outcome, Row, crash_line, section};
 
 /// On failure: the suite's own report for that backend, or the end of the console log.
 pub fn print_failure(row: &Row, console: &str) {
     eprintln!(
-        "\n==== vm-test: {} / {} failed ====",
-        row.kernel, row.backend
+        "\n==== vm-test: {} / {} / {} failed ====",
+        row.arch, row.kernel, row.backend
     );
     match (&row.outcome, section(console, &row.backend)) {
         (Outcome::Ran { .. }, Some(section)) => {
@@ -29,48 +26,61 @@ pub fn print_failure(row: &Row, console: &str) {
             }
         }
     }
-    eprintln!("==== end of {} / {} ====\n", row.kernel, row.backend);
+    eprintln!(
+        "==== end of {} / {} / {} ====\n",
+        row.arch, row.kernel, row.backend
+    );
 }
 
-/// Prints the result table and an overall line; returns how many rows failed.
+/// Prints the result table (arch × kernel × backend) and an overall line; returns how many
+/// rows failed.
 pub fn print_table(rows: &[Row]) -> usize {
+    let arch_width = rows.iter().map(|r| r.arch.len()).max().unwrap_or(0).max(4);
     let width = rows
         .iter()
         .map(|r| r.kernel.len())
         .max()
         .unwrap_or(0)
         .max(6);
-    let backend_width = BACKENDS.iter().map(|b| b.len()).max().unwrap_or(0).max(7);
+    let backend_width = rows
+        .iter()
+        .map(|r| r.backend.len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "\n{:width$} | {:backend_width$} | result",
-        "kernel", "backend"
+        "\n{:arch_width$} | {:width$} | {:backend_width$} | result",
+        "arch", "kernel", "backend"
     );
     let _ = writeln!(
         out,
-        "{:-<width$}-+-{:-<backend_width$}-+-{:-<40}",
-        "", "", ""
+        "{:-<arch_width$}-+-{:-<width$}-+-{:-<backend_width$}-+-{:-<40}",
+        "", "", "", ""
     );
     let mut failed = 0;
     for row in rows {
-        if !row.outcome.passed() {
+        if row.outcome.failed() {
             failed += 1;
         }
         let result = describe(&row.outcome);
         let _ = writeln!(
             out,
-            "{:width$} | {:backend_width$} | {result}",
-            row.kernel, row.backend
+            "{:arch_width$} | {:width$} | {:backend_width$} | {result}",
+            row.arch, row.kernel, row.backend
         );
     }
     let kernels: BTreeSet<&str> = rows.iter().map(|r| r.kernel.as_str()).collect();
+    let runs = rows
+        .iter()
+        .filter(|r| !matches!(r.outcome, Outcome::NotAllowed(_)))
+        .count();
     let verdict = if failed == 0 { "passed" } else { "FAILED" };
     let _ = writeln!(
         out,
-        "overall: {verdict} ({} of {} runs passed on {} kernels)",
-        rows.len() - failed,
-        rows.len(),
+        "overall: {verdict} ({} of {runs} runs passed on {} kernels)",
+        runs - failed,
         kernels.len()
     );
     failed
@@ -104,5 +114,6 @@ pub fn describe(outcome: &Outcome) -> String {
             text + ")"
         }
         Outcome::Missing(why) => format!("FAILED (no result: {why})"),
+        Outcome::NotAllowed(why) => format!("not run: {why}"),
     }
 }
