@@ -18,7 +18,7 @@ use cow_trace_common::{
 
 use crate::{
     arch::{PT_REGS_IP, sample_ip},
-    clock::{now_ns, tick_ns},
+    clock::now_ns,
     diagnostics,
     maps::{FaultEntry, Slot, is_traced, setting, user_stack},
     report,
@@ -88,12 +88,13 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
         unsafe { bpf_probe_read_kernel(ip) }.unwrap_or(0)
     };
     slot.begin(FaultEntry {
-        // Untimed, the time only places the fault: the tick's time does (a summary shows no
-        // time at all).
-        ts_ns: match (untimed, summary_mode) {
-            (false, _) => now_ns(),
-            (true, false) => tick_ns(),
-            (true, true) => TS_NOT_TAKEN,
+        // Untimed, the time still places the fault among the kernel's mapping records, which
+        // carry exact times: a tick's time (up to a tick early) would resolve it against the
+        // mappings before a fresh mmap. A summary shows no time at all.
+        ts_ns: if untimed && summary_mode {
+            TS_NOT_TAKEN
+        } else {
+            now_ns()
         },
         address,
         ip,
