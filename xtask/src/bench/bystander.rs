@@ -14,7 +14,7 @@ use super::{
     bpf_stats::StatsEnabled,
     configs::{Config, Tools},
     runners::Tracer,
-    stats::{median, steady},
+    stats::Rounds,
     workloads::{Variant, Workload},
 };
 use crate::process::Guarded;
@@ -33,46 +33,15 @@ pub const CONFIGS: [Config; 7] = [
 pub struct Bystander {
     pub mib: u64,
     pub rounds: usize,
-    /// (round, configuration, ns per fault of the storm)
-    pub runs: Vec<(usize, Config, f64)>,
+    /// The storm's ns per fault beside each configuration, per round.
+    pub ns: Rounds<Config>,
     /// (configuration, BPF ns per fault of the storm), from a run with the statistics on.
     pub bpf_ns: Vec<(Config, f64)>,
 }
 
 impl Bystander {
-    /// The storm's ns per fault under `config`, per round.
-    pub fn ns(&self, config: Config) -> Vec<f64> {
-        self.runs
-            .iter()
-            .filter(|run| run.1 == config)
-            .map(|run| run.2)
-            .collect()
-    }
-
-    /// Per round, the ratio to the untraced run of the same round.
-    pub fn ratios(&self, config: Config) -> Vec<f64> {
-        let untraced = |round| {
-            self.runs
-                .iter()
-                .find(|run| run.0 == round && run.1 == Config::Untraced)
-                .map(|run| run.2)
-        };
-        self.runs
-            .iter()
-            .filter(|run| run.1 == config)
-            .filter_map(|run| Some(run.2 / untraced(run.0)?))
-            .collect()
-    }
-
     pub fn bpf_ns(&self, config: Config) -> Option<f64> {
         self.bpf_ns.iter().find(|b| b.0 == config).map(|b| b.1)
-    }
-
-    /// The ratio's median, if the storm's runs are steady enough to judge it.
-    pub fn judged_ratio(&self, config: Config) -> (Option<f64>, bool) {
-        let ratios = self.ratios(config);
-        let judged = steady(&self.ns(Config::Untraced)) && steady(&ratios);
-        (median(&ratios), judged)
     }
 }
 
@@ -82,7 +51,7 @@ pub fn run_bystander(tools: &Tools, args: &Args) -> anyhow::Result<Bystander> {
         "bench: bystander, an untraced {} MiB COW storm while tracers trace a sleeping process",
         variant.mib
     );
-    let mut runs = Vec::new();
+    let mut ns_per_fault = Rounds::new(Config::Untraced);
     for round in 0..args.runs {
         // Unmeasured, as the matrix's warm-up.
         storm(tools, &variant, Config::Untraced, false)?;
@@ -96,7 +65,7 @@ pub fn run_bystander(tools: &Tools, args: &Args) -> anyhow::Result<Bystander> {
                 config.name(),
                 ns
             );
-            runs.push((round, config, ns));
+            ns_per_fault.push(round, config, ns);
         }
     }
     let mut bpf_ns = Vec::new();
@@ -111,7 +80,7 @@ pub fn run_bystander(tools: &Tools, args: &Args) -> anyhow::Result<Bystander> {
     Ok(Bystander {
         mib: variant.mib,
         rounds: args.runs,
-        runs,
+        ns: ns_per_fault,
         bpf_ns,
     })
 }

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{Args, configs::Tools};
+use super::{Args, configs::Tools, stats::Rounds};
 use crate::{process::Guarded, util};
 
 /// Regions the workload maps and unmaps in one run.
@@ -47,82 +47,63 @@ impl Churn {
     }
 }
 
-/// One run of the churn.
-pub struct ChurnRun {
-    pub round: usize,
-    pub churn: Churn,
-    /// The workload's loop time per region (map, write, unmap).
-    pub ns_per_region: f64,
-    /// Traced only: cow-trace's peak RSS, its lost events and mapping records, and its
-    /// "mapping history:" line.
-    pub traced: Option<Traced>,
-}
-
+/// What a traced run's totals and `-v` log say.
 pub struct Traced {
     pub peak_rss_mib: f64,
     pub lost: u64,
     pub lost_mapping_records: u64,
+    /// Its "mapping history:" line.
     pub history: String,
 }
 
 pub struct Mappings {
     pub rounds: usize,
-    pub runs: Vec<ChurnRun>,
+    /// The workload's loop time per region (map, write, unmap), per round.
+    pub ns: Rounds<Churn>,
+    /// The traced runs, in the order they ran.
+    traced: Vec<(Churn, Traced)>,
 }
 
 impl Mappings {
-    pub fn ns(&self, churn: Churn) -> Vec<f64> {
-        self.runs_of(churn).map(|run| run.ns_per_region).collect()
-    }
-
-    /// Per round, the ratio to the untraced run of the same round.
-    pub fn ratios(&self, churn: Churn) -> Vec<f64> {
-        let untraced = |round| {
-            self.runs_of(Churn::Untraced)
-                .find(|run| run.round == round)
-                .map(|run| run.ns_per_region)
-        };
-        self.runs_of(churn)
-            .filter_map(|run| Some(run.ns_per_region / untraced(run.round)?))
-            .collect()
-    }
-
     pub fn traced(&self, churn: Churn) -> impl Iterator<Item = &Traced> {
-        self.runs_of(churn).filter_map(|run| run.traced.as_ref())
-    }
-
-    fn runs_of(&self, churn: Churn) -> impl Iterator<Item = &ChurnRun> {
-        self.runs.iter().filter(move |run| run.churn == churn)
+        self.traced
+            .iter()
+            .filter(move |run| run.0 == churn)
+            .map(|run| &run.1)
     }
 }
 
 pub fn run_mappings(tools: &Tools, args: &Args) -> anyhow::Result<Mappings> {
     let workload = util::workload("mmap_churn")?;
     eprintln!("bench: mappings, {REGIONS} regions mapped, written and unmapped");
-    let mut runs = Vec::new();
+    let mut ns = Rounds::new(Churn::Untraced);
+    let mut traced = Vec::new();
     for round in 0..args.runs {
         // Unmeasured, as the matrix's warm-up.
-        churn(tools, &workload, Churn::Untraced, round)?;
+        churn(tools, &workload, Churn::Untraced)?;
         for k in 0..Churn::ALL.len() {
             let mode = Churn::ALL[(k + round) % Churn::ALL.len()];
-            let run = churn(tools, &workload, mode, round)
+            let (ns_per_region, run) = churn(tools, &workload, mode)
                 .with_context(|| format!("mappings, round {round}: {}", mode.label()))?;
             eprintln!(
                 "bench: mappings round {} {:<36} {:>8.0} ns/region",
                 round + 1,
                 mode.label(),
-                run.ns_per_region
+                ns_per_region
             );
-            runs.push(run);
+            ns.push(round, mode, ns_per_region);
+            traced.extend(run.map(|run| (mode, run)));
         }
     }
     Ok(Mappings {
         rounds: args.runs,
-        runs,
+        ns,
+        traced,
     })
 }
 
-fn churn(tools: &Tools, workload: &Path, mode: Churn, round: usize) -> anyhow::Result<ChurnRun> {
+/// One run: the workload's loop time per region and, traced, what cow-trace said.
+fn churn(tools: &Tools, workload: &Path, mode: Churn) -> anyhow::Result<(f64, Option<Traced>)> {
     let stdout_path = tools.scratch.join("mmap_churn.out");
     let stderr_path = tools.scratch.join("mmap_churn.err");
     let json_path = tools.scratch.join("mmap_churn.json");
@@ -159,15 +140,9 @@ fn churn(tools: &Tools, workload: &Path, mode: Churn, round: usize) -> anyhow::R
         Churn::Untraced => None,
         _ => Some(traced(&json_path, &output, reaped.peak_rss_kib)?),
     };
-    Ok(ChurnRun {
-        round,
-        churn: mode,
-        ns_per_region: elapsed_ns / REGIONS as f64,
-        traced,
-    })
+    Ok((elapsed_ns / REGIONS as f64, traced))
 }
 
-/// What a traced run's totals and log say.
 fn traced(json_path: &Path, output: &str, peak_rss_kib: u64) -> anyhow::Result<Traced> {
     let json = fs::read_to_string(json_path).context("reading cow-trace's JSON")?;
     let totals: serde_json::Value = json

@@ -15,7 +15,7 @@ use super::{
     Args, SETTLE,
     configs::{Config, Tools},
     runners::Tracer,
-    stats::{median, steady},
+    stats::Rounds,
 };
 use crate::{
     process::Guarded,
@@ -46,41 +46,11 @@ pub const CONFIGS: [Config; 4] = [
 
 pub struct RedisRuns {
     pub rounds: usize,
-    /// (round, configuration, SETs per second)
-    pub runs: Vec<(usize, Config, f64)>,
+    /// SETs per second under each configuration, per counted round.
+    pub sets: Rounds<Config>,
 }
 
 impl RedisRuns {
-    pub fn throughput(&self, config: Config) -> Vec<f64> {
-        self.runs
-            .iter()
-            .filter(|run| run.1 == config)
-            .map(|run| run.2)
-            .collect()
-    }
-
-    /// Per round, the throughput relative to the untraced run of the same round.
-    pub fn ratios(&self, config: Config) -> Vec<f64> {
-        let untraced = |round| {
-            self.runs
-                .iter()
-                .find(|run| run.0 == round && run.1 == Config::Untraced)
-                .map(|run| run.2)
-        };
-        self.runs
-            .iter()
-            .filter(|run| run.1 == config)
-            .filter_map(|run| Some(run.2 / untraced(run.0)?))
-            .collect()
-    }
-
-    /// The ratio's median, and whether the runs are steady enough to judge it.
-    pub fn judged_ratio(&self, config: Config) -> (Option<f64>, bool) {
-        let ratios = self.ratios(config);
-        let judged = steady(&self.throughput(Config::Untraced)) && steady(&ratios);
-        (median(&ratios), judged)
-    }
-
     /// How the display names a configuration here.
     pub fn label(config: Config) -> &'static str {
         match config {
@@ -103,7 +73,7 @@ pub fn run_redis(tools: &Tools, args: &Args) -> anyhow::Result<RedisRuns> {
     report_thp(server.pid())?;
     let mut conn = Conn::connect(server.port)?;
     load(&mut conn)?;
-    let mut runs = Vec::new();
+    let mut throughput = Rounds::new(Config::Untraced);
     // Round 0 warms the server up and is not counted.
     for round in 0..=args.runs {
         for k in 0..CONFIGS.len() {
@@ -116,13 +86,13 @@ pub fn run_redis(tools: &Tools, args: &Args) -> anyhow::Result<RedisRuns> {
                 config.name()
             );
             if round > 0 {
-                runs.push((round, config, sets));
+                throughput.push(round, config, sets);
             }
         }
     }
     Ok(RedisRuns {
         rounds: args.runs,
-        runs,
+        sets: throughput,
     })
 }
 

@@ -245,7 +245,7 @@ fn render_bystander(out: &mut String, bystander: &Bystander) -> std::fmt::Result
         "| beside the storm | ns/fault (min–max) | × no tracer | BPF ns/fault |\n|---|--:|--:|--:|"
     )?;
     for config in bystander::CONFIGS {
-        let ns = bystander.ns(config);
+        let ns = bystander.ns.figures(config);
         let label = match config {
             Config::Untraced => "no tracer",
             Config::PerfTrace => "perf trace --pf=min -p SLEEPER",
@@ -258,7 +258,7 @@ fn render_bystander(out: &mut String, bystander: &Bystander) -> std::fmt::Result
             fig(median(&ns), 0),
             fig(min(&ns), 0),
             fig(max(&ns), 0),
-            fig(median(&bystander.ratios(config)), 2),
+            fig(median(&bystander.ns.ratios(config)), 2),
             fig(bystander.bpf_ns(config), 0),
         )?;
     }
@@ -288,8 +288,8 @@ fn render_redis(out: &mut String, runs: &RedisRuns) -> std::fmt::Result {
         "| configuration | SET/s (min–max) | vs untraced |\n|---|--:|--:|"
     )?;
     for config in redis::CONFIGS {
-        let sets = runs.throughput(config);
-        let ratio = median(&runs.ratios(config));
+        let sets = runs.sets.figures(config);
+        let ratio = median(&runs.sets.ratios(config));
         writeln!(
             out,
             "| {} | {} ({}–{}) | {} |",
@@ -339,7 +339,7 @@ fn render_mappings(out: &mut String, runs: &Mappings) -> std::fmt::Result {
         "| configuration | ns/region (min–max) | × untraced | peak RSS MiB | lost (mapping records) | history at the end |\n|---|--:|--:|--:|--:|---|"
     )?;
     for churn in Churn::ALL {
-        let ns = runs.ns(churn);
+        let ns = runs.ns.figures(churn);
         let traced: Vec<_> = runs.traced(churn).collect();
         let rss: Vec<f64> = traced.iter().map(|t| t.peak_rss_mib).collect();
         let lost = traced.iter().map(|t| t.lost).max();
@@ -355,7 +355,7 @@ fn render_mappings(out: &mut String, runs: &Mappings) -> std::fmt::Result {
             fig(median(&ns), 0),
             fig(min(&ns), 0),
             fig(max(&ns), 0),
-            fig(median(&runs.ratios(churn)), 2),
+            fig(median(&runs.ns.ratios(churn)), 2),
             fig(median(&rss), 1),
             traced.last().map_or("", |t| t.history.as_str()),
         )?;
@@ -385,7 +385,7 @@ fn render_targets(out: &mut String, parts: &Parts) -> std::fmt::Result {
     }
     if let Some(bystander) = parts.bystander {
         for config in bystander::CONFIGS.into_iter().filter(|c| c.is_cow_trace()) {
-            let (ratio, judged) = bystander.judged_ratio(config);
+            let (ratio, judged) = bystander.ns.judged_ratio(config);
             verdict(
                 out,
                 &format!(
@@ -399,7 +399,7 @@ fn render_targets(out: &mut String, parts: &Parts) -> std::fmt::Result {
     }
     if let Some(redis) = parts.redis {
         for (config, floor) in [(Config::CowSummaryUntimed, 0.98), (Config::CowText, 0.97)] {
-            let (ratio, judged) = redis.judged_ratio(config);
+            let (ratio, judged) = redis.sets.judged_ratio(config);
             verdict(
                 out,
                 &format!(

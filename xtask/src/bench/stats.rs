@@ -102,6 +102,59 @@ impl Matrix {
     }
 }
 
+/// One figure per configuration and round, the configurations taking turns each round: each
+/// judged by its ratio to the reference configuration's figure of the same round (robust to
+/// drift between rounds).
+pub struct Rounds<C> {
+    reference: C,
+    /// (round, configuration, figure)
+    runs: Vec<(usize, C, f64)>,
+}
+
+impl<C: Copy + PartialEq> Rounds<C> {
+    pub fn new(reference: C) -> Rounds<C> {
+        Rounds {
+            reference,
+            runs: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, round: usize, config: C, figure: f64) {
+        self.runs.push((round, config, figure));
+    }
+
+    /// `config`'s figures, a round each.
+    pub fn figures(&self, config: C) -> Vec<f64> {
+        self.runs
+            .iter()
+            .filter(|run| run.1 == config)
+            .map(|run| run.2)
+            .collect()
+    }
+
+    /// Per round, `config`'s figure over the reference's of the same round.
+    pub fn ratios(&self, config: C) -> Vec<f64> {
+        let reference = |round| {
+            self.runs
+                .iter()
+                .find(|run| run.0 == round && run.1 == self.reference)
+                .map(|run| run.2)
+        };
+        self.runs
+            .iter()
+            .filter(|run| run.1 == config)
+            .filter_map(|run| Some(run.2 / reference(run.0)?))
+            .collect()
+    }
+
+    /// The ratio's median, and whether the runs are steady enough to judge it.
+    pub fn judged_ratio(&self, config: C) -> (Option<f64>, bool) {
+        let ratios = self.ratios(config);
+        let judged = steady(&self.figures(self.reference)) && steady(&ratios);
+        (median(&ratios), judged)
+    }
+}
+
 pub fn median(values: &[f64]) -> Option<f64> {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
