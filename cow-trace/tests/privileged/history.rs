@@ -274,22 +274,19 @@ fn short_lived_processes_in_the_flame_graph() {
             // `fork_deep (PID);[while child N ran;]...;main;level1;level2;level3;touch COUNT`:
             // the write is inlined into level3, and is its own frame.
             let root = format!("fork_deep ({pid});");
-            let deep: u64 = text
-                .lines()
-                .filter(|line| line.starts_with(&root))
-                .filter_map(|line| line.rsplit_once(' '))
-                .filter(|(stack, _)| stack.ends_with(";main;level1;level2;level3;touch"))
-                .map(|(_, count)| count.parse::<u64>().unwrap())
-                .sum();
+            // The faults of this process whose stack ends in `leaf`.
+            let ending_in = |leaf: &str| -> u64 {
+                text.lines()
+                    .filter(|line| line.starts_with(&root))
+                    .filter_map(|line| line.rsplit_once(' '))
+                    .filter(|(stack, _)| stack.ends_with(leaf))
+                    .map(|(_, count)| count.parse::<u64>().unwrap())
+                    .sum()
+            };
+            let deep = ending_in(";main;level1;level2;level3;touch");
             // A frame-pointer walk the kernel could not take (bpf_get_stackid failing) is
             // counted and shown as such, never as another stack.
-            let not_taken: u64 = text
-                .lines()
-                .filter(|line| line.starts_with(&root))
-                .filter_map(|line| line.rsplit_once(' '))
-                .filter(|(stack, _)| stack.ends_with(";[stack not taken]"))
-                .map(|(_, count)| count.parse::<u64>().unwrap())
-                .sum();
+            let not_taken = ending_in(";[stack not taken]");
             assert!(
                 deep >= 300 || (stacks_failed > 0 && deep + not_taken >= 300),
                 "{mode:?}: pid {pid}: {deep} faults under level3, {not_taken} not taken: {text}"
