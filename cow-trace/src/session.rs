@@ -478,9 +478,7 @@ pub async fn run(
         log::info!("following {} existing descendants too", tree.live.len() - 1);
     }
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut report = options
-        .interval
-        .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
+    let mut report = options.interval.map(report_ticker);
     let plot = options.plot.as_ref().map(|_| FaultPlot::new());
     let flame = options
         .flame
@@ -764,6 +762,16 @@ fn swap_in_use() -> bool {
     std::fs::read_to_string("/proc/swaps").is_ok_and(|swaps| swaps.lines().nth(1).is_some())
 }
 
+/// The --interval ticker, first ticking one interval from now. A tick the session could not
+/// take in time (a stalled or overloaded machine) is skipped, not caught up: catching up would
+/// print a burst of reports of next to no length, empty intervals that never were. The report
+/// after a stall spans the longer stretch, and says so.
+fn report_ticker(every: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    ticker
+}
+
 async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
     match interval {
         Some(interval) => {
@@ -782,4 +790,27 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 fn output_error(error: io::Error) -> anyhow::Error {
     failure(Status::Output, format!("writing output failed: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::{Instant, advance};
+
+    /// After a stall of three intervals and more, the late tick comes at once and the next one
+    /// an interval boundary later: no catch-up ticks in between.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_interval_is_not_caught_up_with_empty_reports() {
+        let every = Duration::from_millis(300);
+        let start = Instant::now();
+        let mut ticker = report_ticker(every);
+        ticker.tick().await;
+        assert_eq!(Instant::now() - start, every);
+        advance(Duration::from_millis(1000)).await;
+        ticker.tick().await;
+        let late = Instant::now();
+        assert_eq!(late - start, Duration::from_millis(1300));
+        ticker.tick().await;
+        assert_eq!(Instant::now() - start, Duration::from_millis(1500));
+    }
 }

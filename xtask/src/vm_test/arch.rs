@@ -81,13 +81,24 @@ pub const X86_64: VmArch = VmArch {
     since: &[],
 };
 
-/// arm64 has no exceptions:page_fault_* tracepoints, so no tracepoint runs. One CPU: TCG
-/// emulating arm64 is slow, and one vCPU is one host thread.
+/// arm64 has no exceptions:page_fault_* tracepoints, so no tracepoint runs. One CPU: one vCPU
+/// is one host thread. Pointer authentication (which Debian's kernels and glibc use) with
+/// qemu's own cheap signing algorithm instead of the architected QARMA5: the suite then runs in
+/// about 120 s instead of 340 s, and the guest still signs and checks every return address.
 pub const AARCH64: VmArch = VmArch {
     dist: &dist::AARCH64,
     qemu: "qemu-system-aarch64",
     qemu_args: &[
-        "-M", "virt", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "1024",
+        "-M",
+        "virt",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max,pauth-impdef=on",
+        "-smp",
+        "1",
+        "-m",
+        "1024",
     ],
     kernel_args: "console=ttyAMA0 quiet panic=-1",
     cc: "aarch64-linux-gnu-gcc",

@@ -36,8 +36,8 @@ pub fn runtime_files(binary: &Path, arch: &VmArch) -> anyhow::Result<Vec<Runtime
             let host = glibc.join(name);
             if !host.exists() {
                 bail!(
-                    "{} needs the loader {loader}, which is not in {} (cargo xtask setup installs it)",
-                    binary.display(),
+                    "{} needs the loader {loader}, which is not in {} (vm-test installs it)",
+                    next.display(),
                     glibc.display()
                 );
             }
@@ -57,7 +57,7 @@ pub fn runtime_files(binary: &Path, arch: &VmArch) -> anyhow::Result<Vec<Runtime
             let host = glibc.join(&library);
             if !host.exists() {
                 bail!(
-                    "{} needs {library}, which is not in {} (cargo xtask setup installs it)",
+                    "{} needs {library}, which is not in {} (vm-test installs it)",
                     next.display(),
                     glibc.display()
                 );

@@ -3,16 +3,17 @@
 //! architecture offers, and prints a table (arch × kernel × backend).
 //!
 //! Each VM boots from an initramfs holding busybox, cow-trace as it ships (the static musl
-//! binary), the suite's test binary, the C workloads (static, and a shared library with the
-//! loader and C library that load it), plus the kernel's modules for a virtio disk with ext4:
-//! the suite's scratch directory must be disk-backed (on tmpfs there are no major faults); and
-//! for a RAM disk, on which swap is turned on (the swap test needs pages swapped out).
-//! Kernels, initramfs parts, disk images and console logs are kept under target/vm/.
+//! binary), the suite's test binary, the C workloads (dynamically linked, with the loader and
+//! libraries they name), plus the kernel's modules for a virtio disk with ext4: the suite's
+//! scratch directory must be disk-backed (on tmpfs there are no major faults); and for a RAM
+//! disk, on which swap is turned on (the swap test needs pages swapped out). Kernels, initramfs
+//! parts, disk images and console logs are kept under target/vm/.
 //!
 //! One module per job: `arch` (what differs per architecture), `artifacts` (what the build
 //! puts in the VMs), `kernels` (Debian's kernel packages), `initramfs` (/init, busybox,
-//! binaries, modules), `libraries` (what a dynamically linked binary needs there), `qemu` (disk and boot), `console` (the suite's results, read from the
-//! console log), `table` (what is printed).
+//! binaries, modules), `libraries` (what a dynamically linked binary needs there), `qemu` (disk
+//! and boot), `console` (the suite's results, read from the console log), `table` (what is
+//! printed).
 pub mod arch;
 mod artifacts;
 mod console;
@@ -37,7 +38,7 @@ use table::print_table;
 
 /// Host tools: the emulator, the initramfs's shell and archiver, the scratch disk's mkfs,
 /// depmod (the kernel packages ship no modules.dep), the module decompressors, and arm64's
-/// emulator and C cross compiler (with its static libc).
+/// emulator and C cross compiler (with its glibc).
 const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "qemu-system-arm",
@@ -81,7 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Boots the VMs, as many at once as the host has CPUs (each VM runs on one host thread, see
-/// qemu.rs): more would slow every VM down alike, and the suite's timings with them. Those with
+/// arch.rs): more would slow every VM down alike, and the suite's timings with them. Those with
 /// the most runs start first, so the last to finish is a short one. Returns each VM's boot
 /// result, in the order of `vms`.
 fn boot_all(vms: &[Vm]) -> Vec<anyhow::Result<()>> {
@@ -114,9 +115,9 @@ fn boot_all(vms: &[Vm]) -> Vec<anyhow::Result<()>> {
         .collect()
 }
 
-/// Boots every kernel of `arches` and runs the suite per backend; returns the tests passed, failed and
-/// skipped, counting a run that did not finish as one failure. Errs only if the VMs could not
-/// be made.
+/// Boots every kernel of `arches` and runs the suite per backend; returns the tests passed,
+/// failed and skipped, counting a run that did not finish as one failure. Errs only if the VMs
+/// could not be made.
 pub fn run_suites(arches: &[&'static VmArch]) -> anyhow::Result<(u64, u64, u64)> {
     let started = Instant::now();
     setup::run()?;
