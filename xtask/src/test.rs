@@ -118,11 +118,13 @@ fn cargo_test(
     args: &[&str],
 ) -> anyhow::Result<Totals> {
     let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
-    eprintln!("+ {}cargo test {}", shown.concat(), args.join(" "));
+    eprintln!("+ {}cargo test --no-fail-fast {}", shown.concat(), args.join(" "));
     let mut child = Command::new("cargo")
         .current_dir(root)
         .envs(env.iter().copied())
         .arg("test")
+        // One failing test binary must not hide the results of the ones after it.
+        .arg("--no-fail-fast")
         .args(args)
         // Uncaptured, so the lines of tests that skip (tests/common's `skip`) are seen.
         .args(["--", "--nocapture"])
