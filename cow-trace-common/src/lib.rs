@@ -20,6 +20,10 @@ pub mod kind {
     pub const FAULT_RETRY: u32 = 5;
     /// A traced process executed a new program (`comm` is its new name).
     pub const EXEC: u32 = 6;
+    /// A thread's user registers and the top of its stack at a fault's entry (--stack=dwarf):
+    /// a [`super::StackHeader`] followed by the stack's bytes. The fault's own record follows
+    /// later, flagged [`super::flags::USER_STACK`], with the same entry time.
+    pub const STACK: u32 = 7;
 }
 
 /// Bits of [`Record::flags`] for faults.
@@ -187,6 +191,31 @@ pub struct Settings {
 
 /// No stack captured (not asked for, or the stack map was full).
 pub const NO_STACK: i32 = -1;
+
+/// Registers a [`StackHeader`] carries: x86-64 ip, sp, bp and 0; arm64 pc, sp, fp (x29), lr
+/// (x30).
+pub const STACK_REGS: usize = 4;
+
+/// The most stack a record carries (--stack-size), as perf allows.
+pub const MAX_STACK_SIZE: u32 = 65528;
+
+/// The head of a [`kind::STACK`] record; `size` bytes of stack follow, from `regs[1]` (sp) up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackHeader {
+    /// [`kind::STACK`].
+    pub kind: u32,
+    pub flags: u32,
+    /// The fault's entry time, as in its record.
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub regs: [u64; STACK_REGS],
+    /// Bytes of stack that follow.
+    pub size: u32,
+    /// The most the kernel copies (--stack-size): a copy this long may have been cut short.
+    pub limit: u32,
+}
 
 /// Marks a tracepoint field this kernel does not have.
 pub const NO_FIELD: u32 = u32::MAX;

@@ -8,6 +8,7 @@ mod kernel;
 mod map_record;
 mod output;
 mod session;
+mod stack_record;
 mod target;
 
 use std::{fs::File, io::Write};

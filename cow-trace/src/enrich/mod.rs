@@ -5,6 +5,7 @@ mod attribute;
 mod files;
 mod history;
 mod symbolize;
+mod unwind;
 
 use std::collections::HashMap;
 
