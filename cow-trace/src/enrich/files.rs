@@ -33,8 +33,7 @@ impl OpenFile {
         PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
     }
 
-    /// The file itself (for reading it other than by path, as an unwinder will).
-    #[cfg(test)]
+    /// The file itself (for reading it other than by path, as the unwinder does).
     pub fn file(&self) -> &File {
         &self.file
     }

@@ -6,6 +6,7 @@ mod files;
 mod history;
 mod symbolize;
 mod unwind;
+mod unwound;
 
 use std::collections::HashMap;
 
@@ -34,6 +35,8 @@ pub struct Enricher {
     stacks: HashMap<(u32, u32), Vec<String>>,
     /// When /proc/PID/maps was last read to fill a gap in a process's history.
     gap_reads: HashMap<u32, u64>,
+    /// --stack=dwarf: copied stacks waiting for their faults, unwound stacks.
+    dwarf: unwound::DwarfStacks,
 }
 
 impl Enricher {
@@ -46,6 +49,7 @@ impl Enricher {
             symbols: Symbols::new(),
             stacks: HashMap::new(),
             gap_reads: HashMap::new(),
+            dwarf: unwound::DwarfStacks::default(),
         }
     }
 
@@ -90,12 +94,14 @@ impl Enricher {
     pub fn on_exit(&mut self, pid: u32, at: u64) {
         self.history.on_exit(pid, at);
         self.gap_reads.remove(&pid);
+        self.dwarf.forget(pid);
     }
 
     /// A process ran a new program, or a new process took the pid of an old one: the stacks
     /// seen so far for it mean other code now.
     pub fn on_new_program(&mut self, pid: u32) {
         self.stacks.retain(|&(stack_pid, _), _| stack_pid != pid);
+        self.dwarf.forget(pid);
     }
 
     /// Fills in `fault.mapping` and `fault.symbol`, as they were at the fault.
