@@ -47,6 +47,9 @@ pub mod flags {
     pub const PAGE_ZEROED: u32 = 1 << 5;
     /// The fault was not timed (--no-latency): its latency is unknown.
     pub const UNTIMED: u32 = 1 << 6;
+    /// The fault read its page back from swap (handle_mm_fault backends, where `do_swap_page`
+    /// can be hooked): a page it allocated holds the page read back, not a copy.
+    pub const SWAP_IN: u32 = 1 << 7;
 }
 
 /// x86 page-fault error code bits (arch/x86/include/asm/trap_pf.h).
@@ -86,6 +89,17 @@ pub mod class {
     /// On a write-protect fault with COPY_KNOWN: a write to the shared zero page, filled with a
     /// fresh zeroed page (nothing shared was copied).
     pub const ZERO_FILL: u32 = 1 << 9;
+    /// A write to a page not present that allocated a user page not zeroed (PAGE_ALLOCATED),
+    /// not read back from swap. In a private file mapping that page is the private copy of the
+    /// file's page (the kernel's do_cow_fault allocates it first, then reads the file's page
+    /// if need be, and copies); elsewhere it is a page-cache page (a shared file's, or
+    /// shmem's) or a page read back from swap. The kernel cannot tell the mappings apart:
+    /// userspace resolves it, with [`super::FaultClass::with_mapping`], to FILE_COPY or to
+    /// nothing.
+    pub const NEW_PAGE: u32 = 1 << 10;
+    /// Set by userspace only, for a NEW_PAGE fault in a private file mapping: the file's page
+    /// was copied into private memory.
+    pub const FILE_COPY: u32 = 1 << 11;
 
     use super::{flags, x86_pf};
 
@@ -98,7 +112,8 @@ pub mod class {
             record.error_code,
         );
         if record.kind == super::kind::FAULT_RETRY {
-            class |= RETRY;
+            // The attempt freed what it allocated: the fault goes on, and copies then.
+            class = (class | RETRY) & !NEW_PAGE;
         }
         class
     }
@@ -135,8 +150,234 @@ pub mod class {
                     class |= ZERO_FILL;
                 }
             }
+        } else if !incomplete
+            && class & ACCESS_MASK == WRITE
+            && record_flags & (flags::COPY_KNOWN | flags::PAGE_ALLOCATED | flags::SWAP_IN)
+                == flags::COPY_KNOWN | flags::PAGE_ALLOCATED
+        {
+            class |= NEW_PAGE;
         }
         class
+    }
+}
+
+/// How the faulting access touched memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    Exec,
+}
+
+impl Access {
+    /// One letter, as the article's stap script prints it: r, w or x.
+    pub const fn letter(self) -> char {
+        match self {
+            Access::Read => 'r',
+            Access::Write => 'w',
+            Access::Exec => 'x',
+        }
+    }
+}
+
+/// How the kernel accounted a fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Minor,
+    Major,
+    /// Entered the handler but never completed (SIGSEGV, SIGBUS, OOM, exception fix-up).
+    Incomplete,
+    /// One attempt returned VM_FAULT_RETRY; the fault goes on (handle_mm_fault backends).
+    Retry,
+}
+
+impl Outcome {
+    /// MINOR, MAJOR, INCOMPLETE or RETRY, in every output format.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Outcome::Minor => "MINOR",
+            Outcome::Major => "MAJOR",
+            Outcome::Incomplete => "INCOMPLETE",
+            Outcome::Retry => "RETRY",
+        }
+    }
+}
+
+/// What a write-protect (copy-on-write) fault did to the page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CowOutcome {
+    /// A page shared with another process was copied.
+    Copied,
+    /// The page was no longer shared: its last sharer kept it.
+    Reused,
+    /// The page was the shared zero page (read, never written): a zeroed page was filled.
+    ZeroFilled,
+}
+
+impl CowOutcome {
+    /// The text format's COW column: copy, reuse or zero.
+    pub const fn column(self) -> &'static str {
+        match self {
+            CowOutcome::Copied => "copy",
+            CowOutcome::Reused => "reuse",
+            CowOutcome::ZeroFilled => "zero",
+        }
+    }
+
+    /// The JSON format's `cow_outcome` value (part of its schema): copied, reused or zero-fill.
+    pub const fn json_value(self) -> &'static str {
+        match self {
+            CowOutcome::Copied => "copied",
+            CowOutcome::Reused => "reused",
+            CowOutcome::ZeroFilled => "zero-fill",
+        }
+    }
+
+    /// The summary's class label part: cow-copied, cow-reused or cow-zero.
+    pub const fn summary_label(self) -> &'static str {
+        match self {
+            CowOutcome::Copied => "cow-copied",
+            CowOutcome::Reused => "cow-reused",
+            CowOutcome::ZeroFilled => "cow-zero",
+        }
+    }
+}
+
+/// A fault's class (the bits of [`class`]) as a type: what the bits mean is read here only.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FaultClass(u32);
+
+impl FaultClass {
+    /// The class of a fault record.
+    #[inline(always)]
+    pub fn of_record(record: &Record) -> FaultClass {
+        FaultClass(class::of_record(record))
+    }
+
+    /// The class of a fault from its record kind, flags and error code.
+    #[inline(always)]
+    pub fn of(incomplete: bool, record_flags: u32, error_code: u64) -> FaultClass {
+        FaultClass(class::of(incomplete, record_flags, error_code))
+    }
+
+    /// A class as the kernel's summary keys it ([`StatKey::class`], [`HistKey::class`]).
+    pub const fn from_bits(bits: u32) -> FaultClass {
+        FaultClass(bits)
+    }
+
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    const fn has(self, bit: u32) -> bool {
+        self.0 & bit != 0
+    }
+
+    /// The access; None when unknown (the fault's entry was not seen).
+    pub const fn access(self) -> Option<Access> {
+        match self.0 & class::ACCESS_MASK {
+            class::READ => Some(Access::Read),
+            class::WRITE => Some(Access::Write),
+            class::EXEC => Some(Access::Exec),
+            _ => None,
+        }
+    }
+
+    /// How the kernel accounted the fault (a retried attempt or an incomplete fault first).
+    pub const fn outcome(self) -> Outcome {
+        if self.has(class::RETRY) {
+            Outcome::Retry
+        } else if self.has(class::INCOMPLETE) {
+            Outcome::Incomplete
+        } else if self.has(class::MAJOR) {
+            Outcome::Major
+        } else {
+            Outcome::Minor
+        }
+    }
+
+    /// A fault the kernel counted in minflt or majflt: neither a retried attempt nor one that
+    /// never completed.
+    pub const fn is_completed(self) -> bool {
+        matches!(self.outcome(), Outcome::Minor | Outcome::Major)
+    }
+
+    /// A write to a present page: the write-protect (copy-on-write) fault.
+    pub const fn is_write_protect(self) -> bool {
+        self.has(class::WRITE_PROTECT)
+    }
+
+    /// A write to a page not present that allocated a page whose meaning depends on the
+    /// mapping (see [`class::NEW_PAGE`]): userspace resolves it with
+    /// [`FaultClass::with_mapping`].
+    pub const fn needs_mapping(self) -> bool {
+        self.has(class::NEW_PAGE)
+    }
+
+    /// The class of a [`class::NEW_PAGE`] fault once its mapping is known: a copy of the
+    /// file's page if the mapping is a private file mapping, else (a page-cache page, or one
+    /// read back from swap) an ordinary write. Other classes are returned unchanged.
+    pub const fn with_mapping(self, private_file: bool) -> FaultClass {
+        if !self.needs_mapping() {
+            return self;
+        }
+        let bits = self.0 & !class::NEW_PAGE;
+        FaultClass(if private_file {
+            bits | class::FILE_COPY
+        } else {
+            bits
+        })
+    }
+
+    /// A first write to a page of a private file mapping, which copied the file's page into
+    /// private memory (the kernel's do_cow_fault): a copy, though no write-protect fault.
+    pub const fn is_file_copy(self) -> bool {
+        self.has(class::FILE_COPY)
+    }
+
+    /// Taken in kernel mode on a user address.
+    pub const fn is_kernel_mode(self) -> bool {
+        self.has(class::KERNEL_MODE)
+    }
+
+    /// How a copy-on-write fault ended: a write-protect fault's copy, reuse or zero fill, or a
+    /// file's page copied into a private mapping at a first write (see
+    /// [`FaultClass::is_file_copy`]); None for other faults, or where copy detection did not
+    /// see it.
+    pub const fn cow_outcome(self) -> Option<CowOutcome> {
+        if self.is_file_copy() {
+            return Some(CowOutcome::Copied);
+        }
+        if !self.is_write_protect() || !self.has(class::COPY_KNOWN) {
+            return None;
+        }
+        Some(if self.has(class::COPIED) {
+            CowOutcome::Copied
+        } else if self.has(class::ZERO_FILL) {
+            CowOutcome::ZeroFilled
+        } else {
+            CowOutcome::Reused
+        })
+    }
+}
+
+/// "w MINOR cow-copied", "r MAJOR", "x MINOR kernel", ...: the summary's name of a class.
+#[cfg(feature = "user")]
+impl core::fmt::Display for FaultClass {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let access = self.access().map_or('?', Access::letter);
+        write!(f, "{access} {}", self.outcome().label())?;
+        if self.is_write_protect() {
+            let cow = self.cow_outcome().map_or("cow", CowOutcome::summary_label);
+            write!(f, " {cow}")?;
+        } else if self.is_file_copy() {
+            f.write_str(" file-copied")?;
+        }
+        if self.is_kernel_mode() {
+            f.write_str(" kernel")?;
+        }
+        Ok(())
     }
 }
 
@@ -187,6 +428,9 @@ pub struct Settings {
     /// Wake userspace only once this many bytes wait in the ring: waking it for every fault
     /// would cost a context switch each. Userspace also drains on a short timer.
     pub wakeup_bytes: u32,
+    /// log2 of the system's page size (12 for 4 KiB; arm64 kernels also use 16 and 64 KiB):
+    /// a fault's completion pairs with the entry pending for the same page.
+    pub page_shift: u32,
 }
 
 /// No stack captured (not asked for, or the stack map was full).
@@ -230,8 +474,9 @@ pub const REGION_SHIFT: u32 = 16;
 /// Number of log2 latency buckets: bucket i counts latencies in [2^(i-1), 2^i) ns.
 pub const HIST_BUCKETS: usize = 32;
 
-/// One ring-buffer record. Faults fill every field; fork and exit records fill `kind`,
-/// `ts_ns`, `pid`, `tid`, `comm` and `other_pid`.
+/// One ring-buffer record. Faults fill every field (`vm_fault` where the backend sees it,
+/// `other_pid` inside a snapshot window). Fork, exec and exit records fill `kind`, `ts_ns`,
+/// `pid`, `tid` and `comm`; a fork's `other_pid` is the child, an exit's and an exec's is 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record {
@@ -266,7 +511,7 @@ pub struct Record {
 }
 
 impl Record {
-    /// A record with every field zeroed.
+    /// A record with every field zero but `stack_id`, which is [`NO_STACK`].
     pub const fn zeroed() -> Self {
         Record {
             kind: 0,
@@ -451,15 +696,101 @@ mod tests {
             class::of(false, flags::COPY_KNOWN | flags::PAGE_ZEROED, wp),
             class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN | class::ZERO_FILL
         );
-        // A page allocated on a first-touch write is no copy-on-write.
+        // A page allocated at a write to a page not present is no write-protect fault: what
+        // it is depends on the mapping.
         assert_eq!(
             class::of(false, copied, x86_pf::WRITE | x86_pf::USER),
-            class::WRITE
+            class::WRITE | class::NEW_PAGE
         );
         assert_eq!(class::of(false, flags::NO_ENTRY, wp), class::UNKNOWN);
         assert_eq!(
             class::of(true, flags::MAJOR, x86_pf::INSTR),
             class::EXEC | class::INCOMPLETE | class::MAJOR
         );
+    }
+
+    #[test]
+    fn a_page_allocated_at_a_first_write_depends_on_the_mapping() {
+        let not_present_write = x86_pf::WRITE | x86_pf::USER;
+        let allocated = flags::COPY_KNOWN | flags::PAGE_ALLOCATED;
+        let new_page = FaultClass::of(false, allocated, not_present_write);
+        assert!(new_page.needs_mapping() && !new_page.is_write_protect());
+        assert_eq!(new_page.cow_outcome(), None, "unknown until the mapping is");
+        // In a private file mapping: the file's page copied, counted as a copy.
+        let copied = new_page.with_mapping(true);
+        assert!(copied.is_file_copy() && !copied.needs_mapping() && !copied.is_write_protect());
+        assert_eq!(copied.cow_outcome(), Some(CowOutcome::Copied));
+        assert_eq!(copied.access(), Some(Access::Write));
+        // Elsewhere (a page-cache page, a page read back from swap): an ordinary write.
+        let filled = new_page.with_mapping(false);
+        assert_eq!(filled, FaultClass::of(false, 0, not_present_write));
+        assert_eq!(filled.cow_outcome(), None);
+        // Major faults (the file's page read from disk first) copy all the same.
+        let major = FaultClass::of(false, allocated | flags::MAJOR, not_present_write);
+        assert_eq!(
+            major.with_mapping(true).outcome(),
+            Outcome::Major,
+            "still major"
+        );
+        assert!(major.with_mapping(true).is_file_copy());
+        // A fault that failed, or an attempt retried, kept no page.
+        assert!(!FaultClass::of(true, allocated, not_present_write).needs_mapping());
+        let mut retried = Record::zeroed();
+        retried.kind = kind::FAULT_RETRY;
+        retried.flags = allocated;
+        retried.error_code = not_present_write;
+        assert!(!FaultClass::of_record(&retried).needs_mapping());
+        retried.kind = kind::FAULT;
+        assert!(FaultClass::of_record(&retried).needs_mapping());
+        // Not candidates: a zeroed page (anonymous memory's first write), a page read back
+        // from swap, a read, a fault without copy detection or without its entry.
+        for (record_flags, error_code) in [
+            (flags::COPY_KNOWN | flags::PAGE_ZEROED, not_present_write),
+            (allocated | flags::SWAP_IN, not_present_write),
+            (allocated, x86_pf::USER),
+            (flags::PAGE_ALLOCATED, not_present_write),
+            (allocated | flags::NO_ENTRY, not_present_write),
+        ] {
+            let class = FaultClass::of(false, record_flags, error_code);
+            assert!(!class.needs_mapping(), "{record_flags:#x} {error_code:#x}");
+            assert_eq!(class.with_mapping(true), class, "nothing to resolve");
+        }
+        // A write-protect fault is resolved by its own bits, whatever the mapping.
+        let wp = FaultClass::of(false, allocated, not_present_write | x86_pf::PROT);
+        assert_eq!(wp.with_mapping(true), wp);
+    }
+
+    #[test]
+    fn typed_class_reads_the_bits() {
+        let wp = x86_pf::PROT | x86_pf::WRITE | x86_pf::USER;
+        let copied = FaultClass::of(false, flags::COPY_KNOWN | flags::PAGE_ALLOCATED, wp);
+        assert_eq!(copied.access(), Some(Access::Write));
+        assert_eq!(copied.outcome(), Outcome::Minor);
+        assert!(copied.is_write_protect() && copied.is_completed());
+        assert_eq!(copied.cow_outcome(), Some(CowOutcome::Copied));
+        let zero = FaultClass::of(false, flags::COPY_KNOWN | flags::PAGE_ZEROED, wp);
+        assert_eq!(zero.cow_outcome(), Some(CowOutcome::ZeroFilled));
+        assert_eq!(
+            FaultClass::of(false, flags::COPY_KNOWN, wp).cow_outcome(),
+            Some(CowOutcome::Reused)
+        );
+        // Copy detection did not see it: a COW fault of unknown outcome.
+        assert_eq!(FaultClass::of(false, 0, wp).cow_outcome(), None);
+        let unknown = FaultClass::of(false, flags::NO_ENTRY | flags::MAJOR, wp);
+        assert_eq!(
+            (unknown.access(), unknown.outcome()),
+            (None, Outcome::Major)
+        );
+        assert!(!unknown.is_write_protect());
+        // A retried attempt is a retry whatever else it says; an incomplete fault is no
+        // major one.
+        let mut record = Record::zeroed();
+        record.kind = kind::FAULT_RETRY;
+        record.flags = flags::MAJOR;
+        assert_eq!(FaultClass::of_record(&record).outcome(), Outcome::Retry);
+        let incomplete = FaultClass::of(true, flags::MAJOR | flags::KERNEL_MODE, x86_pf::INSTR);
+        assert_eq!(incomplete.outcome(), Outcome::Incomplete);
+        assert!(!incomplete.is_completed() && incomplete.is_kernel_mode());
+        assert_eq!(incomplete.access(), Some(Access::Exec));
     }
 }

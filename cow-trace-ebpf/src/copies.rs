@@ -1,16 +1,22 @@
 //! Copy vs reuse without kprobes: a write-protect fault that copies the page allocates the new
 //! page in the faulting task, between the fault's entry and its completion; one that reuses the
 //! page allocates nothing. So a user-page allocation in that window marks the fault copied.
+//! A first write to a page of a private file mapping allocates the private copy the same way
+//! (before it reads the file's page, if it must): userspace, which knows the mapping, tells it
+//! from a shared file's page-cache page (`class::NEW_PAGE`).
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
 };
 use cow_trace_common::flags;
 
-use crate::maps::PENDING;
+use crate::maps::Slot;
 
 /// __GFP_HIGHMEM | __GFP_MOVABLE: set for user pages (GFP_HIGHUSER_MOVABLE), never for slab
 /// or page-table allocations.
 const USER_PAGE_GFP: u32 = (1 << 1) | (1 << 3);
+/// __GFP_THISNODE: a NUMA-balancing fault migrating a page to this node allocates the new one
+/// with it; no copy on write does (it is used only for huge pages besides).
+const GFP_THISNODE: u32 = 1 << 21;
 /// __GFP_ZERO: a write to the shared zero page allocates a zeroed page instead of a copy.
 const GFP_ZERO: u32 = 1 << 8;
 
@@ -20,23 +26,19 @@ const GFP_ZERO: u32 = 1 << 8;
 #[raw_tracepoint(tracepoint = "mm_page_alloc")]
 pub fn kmem_mm_page_alloc(ctx: RawTracePointContext) -> i32 {
     let gfp = ctx.arg::<u64>(2) as u32;
-    if gfp & USER_PAGE_GFP != USER_PAGE_GFP {
+    if gfp & (USER_PAGE_GFP | GFP_THISNODE) != USER_PAGE_GFP {
         return 0;
     }
     // Only traced threads have pending slots: one lookup filters and finds the slot.
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(pending) = PENDING.get_ptr_mut(tid) else {
+    let Some(slot) = Slot::of(bpf_get_current_pid_tgid() as u32) else {
         return 0;
     };
-    // SAFETY: the slot belongs to this thread, which is running this program.
-    unsafe {
-        if (*pending).ts_ns != 0 {
-            (*pending).flags |= if gfp & GFP_ZERO != 0 {
-                flags::PAGE_ZEROED
-            } else {
-                flags::PAGE_ALLOCATED
-            };
-        }
+    if slot.pending_since() != 0 {
+        slot.mark(if gfp & GFP_ZERO != 0 {
+            flags::PAGE_ZEROED
+        } else {
+            flags::PAGE_ALLOCATED
+        });
     }
     0
 }

@@ -5,24 +5,21 @@
 //! task's min_flt / maj_flt, so one completion record is emitted per fault the kernel counts.
 //! Untimed (--no-latency), PAGE_FAULTS_MIN is not attached (it costs more than the rest): a
 //! fault entered DEFERRED is final once its thread goes on (see [`finish_pending`]).
+
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-    },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{perf_event, raw_tracepoint},
     programs::{PerfEventContext, RawTracePointContext},
 };
-use cow_trace_common::{
-    PENDING_DEFERRED as DEFERRED, PendingFault, Record, TS_NOT_TAKEN, flags, kind,
-};
+use cow_trace_common::{PENDING_DEFERRED as DEFERRED, Record, TS_NOT_TAKEN, flags, kind};
 
 use crate::{
-    maps::{FaultEntry, PENDING, begin_fault, is_traced, pending_slot, settings, user_stack},
+    arch::{PT_REGS_IP, sample_ip},
+    clock::now_ns,
+    diagnostics,
+    maps::{FaultEntry, Slot, is_traced, settings, user_stack},
     report,
 };
-
-/// Offset of `ip` in x86-64's `struct pt_regs` (a fixed ABI).
-const PT_REGS_IP: u64 = 16 * 8;
 
 /// Raw tracepoints: the kernel calls the program with the tracepoint's arguments, skipping the
 /// trace record a classic tracepoint program would have it build first (half the cost here).
@@ -61,21 +58,20 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(slot) = pending_slot(pid_tgid) else {
+    let Some(slot) = Slot::of_current(pid_tgid) else {
         return;
     };
     let settings = settings();
-    // SAFETY: the slot belongs to this thread, which is running this program.
-    let (pending_since, pending_flags) = unsafe { ((*slot).ts_ns, (*slot).flags) };
-    if pending_since != 0 {
+    if slot.pending_since() != 0 {
         // Timed, a kernel-mode fault while a user fault is pending is nested in it (a
         // user-memory access on the fault path, or a profiler's user-stack walk from an
         // interrupt): the outer fault goes on. Keep it; the nested one, if it completes, is
         // counted without its entry. (Untimed, the pending fault is simply over.)
-        if kernel_mode && pending_flags & flags::KERNEL_MODE == 0 && settings.untimed == 0 {
+        if kernel_mode && slot.flags() & flags::KERNEL_MODE == 0 && settings.untimed == 0 {
+            diagnostics::nested_fault(slot.tid(), address);
             return;
         }
-        finish_pending(slot, pid_tgid as u32);
+        finish_pending(slot);
     }
     let summary_mode = settings.summary_mode != 0;
     // A summary counts by region and stack, never by ip: skip the read there.
@@ -83,40 +79,39 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
         0
     } else {
         let regs: u64 = ctx.arg(1);
-        // SAFETY: regs is the kernel's pt_regs of this fault; a failed read leaves ip unknown.
-        unsafe { bpf_probe_read_kernel((regs + PT_REGS_IP) as *const u64) }.unwrap_or(0)
+        let ip = (regs + PT_REGS_IP) as *const u64;
+        // SAFETY: regs is the kernel's pt_regs of this fault; the helper reads it without
+        // faulting, and a failed read leaves ip unknown.
+        unsafe { bpf_probe_read_kernel(ip) }.unwrap_or(0)
     };
-    begin_fault(
-        slot,
-        FaultEntry {
-            ts_ns: if summary_mode && settings.untimed != 0 {
-                TS_NOT_TAKEN
-            } else {
-                unsafe { bpf_ktime_get_ns() }
-            },
-            address,
-            ip,
-            error_code: ctx.arg(2),
-            flags: if kernel_mode { flags::KERNEL_MODE } else { 0 }
-                | if settings.untimed != 0 { DEFERRED } else { 0 },
-            stack_id: user_stack(ctx),
+    slot.begin(FaultEntry {
+        ts_ns: if summary_mode && settings.untimed != 0 {
+            TS_NOT_TAKEN
+        } else {
+            now_ns()
         },
-    );
+        address,
+        ip,
+        error_code: ctx.arg(2),
+        flags: if kernel_mode { flags::KERNEL_MODE } else { 0 }
+            | if settings.untimed != 0 { DEFERRED } else { 0 },
+        stack_id: user_stack(ctx),
+    });
 }
 
 #[inline(always)]
 fn fault_done(ctx: &PerfEventContext, major: bool) {
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
     // Only traced threads have pending slots: one spares the TRACED lookup.
-    let slot = PENDING.get_ptr_mut(tid);
+    let slot = Slot::of(tid);
     if slot.is_none() && !is_traced(tgid) {
         return;
     }
     // SAFETY: the context is the kernel's bpf_perf_event_data for this sample.
-    let (address, regs_ip) = unsafe { ((*ctx.ctx).addr, (*ctx.ctx).regs.rip) };
+    let (address, regs_ip) = unsafe { ((*ctx.ctx).addr, sample_ip(&(*ctx.ctx).regs)) };
 
     let mut record = Record::zeroed();
     record.kind = kind::FAULT;
@@ -126,10 +121,12 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
     if major {
         record.flags |= flags::MAJOR;
     }
-    // SAFETY: as above.
-    match slot.map(|slot| unsafe { (slot, *slot) }) {
-        Some((slot, entry)) if entry.ts_ns != 0 && (entry.address ^ address) >> 12 == 0 => {
-            let settings = settings();
+    let settings = settings();
+    match slot.map(|slot| (slot, slot.read())) {
+        // The same page (of the system's size) as the pending entry.
+        Some((slot, entry))
+            if entry.ts_ns != 0 && (entry.address ^ address) >> settings.page_shift == 0 =>
+        {
             record.ts_ns = entry.ts_ns;
             if settings.untimed == 0 {
                 record.latency_ns = now - entry.ts_ns;
@@ -144,7 +141,7 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
             if settings.copy_detection != 0 {
                 record.flags |= flags::COPY_KNOWN;
             }
-            unsafe { (*slot).ts_ns = 0 };
+            slot.empty();
         }
         _ => {
             // The entry predates attaching or was not stored, or this completes a fault nested
@@ -155,8 +152,7 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
             record.flags |= flags::NO_ENTRY;
             record.stack_id = user_stack(ctx);
             record.comm = match slot {
-                // SAFETY: as above.
-                Some(slot) => unsafe { (*slot).comm },
+                Some(slot) => slot.comm(),
                 None => bpf_get_current_comm().unwrap_or_default(),
             };
         }
@@ -164,32 +160,31 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
     report::fault(&mut record);
 }
 
-/// Reports the fault pending in thread `tid`'s `slot`, if any, and empties the slot. Normally
-/// the fault's completion would have emptied the slot: it never completed (SIGSEGV, a fatal
-/// signal, ...). Entered DEFERRED (--no-latency), a minor fault has no completion event: the
-/// thread has gone on, so its fault is over. The caller must be thread `tid`, or that thread must be
-/// past faulting (exiting).
+/// Reports the fault pending in `slot`, if any, and empties the slot. Normally the fault's
+/// completion would have emptied the slot: it never completed (SIGSEGV, a fatal signal, ...).
+/// Entered DEFERRED (--no-latency), a minor fault has no completion event: the thread has gone
+/// on, so its fault is over. The caller must be the slot's thread, or that thread must be past
+/// faulting (exiting).
 #[inline(always)]
-pub fn finish_pending(slot: *mut PendingFault, tid: u32) {
-    finish(slot, tid, true);
+pub fn finish_pending(slot: Slot) {
+    finish(slot, true);
 }
 
 /// As [`finish_pending`], but only a DEFERRED fault (the thread has gone on: a normal pending
 /// fault might still be in progress).
 #[inline(always)]
-pub fn finish_deferred(slot: *mut PendingFault, tid: u32) {
-    finish(slot, tid, false);
+pub fn finish_deferred(slot: Slot) {
+    finish(slot, false);
 }
 
 #[inline(always)]
-fn finish(slot: *mut PendingFault, tid: u32, even_timed: bool) {
-    // SAFETY: see above: nothing else writes the slot meanwhile.
-    let entry = unsafe { *slot };
+fn finish(slot: Slot, even_timed: bool) {
+    let entry = slot.read();
     if entry.ts_ns == 0 || (entry.flags & DEFERRED == 0 && !even_timed) {
         return;
     }
-    unsafe { (*slot).ts_ns = 0 };
-    let mut record = entry.to_record(tid);
+    slot.empty();
+    let mut record = entry.to_record(slot.tid());
     if entry.flags & DEFERRED == 0 {
         record.kind = kind::FAULT_INCOMPLETE;
         record.flags = entry.flags & flags::KERNEL_MODE;

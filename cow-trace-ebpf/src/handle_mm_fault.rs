@@ -1,12 +1,14 @@
 //! The "fexit" and "kprobe" backends: `handle_mm_fault(vma, address, flags, regs)` itself, as
 //! the SystemTap probes hooked it. Each call is one attempt; its return value says how it
 //! ended. The fault flags give the access; `do_wp_page` marks the write-protect
-//! (copy-on-write) faults.
+//! (copy-on-write) faults, `do_swap_page` those that read their page back from swap (whose
+//! new page is no copy).
 //!
 //! Kernels forbid these on some machines (no kprobes, BPF trampolines refused): userspace then
 //! falls back to the tracepoint backend in `faults`.
+
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{
         FEntryContext, FExitContext, ProbeContext, RetProbeContext, tracing::StackIdContext,
@@ -15,7 +17,10 @@ use aya_ebpf::{
 use cow_trace_common::{Record, flags, kind, x86_pf};
 
 use crate::{
-    maps::{FaultEntry, PENDING, begin_fault, pending_slot, settings, user_stack},
+    arch::PT_REGS_IP,
+    clock::now_ns,
+    diagnostics,
+    maps::{FaultEntry, Slot, settings, user_stack},
     report,
 };
 
@@ -41,9 +46,6 @@ const VM_FAULT_ERROR: u32 = VM_FAULT_OOM
     | VM_FAULT_HWPOISON_LARGE
     | VM_FAULT_FALLBACK;
 
-/// x86-64 `struct pt_regs`: offset of ip.
-const PT_REGS_IP: usize = 16 * 8;
-
 /// Set in a pending entry when `do_wp_page` ran for it.
 const WRITE_PROTECT_SEEN: u32 = 1 << 31;
 
@@ -63,6 +65,12 @@ pub fn handle_mm_fault_fexit(ctx: FExitContext) -> u32 {
 #[fentry(function = "do_wp_page")]
 pub fn do_wp_page_fentry(_ctx: FEntryContext) -> u32 {
     write_protect_seen();
+    0
+}
+
+#[fentry(function = "do_swap_page")]
+pub fn do_swap_page_fentry(_ctx: FEntryContext) -> u32 {
+    swap_in_seen();
     0
 }
 
@@ -90,9 +98,15 @@ pub fn do_wp_page_kprobe(_ctx: ProbeContext) -> u32 {
     0
 }
 
+#[kprobe]
+pub fn do_swap_page_kprobe(_ctx: ProbeContext) -> u32 {
+    swap_in_seen();
+    0
+}
+
 #[inline(always)]
 fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, regs: u64) {
-    let Some(slot) = pending_slot(bpf_get_current_pid_tgid()) else {
+    let Some(slot) = Slot::of_current(bpf_get_current_pid_tgid()) else {
         return;
     };
     // The access, from the fault flags. (x86's exception entry overwrites pt_regs->orig_ax
@@ -110,8 +124,9 @@ fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, re
     }
     // regs is NULL for a get_user_pages() fault.
     let ip = if regs != 0 {
-        // SAFETY: regs points to the faulting context's pt_regs.
-        unsafe { bpf_probe_read_kernel((regs as usize + PT_REGS_IP) as *const u64) }.unwrap_or(0)
+        // SAFETY: regs points to the faulting context's pt_regs; the helper reads it without
+        // faulting, and a failed read leaves ip unknown.
+        unsafe { bpf_probe_read_kernel((regs + PT_REGS_IP) as *const u64) }.unwrap_or(0)
     } else {
         0
     };
@@ -124,45 +139,49 @@ fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, re
     if fault_flags & FAULT_FLAG_TRIED != 0 {
         entry_flags |= flags::MAJOR;
     }
-    begin_fault(
-        slot,
-        FaultEntry {
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-            address,
-            ip,
-            error_code,
-            flags: entry_flags,
-            stack_id: user_stack(ctx),
-        },
-    );
+    slot.begin(FaultEntry {
+        ts_ns: now_ns(),
+        address,
+        ip,
+        error_code,
+        flags: entry_flags,
+        stack_id: user_stack(ctx),
+    });
 }
 
 #[inline(always)]
 fn write_protect_seen() {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(pending) = PENDING.get_ptr_mut(tid) {
-        // SAFETY: the slot belongs to this thread, which is running this program.
-        unsafe { (*pending).flags |= WRITE_PROTECT_SEEN };
+    if let Some(slot) = Slot::of(bpf_get_current_pid_tgid() as u32) {
+        slot.mark(WRITE_PROTECT_SEEN);
+    }
+}
+
+/// The attempt reads its page back from swap: a page it allocates is that page, not a copy of
+/// a file's page (a swapped-out page of a private file mapping was copied long before).
+#[inline(always)]
+fn swap_in_seen() {
+    if let Some(slot) = Slot::of(bpf_get_current_pid_tgid() as u32) {
+        slot.mark(flags::SWAP_IN);
     }
 }
 
 /// `fault_flags` is u64::MAX where the caller cannot know them (kretprobe).
 #[inline(always)]
 fn attempt_ends(vm_fault: u32, fault_flags: u64) {
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
     // Only traced threads have slots.
-    let Some(slot) = PENDING.get_ptr_mut(tid) else {
+    let Some(slot) = Slot::of(tid) else {
         return;
     };
-    // SAFETY: the slot belongs to this thread, which is running this program.
-    let entry = unsafe { *slot };
+    let entry = slot.read();
     if entry.ts_ns == 0 {
+        diagnostics::attempt_without_entry(tid);
         return;
     }
-    unsafe { (*slot).ts_ns = 0 };
+    slot.empty();
     let mut record = Record::zeroed();
     record.pid = tgid;
     record.tid = tid;
@@ -173,7 +192,8 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
     if entry.flags & WRITE_PROTECT_SEEN != 0 {
         record.error_code |= x86_pf::PROT | x86_pf::WRITE;
     }
-    record.flags = entry.flags & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED | flags::PAGE_ZEROED);
+    record.flags = entry.flags
+        & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED | flags::PAGE_ZEROED | flags::SWAP_IN);
     let settings = settings();
     if settings.untimed == 0 {
         record.latency_ns = now - entry.ts_ns;

@@ -4,14 +4,20 @@
 //! - `copies`: copy vs reuse, from user-page allocations inside a fault
 //! - `tasks`: keeps the traced-process map and snapshot windows in step with fork and exit
 //! - `report`: a finished fault is streamed or counted in the kernel
-//! - `maps`: the maps and load-time settings every program shares
+//! - `maps`: the maps and load-time settings every program shares, and the per-thread `Slot`
+//! - `clock`: the kernel clock as a safe call
+//! - `diagnostics`: rare events logged for the user (aya-log, shown with -v)
+//! - `arch`: register layouts, per CPU architecture
 #![no_std]
 #![no_main]
 // atomic_xadd: the summary's shared counters (see report::add).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod arch;
+mod clock;
 mod copies;
+mod diagnostics;
 mod faults;
 mod handle_mm_fault;
 mod maps;

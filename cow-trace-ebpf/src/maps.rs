@@ -1,5 +1,6 @@
 //! Maps shared by every program, and the settings userspace writes before loading.
 use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::bpf_get_current_comm,
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
@@ -9,6 +10,8 @@ use cow_trace_common::{
     COMM_LEN, Hist, HistKey, NO_FIELD, NO_STACK, PendingFault, Settings, StatKey, StatValue,
     Window, counter,
 };
+
+use crate::diagnostics;
 
 /// Thread-group ids being traced: the target, its descendants at attach time (written by
 /// userspace) and every process they create afterwards (written by `tasks`). Value unused.
@@ -76,7 +79,8 @@ pub fn may_have_window(pid: u32) -> bool {
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 
-/// Written by userspace before loading; the defaults are 6.18's offsets.
+/// Written by userspace before loading; the defaults are 6.18's offsets (and no page size:
+/// userspace writes the system's).
 #[unsafe(no_mangle)]
 static SETTINGS: Settings = Settings {
     task_newtask_pid: 8,
@@ -89,6 +93,7 @@ static SETTINGS: Settings = Settings {
     untimed: 0,
     stacks: 0,
     wakeup_bytes: 0,
+    page_shift: 0,
 };
 
 /// The settings userspace wrote (a volatile read, so the compiler cannot fold the defaults).
@@ -107,12 +112,11 @@ pub fn is_traced(tgid: u32) -> bool {
 #[inline(always)]
 pub fn bump(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot; programs do not migrate while running.
+        // SAFETY: this CPU's copy, live while the program runs; a program preempted on its
+        // CPU by another may lose a count, never corrupt one.
         unsafe { *slot += 1 };
     }
 }
-
-const BPF_F_USER_STACK: u64 = 1 << 8;
 
 /// The current task's user stack id, with --stack; else (or on failure) NO_STACK.
 #[inline(always)]
@@ -120,12 +124,151 @@ pub fn user_stack<C: StackIdContext>(ctx: &C) -> i32 {
     if settings().stacks == 0 {
         return NO_STACK;
     }
-    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
+    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK.into()) {
         Ok(id) => id as i32,
-        Err(_) => {
+        Err(error) => {
             bump(counter::STACK_FAILED);
+            diagnostics::stack_failed(error);
             NO_STACK
         }
+    }
+}
+
+/// What a backend knows when a fault begins.
+pub struct FaultEntry {
+    pub ts_ns: u64,
+    pub address: u64,
+    pub ip: u64,
+    pub error_code: u64,
+    pub flags: u32,
+    pub stack_id: i32,
+}
+
+/// A traced thread's pending-fault slot in `PENDING`, keyed by its thread id. Slots are filled
+/// at a fault's entry and emptied at its completion, never inserted and deleted per fault:
+/// writing in place costs far less than a hash-map insert and delete. The thread's exit
+/// removes its slot. Only traced threads have slots, so finding one also says "traced".
+///
+/// Why plain loads and stores suffice: a slot is written by its own thread's programs, which
+/// run one after another in that thread (a fault's entry, its page allocations, its
+/// completion; even a fault nested in another has its programs run between the outer's), and
+/// by a program that removes it once the thread faults no more (its exit, or an exec that took
+/// its id). The one other writer is a rename of the thread by another thread,
+/// which stores a new comm: a reader may see a torn name, as the kernel's own readers may.
+/// The map keeps the value alive while the program runs, even if the slot is removed meanwhile.
+#[derive(Clone, Copy)]
+pub struct Slot {
+    tid: u32,
+    value: *mut PendingFault,
+}
+
+impl Slot {
+    /// Thread `tid`'s slot, if it has one.
+    #[inline(always)]
+    pub fn of(tid: u32) -> Option<Slot> {
+        PENDING.get_ptr_mut(tid).map(|value| Slot { tid, value })
+    }
+
+    /// The current thread's slot, created empty (with the thread's comm) on first use if the
+    /// thread is traced.
+    #[inline(always)]
+    pub fn of_current(pid_tgid: u64) -> Option<Slot> {
+        let tid = pid_tgid as u32;
+        if let Some(slot) = Slot::of(tid) {
+            return Some(slot);
+        }
+        let pid = (pid_tgid >> 32) as u32;
+        if !is_traced(pid) {
+            return None;
+        }
+        let created = PENDING.insert(tid, EMPTY_PENDING, BPF_NOEXIST.into());
+        if let Err(error) = created {
+            bump(counter::PENDING_FULL);
+            diagnostics::pending_full(tid, error);
+            return None;
+        }
+        let slot = Slot::of(tid)?;
+        // SAFETY: see [`Slot`]; the slot is this thread's, created just now.
+        unsafe {
+            (*slot.value).comm = bpf_get_current_comm().unwrap_or_default();
+            (*slot.value).pid = pid;
+        }
+        Some(slot)
+    }
+
+    /// The thread the slot belongs to.
+    #[inline(always)]
+    pub fn tid(self) -> u32 {
+        self.tid
+    }
+
+    /// A copy of the slot (its comm may be torn by a concurrent rename, see [`Slot`]).
+    #[inline(always)]
+    pub fn read(self) -> PendingFault {
+        // SAFETY: see [`Slot`].
+        unsafe { *self.value }
+    }
+
+    /// When the pending fault began (or `TS_NOT_TAKEN`); 0: no fault is pending.
+    #[inline(always)]
+    pub fn pending_since(self) -> u64 {
+        // SAFETY: see [`Slot`].
+        unsafe { (*self.value).ts_ns }
+    }
+
+    /// The pending fault's flags.
+    #[inline(always)]
+    pub fn flags(self) -> u32 {
+        // SAFETY: see [`Slot`].
+        unsafe { (*self.value).flags }
+    }
+
+    /// The thread's comm, as cached in the slot.
+    #[inline(always)]
+    pub fn comm(self) -> [u8; COMM_LEN] {
+        // SAFETY: see [`Slot`].
+        unsafe { (*self.value).comm }
+    }
+
+    /// Fills the slot with a fault that has just begun (its comm and pid stay).
+    #[inline(always)]
+    pub fn begin(self, entry: FaultEntry) {
+        // SAFETY: see [`Slot`].
+        unsafe {
+            (*self.value).ts_ns = entry.ts_ns;
+            (*self.value).address = entry.address;
+            (*self.value).ip = entry.ip;
+            (*self.value).error_code = entry.error_code;
+            (*self.value).flags = entry.flags;
+            (*self.value).stack_id = entry.stack_id;
+        }
+    }
+
+    /// Adds `flags` to the pending fault's.
+    #[inline(always)]
+    pub fn mark(self, flags: u32) {
+        // SAFETY: see [`Slot`].
+        unsafe { (*self.value).flags |= flags };
+    }
+
+    /// Empties the slot: no fault is pending any more.
+    #[inline(always)]
+    pub fn empty(self) {
+        // SAFETY: see [`Slot`].
+        unsafe { (*self.value).ts_ns = 0 };
+    }
+
+    /// Stores the thread's new comm.
+    #[inline(always)]
+    pub fn set_comm(self, comm: [u8; COMM_LEN]) {
+        // SAFETY: see [`Slot`].
+        unsafe { (*self.value).comm = comm };
+    }
+
+    /// Deletes the slot, for a thread that faults no more.
+    #[inline(always)]
+    pub fn remove(self) {
+        let _ = PENDING.remove(self.tid);
     }
 }
 
@@ -141,55 +284,3 @@ static EMPTY_PENDING: PendingFault = PendingFault {
     pid: 0,
     _pad: 0,
 };
-
-const BPF_NOEXIST: u64 = 1;
-
-/// The thread's pending-fault slot, created empty (with the thread's comm) on first use.
-/// Slots are filled at entry and emptied at completion, never inserted and deleted per fault:
-/// writing in place costs far less than a hash-map insert and delete. The thread's exit
-/// removes its slot. Only traced threads have slots, so finding one also says "traced".
-#[inline(always)]
-pub fn pending_slot(pid_tgid: u64) -> Option<*mut PendingFault> {
-    let tid = pid_tgid as u32;
-    if let Some(slot) = PENDING.get_ptr_mut(tid) {
-        return Some(slot);
-    }
-    if !is_traced((pid_tgid >> 32) as u32) {
-        return None;
-    }
-    if PENDING.insert(tid, EMPTY_PENDING, BPF_NOEXIST).is_err() {
-        bump(counter::PENDING_FULL);
-        return None;
-    }
-    let slot = PENDING.get_ptr_mut(tid)?;
-    // SAFETY: the slot belongs to this thread, which is running this program.
-    unsafe {
-        (*slot).comm = bpf_get_current_comm().unwrap_or_default();
-        (*slot).pid = (pid_tgid >> 32) as u32;
-    }
-    Some(slot)
-}
-
-/// Fills the thread's slot with a fault that has just begun (its comm stays).
-#[inline(always)]
-pub fn begin_fault(slot: *mut PendingFault, entry: FaultEntry) {
-    // SAFETY: the slot belongs to the current thread, which is running this program.
-    unsafe {
-        (*slot).ts_ns = entry.ts_ns;
-        (*slot).address = entry.address;
-        (*slot).ip = entry.ip;
-        (*slot).error_code = entry.error_code;
-        (*slot).flags = entry.flags;
-        (*slot).stack_id = entry.stack_id;
-    }
-}
-
-/// What a backend knows when a fault begins.
-pub struct FaultEntry {
-    pub ts_ns: u64,
-    pub address: u64,
-    pub ip: u64,
-    pub error_code: u64,
-    pub flags: u32,
-    pub stack_id: i32,
-}

@@ -1,17 +1,20 @@
 //! The last step of every fault: stream it to userspace, or count it in the kernel.
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::HashMap};
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    maps::HashMap,
+};
 use cow_trace_common::{
     HIST_BUCKETS, Hist, HistKey, REGION_SHIFT, Record, StatKey, StatValue, TS_NOT_TAKEN, Window,
     class, counter, flags, hist_bucket, kind, x86_pf,
 };
 
-use crate::maps::{EVENTS, HISTS, STATS, WINDOW, bump, may_have_window, settings};
-
-const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
+use crate::{
+    clock::now_ns,
+    diagnostics,
+    maps::{EVENTS, HISTS, STATS, WINDOW, bump, may_have_window, settings},
+};
 
 /// Writes `record` to the ring buffer, counting a loss when it is full. Userspace is woken
 /// only once enough has piled up (it also drains on a timer), or for a process event.
@@ -21,13 +24,16 @@ pub fn emit(record: &Record) {
         Some(mut entry) => {
             entry.write(*record);
             let urgent = matches!(record.kind, kind::FORK | kind::EXIT | kind::EXEC);
-            let wake =
-                urgent || EVENTS.query(BPF_RB_AVAIL_DATA) >= u64::from(settings().wakeup_bytes);
-            entry.submit(if wake {
-                BPF_RB_FORCE_WAKEUP
-            } else {
-                BPF_RB_NO_WAKEUP
-            });
+            let wake = urgent
+                || EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= u64::from(settings().wakeup_bytes);
+            entry.submit(
+                if wake {
+                    BPF_RB_FORCE_WAKEUP
+                } else {
+                    BPF_RB_NO_WAKEUP
+                }
+                .into(),
+            );
         }
         None => bump(counter::RING_FULL),
     }
@@ -47,7 +53,8 @@ fn window_of(record: &Record) -> u32 {
     if !may_have_window(record.pid) {
         return 0;
     }
-    // SAFETY: a plain value read.
+    // SAFETY: the value is copied at once; a concurrent fork or exit of a child may rewrite
+    // it, which costs at most this fault's window.
     let Some(window) = (unsafe { WINDOW.get(record.pid) }) else {
         return 0;
     };
@@ -60,8 +67,7 @@ fn window_of(record: &Record) -> u32 {
         return child;
     }
     let when = if record.ts_ns == TS_NOT_TAKEN {
-        // SAFETY: a helper call without arguments.
-        unsafe { bpf_ktime_get_ns() }
+        now_ns()
     } else {
         record.ts_ns
     };
@@ -81,7 +87,6 @@ fn window_of(record: &Record) -> u32 {
 /// Fills in the snapshot window.
 #[inline(always)]
 pub fn fault(record: &mut Record) {
-    // SAFETY: plain value read.
     record.other_pid = window_of(record);
     if settings().summary_mode == 0 {
         emit(record);
@@ -102,6 +107,7 @@ pub fn fault(record: &mut Record) {
     };
     let Some(counts) = get_or_insert(&STATS, key, &first) else {
         bump(counter::SUMMARY_FULL);
+        diagnostics::summary_full(record.pid, false);
         return;
     };
     // SAFETY: a value of STATS, live while this program runs.
@@ -124,7 +130,10 @@ pub fn fault(record: &mut Record) {
     match get_or_insert(&HISTS, key, &EMPTY_HIST) {
         // SAFETY: a value of HISTS; the index is masked into range for the verifier.
         Some(hist) => unsafe { add(&raw mut (*hist).buckets[bucket], 1) },
-        None => bump(counter::SUMMARY_FULL),
+        None => {
+            bump(counter::SUMMARY_FULL);
+            diagnostics::summary_full(record.pid, true);
+        }
     }
 }
 
@@ -133,7 +142,7 @@ pub fn fault(record: &mut Record) {
 #[inline(always)]
 fn get_or_insert<K: Copy, V>(map: &HashMap<K, V>, key: K, first: &V) -> Option<*mut V> {
     map.get_ptr_mut(key).or_else(|| {
-        let _ = map.insert(key, first, BPF_NOEXIST);
+        let _ = map.insert(key, first, BPF_NOEXIST.into());
         map.get_ptr_mut(key)
     })
 }
@@ -151,6 +160,3 @@ unsafe fn add(counter: *mut u64, n: u64) {
 static EMPTY_HIST: Hist = Hist {
     buckets: [0; HIST_BUCKETS],
 };
-
-/// Map update flag: insert only if absent.
-const BPF_NOEXIST: u64 = 1;

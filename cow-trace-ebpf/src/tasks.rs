@@ -1,18 +1,29 @@
-//! Follows the traced process tree: children join at creation, processes leave at exit.
+//! Follows the traced process tree: children join at creation (a held command at its exec),
+//! processes leave at exit.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::tracepoint,
+    bindings::BPF_ANY,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::{map, tracepoint},
+    maps::HashMap,
     programs::TracePointContext,
 };
 use cow_trace_common::{COMM_LEN, NO_FIELD, Record, Window, counter, kind};
 
 use crate::{
+    clock::now_ns,
+    diagnostics,
     faults::{finish_deferred, finish_pending},
-    maps::{PARENT, PENDING, TRACED, WINDOW, bump, hint_window, is_traced, settings},
+    maps::{PARENT, Slot, TRACED, WINDOW, bump, hint_window, is_traced, settings},
     report::emit,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
+
+/// The held command (`-- CMD`): cow-trace's child, waiting to exec. It joins `TRACED` as it
+/// execs (see `join_at_exec`), so none of cow-trace's own code it ran before counts. Written by
+/// userspace. Value unused.
+#[map]
+static TRACE_AT_EXEC: HashMap<u32, u8> = HashMap::with_max_entries(1, 0);
 
 /// task:task_newtask, fired in the parent while it creates a task.
 /// ```text
@@ -29,7 +40,7 @@ pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let settings = settings();
-    // SAFETY: offsets come from this kernel's tracepoint format.
+    // SAFETY: offsets come from this kernel's tracepoint format; a failed read gives 0.
     let (child, clone_flags) = unsafe {
         (
             ctx.read_at::<i32>(settings.task_newtask_pid as usize)
@@ -42,12 +53,15 @@ pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let child = child as u32;
-    if TRACED.insert(child, 1, 0).is_err() {
+    if let Err(error) = TRACED.insert(child, 1, BPF_ANY.into()) {
         bump(counter::TRACED_FULL);
+        diagnostics::traced_full(child, parent, error);
         return 0;
     }
     // The parent's faults from now until this child exits fall in the child's window.
-    let _ = PARENT.insert(child, parent, 0);
+    if let Err(error) = PARENT.insert(child, parent, BPF_ANY.into()) {
+        diagnostics::window_not_recorded(child, parent, error);
+    }
     let window = Window {
         child,
         _pad: 0,
@@ -55,10 +69,12 @@ pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
     };
     // The hint first: no fault on another CPU may skip a window already in the map.
     hint_window(parent);
-    let _ = WINDOW.insert(parent, window, 0);
+    if let Err(error) = WINDOW.insert(parent, window, BPF_ANY.into()) {
+        diagnostics::window_not_recorded(child, parent, error);
+    }
     let mut record = Record::zeroed();
     record.kind = kind::FORK;
-    record.ts_ns = unsafe { bpf_ktime_get_ns() };
+    record.ts_ns = now_ns();
     record.pid = parent;
     record.tid = pid_tgid as u32;
     record.other_pid = child;
@@ -82,9 +98,9 @@ pub fn sched_sched_process_exit(ctx: TracePointContext) -> u32 {
     }
     // A fault still pending in an exiting thread never completed (e.g. SIGSEGV killed it),
     // or, untimed, is over.
-    if let Some(slot) = PENDING.get_ptr_mut(tid) {
-        finish_pending(slot, tid);
-        let _ = PENDING.remove(tid);
+    if let Some(slot) = Slot::of(tid) {
+        finish_pending(slot);
+        slot.remove();
     }
 
     let settings = settings();
@@ -92,7 +108,7 @@ pub fn sched_sched_process_exit(ctx: TracePointContext) -> u32 {
         // Older kernels lack the field; the leader's exit is the best sign there.
         tid == tgid
     } else {
-        // SAFETY: offset from this kernel's tracepoint format.
+        // SAFETY: offset from this kernel's tracepoint format; a failed read gives 0.
         unsafe { ctx.read_at::<u8>(settings.exit_group_dead as usize) }.unwrap_or(0) != 0
     };
     if !group_dead {
@@ -102,18 +118,22 @@ pub fn sched_sched_process_exit(ctx: TracePointContext) -> u32 {
     let _ = WINDOW.remove(tgid);
     // Start closing the parent's window if it is this child's: the child's memory is released
     // after this point (see Window).
-    // SAFETY: plain value reads; the window is written in place.
+    // SAFETY: the value is copied at once; only this child's fork and exit write its entry.
     if let Some(&parent) = unsafe { PARENT.get(tgid) } {
-        if let Some(window) = WINDOW.get_ptr_mut(parent)
-            && unsafe { (*window).child } == tgid
-        {
-            unsafe { (*window).closing_since_ns = bpf_ktime_get_ns() };
+        if let Some(window) = WINDOW.get_ptr_mut(parent) {
+            // SAFETY: the map keeps the value alive while the program runs. The parent's fork
+            // of another child may replace it meanwhile: then `child` is no longer this one.
+            unsafe {
+                if (*window).child == tgid {
+                    (*window).closing_since_ns = now_ns();
+                }
+            }
         }
         let _ = PARENT.remove(tgid);
     }
     let mut record = Record::zeroed();
     record.kind = kind::EXIT;
-    record.ts_ns = unsafe { bpf_ktime_get_ns() };
+    record.ts_ns = now_ns();
     record.pid = tgid;
     record.tid = tid;
     record.comm = bpf_get_current_comm().unwrap_or_default();
@@ -136,17 +156,17 @@ pub fn sched_sched_process_exec(ctx: TracePointContext) -> u32 {
     }
     // A thread other than the leader that execs takes the leader's id: its slot, under its
     // old id, would be orphaned. Whatever fault it holds is from before execve.
-    // SAFETY: old_pid's offset has been 16 since the tracepoint exists.
+    // SAFETY: old_pid's offset has been 16 since the tracepoint exists; a failed read gives 0.
     let old_tid = unsafe { ctx.read_at::<u32>(16) }.unwrap_or(0);
     if old_tid != pid_tgid as u32
-        && let Some(slot) = PENDING.get_ptr_mut(old_tid)
+        && let Some(slot) = Slot::of(old_tid)
     {
-        finish_pending(slot, old_tid);
-        let _ = PENDING.remove(old_tid);
+        finish_pending(slot);
+        slot.remove();
     }
     let mut record = Record::zeroed();
     record.kind = kind::EXEC;
-    record.ts_ns = unsafe { bpf_ktime_get_ns() };
+    record.ts_ns = now_ns();
     record.pid = tgid;
     record.tid = pid_tgid as u32;
     record.comm = bpf_get_current_comm().unwrap_or_default();
@@ -164,27 +184,46 @@ pub fn sched_sched_process_exec(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "task", name = "task_rename")]
 pub fn task_task_rename(ctx: TracePointContext) -> u32 {
     let settings = settings();
+    let current = bpf_get_current_pid_tgid();
     let tid = if settings.task_rename_pid == NO_FIELD {
-        bpf_get_current_pid_tgid() as u32
+        current as u32
     } else {
-        // SAFETY: offset from this kernel's tracepoint format.
+        // SAFETY: offset from this kernel's tracepoint format; a failed read gives 0.
         unsafe { ctx.read_at::<u32>(settings.task_rename_pid as usize) }.unwrap_or(0)
     };
+    if tid == current as u32 {
+        join_at_exec((current >> 32) as u32);
+    }
     // Only traced threads have slots.
-    let Some(slot) = PENDING.get_ptr_mut(tid) else {
+    let Some(slot) = Slot::of(tid) else {
         return 0;
     };
     // A thread renaming itself (as exec does) has gone on from its last fault: untimed, that
     // fault is over, and keeps the name it had.
     if tid == bpf_get_current_pid_tgid() as u32 {
-        finish_deferred(slot, tid);
+        finish_deferred(slot);
     }
-    // SAFETY: as above; the slot's comm is only read by programs of the same thread, and a torn
-    // name during a rename is what the kernel's own readers may see too.
+    // SAFETY: offset from this kernel's tracepoint format; a failed read stores nothing.
     if let Ok(comm) =
         unsafe { ctx.read_at::<[u8; COMM_LEN]>(settings.task_rename_newcomm as usize) }
     {
-        unsafe { (*slot).comm = comm };
+        slot.set_comm(comm);
     }
     0
+}
+
+/// Moves the held command from `TRACE_AT_EXEC` to `TRACED`. exec renames the task in
+/// `begin_new_exec`, right after the new program's address space replaced the old one and
+/// before the program is loaded into it (the held command renames itself nowhere else): from
+/// here on, every fault is the new program's.
+#[inline(always)]
+fn join_at_exec(tgid: u32) {
+    // SAFETY: only presence is checked.
+    if unsafe { TRACE_AT_EXEC.get(tgid) }.is_none() {
+        return;
+    }
+    let _ = TRACE_AT_EXEC.remove(tgid);
+    if TRACED.insert(tgid, 1, 0).is_err() {
+        bump(counter::TRACED_FULL);
+    }
 }

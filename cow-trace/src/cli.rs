@@ -12,9 +12,15 @@ Examples:
   cow-trace --json -o faults.json -- make -j2
   cow-trace -r -g -x 1234              with mappings, symbols and user stacks
   cow-trace --plot cow.svg -- ./cow    draw the run
+  cow-trace --flamegraph cow.svg -x $(pidof redis-server)   which code copied pages
   cow-trace -x $(pidof redis-server) --duration 30s
   cow-trace --summary --interval 1s -x $(pidof redis-server)
   cow-trace --summary --fail-over-cow 64MiB -- ./fork-heavy-test   (CI gate)
+
+Combinations: -u needs -- CMD (not -x). --summary counts in the kernel, with no line per fault,
+so it takes --format text or --json, --interval, --stack (top COW stacks), --fail-over-cow and
+-o, but not --format stap, --plot or --resolve (its mapping table is always there). Everything
+else combines; with --format stap, --resolve and --stack add only to the tables on stderr.
 
 Exit status: 0 on success (or the traced command's own status with -- CMD);
 2 bad usage; 3 bad target; 4 missing privilege; 5 kernel refused a probe; 6 output error;
@@ -23,8 +29,10 @@ Exit status: 0 on success (or the traced command's own status with -- CMD);
 /// Trace the page faults (and copy-on-write breaks) of a process and all its descendants.
 #[derive(Debug, Parser)]
 #[command(name = "cow-trace", version, after_help = EXAMPLES)]
+#[command(group = clap::ArgGroup::new("flame_output").args(["flamegraph", "folded"]).multiple(true))]
 pub struct Args {
-    /// Trace this process and every descendant it has or will have.
+    /// Trace this process and every descendant it has or will have. A thread id traces the
+    /// thread's process.
     #[arg(short = 'x', short_alias = 'p', long = "pid", value_name = "PID",
           value_parser = parse_pid, conflicts_with = "command", allow_negative_numbers = true)]
     pub pid: Option<i32>,
@@ -34,15 +42,16 @@ pub struct Args {
     #[arg(short = 'b', long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
 
-    /// Output format for each fault.
+    /// Output format for each fault. stap is a line per fault only: not with --summary.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
-    /// Same as --format json: one JSON object per line.
+    /// Same as --format json: one JSON object per line. With -- CMD and no -o, CMD's standard
+    /// output goes to standard error, so standard output carries only JSON.
     #[arg(long, conflicts_with = "format")]
     pub json: bool,
 
-    /// Write events to FILE instead of standard output.
+    /// Write events to FILE instead of standard output (which -- CMD shares, but for JSON).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
 
@@ -55,17 +64,19 @@ pub struct Args {
     pub no_summary: bool,
 
     /// Count faults in the kernel (no per-fault output, lowest overhead) and print per pid,
-    /// mapping and class counts and latency histograms at exit and every --interval.
+    /// mapping and class counts and latency histograms at exit.
     #[arg(short = 's', long)]
     pub summary: bool,
 
-    /// With --summary (or streaming, on stderr): print the summary every TIME as well.
+    /// Every TIME, also print the counts of that interval only (as perf stat -I), with its
+    /// time: per pid into the output with --summary or --json, else on stderr.
     #[arg(short = 'i', long, value_name = "TIME", value_parser = parse_duration)]
     pub interval: Option<Duration>,
 
     /// Resolve each fault's address to its mapping ([heap], [stack], file@offset) and its
-    /// instruction pointer to function+offset (module).
-    #[arg(short = 'r', long)]
+    /// instruction pointer to function+offset (module). Not with --summary, which shows no
+    /// single fault and lists mappings anyway.
+    #[arg(short = 'r', long, conflicts_with = "summary")]
     pub resolve: bool,
 
     /// Capture each fault's user stack (symbolized); with --summary, the stacks that took the
@@ -77,6 +88,26 @@ pub struct Args {
     /// address space copy-on-write faults landed, into an SVG file.
     #[arg(long, value_name = "FILE.svg", conflicts_with = "summary")]
     pub plot: Option<PathBuf>,
+
+    /// Draw the copy-on-write copies (or, with --flame-faults all, every fault) by user stack
+    /// as an interactive flame graph (SVG): one tower per process, rooted in "COMM (PID)",
+    /// with "while child N ran" above it for faults in a snapshot window. Widths count
+    /// faults; copies' tooltips give bytes. Captures user stacks as -g does (the event lines
+    /// show them only with -g).
+    #[arg(long, value_name = "FILE.svg")]
+    pub flamegraph: Option<PathBuf>,
+
+    /// Write the flame graph's stacks folded, one "root;frame;...;leaf COUNT" line each (COUNT
+    /// in faults: pages, for copies), for flamegraph.pl, speedscope or inferno-diff-folded.
+    /// Captures user stacks as --flamegraph does.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<PathBuf>,
+
+    /// What --flamegraph and --folded count: copies (copy-on-write faults that copied a page)
+    /// or all (every completed fault).
+    #[arg(long, value_enum, value_name = "WHICH", default_value_t = FlameFaults::Copies,
+          requires = "flame_output")]
+    pub flame_faults: FlameFaults,
 
     /// Exit with status 7 if the traced processes copied more than SIZE on write (e.g.
     /// 64MiB): a gate for CI jobs.
@@ -94,15 +125,19 @@ pub struct Args {
     #[arg(long, value_name = "SIZE", value_parser = parse_ring_size, default_value = "16MiB")]
     pub ring_size: u32,
 
-    /// Run CMD as this user (default with -- CMD under sudo: the invoking user).
-    #[arg(short = 'u', long, value_name = "USER")]
+    /// Run CMD as this user (default with -- CMD under sudo: the invoking user). Only with
+    /// -- CMD: a traced pid runs as whoever started it.
+    #[arg(short = 'u', long, value_name = "USER", conflicts_with = "pid")]
     pub user: Option<String>,
 
-    /// Say more about what cow-trace does (probes, seeding, counters).
+    /// Say more about what cow-trace does (probes, seeding, counters, the kernel side's
+    /// diagnostics).
     #[arg(short, long)]
     pub verbose: bool,
 
-    /// Start CMD held until the probes are attached, trace it and its descendants.
+    /// Start CMD held until the probes are attached, trace it and its descendants (from its
+    /// exec). If tracing stops first, CMD's process group is ended: SIGTERM, SIGKILL 2 s later
+    /// (in a terminal's foreground CMD shares cow-trace's group, and each traced process is).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
@@ -127,9 +162,43 @@ pub enum Format {
     Json,
 }
 
+/// The faults a flame graph counts (--flame-faults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FlameFaults {
+    /// Copy-on-write faults that copied a page (the summary's COPIED).
+    Copies,
+    /// Every completed fault (the summary's FAULTS).
+    All,
+}
+
 impl Args {
     pub fn format(&self) -> Format {
         if self.json { Format::Json } else { self.format }
+    }
+
+    /// Parses the command line, then checks the conflicts that depend on an option's value,
+    /// which clap's declarations cannot express; they fail as clap's own conflicts do.
+    pub fn try_parse_checked() -> Result<Args, clap::Error> {
+        let args = Args::try_parse()?;
+        args.check_value_conflicts()?;
+        Ok(args)
+    }
+
+    fn check_value_conflicts(&self) -> Result<(), clap::Error> {
+        use clap::{CommandFactory, error::ErrorKind};
+        if self.summary && self.format == Format::Stap {
+            return Err(Args::command().error(
+                ErrorKind::ArgumentConflict,
+                "the argument '--format stap' cannot be used with '--summary': \
+                 stap prints a line per fault, --summary none",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the kernel captures user stacks: for -g, and for the flame graph's outputs.
+    pub fn captures_stacks(&self) -> bool {
+        self.stack || self.flamegraph.is_some() || self.folded.is_some()
     }
 }
 
@@ -176,9 +245,14 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 fn parse_ring_size(text: &str) -> Result<u32, String> {
     let size = parse_size(text)?;
-    if !size.is_power_of_two() || !(4096..=1 << 30).contains(&size) {
+    // The kernel wants whole pages: 4 KiB on x86-64, up to 64 KiB on arm64.
+    // SAFETY: sysconf has no memory-safety preconditions. (This file is also compiled into
+    // xtask, for the man page, so it cannot use the crate's page module.)
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(u64::MAX);
+    if !size.is_power_of_two() || !(page..=1 << 30).contains(&size) {
         return Err(format!(
-            "ring size {text} must be a power of two between 4KiB and 1GiB"
+            "ring size {text} must be a power of two between the page size ({}KiB) and 1GiB",
+            page >> 10
         ));
     }
     Ok(size as u32)
@@ -238,6 +312,10 @@ mod tests {
         assert!(parse_size("99999999999999999999").is_err());
         assert!(parse_ring_size("3MiB").is_err());
         assert_eq!(parse_ring_size("4MiB"), Ok(4 << 20));
+        // SAFETY: as in parse_ring_size.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+        assert_eq!(parse_ring_size(&page.to_string()), Ok(page as u32));
+        assert!(parse_ring_size(&(page / 2).to_string()).is_err());
     }
 
     #[test]
@@ -258,6 +336,55 @@ mod tests {
         let args = Args::try_parse_from(["cow-trace", "--", "ls", "-l"]).unwrap();
         assert_eq!(args.command, ["ls", "-l"]);
         assert!(Args::try_parse_from(["cow-trace", "-x", "1", "--", "ls"]).is_err());
+    }
+
+    #[test]
+    fn conflicting_options_are_refused() {
+        use clap::error::ErrorKind;
+        let refused = |args: &[&str]| {
+            let parsed = Args::try_parse_from(args).and_then(|a| a.check_value_conflicts());
+            parsed.expect_err("accepted").kind()
+        };
+        let conflict = ErrorKind::ArgumentConflict;
+        assert_eq!(
+            refused(&["cow-trace", "--format", "stap", "-s", "-x", "1"]),
+            conflict
+        );
+        assert_eq!(refused(&["cow-trace", "-u", "nobody", "-x", "1"]), conflict);
+        assert_eq!(
+            refused(&["cow-trace", "-s", "--plot", "a.svg", "-x", "1"]),
+            conflict
+        );
+        assert_eq!(refused(&["cow-trace", "-s", "-r", "-x", "1"]), conflict);
+        let accepted = |args: &[&str]| {
+            let args = Args::try_parse_from(args).unwrap();
+            args.check_value_conflicts().unwrap();
+        };
+        accepted(&["cow-trace", "--format", "stap", "-r", "-g", "-x", "1"]);
+        accepted(&["cow-trace", "--json", "-s", "-g", "-i", "1s", "-x", "1"]);
+        accepted(&["cow-trace", "-u", "nobody", "--", "true"]);
+    }
+
+    #[test]
+    fn flame_outputs_capture_stacks() {
+        let args = Args::try_parse_from(["cow-trace", "-x", "1"]).unwrap();
+        assert!(!args.captures_stacks());
+        let args = Args::try_parse_from(["cow-trace", "-x", "1", "--folded", "f"]).unwrap();
+        assert!(args.captures_stacks() && !args.stack);
+        let args = Args::try_parse_from([
+            "cow-trace",
+            "-s",
+            "--flamegraph",
+            "f.svg",
+            "--flame-faults",
+            "all",
+            "-x",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(args.flame_faults, FlameFaults::All);
+        // Choosing what to count without asking for a graph is a mistake worth a word.
+        assert!(Args::try_parse_from(["cow-trace", "--flame-faults", "all", "-x", "1"]).is_err());
     }
 
     proptest! {

@@ -1,91 +1,7 @@
-//! Decoding ring-buffer records into events, and classifying faults from their error code.
-use cow_trace_common::{COMM_LEN, Record, class, flags, kind};
-
-/// How the faulting access touched memory, from the x86 error code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    Read,
-    Write,
-    Exec,
-}
-
-impl Access {
-    /// The access bits of a `cow_trace_common::class`; None when unknown.
-    pub fn from_class(class: u32) -> Option<Access> {
-        match class & class::ACCESS_MASK {
-            class::READ => Some(Access::Read),
-            class::WRITE => Some(Access::Write),
-            class::EXEC => Some(Access::Exec),
-            _ => None,
-        }
-    }
-
-    /// One letter, as the article's stap script prints it.
-    pub fn letter(self) -> char {
-        match self {
-            Access::Read => 'r',
-            Access::Write => 'w',
-            Access::Exec => 'x',
-        }
-    }
-}
-
-/// What a write-protect (copy-on-write) fault did to the page.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CowOutcome {
-    /// A page shared with another process was copied.
-    Copied,
-    /// The page was no longer shared: its last sharer kept it.
-    Reused,
-    /// The page was the shared zero page (read, never written): a zeroed page was filled.
-    ZeroFilled,
-}
-
-impl CowOutcome {
-    pub fn of_class(fault_class: u32) -> Option<CowOutcome> {
-        let known = class::WRITE_PROTECT | class::COPY_KNOWN;
-        if fault_class & known != known {
-            return None;
-        }
-        Some(if fault_class & class::COPIED != 0 {
-            CowOutcome::Copied
-        } else if fault_class & class::ZERO_FILL != 0 {
-            CowOutcome::ZeroFilled
-        } else {
-            CowOutcome::Reused
-        })
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            CowOutcome::Copied => "copy",
-            CowOutcome::Reused => "reuse",
-            CowOutcome::ZeroFilled => "zero",
-        }
-    }
-}
-
-/// How the kernel accounted the fault.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Minor,
-    Major,
-    /// Entered the handler but never completed (SIGSEGV, SIGBUS, OOM, exception fix-up).
-    Incomplete,
-    /// One attempt returned VM_FAULT_RETRY; the fault goes on (handle_mm_fault backends).
-    Retry,
-}
-
-impl Outcome {
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::Minor => "MINOR",
-            Outcome::Major => "MAJOR",
-            Outcome::Incomplete => "INCOMPLETE",
-            Outcome::Retry => "RETRY",
-        }
-    }
-}
+//! Decoding ring-buffer records into events; a fault's class and what it means come from
+//! `cow_trace_common::FaultClass`, the same in both modes.
+pub use cow_trace_common::{Access, CowOutcome, FaultClass, Outcome};
+use cow_trace_common::{COMM_LEN, Record, flags, kind};
 
 /// One page fault of a traced process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,15 +20,16 @@ pub struct Fault {
     pub latency_ns: Option<u64>,
     /// Taken in kernel mode on a user address (e.g. copy_to_user in read()).
     pub kernel_mode: bool,
-    /// Bits of `cow_trace_common::class`, as the in-kernel summary would count this fault.
-    pub class: u32,
+    /// The class the in-kernel summary would count this fault in.
+    pub class: FaultClass,
     /// The newest child of this process alive at the fault (its snapshot window), or 0.
     pub window: u32,
     /// handle_mm_fault's vm_fault_t result, where the backend sees it (else 0).
     pub vm_fault: u32,
     /// The user stack's id in the kernel's stack map (with --stack).
     pub stack_id: Option<u32>,
-    /// Filled in userspace with --resolve: the mapping holding the address...
+    /// Filled in userspace with --resolve: the mapping holding the address (a file's with
+    /// `@0x` and the offset into the file, see [`mapping_name`])...
     pub mapping: Option<String>,
     /// ... and the faulting instruction as `function+0xoff (module)`.
     pub symbol: Option<String>,
@@ -122,26 +39,40 @@ pub struct Fault {
 
 impl Fault {
     pub fn access(&self) -> Option<Access> {
-        Access::from_class(self.class)
+        self.class.access()
     }
 
     /// A write to a present page: the write-protect fault that, on private memory, breaks
     /// copy-on-write. None when the error code is unknown.
     pub fn is_cow(&self) -> Option<bool> {
-        self.error_code
-            .map(|_| self.class & class::WRITE_PROTECT != 0)
+        self.error_code.map(|_| self.class.is_write_protect())
     }
 
-    /// How a copy-on-write fault ended; None for other faults, or where unknown.
+    /// How a copy-on-write fault ended (a first write that copied a file's page into a
+    /// private mapping: `Copied`); None for other faults, or where unknown.
     pub fn cow_outcome(&self) -> Option<CowOutcome> {
-        CowOutcome::of_class(self.class)
+        self.class.cow_outcome()
     }
 
-    /// On a copy-on-write fault: Some(true) if a shared page was copied, Some(false) if it was
-    /// reused (its last sharer kept it) or was the zero page, filled afresh.
+    /// On a copy-on-write fault: Some(true) if a page was copied (a shared one, or a file's
+    /// into a private mapping), Some(false) if it was reused (its last sharer kept it) or was
+    /// the zero page, filled afresh.
     pub fn copied(&self) -> Option<bool> {
         self.cow_outcome()
             .map(|outcome| outcome == CowOutcome::Copied)
+    }
+}
+
+/// A mapping as a summary groups faults by, in both modes: without a file mapping's
+/// `@0x<offset>` suffix. A path may hold `@` itself; only a final `@0x` and hex digits is cut.
+pub fn mapping_name(mapping: &str) -> &str {
+    match mapping.rsplit_once("@0x") {
+        Some((name, offset))
+            if !offset.is_empty() && offset.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            name
+        }
+        _ => mapping,
     }
 }
 
@@ -149,7 +80,7 @@ impl Fault {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessEvent {
     pub ts_ns: u64,
-    /// The forking parent, or the exiting process.
+    /// The forking parent, or the process that executed a program or exited.
     pub pid: u32,
     pub tid: u32,
     pub comm: String,
@@ -189,15 +120,8 @@ pub fn from_record(record: &Record) -> Option<Event> {
     match record.kind {
         kind::FAULT | kind::FAULT_INCOMPLETE | kind::FAULT_RETRY => {
             let no_entry = record.flags & flags::NO_ENTRY != 0;
-            let outcome = if record.kind == kind::FAULT_RETRY {
-                Outcome::Retry
-            } else if record.kind == kind::FAULT_INCOMPLETE {
-                Outcome::Incomplete
-            } else if record.flags & flags::MAJOR != 0 {
-                Outcome::Major
-            } else {
-                Outcome::Minor
-            };
+            let class = FaultClass::of_record(record);
+            let outcome = class.outcome();
             Some(Event::Fault(Fault {
                 ts_ns: record.ts_ns,
                 pid: record.pid,
@@ -217,7 +141,7 @@ pub fn from_record(record: &Record) -> Option<Event> {
                 symbol: None,
                 stack: Vec::new(),
                 kernel_mode: record.flags & flags::KERNEL_MODE != 0,
-                class: class::of_record(record),
+                class,
                 window: record.other_pid,
             }))
         }
@@ -351,8 +275,21 @@ mod tests {
     }
 
     #[test]
+    fn mapping_names_lose_only_the_file_offset() {
+        assert_eq!(
+            mapping_name("/usr/lib/libc.so.6@0x1f000"),
+            "/usr/lib/libc.so.6"
+        );
+        assert_eq!(mapping_name("/srv/a@b/data@0x2000"), "/srv/a@b/data");
+        assert_eq!(mapping_name("/srv/x@0x10@0x2000"), "/srv/x@0x10");
+        assert_eq!(mapping_name("[heap]"), "[heap]");
+        assert_eq!(mapping_name("[anon:x@0x1]"), "[anon:x@0x1]");
+        assert_eq!(mapping_name("/srv/mail@0xford"), "/srv/mail@0xford");
+    }
+
+    #[test]
     fn error_code_classification() {
-        let access = |code| Access::from_class(class::of(false, 0, code));
+        let access = |code| FaultClass::of(false, 0, code).access();
         // user write to a present page: the copy-on-write break
         assert_eq!(access(0x7), Some(Access::Write));
         // user read of a missing page
@@ -362,10 +299,7 @@ mod tests {
         // kernel write (copy_to_user) to a missing user page
         assert_eq!(access(0x2), Some(Access::Write));
         // completion without entry
-        assert_eq!(
-            Access::from_class(class::of(false, flags::NO_ENTRY, 0x7)),
-            None
-        );
+        assert_eq!(FaultClass::of(false, flags::NO_ENTRY, 0x7).access(), None);
     }
 
     #[test]
@@ -464,7 +398,7 @@ mod tests {
         };
         assert_eq!(fault.outcome, Outcome::Retry);
         assert_eq!(fault.vm_fault, 0x400);
-        assert_ne!(fault.class & class::RETRY, 0);
+        assert_eq!(fault.class.outcome(), Outcome::Retry);
     }
 
     #[test]

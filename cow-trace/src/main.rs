@@ -1,47 +1,68 @@
 //! cow-trace: a copy-on-write page-fault tracer. The data flow is in ARCHITECTURE.md:
 //! cli -> target -> probes (kernel side) -> ring -> event -> summary / sink.
 mod cli;
+mod clock;
 mod enrich;
 mod event;
 mod failure;
 mod kernel;
 mod map_record;
 mod output;
+mod page;
 mod session;
 mod stack_record;
 mod target;
 
 use std::{fs::File, io::Write};
 
-use clap::Parser as _;
-
 use crate::{
     cli::Args,
-    failure::{Failure, Kind, failure},
+    failure::{Failure, Status, failure},
     kernel::KernelConfig,
+    output::flame::FlameFiles,
     target::{HeldCommand, Identity},
 };
 
 fn main() {
-    let args = match Args::try_parse() {
+    let args = match Args::try_parse_checked() {
         Ok(args) => args,
         Err(error) => exit_on_usage_error(error),
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    init_logging(args.verbose);
     let status = match run(args) {
         Ok(status) => status,
         Err(error) => match error.downcast_ref::<Failure>() {
             Some(failure) => {
                 eprintln!("cow-trace: {failure}");
-                failure.kind as i32
+                failure.status.code()
             }
             None => {
                 eprintln!("cow-trace: {error:#}");
-                1
+                Status::Unexpected.code()
             }
         },
     };
     std::process::exit(status);
+}
+
+/// Diagnostics go to stderr through `log`: warnings always, what cow-trace does (probes,
+/// descendants, why it stopped) with -v; RUST_LOG overrides both.
+fn init_logging(verbose: bool) {
+    let filter = if verbose {
+        "warn,cow_trace=info"
+    } else {
+        "warn"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
+        .format(|out, record| match record.target() {
+            // The kernel programs' diagnostics (aya-log), told apart from our own lines.
+            "cow_trace::ebpf" => writeln!(out, "cow-trace: kernel: {}", record.args()),
+            ours if ours.starts_with("cow_trace") => {
+                writeln!(out, "cow-trace: {}", record.args())
+            }
+            theirs => writeln!(out, "cow-trace: {theirs}: {}", record.args()),
+        })
+        .init();
 }
 
 /// Help and version print as usual; a usage error becomes one line and status 2.
@@ -54,34 +75,57 @@ fn exit_on_usage_error(error: clap::Error) -> ! {
         error.exit();
     }
     let rendered = error.render().to_string();
-    let first = rendered
-        .lines()
-        .find(|line| !line.trim().is_empty())
-        .unwrap_or("invalid arguments");
-    let message = first.trim().trim_start_matches("error: ");
+    let mut lines = rendered.lines().filter(|line| !line.trim().is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    let mut message = first.trim().trim_start_matches("error: ").to_string();
+    // "the following required arguments were not provided:" names them on the next line.
+    if message.ends_with(':')
+        && let Some(next) = lines.next()
+    {
+        message = format!("{message} {}", next.trim());
+    }
     eprintln!("cow-trace: {message} (see cow-trace --help)");
-    std::process::exit(2);
+    std::process::exit(Status::Usage.code());
 }
 
 fn run(args: Args) -> anyhow::Result<i32> {
-    // Open the output before starting a command, so a bad -o never leaves one behind.
+    // What this kernel and CPU cannot do, said before any command starts.
+    kernel::version::check()?;
+    kernel::backends::candidates(args.backend)?;
+    // Open the output before starting a command, so a bad -o never leaves one behind; the
+    // plot, written at the end, must be writable now too, not only after the whole trace.
     let out = open_output(&args)?;
+    if let Some(path) = &args.plot {
+        check_writable(path, "--plot")?;
+    }
+    let flame = FlameFiles::open(
+        args.flamegraph.as_deref(),
+        args.folded.as_deref(),
+        args.flame_faults,
+    )?;
     // The held command is forked before the runtime starts any thread.
     let (root, held) = match (args.pid, args.command.is_empty()) {
         (Some(pid), _) => {
             target::check_pid(pid)?;
-            (pid as u32, None)
+            let process = target::process_of(pid)?;
+            if process != pid {
+                eprintln!("cow-trace: {pid} is a thread of {process}: tracing {process}");
+                target::check_pid(process)?;
+            }
+            (process as u32, None)
         }
         (None, false) => {
             let identity = Identity::choose(args.user.as_deref())?;
-            let held = HeldCommand::spawn(&args.command, identity.as_ref())?;
+            // JSON lines on stdout stay parseable: the command's own output goes to stderr.
+            let json_on_stdout = args.format() == cli::Format::Json && args.output.is_none();
+            let held = HeldCommand::spawn(&args.command, identity.as_ref(), json_on_stdout)?;
             (held.pid.as_raw() as u32, Some(held))
         }
         (None, true) => {
             eprintln!(
                 "cow-trace: nothing to trace: give a pid (-x PID) or a command (-- CMD ARGS...)"
             );
-            return Ok(2);
+            return Ok(Status::Usage.code());
         }
     };
     let options = session::Options {
@@ -89,18 +133,19 @@ fn run(args: Args) -> anyhow::Result<i32> {
         backend: args.backend,
         format: args.format(),
         duration: args.duration,
-        verbose: args.verbose,
         print_summary: !args.no_summary,
         interval: args.interval,
         fail_over_cow: args.fail_over_cow,
         resolve: args.resolve,
+        show_stacks: args.stack,
         kernel: KernelConfig {
             ring_size: args.ring_size,
             summary: args.summary,
-            stacks: args.stack,
+            stacks: args.captures_stacks(),
             untimed: args.no_latency,
         },
         plot: args.plot.clone(),
+        flame,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -115,7 +160,7 @@ fn open_output(args: &Args) -> anyhow::Result<Box<dyn Write>> {
         Some(path) => {
             let file = File::create(path).map_err(|e| {
                 failure(
-                    Kind::Output,
+                    Status::Output,
                     format!(
                         "cannot write to {}: {e}: choose another file with -o",
                         path.display()
@@ -126,4 +171,24 @@ fn open_output(args: &Args) -> anyhow::Result<Box<dyn Write>> {
         }
         None => Box::new(std::io::BufWriter::with_capacity(BUFFER, std::io::stdout())),
     })
+}
+
+/// Fails now, as a bad -o does, if `path` (given with `option`) cannot be written. Creates it
+/// if missing; an existing file is left as it is until it is written.
+fn check_writable(path: &std::path::Path, option: &str) -> anyhow::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(drop)
+        .map_err(|e| {
+            failure(
+                Status::Output,
+                format!(
+                    "cannot write to {}: {e}: choose another file with {option}",
+                    path.display()
+                ),
+            )
+        })
 }

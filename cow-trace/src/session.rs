@@ -7,23 +7,28 @@ use std::{
 };
 
 use anyhow::Context as _;
+use cow_trace_common::HIST_BUCKETS;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{BackendChoice, Format},
+    clock::monotonic_ns,
     enrich::{self, Enricher, Retention},
-    event::{Change, Event, Lost, ProcessEvent},
-    failure::{Kind, failure},
+    event::{Change, Event, FaultClass, Lost, ProcessEvent},
+    failure::{Status, failure},
     kernel::{
         KernelConfig, kstats,
-        mmap_events::MmapEvents,
+        mmap_events::{self, MmapEvents},
         probes::Probes,
         ring::{Ring, read_lost},
     },
     output::{
+        flame::{FlameFiles, FlameGraph, StackSample},
         format::human_bytes,
+        interval::Intervals,
+        losses::Losses,
         plot::FaultPlot,
-        sink::{self, Sink, WallClock},
+        sink::{self, Sink, TextSink, WallClock},
         summary::Summary,
     },
     target::{self, HeldCommand},
@@ -34,7 +39,6 @@ pub struct Options {
     pub backend: BackendChoice,
     pub format: Format,
     pub duration: Option<Duration>,
-    pub verbose: bool,
     /// The ring size and the modes the kernel side is loaded with.
     pub kernel: KernelConfig,
     /// Print the human summary on stderr at the end of a streaming run.
@@ -43,11 +47,13 @@ pub struct Options {
     pub fail_over_cow: Option<u64>,
     /// Resolve mappings and symbols of each fault.
     pub resolve: bool,
+    /// -g: the event lines and the summary show stacks. (The kernel may capture them for the
+    /// flame graph alone.)
+    pub show_stacks: bool,
     pub plot: Option<PathBuf>,
+    /// --flamegraph / --folded, opened.
+    pub flame: Option<FlameFiles>,
 }
-
-/// Exit status when more than --fail-over-cow was copied.
-pub const OVER_COW_LIMIT: i32 = 7;
 
 /// Records taken from the ring at a time: the mapping records are read after each batch, so
 /// every mapping its faults were in is known before they are resolved (and often enough that
@@ -113,10 +119,15 @@ struct Session {
     /// collected from the kernel's slots at the end (--no-latency), added to its counts.
     streamed: Summary,
     enricher: Enricher,
-    /// The kernel's records of the traced processes' mappings (with --resolve, --stack or
-    /// --summary, where the perf events could be opened).
+    /// The kernel's records of the traced processes' mappings (None where the perf events
+    /// could not be opened).
     mapping_events: Option<MmapEvents>,
     plot: Option<FaultPlot>,
+    flame: Option<FlameGraph>,
+    losses: Losses,
+    clock: WallClock,
+    /// --interval: the counts at the previous report.
+    intervals: Option<Intervals>,
 }
 
 impl Session {
@@ -158,13 +169,6 @@ impl Session {
         }
     }
 
-    /// Everything lost so far, by the eBPF programs and the mapping events.
-    fn lost(&self) -> anyhow::Result<Lost> {
-        let mut lost = read_lost(&self.probes)?;
-        lost.mapping_records = self.mapping_events.as_ref().map_or(0, MmapEvents::lost);
-        Ok(lost)
-    }
-
     fn handle(&mut self, event: Event) -> io::Result<()> {
         let Session {
             options,
@@ -174,21 +178,46 @@ impl Session {
             streamed,
             enricher,
             plot,
+            flame,
             ..
         } = self;
         match event {
             Event::Fault(mut fault) => {
                 // Streamed faults resolve as at their time; with --summary only the faults
-                // collected at the end come here, labelled as the kernel's counts are.
+                // collected at the end come here (whose times may not be taken), looked up as
+                // the kernel's counts are, in the last mappings.
                 let at = (!options.kernel.summary).then(|| enrich::fault_time(&fault));
+                if fault.class.needs_mapping() {
+                    // A page allocated at a first write: a copy of the file's page only in a
+                    // private file mapping.
+                    let private = enricher.in_private_file_mapping(fault.pid, fault.address, at);
+                    fault.class = fault.class.with_mapping(private);
+                }
                 if options.kernel.summary {
                     fault.mapping = Some(enricher.mapping_label(fault.pid, fault.address));
                 } else if options.resolve {
                     enricher.resolve(&mut fault);
                 }
-                if let Some(stack_id) = fault.stack_id {
-                    fault.stack =
-                        enricher.stack(fault.pid, stack_id, at, |id| probes.stack_ips(id));
+                let in_flame = flame.as_ref().is_some_and(|f| f.counts(fault.class));
+                let frames = match fault.stack_id {
+                    Some(id) if options.show_stacks || in_flame => {
+                        enricher.stack(fault.pid, id, at, |id| probes.stack_ips(id))
+                    }
+                    _ => Vec::new(),
+                };
+                if let Some(flame) = flame.as_mut().filter(|_| in_flame) {
+                    flame.add(&StackSample {
+                        pid: fault.pid,
+                        window: (fault.window != 0).then_some(fault.window),
+                        frames: &frames,
+                        faults: 1,
+                    });
+                }
+                if options.show_stacks {
+                    fault.stack = frames;
+                } else {
+                    // Captured for the flame graph only: event lines and tables show no stack.
+                    fault.stack_id = None;
                 }
                 streamed.record(&fault);
                 if let Some(plot) = plot.as_mut() {
@@ -201,6 +230,9 @@ impl Session {
             }
             Event::Process(process) => {
                 tree.apply(&process);
+                if let Some(plot) = plot.as_mut() {
+                    plot.add_process(&process);
+                }
                 // The history follows forks and execs from the kernel's mapping records.
                 match process.change {
                     Change::Fork { child } => enricher.on_new_program(child),
@@ -240,26 +272,42 @@ impl Session {
             let mut summary = Summary::default();
             let counts = kstats::read(&self.probes)?;
             for (key, value) in &counts.stats {
+                let mut class = FaultClass::from_bits(key.class);
+                if class.needs_mapping() {
+                    // The region's faults are in the mapping of its first faulting address.
+                    let private =
+                        self.enricher
+                            .in_private_file_mapping(key.pid, value.sample_address, None);
+                    class = class.with_mapping(private);
+                }
                 summary.add(
                     key.pid,
-                    key.class,
+                    class,
                     key.window,
                     value.faults,
                     value.timed,
                     value.latency_ns,
                 );
-                if let Ok(stack_id) = u32::try_from(key.stack_id) {
-                    summary.add_stack(key.pid, stack_id, key.class, value.faults);
+                if let Ok(stack_id) = u32::try_from(key.stack_id)
+                    && self.options.show_stacks
+                {
+                    summary.add_stack(key.pid, stack_id, class, value.faults);
                 }
                 // Each region is labelled by the mapping of its first faulting address.
                 let label = self.enricher.mapping_label(key.pid, value.sample_address);
-                *summary
-                    .mappings
-                    .entry((key.pid, label, key.class))
-                    .or_default() += value.faults;
+                *summary.mappings.entry((key.pid, label, class)).or_default() += value.faults;
             }
             for (key, hist) in counts.hists {
-                summary.hists.insert((key.pid, key.class), hist.buckets);
+                // A histogram knows no address, so no mapping: a first write that allocated
+                // a page goes with the other writes of its kind, copy or not.
+                let class = FaultClass::from_bits(key.class).with_mapping(false);
+                let buckets = summary
+                    .hists
+                    .entry((key.pid, class))
+                    .or_insert([0; HIST_BUCKETS]);
+                for (sum, count) in buckets.iter_mut().zip(hist.buckets) {
+                    *sum += count;
+                }
             }
             summary.merge(&self.streamed);
             summary
@@ -276,29 +324,94 @@ impl Session {
                 .stack(pid, stack_id, None, |id| probes.stack_ips(id));
             summary.stack_frames.insert((pid, stack_id), frames);
         }
-        summary.lost = self.lost()?;
+        summary.lost = self.read_losses();
+        summary.lost.stacks_failed += self.enricher.unread_stacks();
         Ok(summary)
     }
 
-    /// Prints the totals so far: into the output in --summary mode, else on stderr.
-    fn report(&mut self) -> anyhow::Result<io::Result<()>> {
+    /// --summary, once at the end: the kernel's counts per pid x class x window x stack into
+    /// the flame graph (the faults collected from its slots went in as they were handled).
+    fn add_kernel_stacks_to_flame(&mut self) -> anyhow::Result<()> {
+        let Some(flame) = self.flame.as_mut() else {
+            return Ok(());
+        };
+        if !self.options.kernel.summary {
+            return Ok(());
+        }
+        let probes = &self.probes;
+        for (key, value) in kstats::read(probes)?.stats {
+            if !flame.counts(FaultClass::from_bits(key.class)) {
+                continue;
+            }
+            let frames = match u32::try_from(key.stack_id) {
+                Ok(id) => self
+                    .enricher
+                    .stack(key.pid, id, None, |id| probes.stack_ips(id)),
+                Err(_) => Vec::new(),
+            };
+            flame.add(&StackSample {
+                pid: key.pid,
+                window: (key.window != 0).then_some(key.window),
+                frames: &frames,
+                faults: value.faults,
+            });
+        }
+        Ok(())
+    }
+
+    /// Everything lost so far, by the eBPF programs and the mapping events.
+    fn read_losses(&mut self) -> Lost {
+        let mapping_records = self.mapping_events.as_ref().map_or(0, MmapEvents::lost);
+        let read = read_lost(&self.probes).map(|lost| Lost {
+            mapping_records,
+            ..lost
+        });
+        self.losses.update(read)
+    }
+
+    /// Says on stderr what was lost since the last report, if anything.
+    fn report_new_losses(&mut self) {
+        self.read_losses();
+        for line in self.losses.new_lines() {
+            eprintln!("cow-trace: {line}");
+        }
+    }
+
+    /// Every --interval: prints what changed since the previous report.
+    fn report_interval(&mut self) -> anyhow::Result<io::Result<()>> {
         let live: Vec<u32> = self.tree.live.iter().copied().collect();
         for pid in live {
             self.tree.refresh_comm(pid);
         }
-        self.read_mappings();
+        self.settle_mappings();
         let summary = self.totals()?;
-        if self.options.kernel.summary {
-            Ok(self.sink.summary(&summary).and_then(|()| self.sink.flush()))
+        Ok(self.write_interval(&summary, monotonic_ns()))
+    }
+
+    /// The interval up to `now_ns` from the totals then: into the output in --summary mode or
+    /// as JSON, else on stderr (streamed text stays pure event lines).
+    fn write_interval(&mut self, totals: &Summary, now_ns: u64) -> io::Result<()> {
+        let Some(intervals) = self.intervals.as_mut() else {
+            return Ok(());
+        };
+        let (period, counts) = intervals.next(totals, now_ns);
+        if self.intervals_on_stderr() {
+            let _ = TextSink::new(Box::new(io::stderr()), self.clock).interval(&period, &counts);
+            Ok(())
         } else {
-            let _ = summary.write_table(&mut io::stderr().lock());
-            Ok(Ok(()))
+            self.sink
+                .interval(&period, &counts)
+                .and_then(|()| self.sink.flush())
         }
+    }
+
+    fn intervals_on_stderr(&self) -> bool {
+        !self.options.kernel.summary && !self.sink.is_machine_readable()
     }
 }
 
 /// Runs until every traced process has exited, a signal arrives or the duration is over.
-/// Returns the exit status: the held command's own, else 0 (or 7 over --fail-over-cow).
+/// Returns the exit status: the held command's own, else 0 (or `Status::OverCowLimit`).
 pub async fn run(
     options: Options,
     mut held: Option<HeldCommand>,
@@ -306,14 +419,26 @@ pub async fn run(
 ) -> anyhow::Result<i32> {
     let mut probes = Probes::load(&options.kernel)?;
     // The root joins the map before process-tree tracking attaches; descendants that exist
-    // already are found in /proc after it attached, so none slips between the two.
-    probes.trace(options.root)?;
-    let backend = probes.attach(options.backend, options.verbose)?;
+    // already are found in /proc after it attached, so none slips between the two. A held
+    // command joins at its exec: until then it runs our code.
+    if held.is_some() {
+        probes.trace_from_exec(options.root)?;
+    } else {
+        probes.trace(options.root)?;
+    }
+    let backend = probes.attach(options.backend)?;
+    // A swap-in the backend does not see looks like a first write's copy: say so if swap was on.
+    let swap_ins_unseen = !probes.sees().swap_ins;
+    let swap_at_start = swap_in_use();
     let mut tree = Tree::default();
     tree.add(options.root);
+    // Never cow-trace itself, a descendant of the root in `-x 1` or `-x $PPID`.
+    let me = std::process::id() as i32;
     for child in target::descendants(options.root as i32) {
-        probes.trace(child as u32)?;
-        tree.add(child as u32);
+        if child != me {
+            probes.trace(child as u32)?;
+            tree.add(child as u32);
+        }
     }
     let mut ring = Ring::new(&mut probes)?;
     let retention = if options.kernel.summary {
@@ -324,14 +449,15 @@ pub async fn run(
     let faults_in_flight =
         options.kernel.ring_size as usize / size_of::<cow_trace_common::Record>();
     let mut enricher = Enricher::new(retention, faults_in_flight);
-    let needs_mappings = options.resolve || options.kernel.stacks || options.kernel.summary;
-    let mapping_events = if needs_mappings {
-        let pids: Vec<u32> = tree.live.iter().copied().collect();
-        follow_mappings(&pids, &mut enricher, options.verbose)
-    } else {
-        None
-    };
-    let sink = sink::new(options.format, out, WallClock::now(), backend.name());
+    if !options.resolve && !options.kernel.stacks {
+        enricher = enricher.without_code_files();
+    }
+    // Every mode needs the mappings: a first write's page is a copy only in a private file
+    // mapping, and --resolve, --stack, --summary and the flame graph name them.
+    let pids: Vec<u32> = tree.live.iter().copied().collect();
+    let mapping_events = follow_mappings(&pids, &mut enricher);
+    let clock = WallClock::now();
+    let sink = sink::new(options.format, out, clock, backend.name());
     // Handlers first: a signal right after the readiness line must end the run cleanly.
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -347,17 +473,18 @@ pub async fn run(
         options.root,
         backend.name()
     );
-    if options.verbose && tree.live.len() > 1 {
-        eprintln!(
-            "cow-trace: following {} existing descendants too",
-            tree.live.len() - 1
-        );
+    if tree.live.len() > 1 {
+        log::info!("following {} existing descendants too", tree.live.len() - 1);
     }
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     let mut report = options
         .interval
         .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
     let plot = options.plot.as_ref().map(|_| FaultPlot::new());
+    let flame = options
+        .flame
+        .as_ref()
+        .map(|files| FlameGraph::new(files.which));
     let mut session = Session {
         options,
         probes,
@@ -367,17 +494,25 @@ pub async fn run(
         enricher,
         mapping_events,
         plot,
+        flame,
+        losses: Losses::default(),
+        clock,
+        intervals: None,
     };
     if !session.options.kernel.summary {
         session.sink.begin().map_err(output_error)?;
     }
+    // Reports count from here: the first interval's faults are those after the release.
+    session.intervals = session
+        .options
+        .interval
+        .map(|_| Intervals::new(monotonic_ns()));
     if let Some(command) = held.as_mut() {
         command.release()?;
     }
 
     // The kernel wakes us only once an eighth of the ring is full; this tick drains the rest.
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut reported = Lost::default();
 
     let stop = loop {
         let step = tokio::select! {
@@ -395,10 +530,16 @@ pub async fn run(
                 session.settle_mappings();
                 // Exit records can be lost when the ring is full: /proc has the last word.
                 session.tree.live.retain(|&pid| target::is_alive(pid));
-                report_new_losses(&session.lost()?, &mut reported);
+                session.report_new_losses();
                 drained
             }
-            _ = next_tick(&mut report) => session.report()?,
+            _ = next_tick(&mut report) => {
+                // What waits in the ring happened in the interval that ends now.
+                match session.drain(&mut ring) {
+                    Ok(()) => session.report_interval()?,
+                    failed => failed,
+                }
+            }
             _ = interrupt.recv() => break Stop::Signal("SIGINT"),
             _ = terminate.recv() => break Stop::Signal("SIGTERM"),
             _ = hangup.recv() => break Stop::Signal("SIGHUP"),
@@ -414,6 +555,8 @@ pub async fn run(
         }
     };
 
+    // The last --interval report ends here: what is drained below happened before.
+    let stopped_ns = monotonic_ns();
     // Detach first: nothing changes under the last reads, and nothing waits on us.
     session.probes.detach();
     // What the kernel wrote before we stopped still counts.
@@ -423,8 +566,8 @@ pub async fn run(
         session.drain(&mut ring)
     };
     // Losses since the last tick (a short run may end before one) get their line too.
-    report_new_losses(&session.lost()?, &mut reported);
-    session.read_mappings();
+    session.report_new_losses();
+    session.settle_mappings();
     // So do the faults it holds for --no-latency, each newer than anything in the ring from
     // its thread (after the mapping records are read: their mappings may be new).
     let last = match last {
@@ -434,60 +577,100 @@ pub async fn run(
         other => other,
     };
     let summary = session.totals()?;
-    if session.options.verbose {
-        let (history, open_files) = session.enricher.stats();
-        eprintln!(
-            "cow-trace: mapping history: {} processes, {} live and {} replaced pieces, at most {} in one process (bound {}), {open_files} files held open",
-            history.processes,
-            history.live_pieces,
-            history.past_pieces,
-            history.peak,
-            enrich::PIECES_PER_PROCESS
-        );
-    }
+    let (history, open_files) = session.enricher.stats();
+    log::info!(
+        "mapping history: {} processes, {} live and {} replaced pieces, at most {} in one process (bound {}), {open_files} files held open",
+        history.processes,
+        history.live_pieces,
+        history.past_pieces,
+        history.peak,
+        enrich::PIECES_PER_PROCESS
+    );
+    // The totals cover the whole run; with --interval, they come after the last interval's
+    // report (never a repeat of it), behind a header where reports are text.
+    let whole_run = session
+        .intervals
+        .as_ref()
+        .map(|intervals| intervals.whole_run(stopped_ns));
+    let intervals_on_stderr = session.intervals_on_stderr();
+    let last_interval = if stop == Stop::OutputClosed && !intervals_on_stderr {
+        Ok(())
+    } else {
+        session.write_interval(&summary, stopped_ns)
+    };
+    // After the totals: reading stacks again must not change what they report.
+    session.add_kernel_stacks_to_flame()?;
     let Session {
-        options,
+        mut options,
         probes,
         mut sink,
         plot,
+        clock,
+        tree,
+        flame,
         ..
     } = session;
     drop(ring);
     drop(probes);
-    if options.verbose {
-        eprintln!("cow-trace: stopped: {stop:?}");
-    }
+    log::info!("stopped: {stop:?}");
 
-    let output_open = stop != Stop::OutputClosed
-        && !matches!(&last, Err(e) if e.kind() == io::ErrorKind::BrokenPipe);
+    let broken =
+        |result: &io::Result<()>| matches!(result, Err(e) if e.kind() == io::ErrorKind::BrokenPipe);
+    let output_open = stop != Stop::OutputClosed && !broken(&last) && !broken(&last_interval);
     if output_open {
-        last.map_err(output_error)?;
+        last.and(last_interval).map_err(output_error)?;
         // Streaming text stays pure event lines; the human table goes to stderr instead.
         let to_output = options.kernel.summary || sink.is_machine_readable();
         if to_output {
-            match sink.summary(&summary).and_then(|()| sink.flush()) {
+            let header = match &whole_run {
+                Some(period) => sink.totals_header(period),
+                None => Ok(()),
+            };
+            match header
+                .and_then(|()| sink.summary(&summary))
+                .and_then(|()| sink.flush())
+            {
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
                 other => other.map_err(output_error)?,
             }
         }
     }
     if !options.kernel.summary && options.print_summary {
-        let mut stderr = io::stderr().lock();
-        let _ = summary.write_table(&mut stderr);
-        let _ = summary.write_mappings(&mut stderr);
-        let _ = summary.write_stacks(&mut stderr);
+        let mut stderr = TextSink::new(Box::new(io::stderr()), clock);
+        if intervals_on_stderr && let Some(period) = &whole_run {
+            let _ = stderr.totals_header(period);
+        }
+        let _ = stderr.summary(&summary);
+    }
+    let file_copies = summary.total().file_copies;
+    if swap_ins_unseen && file_copies > 0 && (swap_at_start || swap_in_use()) {
+        eprintln!(
+            "cow-trace: note: swap is on, and the {} backend does not see pages read back from swap: a write that read back a swapped-out page of a private file mapping counts among the {file_copies} file pages copied",
+            backend.name()
+        );
     }
     if let (Some(plot), Some(path)) = (plot, &options.plot) {
         let title = format!("cow-trace: pid {} and its children", options.root);
         plot.render_svg(path, &title)
-            .map_err(|e| failure(Kind::Output, format!("drawing {}: {e:#}", path.display())))?;
+            .map_err(|e| failure(Status::Output, format!("drawing {}: {e:#}", path.display())))?;
         eprintln!("cow-trace: plot written to {}", path.display());
+    }
+    if let (Some(graph), Some(files)) = (flame, options.flame.take()) {
+        let traced = format!("pid {} and its children", options.root);
+        files.write(&graph, &summary.comms, &traced)?;
     }
 
     let mut status = match held.as_mut() {
         Some(command) => {
             if matches!(stop, Stop::Signal(_) | Stop::Duration | Stop::OutputClosed) {
-                command.terminate();
+                let traced: Vec<u32> = tree.live.iter().copied().collect();
+                if command.terminate(&traced) {
+                    eprintln!(
+                        "cow-trace: the command's processes were still running {} s after \
+                         SIGTERM: killed them (SIGKILL)",
+                        target::GRACE.as_secs()
+                    );
+                }
             }
             command.wait()?
         }
@@ -503,39 +686,22 @@ pub async fn run(
             );
             // The traced command's own failure takes precedence.
             if status == 0 {
-                status = OVER_COW_LIMIT;
+                status = Status::OverCowLimit.code();
             }
         }
     }
     Ok(status)
 }
 
-/// Says on stderr how many events and mapping records were lost since the last report, if any.
-fn report_new_losses(lost: &Lost, reported: &mut Lost) {
-    if lost.events() > reported.events() {
-        eprintln!(
-            "cow-trace: LOST {} events (ring buffer full): try a larger --ring-size",
-            lost.events() - reported.events()
-        );
-    }
-    if lost.mapping_records > reported.mapping_records {
-        eprintln!(
-            "cow-trace: LOST {} mapping records (mapping ring full): some addresses may show [unknown]",
-            lost.mapping_records - reported.mapping_records
-        );
-    }
-    *reported = *lost;
-}
-
 /// Opens the kernel's mapping records for `pids` (alive, traced) and seeds their histories
 /// with what they have mapped already. Without the records (the kernel refused the events),
 /// mappings are read from /proc/PID/maps while the processes live.
-fn follow_mappings(pids: &[u32], enricher: &mut Enricher, verbose: bool) -> Option<MmapEvents> {
+fn follow_mappings(pids: &[u32], enricher: &mut Enricher) -> Option<MmapEvents> {
     let events = match MmapEvents::open(pids) {
         Ok(events) => Some(events),
         Err(error) => {
-            eprintln!(
-                "cow-trace: no mapping records ({error:#}): mappings are read from /proc while processes live"
+            log::warn!(
+                "no mapping records ({error:#}): mappings are read from /proc while processes live"
             );
             None
         }
@@ -546,13 +712,13 @@ fn follow_mappings(pids: &[u32], enricher: &mut Enricher, verbose: bool) -> Opti
     }
     if let Some(events) = &events {
         if events.unfollowed() > 0 {
-            eprintln!(
-                "cow-trace: {} threads have no mapping records (over {} events): their mappings are read from /proc while they live",
+            log::warn!(
+                "{} threads have no mapping records (over {} events): their mappings are read from /proc while they live",
                 events.unfollowed(),
-                crate::kernel::mmap_events::MAX_EVENTS
+                mmap_events::MAX_EVENTS
             );
-        } else if verbose {
-            eprintln!("cow-trace: following mappings with perf mapping records");
+        } else {
+            log::info!("following mappings with perf mapping records");
         }
     }
     events
@@ -563,6 +729,11 @@ async fn mappings_readable(events: &Option<MmapEvents>) -> io::Result<()> {
         Some(events) => events.readable().await,
         None => std::future::pending().await,
     }
+}
+
+/// Whether a swap area is active (/proc/swaps lists one below its header).
+fn swap_in_use() -> bool {
+    std::fs::read_to_string("/proc/swaps").is_ok_and(|swaps| swaps.lines().nth(1).is_some())
 }
 
 async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
@@ -582,5 +753,5 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 fn output_error(error: io::Error) -> anyhow::Error {
-    failure(Kind::Output, format!("writing output failed: {error}"))
+    failure(Status::Output, format!("writing output failed: {error}"))
 }

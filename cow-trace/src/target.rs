@@ -3,38 +3,45 @@ use std::{
     collections::{HashMap, HashSet},
     ffi::CString,
     os::fd::{AsRawFd, OwnedFd},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use nix::{
     sys::{
-        signal::{Signal, kill},
-        wait::{WaitStatus, waitpid},
+        signal::{Signal, kill, killpg},
+        wait::{WaitPidFlag, WaitStatus, waitpid},
     },
-    unistd::{ForkResult, Gid, Pid, Uid, User, fork, pipe2},
+    unistd::{ForkResult, Gid, Pid, Uid, User, fork, pipe2, setpgid},
 };
 
-use crate::failure::{Kind, failure};
+use crate::failure::{Status, failure};
 
 const PF_KTHREAD: u32 = 0x0020_0000;
 
-/// Checks that `pid` names a live user process that can be traced.
+/// Checks that `pid` names a live user process that can be traced: not cow-trace itself.
 pub fn check_pid(pid: i32) -> anyhow::Result<()> {
+    if pid as u32 == std::process::id() {
+        return Err(failure(
+            Status::Target,
+            format!("pid {pid} is cow-trace itself, which never traces itself: give another pid"),
+        ));
+    }
     let process = procfs::process::Process::new(pid).map_err(|_| {
         failure(
-            Kind::Target,
+            Status::Target,
             format!("no process with pid {pid}: check the pid with `ps -p {pid}`"),
         )
     })?;
     let stat = process.stat().map_err(|_| {
         failure(
-            Kind::Target,
+            Status::Target,
             format!("process {pid} exited before tracing began"),
         )
     })?;
     if stat.flags & PF_KTHREAD != 0 {
         return Err(failure(
-            Kind::Target,
+            Status::Target,
             format!(
                 "pid {pid} ({}) is a kernel thread: it takes no user page faults; give a user process",
                 stat.comm
@@ -43,7 +50,7 @@ pub fn check_pid(pid: i32) -> anyhow::Result<()> {
     }
     if matches!(stat.state, 'Z' | 'X') {
         return Err(failure(
-            Kind::Target,
+            Status::Target,
             format!(
                 "pid {pid} ({}) is a zombie: it has exited and has no memory left to trace",
                 stat.comm
@@ -51,6 +58,20 @@ pub fn check_pid(pid: i32) -> anyhow::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The process (thread group) `pid` belongs to: itself for a process, its process for a
+/// thread id, as `ps -L` and `top -H` show them. The kernel follows processes, not threads.
+pub fn process_of(pid: i32) -> anyhow::Result<i32> {
+    let status = procfs::process::Process::new(pid)
+        .and_then(|process| process.status())
+        .map_err(|_| {
+            failure(
+                Status::Target,
+                format!("process {pid} exited before tracing began"),
+            )
+        })?;
+    Ok(status.tgid)
 }
 
 /// Every live descendant of `root` (children, grandchildren, ...), from /proc.
@@ -87,7 +108,16 @@ pub fn is_alive(pid: u32) -> bool {
 pub struct HeldCommand {
     pub pid: Pid,
     go: Option<OwnedFd>,
+    /// The command leads a process group of its own, which ending it signals (as `timeout`
+    /// does). Not in the foreground of a terminal: there it shares cow-trace's group, so it
+    /// keeps the terminal (as with `timeout --foreground`).
+    own_group: bool,
+    /// Its exit status, once reaped.
+    status: Option<i32>,
 }
+
+/// How long the command's processes have to end after SIGTERM before they get SIGKILL.
+pub const GRACE: Duration = Duration::from_secs(2);
 
 /// Who the command runs as.
 pub struct Identity {
@@ -102,7 +132,7 @@ impl Identity {
         if let Some(name) = user {
             let user = User::from_name(name).ok().flatten().ok_or_else(|| {
                 failure(
-                    Kind::Target,
+                    Status::Target,
                     format!("no user named {name:?}: give an existing user to --user"),
                 )
             })?;
@@ -132,11 +162,17 @@ impl Identity {
 
 impl HeldCommand {
     /// Forks `argv`, which waits for `release` before exec. Call before any thread starts.
-    pub fn spawn(argv: &[String], identity: Option<&Identity>) -> anyhow::Result<HeldCommand> {
+    /// `stdout_to_stderr`: the command writes its standard output to our standard error
+    /// (stdout carries a machine-readable stream its lines must not break).
+    pub fn spawn(
+        argv: &[String],
+        identity: Option<&Identity>,
+        stdout_to_stderr: bool,
+    ) -> anyhow::Result<HeldCommand> {
         let program = &argv[0];
         let resolved = which_program(program).ok_or_else(|| {
             failure(
-                Kind::Target,
+                Status::Target,
                 format!("command not found: {program}: check the name and PATH"),
             )
         })?;
@@ -152,17 +188,30 @@ impl HeldCommand {
             .transpose()
             .context("user name contains a NUL byte")?;
         let (wait_end, go_end) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
+        // A process group of its own would take the terminal from an interactive command:
+        // reading it would stop the command (SIGTTIN), and Ctrl-C would not reach it.
+        let own_group = !in_terminal_foreground();
 
-        // SAFETY: called before the tokio runtime or any other thread exists; the child only
-        // makes async-signal-safe calls before exec.
+        // SAFETY: called before the tokio runtime or any other thread exists, so the child is
+        // a copy of a single-threaded process and may call what it likes before exec
+        // (initgroups and execv allocate, which is not async-signal-safe). Were another
+        // thread alive at the fork, a lock it held would stay held in the child forever.
         match unsafe { fork() }.context("fork")? {
             ForkResult::Child => {
                 drop(go_end);
+                if own_group {
+                    // SAFETY: plain setpgid(2) on ourselves.
+                    unsafe { libc::setpgid(0, 0) };
+                }
                 let mut byte = [0u8; 1];
                 // EOF instead of a byte: cow-trace died or gave up before attaching.
                 // SAFETY: plain read(2) on our own pipe.
                 let n = unsafe { libc::read(wait_end.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
                 if n != 1 {
+                    unsafe { libc::_exit(126) };
+                }
+                // SAFETY: plain dup2(2) on standard descriptors.
+                if stdout_to_stderr && unsafe { libc::dup2(2, 1) } != 1 {
                     unsafe { libc::_exit(126) };
                 }
                 if let (Some(id), Some(name)) = (identity, groups_for.as_ref()) {
@@ -181,9 +230,16 @@ impl HeldCommand {
             }
             ForkResult::Parent { child } => {
                 drop(wait_end);
+                if own_group {
+                    // Both sides set it: whichever runs first, the group exists before we
+                    // could signal it.
+                    let _ = setpgid(child, child);
+                }
                 Ok(HeldCommand {
                     pid: child,
                     go: Some(go_end),
+                    own_group,
+                    status: None,
                 })
             }
         }
@@ -200,20 +256,85 @@ impl HeldCommand {
     /// Waits for the command and returns its exit status as a shell would (128+N for signal N).
     pub fn wait(&mut self) -> anyhow::Result<i32> {
         loop {
+            if let Some(status) = self.status {
+                return Ok(status);
+            }
             match waitpid(self.pid, None) {
-                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-                Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
-                Ok(_) => continue,
+                Ok(status) => self.status = exit_status(status),
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(errno) => return Err(errno).context("waitpid on the traced command"),
             }
         }
     }
 
-    /// Ends the command early (tracing stopped by a signal or --duration).
-    pub fn terminate(&self) {
-        let _ = kill(self.pid, Signal::SIGTERM);
+    /// Ends the command early (tracing stopped by a signal, --duration or a closed output),
+    /// with its descendants: SIGTERM to its process group, or, sharing ours in a terminal's
+    /// foreground, to it and each of `traced` (the traced processes still alive); SIGKILL to
+    /// whatever is left of them after [`GRACE`]. Returns whether SIGKILL was needed.
+    pub fn terminate(&mut self, traced: &[u32]) -> bool {
+        // Never ourselves, whatever the caller's list holds.
+        let me = std::process::id();
+        let others: Vec<Pid> = traced
+            .iter()
+            .filter(|&&pid| pid != me && pid != self.pid.as_raw() as u32)
+            .map(|&pid| Pid::from_raw(pid as i32))
+            .collect();
+        self.signal(Signal::SIGTERM, &others);
+        let deadline = Instant::now() + GRACE;
+        while self.any_left(&others) {
+            if Instant::now() >= deadline {
+                self.signal(Signal::SIGKILL, &others);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
     }
+
+    fn signal(&self, signal: Signal, others: &[Pid]) {
+        if self.own_group {
+            let _ = killpg(self.pid, signal);
+        } else {
+            for &pid in std::iter::once(&self.pid).chain(others) {
+                let _ = kill(pid, signal);
+            }
+        }
+    }
+
+    /// Is any process `terminate` signalled still running? Reaps the command meanwhile.
+    fn any_left(&mut self, others: &[Pid]) -> bool {
+        if self.status.is_none()
+            && let Ok(status) = waitpid(self.pid, Some(WaitPidFlag::WNOHANG))
+        {
+            self.status = exit_status(status);
+        }
+        if self.own_group {
+            // Signal 0 finds any member left, the command itself once reaped no more.
+            killpg(self.pid, None).is_ok()
+        } else {
+            self.status.is_none() || others.iter().any(|&pid| is_alive(pid.as_raw() as u32))
+        }
+    }
+}
+
+/// The status a shell would give (128+N for signal N); None while it runs.
+fn exit_status(status: WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, signal, _) => Some(128 + signal as i32),
+        _ => None,
+    }
+}
+
+/// Does cow-trace run in the foreground of its controlling terminal (an interactive shell's
+/// job), where the command must stay in its process group to use the terminal?
+fn in_terminal_foreground() -> bool {
+    let Ok(terminal) = std::fs::File::open("/dev/tty") else {
+        return false;
+    };
+    // SAFETY: plain tcgetpgrp(3) and getpgrp(2) calls on a descriptor we hold.
+    let foreground = unsafe { libc::tcgetpgrp(terminal.as_raw_fd()) };
+    foreground > 0 && foreground == unsafe { libc::getpgrp() }
 }
 
 impl Drop for HeldCommand {
@@ -247,15 +368,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn our_own_process_is_traceable() {
-        check_pid(std::process::id() as i32).unwrap();
+    fn a_live_process_is_traceable_but_not_ourselves() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let traceable = check_pid(child.id() as i32);
+        let _ = child.kill();
+        let _ = child.wait();
+        traceable.unwrap();
+        let err = check_pid(std::process::id() as i32).unwrap_err();
+        assert!(err.to_string().contains("cow-trace itself"), "{err}");
+    }
+
+    #[test]
+    fn a_thread_id_names_its_process() {
+        let me = std::process::id() as i32;
+        assert_eq!(process_of(me).unwrap(), me);
+        let (send, receive) = std::sync::mpsc::channel();
+        let (stop, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            send.send(nix::unistd::gettid().as_raw()).unwrap();
+            let _ = wait.recv();
+        });
+        let live = receive.recv().unwrap();
+        assert_ne!(live, me);
+        assert_eq!(process_of(live).unwrap(), me);
+        drop(stop);
+        thread.join().unwrap();
     }
 
     #[test]
     fn missing_pid_is_a_target_error() {
         let err = check_pid(i32::MAX).unwrap_err();
         let failure = err.downcast_ref::<crate::failure::Failure>().unwrap();
-        assert_eq!(failure.kind, Kind::Target);
+        assert_eq!(failure.status, Status::Target);
         assert!(failure.message.contains("no process with pid"));
     }
 

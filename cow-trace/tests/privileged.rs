@@ -139,7 +139,7 @@ fn article_clone_without_vm_copies_on_write() {
     let cow_on_buf: Vec<Value> = done
         .faults_of(child)
         .into_iter()
-        .filter(|f| address(f) >> 12 == buf >> 12 && f["cow"] == true && f["access"] == "w")
+        .filter(|f| page_of(address(f)) == page_of(buf) && f["cow"] == true && f["access"] == "w")
         .collect();
     assert_eq!(cow_on_buf.len(), 1, "{:?}", done.faults_of(child));
     assert_eq!(cow_on_buf[0]["type"], "MINOR");
@@ -178,9 +178,49 @@ fn article_clone_with_vm_shares_memory() {
     let on_buf: Vec<Value> = done
         .faults_of(child)
         .into_iter()
-        .filter(|f| address(f) >> 12 == buf >> 12)
+        .filter(|f| page_of(address(f)) == page_of(buf))
         .collect();
     assert!(on_buf.is_empty(), "{on_buf:?}");
+}
+
+/// `-x TID` of a thread that is not its process's main thread (as `ps -L` or `top -H` show
+/// it) traces the whole process, and says so.
+#[test]
+fn a_thread_id_traces_its_process() {
+    if !require_root("a_thread_id_traces_its_process") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tid: u32 = field_after(&faulter.run("idle-thread").join("\n"), "thread ")
+        .parse()
+        .unwrap();
+    assert_ne!(tid, pid);
+    let tracer = Tracer::start(&["-x", &tid.to_string(), "--json"]);
+    let said = format!("{tid} is a thread of {pid}: tracing {pid}");
+    assert!(
+        tracer.stderr_lines.iter().any(|line| line.contains(&said)),
+        "{:?}",
+        tracer.stderr_lines
+    );
+    assert!(
+        tracer
+            .stderr_lines
+            .iter()
+            .any(|line| line.contains(&format!("Tracing pid {pid} "))),
+        "{:?}",
+        tracer.stderr_lines
+    );
+    let before = kernel_fault_counts(pid);
+    faulter.run("touch 100");
+    let after = kernel_fault_counts(pid);
+    let done = tracer.stop();
+    assert_eq!(
+        done.counts_of(pid),
+        (after.0 - before.0, after.1 - before.1)
+    );
+    assert!(after.0 - before.0 >= 100);
+    faulter.exit();
 }
 
 /// For a traced process, MINOR and MAJOR per pid equal the kernel's own minflt / majflt
@@ -284,7 +324,7 @@ fn forked_child_writes_take_one_cow_fault_per_page() {
     let printed = faulter.run("cow 64");
     let done = tracer.stop();
     let base = u64::from_str_radix(printed[0].strip_prefix("pages ").unwrap(), 16).unwrap();
-    let in_range = |f: &&Value| (base..base + 64 * 4096).contains(&address(f));
+    let in_range = |f: &&Value| (base..base + 64 * page_size()).contains(&address(f));
     let children: BTreeSet<u64> = done
         .faults()
         .iter()
@@ -300,7 +340,7 @@ fn forked_child_writes_take_one_cow_fault_per_page() {
         cow.iter()
             .all(|f| f["cow"] == true && f["access"] == "w" && f["type"] == "MINOR")
     );
-    let pages: BTreeSet<u64> = cow.iter().map(|f| address(f) >> 12).collect();
+    let pages: BTreeSet<u64> = cow.iter().map(|f| page_of(address(f))).collect();
     assert_eq!(pages.len(), 64, "one fault per page");
     // The parent filled the pages before forking: first-touch faults, not COW.
     let parent_fills: Vec<Value> = done
@@ -406,7 +446,8 @@ fn existing_descendants_are_traced() {
 }
 
 /// -- CMD: the command is held until the probes are attached (its very first faults after exec
-/// are seen), and its exit status is passed through.
+/// are seen), and its exit status is passed through. It is counted from its exec: none of
+/// cow-trace's own code, which the forked child runs until then, is.
 #[test]
 fn held_command_is_traced_from_exec_and_its_status_passed_through() {
     if !require_root("held_command_is_traced_from_exec_and_its_status_passed_through") {
@@ -414,6 +455,7 @@ fn held_command_is_traced_from_exec_and_its_status_passed_through() {
     }
     let done = Tracer::start(&["--json", "--", "sh", "-c", "exit 7"]).wait();
     assert_eq!(done.status, 7, "{}", done.stderr);
+    let events = done.json();
     let faults = done.faults();
     assert!(!faults.is_empty());
     // The dynamic loader's first instruction fetches are among them: nothing after exec missed.
@@ -421,11 +463,198 @@ fn held_command_is_traced_from_exec_and_its_status_passed_through() {
         faults.iter().any(|f| f["access"] == "x"),
         "no instruction-fetch faults seen"
     );
-    assert!(
-        faults
-            .iter()
-            .all(|f| f["comm"] == "sh" || f["comm"] == "cow-trace")
+    let not_sh: Vec<&Value> = faults.iter().filter(|f| f["comm"] != "sh").collect();
+    assert!(not_sh.is_empty(), "faults before the exec: {not_sh:?}");
+    // Before the exec event, only the kernel's own writes into the new program's memory (its
+    // stack, its zeroed data) come: the user code of the forked child is never seen.
+    let exec_at = events
+        .iter()
+        .position(|v| v["event"] == "exec")
+        .expect("the command's exec event");
+    let before_exec: Vec<&Value> = events[..exec_at]
+        .iter()
+        .filter(|v| v["event"] == "fault" && v["kernel_mode"] != true)
+        .collect();
+    assert!(before_exec.is_empty(), "{before_exec:?}");
+    let summary: Vec<&Value> = events.iter().filter(|v| v["event"] == "summary").collect();
+    assert_eq!(summary.len(), 1, "{summary:?}");
+    assert_eq!(summary[0]["comm"], "sh");
+    // The summary counts faults the kernel completed: not the handle_mm_fault backends'
+    // RETRY attempts, nor faults that never completed.
+    let completed = faults
+        .iter()
+        .filter(|f| f["type"] == "MINOR" || f["type"] == "MAJOR")
+        .count();
+    assert_eq!(summary[0]["faults"].as_u64(), Some(completed as u64));
+}
+
+/// --json and -- CMD without -o: stdout carries only JSON lines; the command's own standard
+/// output is on stderr, whole and in order.
+#[test]
+fn json_on_stdout_stays_parseable_beside_a_command() {
+    if !require_root("json_on_stdout_stays_parseable_beside_a_command") {
+        return;
+    }
+    let output = Command::new(cow_trace())
+        .args(backend_args())
+        .args(["--json", "--", "sh", "-c"])
+        .arg("echo one; echo two; printf '{not json\\n'; echo on stderr >&2")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let events: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
+        .collect();
+    assert!(events.iter().any(|v| v["event"] == "fault"));
+    assert_eq!(events.last().unwrap()["event"], "totals");
+    let printed: Vec<&str> = stderr
+        .lines()
+        .filter(|line| ["one", "two", "{not json", "on stderr"].contains(line))
+        .collect();
+    assert_eq!(
+        printed,
+        ["one", "two", "{not json", "on stderr"],
+        "{stderr}"
     );
+}
+
+/// Runs `cow-trace ARGS -- true` with TZ set; returns the first event line, and the UTC time
+/// just before and just after the run.
+fn first_line_with_tz(
+    tz: &str,
+    args: &[&str],
+) -> (
+    String,
+    chrono::DateTime<chrono::Utc>,
+    chrono::DateTime<chrono::Utc>,
+) {
+    let before = chrono::Utc::now();
+    let output = Command::new(cow_trace())
+        .args(backend_args())
+        .args(args)
+        .args(["--", "true"])
+        .env("TZ", tz)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let after = chrono::Utc::now();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|line| !line.starts_with("TIME "))
+        .unwrap_or_else(|| panic!("no event line: {stdout:?}"))
+        .to_string();
+    (line, before, after)
+}
+
+/// Is the time of day `shown` that of a moment between `from` and `to`, `offset_hours` east
+/// of UTC? (A second of slack: the text shows the time of the fault, not of our clock reads.)
+fn shown_between(
+    shown: chrono::NaiveTime,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+    offset_hours: i64,
+) -> bool {
+    let offset = chrono::Duration::hours(offset_hours);
+    let (from, to) = (from + offset, to + offset);
+    let slack = chrono::Duration::seconds(1);
+    [from.date_naive(), to.date_naive()].iter().any(|day| {
+        let moment = day.and_time(shown).and_utc();
+        moment >= from - slack && moment <= to + slack
+    })
+}
+
+/// The text format's TIME is local time, as `date` shows it (TZ honoured); the stap format
+/// stays UTC, as the SystemTap script's ctime() printed it; JSON stays RFC 3339 UTC.
+#[test]
+fn text_times_follow_tz_stap_and_json_stay_utc() {
+    if !require_root("text_times_follow_tz_stap_and_json_stay_utc") {
+        return;
+    }
+    // POSIX TZ rules need no time-zone database (the VM tests have none); a zone name does.
+    let mut zones = vec![("JST-9", 9), ("UTC0", 0), ("<-04>4", -4)];
+    if std::path::Path::new("/usr/share/zoneinfo/Asia/Tokyo").exists() {
+        zones.push(("Asia/Tokyo", 9));
+    }
+    for (tz, hours) in zones {
+        let (line, from, to) = first_line_with_tz(tz, &[]);
+        let shown = chrono::NaiveTime::parse_from_str(&line[..15], "%H:%M:%S%.6f").unwrap();
+        assert!(
+            shown_between(shown, from, to, hours),
+            "TZ={tz}: {line:?} is not between {from} and {to} at UTC{hours:+}"
+        );
+    }
+    let (line, from, to) = first_line_with_tz("JST-9", &["--format", "stap"]);
+    let stamp = &line[1..line.find(']').unwrap()];
+    let shown = chrono::NaiveDateTime::parse_from_str(stamp, "%a %b %e %H:%M:%S %Y").unwrap();
+    assert!(
+        shown_between(shown.time(), from, to, 0),
+        "stap with TZ=JST-9: {line:?} is not UTC ({from})"
+    );
+    let (line, from, to) = first_line_with_tz("JST-9", &["--json"]);
+    let event: Value = serde_json::from_str(&line).unwrap();
+    let time = event["time"].as_str().unwrap();
+    assert!(time.ends_with('Z'), "{time}");
+    let time = chrono::DateTime::parse_from_rfc3339(time).unwrap();
+    assert!(
+        shown_between(time.naive_utc().time(), from, to, 0),
+        "{line}"
+    );
+}
+
+/// cow-trace never traces itself, though it is a descendant of the traced process (as with
+/// `-x 1`); and refuses to be the target.
+#[test]
+fn cow_trace_never_traces_itself() {
+    if !require_root("cow_trace_never_traces_itself") {
+        return;
+    }
+    let output = scratch().join(format!("itself-{}.json", std::process::id()));
+    // The shell waits for cow-trace, its child, which traces the shell and so its own process
+    // too, were it not excluded; `; :` keeps the shell from exec'ing cow-trace.
+    let shell = Command::new("sh")
+        .args(["-c", "\"$0\" -x $$ --json -d 1s -o \"$1\"; :"])
+        .arg(cow_trace())
+        .arg(&output)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&shell.stderr);
+    assert!(shell.status.success(), "{stderr}");
+    let text = std::fs::read_to_string(&output).unwrap();
+    let _ = std::fs::remove_file(&output);
+    // Its comm: the binary's name, cut to the kernel's 15 characters.
+    let name = cow_trace()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let comm: String = name.chars().take(15).collect();
+    let mine: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|v| v["comm"] == comm.as_str())
+        .collect();
+    assert!(mine.is_empty(), "cow-trace traced itself: {mine:?}");
+
+    let refused = Command::new("sh")
+        .args(["-c", "exec \"$0\" -x $$ -d 5s -o /dev/null"])
+        .arg(cow_trace())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("is cow-trace itself"), "{stderr}");
 }
 
 fn parse_hex_after(printed: &[String], label: &str) -> u64 {
@@ -445,7 +674,7 @@ fn first_writer_copies_last_sharer_reuses() {
     let printed = faulter.run("reuse 64");
     let done = tracer.stop();
     let base = parse_hex_after(&printed, "pages ");
-    let in_range = |f: &Value| (base..base + 64 * 4096).contains(&address(f));
+    let in_range = |f: &Value| (base..base + 64 * page_size()).contains(&address(f));
     let child = done
         .faults()
         .iter()
@@ -505,7 +734,7 @@ fn comm_follows_a_rename() {
     let faults = done.faults_of(pid);
     let (after, before): (Vec<&Value>, Vec<&Value>) = faults
         .iter()
-        .partition(|f| (base..base + 32 * 4096).contains(&address(f)));
+        .partition(|f| (base..base + 32 * page_size()).contains(&address(f)));
     assert_eq!(after.len(), 32, "{after:?}");
     assert!(
         after.iter().all(|f| f["comm"] == "renamed-cow"),
@@ -544,7 +773,7 @@ fn no_latency_reports_a_sleeping_threads_last_fault_at_stop() {
     let faults = done.faults_of(pid);
     let writes: Vec<&Value> = faults
         .iter()
-        .filter(|f| (base..base + 32 * 4096).contains(&address(f)) && f["access"] == "w")
+        .filter(|f| (base..base + 32 * page_size()).contains(&address(f)) && f["access"] == "w")
         .collect();
     // The last of them was still waiting in the kernel when tracing stopped.
     assert_eq!(writes.len(), 32, "writes to the 32 pages reported");
@@ -610,7 +839,7 @@ fn no_latency_reports_an_exec_threads_last_fault_before_the_exec() {
         .iter()
         .enumerate()
         .filter(|(_, v)| v["event"] == "fault" && v["pid"] == pid)
-        .filter(|(_, f)| (base..base + 16 * 4096).contains(&address(f)))
+        .filter(|(_, f)| (base..base + 16 * page_size()).contains(&address(f)))
         .collect();
     assert_eq!(writes.len(), 16, "writes to the 16 pages reported");
     for (at, fault) in &writes {
@@ -644,7 +873,7 @@ fn snapshot_window_and_kernel_summary_agree_with_the_stream() {
     let in_window: Vec<Value> = stream
         .faults_of(pid)
         .into_iter()
-        .filter(|f| (base..base + 128 * 4096).contains(&address(f)) && f["cow"] == true)
+        .filter(|f| (base..base + 128 * page_size()).contains(&address(f)) && f["cow"] == true)
         .collect();
     assert_eq!(in_window.len(), 128);
     assert!(
@@ -698,7 +927,7 @@ fn snapshot_window_and_kernel_summary_agree_with_the_stream() {
     assert_eq!(window(&counted)["copied"], window(&stream)["copied"]);
     assert_eq!(
         window(&counted)["copied_bytes"].as_u64().unwrap(),
-        copied * 4096
+        copied * page_size()
     );
     // Latency histograms come with --summary, unless faults are untimed.
     let histogram = counted
@@ -725,7 +954,7 @@ fn resolve_mappings_symbols_and_stacks() {
     let cow: Vec<Value> = done
         .faults()
         .into_iter()
-        .filter(|f| f["pid"] != pid && (base..base + 16 * 4096).contains(&address(f)))
+        .filter(|f| f["pid"] != pid && (base..base + 16 * page_size()).contains(&address(f)))
         .collect();
     assert_eq!(cow.len(), 16);
     for fault in &cow {
@@ -823,15 +1052,19 @@ fn kernel_summary_by_mapping_and_stack() {
     faulter.exit();
 }
 
-/// --plot draws a valid SVG with the classes that occurred.
+/// --plot draws a valid SVG with the classes that occurred; its headline is the bytes copied
+/// on write, as the same run's totals count them; copies and reuses are told apart; and the
+/// snapshot child's life is shaded.
 #[test]
 fn plot_is_a_valid_svg() {
     if !require_root("plot_is_a_valid_svg") {
         return;
     }
     let svg = scratch().join(format!("plot-{}.svg", std::process::id()));
+    // The parent writes 32 pages while its snapshot child lives (copies), 32 more after
+    // (reuses).
     let script = format!(
-        "printf 'cow 64\\nexit\\n' | {}",
+        "printf 'snapshot 64 32\\nexit\\n' | {}",
         workload("faulter").display()
     );
     let done = Tracer::start(&[
@@ -849,14 +1082,63 @@ fn plot_is_a_valid_svg() {
     std::fs::remove_file(&svg).unwrap();
     let document = roxmltree::Document::parse(&text).expect("not XML");
     assert_eq!(document.root_element().tag_name().name(), "svg");
-    let texts: Vec<&str> = document.descendants().filter_map(|n| n.text()).collect();
-    for label in ["COW writes", "reads and exec"] {
-        assert!(
-            texts.iter().any(|t| t.contains(label)),
-            "{label} missing: {texts:?}"
-        );
+    let texts: Vec<&str> = document
+        .descendants()
+        .filter_map(|n| n.text())
+        .map(str::trim)
+        .collect();
+    let has = |wanted: &str| texts.iter().any(|t| t.contains(wanted));
+    for label in [
+        "COW writes: copied",
+        "COW writes: reused (no copy)",
+        "reads and exec",
+        "all pids: bytes copied",
+        "a snapshot child alive",
+    ] {
+        assert!(has(label), "{label} missing: {texts:?}");
     }
     assert!(document.descendants().count() > 100);
+
+    // "copied on write: 152.0 KiB (38 pages, 155648 bytes); no copy: ..."
+    let headline = texts
+        .iter()
+        .find(|t| t.starts_with("copied on write: "))
+        .unwrap_or_else(|| panic!("no headline in {texts:?}"));
+    let bytes: u64 = headline
+        .split(" pages, ")
+        .nth(1)
+        .and_then(|rest| rest.split(" bytes)").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {headline:?}"));
+    let totals = done
+        .json()
+        .into_iter()
+        .find(|v| v["event"] == "totals")
+        .unwrap();
+    assert_eq!(
+        bytes,
+        totals["copied_bytes"].as_u64().unwrap(),
+        "{headline}"
+    );
+    assert!(bytes >= 32 * 4096, "{headline}");
+    assert!(headline.contains(" reuses"), "{headline}");
+
+    // The snapshot child's window: named, and shaded in each time panel.
+    let child = field_after(&done.command_stdout, "child ");
+    assert!(
+        has(&format!("while child {child} ran")),
+        "no window of child {child}: {texts:?}"
+    );
+    let shades = document
+        .descendants()
+        .filter(|n| n.has_tag_name("rect") && n.attribute("opacity") == Some("0.15"))
+        .filter(|n| {
+            n.attribute("height")
+                .and_then(|h| h.parse::<f64>().ok())
+                .is_some_and(|h| h > 20.0)
+        })
+        .count();
+    assert!(shades >= 2, "{shades} window shades");
 }
 
 /// --fail-over-cow: the gate trips above the limit (status 7, one line why), not below, and a
@@ -928,7 +1210,7 @@ fn zero_page_writes_are_zero_fills_not_copies() {
     let writes: Vec<Value> = done
         .faults_of(pid)
         .into_iter()
-        .filter(|f| (base..base + 32 * 4096).contains(&address(f)) && f["access"] == "w")
+        .filter(|f| (base..base + 32 * page_size()).contains(&address(f)) && f["access"] == "w")
         .collect();
     assert_eq!(writes.len(), 32);
     assert!(
@@ -945,4 +1227,746 @@ fn zero_page_writes_are_zero_fills_not_copies() {
         .unwrap();
     assert!(summary["zero_fills"].as_u64().unwrap() >= 32, "{summary}");
     faulter.exit();
+}
+
+// ---------------------------------------------------------------------------------------------
+// File mappings
+
+/// One faulter command on file (or shared) mappings, traced by a stream and by --summary at
+/// once, after the same command on a small mapping warmed the faulter's own code and data up
+/// (so that the command faults only in its mappings). The mappings are gone before either
+/// tracer stops: whether a first write copied a file's page is told from the kernel's record of
+/// the mapping, not from what the process has mapped when the tracer gets to it.
+struct MappingRun {
+    pid: u32,
+    printed: Vec<String>,
+    stream: Finished,
+    counted: Finished,
+    /// The kernel's own (minflt, majflt) increase during the command.
+    kernel: (u64, u64),
+}
+
+fn trace_mapping_commands(warm_up: &[String], commands: &[String]) -> MappingRun {
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    for command in warm_up {
+        faulter.run(command);
+    }
+    faulter.run("release");
+    let stream = Tracer::start(&["-x", &pid.to_string(), "--json"]);
+    let counted = Tracer::start(&["-x", &pid.to_string(), "--json", "--summary"]);
+    let before = kernel_fault_counts(pid);
+    let printed: Vec<String> = commands.iter().flat_map(|c| faulter.run(c)).collect();
+    faulter.run("release");
+    let after = kernel_fault_counts(pid);
+    let stream = stream.stop();
+    let counted = counted.stop();
+    faulter.exit();
+    MappingRun {
+        pid,
+        printed,
+        stream,
+        counted,
+        kernel: (after.0 - before.0, after.1 - before.1),
+    }
+}
+
+impl MappingRun {
+    /// The `summary` row of the traced process, streamed or counted in the kernel.
+    fn summary(&self, done: &Finished) -> Value {
+        done.json()
+            .into_iter()
+            .find(|v| v["event"] == "summary" && v["pid"] == self.pid)
+            .expect("a summary row for the workload")
+    }
+
+    /// The streamed, completed write faults in the mapping the n-th "pages ADDR" line names.
+    fn writes_in(&self, nth: usize, pages: u64) -> Vec<Value> {
+        let base = u64::from_str_radix(
+            self.printed
+                .iter()
+                .filter_map(|l| l.strip_prefix("pages "))
+                .nth(nth)
+                .expect("a pages line"),
+            16,
+        )
+        .unwrap();
+        self.stream
+            .faults_of(self.pid)
+            .into_iter()
+            .filter(|f| {
+                (base..base + pages * 4096).contains(&address(f))
+                    && f["access"] == "w"
+                    && (f["type"] == "MINOR" || f["type"] == "MAJOR")
+            })
+            .collect()
+    }
+
+    /// Both modes count what the kernel counted (minflt, majflt) and agree on the copies.
+    fn check_counts(&self) {
+        for (name, done) in [("stream", &self.stream), ("--summary", &self.counted)] {
+            let row = self.summary(done);
+            let counts = (
+                row["minor"].as_u64().unwrap(),
+                row["major"].as_u64().unwrap(),
+            );
+            assert_eq!(counts, self.kernel, "{name} vs /proc/{}/stat", self.pid);
+            assert_eq!(
+                row["copied_bytes"].as_u64().unwrap(),
+                row["copied"].as_u64().unwrap() * 4096,
+                "{name}: {row}"
+            );
+            assert_eq!(done.lost(), 0, "{name}");
+        }
+        assert_eq!(
+            self.stream.counts_of(self.pid),
+            self.kernel,
+            "the stream's faults"
+        );
+        for field in ["cow", "copied", "file_copies", "reused", "zero_fills"] {
+            assert_eq!(
+                self.summary(&self.stream)[field],
+                self.summary(&self.counted)[field],
+                "{field}: stream vs --summary"
+            );
+        }
+    }
+}
+
+const FILE_PAGES: u64 = 1024;
+
+/// A private file mapping of 4 MiB, its first half read, then every page written: the kernel
+/// copies each of the 1024 file pages into private memory, those the reads mapped at a
+/// write-protect fault, the others at their first fault (do_cow_fault). Every copy counts, in
+/// the stream and in --summary, and copied_bytes is exactly 4 MiB.
+fn private_file_writes_copy_every_page(cache: &str) {
+    let test = format!("private_file_writes_copy_every_page_{cache}");
+    if !require_root(&test) {
+        return;
+    }
+    let file = |name: &str| scratch().join(format!("{name}-{}", std::process::id()));
+    let run = trace_mapping_commands(
+        &[format!("private {} 8 {cache}", file("warm").display())],
+        &[format!(
+            "private {} {FILE_PAGES} {cache}",
+            file(&test).display()
+        )],
+    );
+    if cache == "uncached"
+        && let Some(resident) = run.printed.iter().find_map(|l| l.strip_prefix("resident "))
+        && resident != "0"
+    {
+        skip(
+            &test,
+            &format!(
+                "{resident} pages of the file stayed cached (the filesystem under {} keeps files in memory)",
+                scratch().display()
+            ),
+        );
+        return;
+    }
+    run.check_counts();
+    for (name, done) in [("stream", &run.stream), ("--summary", &run.counted)] {
+        let row = run.summary(done);
+        assert_eq!(row["copied"], FILE_PAGES, "{name}: {row}");
+        assert_eq!(row["copied_bytes"], FILE_PAGES * 4096, "{name}: {row}");
+    }
+    let writes = run.writes_in(0, FILE_PAGES);
+    assert_eq!(writes.len() as u64, FILE_PAGES, "one write fault per page");
+    assert!(
+        writes
+            .iter()
+            .all(|f| f["copied"] == true && f["cow_outcome"] == "copied"),
+        "{:?}",
+        writes.iter().find(|f| f["copied"] != true)
+    );
+    // The pages not mapped yet were copied at their first fault, which is no write-protect one.
+    let first_writes: Vec<&Value> = writes.iter().filter(|f| f["cow"] == false).collect();
+    assert!(
+        (FILE_PAGES / 4..FILE_PAGES).contains(&(first_writes.len() as u64)),
+        "{} first writes",
+        first_writes.len()
+    );
+    assert_eq!(
+        run.summary(&run.stream)["file_copies"],
+        first_writes.len() as u64
+    );
+    if cache == "uncached" {
+        // Each of those read the file's page from the disk before copying it.
+        assert!(
+            first_writes.iter().all(|f| f["type"] == "MAJOR"),
+            "{:?}",
+            first_writes.iter().find(|f| f["type"] != "MAJOR")
+        );
+    }
+}
+
+#[test]
+fn private_file_writes_copy_every_page_cached() {
+    private_file_writes_copy_every_page("cached");
+}
+
+#[test]
+fn private_file_writes_copy_every_page_uncached() {
+    private_file_writes_copy_every_page("uncached");
+}
+
+/// First writes that allocate a page in shared mappings (a shared file's pages read from the
+/// disk, shared anonymous memory) and first writes to private anonymous memory copy nothing.
+#[test]
+fn shared_and_anonymous_first_writes_copy_nothing() {
+    if !require_root("shared_and_anonymous_first_writes_copy_nothing") {
+        return;
+    }
+    let file = |name: &str| scratch().join(format!("{name}-{}", std::process::id()));
+    let pages = 256;
+    let run = trace_mapping_commands(
+        &[
+            format!("shared {} 8 uncached", file("warm-shared").display()),
+            "shm 8".to_string(),
+            "touch 8".to_string(),
+        ],
+        &[
+            format!("shared {} {pages} uncached", file("shared").display()),
+            format!("shared {} {pages} cached", file("shared-cached").display()),
+            format!("shm {pages}"),
+            format!("touch {pages}"),
+        ],
+    );
+    run.check_counts();
+    for nth in 0..3 {
+        let writes = run.writes_in(nth, pages);
+        assert_eq!(writes.len() as u64, pages, "mapping {nth}");
+        assert!(
+            writes
+                .iter()
+                .all(|f| f["cow"] == false && f["copied"].is_null()),
+            "mapping {nth}: {:?}",
+            writes.iter().find(|f| !f["copied"].is_null())
+        );
+    }
+    for (name, done) in [("stream", &run.stream), ("--summary", &run.counted)] {
+        let row = run.summary(done);
+        assert_eq!(row["copied"], 0, "{name}: {row}");
+        assert_eq!(row["file_copies"], 0, "{name}: {row}");
+    }
+}
+
+/// Pages of a private file mapping, copied at their first writes, pushed out to swap, then
+/// written again: each write reads its page back from swap (a page allocated at a write to a
+/// page not present, as a first write's copy is), and copies nothing. The handle_mm_fault
+/// backends see the swap-in (`do_swap_page`) and count no copy; the tracepoint backend cannot
+/// tell, and says so at the end of the run.
+#[test]
+fn private_file_pages_read_back_from_swap_are_no_copies() {
+    let test = "private_file_pages_read_back_from_swap_are_no_copies";
+    if !require_root(test) {
+        return;
+    }
+    let swap_on = std::fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1);
+    if !swap_on {
+        skip(test, "no swap area is on (the VM tests turn one on)");
+        return;
+    }
+    let pages = 64;
+    let file = scratch().join(format!("swapped-{}", std::process::id()));
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    faulter.run("pin");
+    let printed = faulter.run(&format!("private {} {pages} cached", file.display()));
+    let base = parse_hex_after(&printed, "pages ");
+    let swapped: u64 = field_after(&faulter.run("pageout").join("\n"), "swapped ")
+        .parse()
+        .unwrap();
+    if swapped != pages {
+        faulter.run("release");
+        skip(
+            test,
+            &format!(
+                "MADV_PAGEOUT left {} of {pages} pages in memory",
+                pages - swapped
+            ),
+        );
+        return;
+    }
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json"]);
+    let before = kernel_fault_counts(pid);
+    faulter.run("rewrite");
+    let after = kernel_fault_counts(pid);
+    let done = tracer.stop();
+    faulter.run("release");
+    faulter.exit();
+    assert_eq!(
+        done.counts_of(pid),
+        (after.0 - before.0, after.1 - before.1),
+        "cow-trace vs /proc/{pid}/stat"
+    );
+    let writes: Vec<Value> = done
+        .faults_of(pid)
+        .into_iter()
+        .filter(|f| (base..base + pages * 4096).contains(&address(f)) && f["access"] == "w")
+        .collect();
+    assert_eq!(writes.len() as u64, pages, "one write fault per page");
+    assert!(
+        writes.iter().any(|f| f["type"] == "MAJOR"),
+        "no page was read back from swap: {:?}",
+        writes[0]
+    );
+    let json = done.json();
+    let backend = json
+        .iter()
+        .find(|v| v["event"] == "totals")
+        .map(|v| v["backend"].as_str().unwrap().to_string())
+        .unwrap();
+    let summary = json
+        .iter()
+        .find(|v| v["event"] == "summary" && v["pid"] == pid)
+        .unwrap();
+    let noted = done.stderr.contains("swap is on");
+    if backend == "tracepoint" {
+        // Pages read back are taken for copies of the file's pages: said, not hidden.
+        assert_eq!(
+            noted,
+            summary["file_copies"].as_u64().unwrap() > 0,
+            "{}",
+            done.stderr
+        );
+    } else {
+        assert!(
+            writes.iter().all(|f| f["copied"].is_null()),
+            "{backend}: a page read back from swap counted as copied: {:?}",
+            writes.iter().find(|f| !f["copied"].is_null())
+        );
+        assert_eq!(summary["copied"], 0, "{backend}: {summary}");
+        assert!(!noted, "{}", done.stderr);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// --interval
+
+const INTERVAL: &str = "300ms";
+
+/// Drives a faulter through a burst of writes, a quiet stretch longer than two intervals, and a
+/// second burst, under cow-trace with `args` and --interval.
+fn trace_two_bursts(args: &[&str]) -> (u32, Finished) {
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let pid_arg = pid.to_string();
+    let mut all = vec!["-x", pid_arg.as_str(), "--interval", INTERVAL];
+    all.extend_from_slice(args);
+    let tracer = Tracer::start(&all);
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(750));
+    pause();
+    faulter.run("touch 100");
+    pause();
+    faulter.run("touch 60");
+    pause();
+    let done = tracer.stop();
+    faulter.exit();
+    (pid, done)
+}
+
+/// JSON --interval: an `interval` line per interval, with its time and length, holding that
+/// interval's counts only (they add up to the totals, which come once, last).
+fn check_json_intervals(pid: u32, done: &Finished) {
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    let json = done.json();
+    let events: Vec<&str> = json.iter().map(|v| v["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        events.iter().filter(|e| **e == "totals").count(),
+        1,
+        "{events:?}"
+    );
+    assert_eq!(events.last(), Some(&"totals"));
+    let last_interval = events.iter().rposition(|e| *e == "interval").unwrap();
+    let first_summary = events.iter().position(|e| *e == "summary").unwrap();
+    assert!(
+        last_interval < first_summary,
+        "the totals follow the last interval: {events:?}"
+    );
+    let intervals: Vec<&Value> = json.iter().filter(|v| v["event"] == "interval").collect();
+    assert!(intervals.len() >= 6, "{} intervals", intervals.len());
+    for pair in intervals.windows(2) {
+        let end = pair[0]["ts_ns"].as_u64().unwrap();
+        let (ts, length) = (
+            pair[1]["ts_ns"].as_u64().unwrap(),
+            pair[1]["interval_ns"].as_u64().unwrap(),
+        );
+        assert_eq!(
+            ts - length,
+            end,
+            "each interval starts where the last ended"
+        );
+        assert!(
+            pair[1]["time"].as_str().unwrap().ends_with('Z'),
+            "{}",
+            pair[1]
+        );
+    }
+    let of_pid = |interval: &Value, field: &str| -> u64 {
+        interval["pids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["pid"] == pid)
+            .map_or(0, |row| row[field].as_u64().unwrap())
+    };
+    let summary = json
+        .iter()
+        .find(|v| v["event"] == "summary" && v["pid"] == pid)
+        .unwrap();
+    for field in ["faults", "writes", "minor"] {
+        let summed: u64 = intervals.iter().map(|i| of_pid(i, field)).sum();
+        assert_eq!(
+            summed,
+            summary[field].as_u64().unwrap(),
+            "{field}: the intervals add up to the totals"
+        );
+    }
+    let writes: Vec<u64> = intervals.iter().map(|i| of_pid(i, "writes")).collect();
+    check_bursts(&writes);
+    let total: u64 = intervals
+        .iter()
+        .map(|i| i["faults"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, json.last().unwrap()["faults"].as_u64().unwrap());
+}
+
+/// Writes per interval show the two bursts apart, with quiet (empty) intervals between them:
+/// cumulative reports would never drop back to zero. (Untimed, a thread's last fault is
+/// counted at its next fault, or at the end: in the next burst, or a third run of one write.)
+fn check_bursts(writes: &[u64]) {
+    let runs: Vec<u64> = writes
+        .split(|&w| w == 0)
+        .filter(|run| !run.is_empty())
+        .map(|run| run.iter().sum())
+        .collect();
+    assert!(
+        runs.len() >= 2 && runs[0] >= 99 && runs[1] >= 59,
+        "writes per interval: {writes:?}"
+    );
+}
+
+#[test]
+fn json_intervals_count_their_own_interval() {
+    if !require_root("json_intervals_count_their_own_interval") {
+        return;
+    }
+    let (pid, done) = trace_two_bursts(&["--json"]);
+    check_json_intervals(pid, &done);
+}
+
+#[test]
+fn json_summary_intervals_count_their_own_interval() {
+    if !require_root("json_summary_intervals_count_their_own_interval") {
+        return;
+    }
+    let (pid, done) = trace_two_bursts(&["--json", "--summary"]);
+    check_json_intervals(pid, &done);
+}
+
+/// Text reports split at their `--- TIME what: FROM s to TO s since start ---` headers: (header,
+/// the report's lines).
+fn text_reports(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut reports: Vec<(String, Vec<String>)> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("--- ") {
+            reports.push((line.to_string(), Vec::new()));
+        } else if let Some((_, lines)) = reports.last_mut() {
+            lines.push(line.to_string());
+        }
+    }
+    reports
+}
+
+/// A report's FAULTS and WRITES for `pid` (0 without a row).
+fn text_counts(lines: &[String], pid: u32) -> (u64, u64) {
+    let prefix = format!("{pid} ");
+    lines
+        .iter()
+        .map(|line| line.trim_start())
+        .find(|line| line.starts_with(&prefix))
+        .map_or((0, 0), |line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            (columns[2].parse().unwrap(), columns[5].parse().unwrap())
+        })
+}
+
+/// Text --interval: each report headed by its time, what it counts and its span; per interval
+/// counts that add up to the cumulative totals, which come once, last.
+fn check_text_intervals(pid: u32, reports: &[(String, Vec<String>)]) {
+    let (totals, intervals) = reports.split_last().expect("no reports");
+    assert!(
+        totals.0.contains(" cumulative totals: 0.000 s to "),
+        "{}",
+        totals.0
+    );
+    assert!(intervals.len() >= 6, "{} intervals", intervals.len());
+    let mut end = "0.000 s".to_string();
+    for (header, _) in intervals {
+        // "--- 12:00:01.500 per interval: 1.000 s to 1.500 s since start ---"
+        let words: Vec<&str> = header.split_whitespace().collect();
+        assert_eq!(words[1].len(), "12:00:01.500".len(), "{header}");
+        assert_eq!(words[2..4], ["per", "interval:"], "{header}");
+        assert_eq!(format!("{} s", words[4]), end, "{header}");
+        end = format!("{} s", words[7]);
+    }
+    let writes: Vec<u64> = intervals
+        .iter()
+        .map(|(_, lines)| text_counts(lines, pid).1)
+        .collect();
+    let faults: u64 = intervals
+        .iter()
+        .map(|(_, lines)| text_counts(lines, pid).0)
+        .sum();
+    assert_eq!(faults, text_counts(&totals.1, pid).0, "{writes:?}");
+    assert_eq!(
+        writes.iter().sum::<u64>(),
+        text_counts(&totals.1, pid).1,
+        "{writes:?}"
+    );
+    check_bursts(&writes);
+}
+
+#[test]
+fn text_summary_intervals_are_headed_and_per_interval() {
+    if !require_root("text_summary_intervals_are_headed_and_per_interval") {
+        return;
+    }
+    let (pid, done) = trace_two_bursts(&["--summary"]);
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    let reports = text_reports(&done.output);
+    check_text_intervals(pid, &reports);
+    // The mappings and histograms come once, with the totals.
+    let mapping_headers = done
+        .output
+        .lines()
+        .filter(|l| l.contains("MAPPING"))
+        .count();
+    assert_eq!(mapping_headers, 1, "{}", done.output);
+    assert!(
+        reports
+            .last()
+            .unwrap()
+            .1
+            .iter()
+            .any(|l| l.contains("MAPPING"))
+    );
+}
+
+#[test]
+fn text_stream_intervals_go_to_stderr_headed_and_per_interval() {
+    if !require_root("text_stream_intervals_go_to_stderr_headed_and_per_interval") {
+        return;
+    }
+    let (pid, done) = trace_two_bursts(&[]);
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    assert!(
+        !done.output.lines().any(|l| l.starts_with("--- ")),
+        "the event stream stays pure event lines"
+    );
+    check_text_intervals(pid, &text_reports(&done.stderr));
+}
+
+/// The kernel side's diagnostics reach the user with -v, and only then. More distinct user
+/// stacks than --stack's map has buckets (16384) make the kernel refuse at least the surplus
+/// (at most one stack per bucket): it counts each refusal and, with -v, logs the first.
+#[test]
+fn kernel_diagnostics_are_shown_with_verbose_only() {
+    if !require_root("kernel_diagnostics_are_shown_with_verbose_only") {
+        return;
+    }
+    for verbose in [true, false] {
+        let mut faulter = Faulter::start();
+        let pid = faulter.pid().to_string();
+        let mut args = vec!["-x", &pid, "--json", "--summary", "--stack"];
+        if verbose {
+            args.push("-v");
+        }
+        let tracer = Tracer::start(&args);
+        faulter.run("stacks 32768");
+        let done = tracer.stop();
+        faulter.exit();
+        let totals = done
+            .json()
+            .into_iter()
+            .find(|v| v["event"] == "totals")
+            .expect("no totals line");
+        let failed = totals["lost_detail"]["stacks_failed"].as_u64().unwrap();
+        assert!(failed >= 32768 - 16384, "{failed} stacks not captured");
+        let logged = done
+            .stderr
+            .lines()
+            .any(|l| l.contains("cow-trace: kernel: a user stack was not captured"));
+        assert_eq!(logged, verbose, "-v: {verbose}, stderr: {}", done.stderr);
+    }
+}
+
+/// A --folded file: (stack, count) per line, the stack root first.
+fn read_folded(path: &std::path::Path) -> Vec<(String, u64)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::remove_file(path).unwrap();
+    text.lines()
+        .map(|line| {
+            let (stack, count) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("not folded: {line:?}"));
+            (stack.to_string(), count.parse().unwrap())
+        })
+        .collect()
+}
+
+fn folded_sum<'a>(lines: impl IntoIterator<Item = &'a (String, u64)>) -> u64 {
+    lines.into_iter().map(|(_, count)| count).sum()
+}
+
+/// --flamegraph and --folded, streaming and --summary: a snapshot's copies stand under the
+/// process and its window ("while child N ran"), by stack, and the folded counts add up to the
+/// copies the same run counted. Without -g the stacks are captured for the graph only.
+#[test]
+fn flame_graph_of_a_snapshot_adds_up_in_both_modes() {
+    if !require_root("flame_graph_of_a_snapshot_adds_up_in_both_modes") {
+        return;
+    }
+    // One run per mode, one after the other: with --no-latency, a tracer's pending fault ends
+    // at a nested kernel-mode fault, such as another tracer's user-stack walk causes.
+    flame_graph_of_a_snapshot(&[]);
+    flame_graph_of_a_snapshot(&["--summary"]);
+}
+
+fn flame_graph_of_a_snapshot(mode: &[&str]) {
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let file = |name: &str| {
+        scratch().join(format!(
+            "flame-{}-{}.{name}",
+            std::process::id(),
+            mode.len()
+        ))
+    };
+    let (svg, folded) = (file("svg"), file("folded"));
+    let pid_arg = pid.to_string();
+    let mut args = vec!["-x", &pid_arg, "--json", "--flamegraph"];
+    args.extend([svg.to_str().unwrap(), "--folded", folded.to_str().unwrap()]);
+    args.extend(mode);
+    let tracer = Tracer::start(&args);
+    let printed = faulter.run("snapshot 128");
+    faulter.run("cow 16");
+    let done = tracer.stop();
+    faulter.exit();
+    let child: u64 = field_after(&printed.join("\n"), "child ").parse().unwrap();
+    let json = done.json();
+
+    // -g was not given: no event line or summary line shows a stack.
+    assert!(
+        json.iter()
+            .all(|v| v.get("stack").is_none() && v["event"] != "stack"),
+        "{mode:?}: a stack was shown without -g"
+    );
+
+    let lines = read_folded(&folded);
+    let copied: u64 = json
+        .iter()
+        .filter(|v| v["event"] == "summary")
+        .map(|v| v["copied"].as_u64().unwrap())
+        .sum();
+    assert_eq!(folded_sum(&lines), copied, "{mode:?}: folded vs copied");
+
+    // The parent's copies while the snapshot child lived stand under that window.
+    let window = format!("faulter ({pid});while child {child} ran;");
+    let in_window: Vec<&(String, u64)> = lines
+        .iter()
+        .filter(|(stack, _)| stack.starts_with(&window))
+        .collect();
+    let window_copied = json
+        .iter()
+        .find(|v| v["event"] == "window" && v["pid"] == pid && v["child"] == child)
+        .unwrap_or_else(|| panic!("{mode:?}: no window line"))["copied"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        folded_sum(in_window.iter().copied()),
+        window_copied,
+        "{mode:?}: {lines:?}"
+    );
+    // The 128 writes come from one loop: one stack, down to main, or one the kernel said it
+    // could not take.
+    let (top, count) = in_window
+        .iter()
+        .max_by_key(|(_, n)| n)
+        .unwrap_or_else(|| panic!("{mode:?}: nothing under {window:?}: {lines:?}"));
+    assert!(*count >= 128, "{mode:?}: {in_window:?}");
+    let stacks_failed = json.last().unwrap()["lost_detail"]["stacks_failed"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        top.split(';').any(|frame| frame == "main")
+            || (top.ends_with(";[stack not taken]") && stacks_failed > 0),
+        "{mode:?}: {top}"
+    );
+
+    // The SVG parses, with the process's root frame and the window in its tooltips.
+    let text = std::fs::read_to_string(&svg).unwrap();
+    std::fs::remove_file(&svg).unwrap();
+    // inferno writes the SVG 1.1 DOCTYPE.
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let document = roxmltree::Document::parse_with_options(&text, options)
+        .unwrap_or_else(|e| panic!("{mode:?}: not XML: {e}"));
+    assert_eq!(document.root_element().tag_name().name(), "svg");
+    let titles: Vec<&str> = document
+        .descendants()
+        .filter(|n| n.has_tag_name("title"))
+        .filter_map(|n| n.text())
+        .collect();
+    let root = format!("faulter ({pid}) (");
+    let window = format!("while child {child} ran (");
+    for wanted in [&root, &window] {
+        assert!(
+            titles.iter().any(|t| t.starts_with(wanted.as_str())),
+            "{mode:?}: no {wanted:?} frame in {titles:?}"
+        );
+    }
+    assert!(
+        titles.iter().any(|t| t.contains(" bytes copied, ")),
+        "{mode:?}: {titles:?}"
+    );
+}
+
+/// --flame-faults all: every fault of the process, as many as the kernel itself counted.
+#[test]
+fn flame_graph_of_all_faults_counts_what_the_kernel_counted() {
+    if !require_root("flame_graph_of_all_faults_counts_what_the_kernel_counted") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let folded = scratch().join(format!("flame-{}-all.folded", std::process::id()));
+    let tracer = Tracer::start(&[
+        "-x",
+        &pid.to_string(),
+        "--summary",
+        "--flame-faults",
+        "all",
+        "--folded",
+        folded.to_str().unwrap(),
+    ]);
+    let before = kernel_fault_counts(pid);
+    faulter.run("touch 64");
+    faulter.run("read 32");
+    let after = kernel_fault_counts(pid);
+    let done = tracer.stop();
+    faulter.exit();
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    let root = format!("faulter ({pid});");
+    let lines = read_folded(&folded);
+    let own = lines.iter().filter(|(stack, _)| stack.starts_with(&root));
+    assert_eq!(
+        folded_sum(own),
+        (after.0 + after.1) - (before.0 + before.1),
+        "{lines:?}"
+    );
 }

@@ -10,13 +10,17 @@
 //! - the child copied the page itself, or wrote a page it did not have yet: the child's own
 //!   new pages, which cow-trace also sees, as the child's faults.
 //!
-//! So rdb_last_cow_size = 4096 x (parent's copies of shared pages + child's new pages), up to
-//! a few pages, and the test checks exactly that, term by term. Two corrections:
+//! So rdb_last_cow_size = page size x (parent's copies of shared pages + child's new pages), up to
+//! a few pages, and the test checks exactly that, term by term. Three corrections:
 //! - cow-trace counts a write to a page the parent had only read (mapped to the shared zero
 //!   page) as a copy, yet that page was never shared with the child: fresh memory the parent's
 //!   allocator hands out during the snapshot, read, then written. None in this test's runs,
 //!   155 in one where the data had been loaded with `redis-cli --pipe`. They are told apart in
 //!   the stream: a not-present fault on the page earlier in the window.
+//! - cow-trace counts a first write to a page of a private file mapping as a copy (of the
+//!   file's page), yet the child's mapping of that page is the page cache's, not the parent's:
+//!   nothing of it becomes the child's. The window line counts them apart (`file_copies`).
+//!   In the child such a copy is one of its own new pages, counted once.
 //! - Redis samples once, before the child exits; parent copies after that sample are counted by
 //!   cow-trace only. The child is held (SIGSTOP, as a slow disk would hold it) while the writes
 //!   happen, so every copy precedes the sample.
@@ -25,7 +29,7 @@
 //! (at fork it drops the buffers of connected clients: one connection here), shared pages the
 //! parent's allocator hands back to the kernel (a release, not a fault, so invisible to a
 //! fault tracer) and the child's faults after its sample, on its way out: each a handful of
-//! pages. 64 pages (256 KiB) covers them with room; the copies themselves are thousands.
+//! pages. 64 pages (256 KiB of 4 KiB pages) covers them with room; the copies themselves are thousands.
 mod common;
 
 use std::{
@@ -34,7 +38,7 @@ use std::{
     net::{Ipv4Addr, TcpListener, TcpStream},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -45,7 +49,6 @@ use nix::{
 };
 use serde_json::Value;
 
-const PAGE: u64 = 4096;
 /// 24 MiB of values. Values stay below a page: the child releases values of a page or more
 /// once saved (Redis 7's dismissObject), which would take pages out of its Private_Dirty.
 const KEYS: u64 = 24 * 1024;
@@ -116,7 +119,7 @@ fn in_path(name: &str) -> Option<PathBuf> {
 /// A redis-server on a free loopback port, its files in a scratch directory; killed and
 /// removed on drop, whatever the test's outcome.
 struct RedisServer {
-    child: Child,
+    child: ChildGuard,
     port: u16,
     dir: PathBuf,
 }
@@ -134,14 +137,18 @@ impl RedisServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         // No transparent huge pages, whatever the system setting: copy-on-write then works on
-        // 4 KiB pages, as both sides count. Inherited across exec.
+        // base pages, as both sides count. Inherited across exec.
         // SAFETY: prctl is async-signal-safe.
         unsafe {
             command
                 .pre_exec(|| nix::sys::prctl::set_thp_disable(true).map_err(std::io::Error::from));
         }
         let child = command.spawn().expect("starting redis-server");
-        let server = RedisServer { child, port, dir };
+        let server = RedisServer {
+            child: ChildGuard::new(child),
+            port,
+            dir,
+        };
         server.wait_until_up();
         server
     }
@@ -199,13 +206,12 @@ impl Drop for RedisServer {
                 let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
             }
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// Huge pages would make one fault copy 2 MiB, which Redis counts but a 4 KiB model does not.
+/// Huge pages would make one fault copy 2 MiB, which Redis counts but a base-page model does not.
 fn assert_thp_disabled(pid: u32) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let enabled = status
@@ -307,21 +313,24 @@ fn load(conn: &mut Conn, keys: u64, value_size: usize) {
 
 /// redis-benchmark overwrites random loaded keys, `writes` times; bounded.
 fn overwrite(benchmark: &Path, port: u16, writes: u64) {
-    let mut bench = Command::new(benchmark)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            "set",
-            "-q",
-        ])
-        .args(["-c", "4", "-P", "8", "-d", &VALUE_SIZE.to_string()])
-        .args(["-r", &KEYS.to_string(), "-n", &writes.to_string()])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starting redis-benchmark");
+    // Killed on the way out if it overruns (the panic below).
+    let mut bench = ChildGuard::new(
+        Command::new(benchmark)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                "set",
+                "-q",
+            ])
+            .args(["-c", "4", "-P", "8", "-d", &VALUE_SIZE.to_string()])
+            .args(["-r", &KEYS.to_string(), "-n", &writes.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting redis-benchmark"),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = bench.try_wait().unwrap() {
@@ -329,8 +338,6 @@ fn overwrite(benchmark: &Path, port: u16, writes: u64) {
             return;
         }
         if Instant::now() > deadline {
-            let _ = bench.kill();
-            let _ = bench.wait();
             panic!("redis-benchmark did not finish {writes} writes within 60 s");
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -391,9 +398,13 @@ struct Terms {
     /// Of those, writes to pages the parent had first faulted in after the fork (read, so
     /// mapped to the zero page): never shared with the child.
     parent_zero_fills: u64,
-    /// The child's own faults that copied a page (its writes to shared or zero pages).
+    /// Of those, first writes that copied a file's page into a private mapping: the child
+    /// still shares the file's page with the page cache, so nothing of it became the child's.
+    parent_file_copies: u64,
+    /// The child's own faults that copied a page (its writes to shared or zero pages, and
+    /// its first writes to pages of private file mappings).
     child_copied: u64,
-    /// The child's writes to pages it did not have: new pages of its own.
+    /// The child's other writes to pages it did not have: new pages of its own.
     child_new: u64,
 }
 
@@ -413,8 +424,11 @@ impl Terms {
         let terms = Terms {
             parent_copied: count(window, "copied"),
             parent_zero_fills: zero_fills(json, parent, child),
+            parent_file_copies: count(window, "file_copies"),
             child_copied: count(child_summary, "copied"),
-            child_new: count(child_summary, "writes") - count(child_summary, "cow"),
+            child_new: count(child_summary, "writes")
+                - count(child_summary, "cow")
+                - count(child_summary, "file_copies"),
         };
         // The stream and the window line describe the same faults.
         let streamed = json
@@ -427,20 +441,23 @@ impl Terms {
 
     /// The child's Private_Dirty as cow-trace accounts for it.
     fn private_pages(&self) -> u64 {
-        self.parent_copied - self.parent_zero_fills + self.child_copied + self.child_new
+        self.parent_copied - self.parent_zero_fills - self.parent_file_copies
+            + self.child_copied
+            + self.child_new
     }
 
     fn print(&self, redis_bytes: u64) {
-        let redis_pages = redis_bytes / PAGE;
+        let redis_pages = redis_bytes / page_size();
         eprintln!(
             "rdb_last_cow_size: {redis_bytes} bytes = {redis_pages} pages\n\
              cow-trace: parent copied {} pages in the window ({} bytes; {:+.2}% from Redis's),\n\
-             \x20 of which {} zero-page fills; child copied {} and wrote {} new pages\n\
+             \x20 of which {} zero-page fills and {} file pages; child copied {} and wrote {} new pages\n\
              \x20 => child's private pages {} ({:+} pages from Redis's)",
             self.parent_copied,
-            self.parent_copied * PAGE,
+            self.parent_copied * page_size(),
             (self.parent_copied as f64 - redis_pages as f64) * 100.0 / redis_pages as f64,
             self.parent_zero_fills,
+            self.parent_file_copies,
             self.child_copied,
             self.child_new,
             self.private_pages(),
@@ -449,8 +466,8 @@ impl Terms {
     }
 
     fn check(&self, redis_bytes: u64) {
-        assert_eq!(redis_bytes % PAGE, 0, "smaps counts whole pages");
-        let redis_pages = (redis_bytes / PAGE) as i64;
+        assert_eq!(redis_bytes % page_size(), 0, "smaps counts whole pages");
+        let redis_pages = (redis_bytes / page_size()) as i64;
         assert!(
             self.parent_copied - self.parent_zero_fills > 1000,
             "too few copies for a meaningful comparison: {self:?}"
@@ -462,7 +479,7 @@ impl Terms {
             "rdb_last_cow_size {redis_bytes} bytes vs the parent's copies {} bytes: the child's \
              own pages (+{}) and zero-page fills (-{}) leave {residual:+} pages unexplained, more \
              than {TOLERANCE_PAGES} ({self:?})",
-            self.parent_copied * PAGE,
+            self.parent_copied * page_size(),
             self.child_copied + self.child_new,
             self.parent_zero_fills,
         );
@@ -485,7 +502,7 @@ fn zero_fills(json: &[Value], parent: u32, child: u32) -> u64 {
     let mut faulted_in = HashSet::new();
     let mut count = 0;
     for fault in in_window {
-        let page = page_of(fault);
+        let page = page_of_fault(fault);
         match fault["cow"].as_bool() {
             Some(false) => {
                 faulted_in.insert(page);
@@ -497,7 +514,7 @@ fn zero_fills(json: &[Value], parent: u32, child: u32) -> u64 {
     count
 }
 
-fn page_of(fault: &Value) -> u64 {
+fn page_of_fault(fault: &Value) -> u64 {
     let address = fault["address"].as_str().unwrap().trim_start_matches("0x");
-    u64::from_str_radix(address, 16).unwrap() / PAGE
+    page_of(u64::from_str_radix(address, 16).unwrap())
 }

@@ -7,6 +7,7 @@ use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader},
     os::unix::process::CommandExt,
+    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -60,11 +61,84 @@ fn bad_input_gets_one_line_and_a_distinct_status() {
         6,
         "cannot write to",
     );
+    // Every file written at the end is checked before tracing, and before a command starts.
+    let marker = scratch().join(format!("plot-marker-{}", std::process::id()));
+    assert_one_line_error(
+        &[
+            "--plot",
+            "/proc/no/such/dir/x.svg",
+            "-d",
+            "5s",
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ],
+        6,
+        "cannot write to /proc/no/such/dir/x.svg",
+    );
+    assert!(!marker.exists(), "the command ran");
+    assert_one_line_error(
+        &["--plot", "/proc/no/such/dir/x.svg", "-x", "1", "-d", "5s"],
+        6,
+        "choose another file with --plot",
+    );
     assert_one_line_error(
         &["--user", "no-such-user-cow-trace", "--", "true"],
         3,
         "no user named",
     );
+}
+
+/// Options that cannot work together are refused, naming both, never silently ignored.
+#[test]
+fn conflicting_options_are_refused_naming_both() {
+    for (args, first, second) in [
+        (
+            &["--format", "stap", "--summary", "-x", "1"][..],
+            "--format stap",
+            "--summary",
+        ),
+        (&["-u", "nobody", "-x", "1"], "--user", "--pid"),
+        (
+            &["--summary", "--plot", "x.svg", "-x", "1"],
+            "--summary",
+            "--plot",
+        ),
+        (
+            &["--summary", "--resolve", "-x", "1"],
+            "--summary",
+            "--resolve",
+        ),
+    ] {
+        // --duration: a regression that accepts the options must not trace for good.
+        let args = [args, &["-d", "2s", "-o", "/dev/null"]].concat();
+        let (code, _, stderr) = run_cow_trace(&args);
+        assert_eq!(code, 2, "cow-trace {args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "cow-trace {args:?}: {stderr:?}");
+        assert!(
+            stderr.contains(first) && stderr.contains(second),
+            "cow-trace {args:?}: {stderr:?} names {first} and {second}"
+        );
+    }
+}
+
+/// The flame graph's files are checked before anything is traced or started, as -o is.
+#[test]
+fn flame_outputs_are_checked_before_tracing() {
+    let marker = scratch().join(format!("flame-not-started-{}", std::process::id()));
+    let marker = marker.to_str().unwrap();
+    for option in ["--flamegraph", "--folded"] {
+        assert_one_line_error(
+            &[option, "/proc/no/such/dir/out", "--", "touch", marker],
+            6,
+            &format!("choose another file with {option}"),
+        );
+        assert!(
+            !std::path::Path::new(marker).exists(),
+            "{option}: the command ran"
+        );
+    }
+    assert_one_line_error(&["--flame-faults", "all", "-x", "1"], 2, "--flamegraph");
 }
 
 #[test]
@@ -231,6 +305,180 @@ fn closed_pipe_ends_cleanly() {
     assert_unloaded(&programs);
 }
 
+/// A `sleep` argument no other test uses (seconds, made unique by our pid), so that what a
+/// test leaves behind is found by its command line.
+fn sleep_arg(seconds: u32) -> String {
+    format!("{seconds}.{}", std::process::id())
+}
+
+/// Pids of the running `sleep ARG` processes.
+fn sleeping(arg: &str) -> Vec<u32> {
+    let wanted = format!("sleep\0{arg}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted.as_bytes())
+        })
+        .collect()
+}
+
+/// Waits until a `sleep ARG` runs for each of `args`.
+fn wait_sleeping(args: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while args.iter().any(|arg| sleeping(arg).is_empty()) {
+        assert!(Instant::now() < deadline, "no sleep {args:?} started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Fails if a `sleep ARG` of `args` is still running, after killing it.
+fn assert_none_left(args: &[&str], what: &str) {
+    let left: Vec<u32> = args.iter().flat_map(|arg| sleeping(arg)).collect();
+    for &pid in &left {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+    assert!(left.is_empty(), "{what}: left running: {left:?}");
+}
+
+/// Runs cow-trace in a process group of its own, as in a script or a service (no terminal),
+/// until it ends (not until the processes it left behind close its stdout, as `output()` would
+/// wait). Returns its status, stdout and stderr.
+fn run_without_terminal(args: &[&str]) -> (i32, String, String) {
+    let tracer = spawn_without_terminal(args);
+    tracer.finish()
+}
+
+/// cow-trace running in a process group of its own; stdout and stderr go to files.
+struct Detached {
+    child: std::process::Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+fn spawn_without_terminal(args: &[&str]) -> Detached {
+    static SEQUENCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let base = scratch().join(format!("detached-{}-{n}", std::process::id()));
+    let (stdout, stderr) = (base.with_extension("out"), base.with_extension("err"));
+    let child = Command::new(cow_trace())
+        .args(["-o", "/dev/null"])
+        .args(args)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    Detached {
+        child,
+        stdout,
+        stderr,
+    }
+}
+
+impl Detached {
+    fn finish(mut self) -> (i32, String, String) {
+        let status = self.child.wait().unwrap().code().unwrap_or(-1);
+        let read = |path: &PathBuf| {
+            let text = std::fs::read_to_string(path).unwrap();
+            let _ = std::fs::remove_file(path);
+            text
+        };
+        (status, read(&self.stdout), read(&self.stderr))
+    }
+}
+
+/// Tracing stopped early (--duration, SIGTERM) ends the command's whole process group, not only
+/// the command: a pipeline's processes and a background job leave nothing running.
+#[test]
+fn stopping_early_ends_the_commands_process_group() {
+    if !require_root("stopping_early_ends_the_commands_process_group") {
+        return;
+    }
+    let (a, b) = (sleep_arg(30), sleep_arg(31));
+    let (status, stdout, stderr) = run_without_terminal(&[
+        "-d",
+        "1s",
+        "--",
+        "sh",
+        "-c",
+        &format!("sleep {a} | sleep {b}; echo done"),
+    ]);
+    assert_none_left(&[&a, &b], "--duration");
+    assert_eq!(status, 143, "{stderr}");
+    assert!(!stdout.contains("done"), "{stdout}");
+
+    let (a, b) = (sleep_arg(41), sleep_arg(42));
+    let tracer = spawn_without_terminal(&["--", "sh", "-c", &format!("sleep {a} & sleep {b}")]);
+    wait_sleeping(&[&a, &b]);
+    kill(Pid::from_raw(tracer.child.id() as i32), Signal::SIGTERM).unwrap();
+    let (status, _, stderr) = tracer.finish();
+    assert_none_left(&[&a, &b], "SIGTERM to cow-trace");
+    assert_eq!(status, 143, "{stderr}");
+}
+
+/// Processes that ignore SIGTERM get SIGKILL once the grace period is over, and cow-trace
+/// says so.
+#[test]
+fn a_command_ignoring_sigterm_is_killed_after_the_grace_period() {
+    if !require_root("a_command_ignoring_sigterm_is_killed_after_the_grace_period") {
+        return;
+    }
+    let (a, b) = (sleep_arg(33), sleep_arg(34));
+    let started = Instant::now();
+    let (status, _, stderr) = run_without_terminal(&[
+        "-d",
+        "1s",
+        "--",
+        "sh",
+        "-c",
+        &format!("trap '' TERM; sleep {a} & sleep {b}"),
+    ]);
+    assert_none_left(&[&a, &b], "SIGTERM ignored");
+    assert_eq!(status, 128 + 9, "{stderr}");
+    assert!(stderr.contains("SIGKILL"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+/// In the foreground of a terminal the command keeps the terminal (it shares cow-trace's
+/// process group, as with `timeout --foreground`): it reads from it; stopping early still
+/// ends every traced process. `script` gives cow-trace a terminal. The command ignores
+/// SIGHUP: the terminal's hangup as `script` ends must not be what ends it.
+#[test]
+fn in_a_terminal_the_command_reads_it_and_stopping_ends_its_processes() {
+    let test = "in_a_terminal_the_command_reads_it_and_stopping_ends_its_processes";
+    if !require_root(test) {
+        return;
+    }
+    if Command::new("script").arg("--version").output().is_err() {
+        skip(
+            test,
+            "no `script` (util-linux) to run cow-trace in a terminal",
+        );
+        return;
+    }
+    let (a, b) = (sleep_arg(51), sleep_arg(52));
+    let inner = format!(
+        "{} -o /dev/null -d 2s -- sh -c 'trap \"\" HUP; read line; echo got $line; sleep {a} & sleep {b}'",
+        cow_trace().display()
+    );
+    let mut script = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut script.stdin.take().unwrap(), b"hello\n").unwrap();
+    let output = script.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert_none_left(&[&a, &b], "--duration in a terminal");
+    assert!(printed.contains("got hello"), "{printed}");
+    assert_eq!(output.status.code(), Some(143), "{printed}");
+}
+
 /// kill -9 of cow-trace leaves no program, link or map of it in the kernel: they belong to
 /// its file descriptors, which the kernel closes.
 #[test]
@@ -348,7 +596,9 @@ fn overload_seen_plus_lost_equals_the_kernels_count() {
     }
     let mut faulter = Faulter::start();
     let pid = faulter.pid();
-    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json", "--ring-size", "4KiB"]);
+    // The smallest ring the kernel takes: one page.
+    let ring = page_size().to_string();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json", "--ring-size", &ring]);
     let before = kernel_fault_counts(pid);
     faulter.run("threads 4 20000");
     let after = kernel_fault_counts(pid);
@@ -357,7 +607,7 @@ fn overload_seen_plus_lost_equals_the_kernels_count() {
     let lost = done.lost();
     assert!(
         lost > 0,
-        "a 4 KiB ring should have overflowed under {} faults",
+        "a one-page ring should have overflowed under {} faults",
         after.0 - before.0
     );
     assert_eq!(
@@ -368,6 +618,40 @@ fn overload_seen_plus_lost_equals_the_kernels_count() {
     assert!(
         done.stderr.contains("LOST"),
         "no LOST line while running: {}",
+        done.stderr
+    );
+    faulter.exit();
+}
+
+/// --summary counts in kernel maps of a fixed size: faults in more regions than they hold are
+/// reported lost, with the remedy for that, not the ring buffer's.
+#[test]
+fn full_summary_maps_are_lost_faults_with_their_own_remedy() {
+    if !require_root("full_summary_maps_are_lost_faults_with_their_own_remedy") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--summary", "--json"]);
+    // More 64 KiB regions than the summary's 65536 entries.
+    faulter.run("sparse 70000");
+    let done = tracer.stop();
+    let totals = done
+        .json()
+        .into_iter()
+        .find(|v| v["event"] == "totals")
+        .expect("no totals line");
+    let summary_full = totals["lost_detail"]["summary_full"].as_u64().unwrap();
+    assert!(summary_full >= 70000 - 65536, "{totals}");
+    assert_eq!(totals["lost_detail"]["ring_full"], 0, "{totals}");
+    assert!(
+        done.stderr.contains("LOST") && done.stderr.contains("--summary's maps full"),
+        "no LOST line for the summary maps: {}",
+        done.stderr
+    );
+    assert!(
+        !done.stderr.contains("--ring-size"),
+        "the ring buffer's remedy for a full summary map: {}",
         done.stderr
     );
     faulter.exit();

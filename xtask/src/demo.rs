@@ -5,7 +5,6 @@
 use std::{
     io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
-    sync::mpsc,
     time::Duration,
 };
 
@@ -41,16 +40,7 @@ pub fn run() -> anyhow::Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .context("starting cow-trace")?;
-    let stderr = BufReader::new(tracer.stderr.take().context("cow-trace stderr")?);
-    let (ready, is_ready) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            eprintln!("{line}");
-            if line.starts_with("Tracing ") {
-                let _ = ready.send(());
-            }
-        }
-    });
+    let (is_ready, _relay) = util::relay_stderr(tracer.stderr.take().context("cow-trace stderr")?);
     if is_ready.recv_timeout(Duration::from_secs(30)).is_err() {
         let _ = tracer.kill();
         bail!("cow-trace did not attach (see its message above)");

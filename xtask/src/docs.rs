@@ -22,7 +22,9 @@ fn out_dir(name: &str) -> anyhow::Result<PathBuf> {
 pub fn man() -> anyhow::Result<()> {
     let path = out_dir("man")?.join("cow-trace.1");
     let mut page = Vec::new();
-    clap_mangen::Man::new(cli::Args::command()).render(&mut page)?;
+    // cow-trace's version, not xtask's (this file is compiled into xtask).
+    let version = util::cow_trace_version()?.leak();
+    clap_mangen::Man::new(cli::Args::command().version(&*version)).render(&mut page)?;
     std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
     println!("{}", path.display());
     Ok(())

@@ -1,7 +1,10 @@
 //! Project tasks: `cargo xtask <task>`. Each task lives in its own module.
 mod bench;
 mod demo;
+mod dist;
 mod docs;
+mod libtest;
+mod process;
 mod redis_demo;
 mod setup;
 mod test;
@@ -22,13 +25,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what a fresh machine lacks (apt packages, nightly rust-src, bpf-linker).
+    /// Install what a fresh machine lacks (apt packages, nightly rust-src, bpf-linker, the musl
+    /// targets and cargo-deb for `dist`).
     Setup,
     /// Set up, build, and trace the article's fork-and-write experiment live.
     Demo,
-    /// Set up, build, and run every check and test (formatting, clippy, unit, privileged, and
-    /// the privileged suite in VMs on Debian 6.1 and 6.12 per backend).
+    /// Set up, build, and run every check and test (formatting, clippy, unit, the `dist`
+    /// artifacts, privileged, and the privileged suite in VMs on Debian 6.1 and 6.12 per
+    /// backend).
     Test,
+    /// Build static binaries for x86-64 and arm64 and package them (tarballs, .debs,
+    /// SHA256SUMS) into target/dist.
+    Dist,
     /// Generate the man page (target/man/cow-trace.1) from the command-line definition.
     Man,
     /// Generate shell completions (target/completions/) from the command-line definition.
@@ -37,7 +45,8 @@ enum Task {
     /// writes BENCHMARKS.md (takes minutes; not part of CI).
     Bench(bench::Args),
     /// Trace a Redis BGSAVE under overwrites and print cow-trace's copies beside Redis's own
-    /// rdb_last_cow_size (installs redis-server and redis-tools if missing).
+    /// rdb_last_cow_size, and the stacks that copied, with a flame graph (installs
+    /// redis-server and redis-tools if missing).
     RedisDemo(redis_demo::Args),
     /// Boot Debian's 6.1 and 6.12 kernels in qemu and run the privileged suite in each.
     VmTest,
@@ -48,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Demo => demo::run(),
         Task::Test => test::run(),
+        Task::Dist => dist::run(),
         Task::Man => docs::man(),
         Task::Completions => docs::completions(),
         Task::Bench(args) => bench::run(args),

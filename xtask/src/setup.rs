@@ -1,5 +1,5 @@
 //! `cargo xtask setup`: installs what a fresh machine lacks. Idempotent, and quick when
-//! everything is present. Versions are the ones verified in ../shared/TOOLCHAIN.md.
+//! everything is present. What each piece is for, and why these versions: docs/toolchain.md.
 use std::process::Command;
 
 use anyhow::bail;
@@ -21,10 +21,19 @@ const PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The static (musl) targets `cargo xtask dist` builds. Both link with rustc's own rust-lld
+/// and musl start files (.cargo/config.toml): no cross C toolchain.
+const DIST_TARGETS: [&str; 2] = ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"];
+
+/// Builds the .debs of `cargo xtask dist`; the newest release that builds with stable 1.95.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 pub fn run() -> anyhow::Result<()> {
     install_packages(PACKAGES)?;
     install_rust_src()?;
     install_bpf_linker()?;
+    install_dist_targets()?;
+    install_cargo_deb()?;
     eprintln!("setup: everything is in place");
     Ok(())
 }
@@ -97,6 +106,36 @@ fn install_bpf_linker() -> anyhow::Result<()> {
                 "llvm-22",
             ]),
     )
+}
+
+fn install_dist_targets() -> anyhow::Result<()> {
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    let missing: Vec<&str> = DIST_TARGETS
+        .into_iter()
+        .filter(|target| !installed.lines().any(|line| line.trim() == *target))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    util::run(Command::new("rustup").args(["target", "add"]).args(missing))
+}
+
+fn install_cargo_deb() -> anyhow::Result<()> {
+    let version = output(Command::new("cargo").args(["deb", "--version"])).unwrap_or_default();
+    if version
+        .split_whitespace()
+        .any(|word| word == CARGO_DEB_VERSION)
+    {
+        return Ok(());
+    }
+    util::run(Command::new("cargo").args([
+        "install",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+        "--locked",
+    ]))
 }
 
 fn nix_is_root() -> bool {

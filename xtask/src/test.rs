@@ -6,10 +6,15 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{setup, util, vm_test};
+use crate::{dist, libtest, setup, util, vm_test};
+
+/// qemu's user-mode emulation runs the arm64 binary here, and either binary under a feigned
+/// old kernel release (tests/dist.rs).
+const DIST_TEST_PACKAGES: &[&str] = &["qemu-user"];
 
 pub fn run() -> anyhow::Result<()> {
     setup::run()?;
+    setup::install_packages(DIST_TEST_PACKAGES)?;
     let root = util::root();
     util::run(
         Command::new("cargo")
@@ -24,20 +29,37 @@ pub fn run() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // ... and the eBPF crate for its own target, as its build does.
-    util::run(
-        Command::new("cargo")
-            .current_dir(root.join("cow-trace-ebpf"))
-            .args([
-                "+nightly",
-                "clippy",
-                "--release",
-                "--target",
-                "bpfel-unknown-none",
-            ])
-            .args(["-Z", "build-std=core", "--", "-D", "warnings"]),
-    )?;
-    let mut totals = cargo_test(&root, &[], &[])?;
+    // ... and the eBPF crate for its own target, as its build does: as built for x86-64 and
+    // for arm64 (their register layouts differ; see cow-trace-ebpf/src/arch.rs).
+    for arch in ["x86_64", "aarch64"] {
+        util::run(
+            Command::new("cargo")
+                .current_dir(root.join("cow-trace-ebpf"))
+                .env("AYA_BPF_TARGET_ARCH", arch)
+                .args([
+                    "+nightly",
+                    "clippy",
+                    "--release",
+                    "--target",
+                    "bpfel-unknown-none",
+                ])
+                .args(["-Z", "build-std=core", "--", "-D", "warnings"]),
+        )?;
+    }
+    // What ships: static binaries, tarballs, .debs (checked by xtask/tests/dist.rs).
+    let dist_dir = dist::build_all()?;
+    let dist_dir = dist_dir.to_str().context("target/dist is not UTF-8")?;
+    let mut totals = cargo_test(&root, &[("COW_TRACE_DIST", dist_dir)], &[])?;
+    // The x86-64 binary from its tarball, through the article's cow.c experiment.
+    let shipped = dist::unpacked_binary(&dist::X86_64)?;
+    totals.add(cargo_test(
+        &root,
+        &[(
+            "COW_TRACE_BIN",
+            shipped.to_str().context("path is not UTF-8")?,
+        )],
+        &["--test", "privileged", "article_cow_experiment"],
+    )?);
     // The privileged suites again with --no-latency: the tracepoint backend then works
     // without its completion event, and every ground-truth check must still hold.
     let untimed = cargo_test(
@@ -52,10 +74,7 @@ pub fn run() -> anyhow::Result<()> {
             "redis",
         ],
     )?;
-    totals.passed += untimed.passed;
-    totals.failed += untimed.failed;
-    totals.skipped += untimed.skipped;
-    totals.ok &= untimed.ok;
+    totals.add(untimed);
     // The same privileged suite on Debian's 6.1 and 6.12 kernels, once per backend each
     // allows (fexit and kprobe cannot attach on this host's kernel).
     let (vm_passed, vm_failed, vm_skipped) = vm_test::run_suites()?;
@@ -79,6 +98,15 @@ struct Totals {
     /// Ignored by libtest, or returned early saying why (tests/common's `skip`).
     skipped: u64,
     ok: bool,
+}
+
+impl Totals {
+    fn add(&mut self, other: Totals) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.skipped += other.skipped;
+        self.ok &= other.ok;
+    }
 }
 
 /// Runs `cargo test ARGS` (by default, the default members) with `env`, echoing its output
@@ -106,18 +134,11 @@ fn cargo_test(
     for line in stdout.lines() {
         let line = line?;
         println!("{line}");
-        if let Some(result) = line.strip_prefix("test result: ") {
-            let number = |label: &str| -> u64 {
-                result
-                    .split(';')
-                    .find_map(|part| part.trim().strip_suffix(label))
-                    .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
-                    .unwrap_or(0)
-            };
-            totals.passed += number(" passed");
-            totals.failed += number(" failed");
-            totals.skipped += number(" ignored");
-        } else if vm_test::skipped_test(&line).is_some() {
+        if let Some(result) = libtest::result(&line) {
+            totals.passed += result.passed;
+            totals.failed += result.failed;
+            totals.skipped += result.ignored;
+        } else if libtest::skipped_test(&line).is_some() {
             // A test that returned early, saying why: libtest counts it as passed.
             returned_early += 1;
         }

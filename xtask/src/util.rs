@@ -1,7 +1,10 @@
 //! Small helpers shared by the tasks.
 use std::{
+    io::{BufRead as _, BufReader},
     path::PathBuf,
-    process::{Command, ExitStatus},
+    process::{ChildStderr, Command, ExitStatus},
+    sync::mpsc,
+    thread,
 };
 
 use anyhow::{Context as _, bail};
@@ -49,6 +52,24 @@ fn describe(command: &Command) -> String {
     text
 }
 
+/// cow-trace's version, from its Cargo.toml (xtask has its own).
+pub fn cow_trace_version() -> anyhow::Result<String> {
+    let metadata = output(Command::new("cargo").current_dir(root()).args([
+        "metadata",
+        "--no-deps",
+        "--format-version",
+        "1",
+    ]))
+    .context("cargo metadata failed")?;
+    let metadata: serde_json::Value = serde_json::from_str(&metadata)?;
+    metadata["packages"]
+        .as_array()
+        .and_then(|packages| packages.iter().find(|p| p["name"] == "cow-trace"))
+        .and_then(|package| package["version"].as_str())
+        .map(str::to_string)
+        .context("no cow-trace package in cargo metadata")
+}
+
 /// Builds cow-trace in release mode and returns the binary's path.
 pub fn build_release() -> anyhow::Result<PathBuf> {
     run(Command::new("cargo").current_dir(root()).args([
@@ -58,6 +79,21 @@ pub fn build_release() -> anyhow::Result<PathBuf> {
         "cow-trace",
     ]))?;
     Ok(root().join("target/release/cow-trace"))
+}
+
+/// Relays a cow-trace's stderr to ours, from a thread that ends with it; the receiver hears
+/// once cow-trace says it is tracing (its probes attached).
+pub fn relay_stderr(stderr: ChildStderr) -> (mpsc::Receiver<()>, thread::JoinHandle<()>) {
+    let (ready, is_ready) = mpsc::channel();
+    let relay = thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if line.starts_with("Tracing ") {
+                let _ = ready.send(());
+            }
+        }
+    });
+    (is_ready, relay)
 }
 
 /// Compiles one of the C test workloads into target/xtask and returns the binary's path

@@ -129,7 +129,6 @@ impl Perms {
         self.0[1] == b'w'
     }
 
-    #[cfg(test)]
     /// Shared mappings are written in place; private ones copy on write.
     pub fn shared(&self) -> bool {
         self.0[3] == b's'
@@ -223,7 +222,10 @@ mod tests {
 
     use super::*;
 
-    const PAGE: usize = 4096;
+    /// The system's page size: a file mapping's offset must be a multiple of it.
+    fn page() -> usize {
+        crate::page::size() as usize
+    }
 
     /// The mapping of `address` in this process, as /proc/self/maps shows it now.
     fn own_mapping(address: u64) -> Mapping {
@@ -263,29 +265,32 @@ mod tests {
     #[test]
     fn file_mapping_reports_path_and_offset_into_the_file() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
-        file.write_all(&vec![7u8; 3 * PAGE]).unwrap();
+        file.write_all(&vec![7u8; 3 * page()]).unwrap();
         file.flush().unwrap();
         // SAFETY: maps two pages of a file we own, read-only, from its second page.
         let address = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                2 * PAGE,
+                2 * page(),
                 libc::PROT_READ,
                 libc::MAP_SHARED,
                 file.as_file().as_raw_fd(),
-                PAGE as libc::off_t,
+                page() as libc::off_t,
             )
         };
         assert_ne!(address, libc::MAP_FAILED);
-        let mapping = own_mapping(address as u64 + PAGE as u64 + 0x123);
+        let mapping = own_mapping(address as u64 + page() as u64 + 0x123);
         // SAFETY: unmaps exactly the mapping above.
-        unsafe { libc::munmap(address, 2 * PAGE) };
+        unsafe { libc::munmap(address, 2 * page()) };
         let path = file.path().canonicalize().unwrap();
         assert_eq!(&*mapping.label, path.to_str().unwrap());
         assert_eq!(mapping.backing, Backing::File);
-        assert_eq!(mapping.offset, 2 * PAGE as u64 + 0x123);
+        assert_eq!(mapping.offset, 2 * page() as u64 + 0x123);
         assert_eq!(mapping.perms.as_str(), "r--s");
-        assert_eq!(mapping.to_string(), format!("{}@0x2123", path.display()));
+        assert_eq!(
+            mapping.to_string(),
+            format!("{}@{:#x}", path.display(), 2 * page() + 0x123)
+        );
     }
 
     #[test]

@@ -96,6 +96,12 @@ impl MapInfo {
     pub fn executable(&self) -> bool {
         self.perms.executable()
     }
+
+    /// A private mapping of a file (memfd and tmpfs files too): a first write to one of its
+    /// pages copies the file's page into private memory.
+    pub fn is_private_file(&self) -> bool {
+        self.backing == Backing::File && !self.perms.shared()
+    }
 }
 
 /// One interned `[anon]` label: a process may make a hundred thousand anonymous mappings.

@@ -1,6 +1,8 @@
 //! Where and why, for the session: each fault's mapping and symbolized ip (--resolve), its user
-//! stack (--stack), and the mapping of a summary region, all from each process's address-space
-//! history (`history.rs`), so they resolve whether or not the process is still alive.
+//! stack (--stack, the flame graph), whether a first write was to a private file mapping (a
+//! copy of the file's page), and the mapping of a summary region. All come from each process's
+//! address-space history (`history.rs`), the one account of mappings, so they resolve whether or
+//! not the process is still alive.
 mod attribute;
 mod files;
 mod history;
@@ -11,9 +13,6 @@ mod unwound;
 use std::collections::HashMap;
 
 pub use self::history::{HistoryStats, Retention};
-
-/// The most pieces of mappings the history keeps for one process, live and replaced.
-pub const PIECES_PER_PROCESS: usize = history::MAX_LIVE + history::MAX_PAST;
 use self::{
     attribute::{Attribution, read_maps},
     files::Files,
@@ -21,9 +20,13 @@ use self::{
     symbolize::{Symbols, is_user_ip},
 };
 use crate::{
+    clock::monotonic_ns,
     event::Fault,
     map_record::{MapChange, MapRecord},
 };
+
+/// The most pieces of mappings the history keeps for one process, live and replaced.
+pub const PIECES_PER_PROCESS: usize = history::MAX_LIVE + history::MAX_PAST;
 
 /// At most this many stacks are kept symbolized; then the cache starts over.
 const STACK_CACHE_CAP: usize = 1 << 14;
@@ -35,6 +38,11 @@ pub struct Enricher {
     stacks: HashMap<(u32, u32), Vec<String>>,
     /// When /proc/PID/maps was last read to fill a gap in a process's history.
     gap_reads: HashMap<u32, u64>,
+    /// Stacks the kernel captured but that could not be read back: losses, as the kernel's
+    /// own failed captures are.
+    unread_stacks: u64,
+    /// Whether code files are opened as they are mapped (for symbols).
+    hold_code_files: bool,
     /// --stack=dwarf: copied stacks waiting for their faults, unwound stacks.
     dwarf: unwound::DwarfStacks,
 }
@@ -49,8 +57,24 @@ impl Enricher {
             symbols: Symbols::new(),
             stacks: HashMap::new(),
             gap_reads: HashMap::new(),
+            unread_stacks: 0,
+            hold_code_files: true,
             dwarf: unwound::DwarfStacks::default(),
         }
+    }
+
+    /// Where nothing is symbolized, the files of code mappings are not held open (they would
+    /// keep deleted files and busy mounts for nothing).
+    pub fn without_code_files(self) -> Enricher {
+        Enricher {
+            hold_code_files: false,
+            ..self
+        }
+    }
+
+    /// How many stacks could not be read back from the kernel.
+    pub fn unread_stacks(&self) -> u64 {
+        self.unread_stacks
     }
 
     /// What `pid` has mapped now (at attach, for what was mapped before the kernel's records
@@ -69,6 +93,7 @@ impl Enricher {
     pub fn add_records(&mut self, records: Vec<MapRecord>) {
         for record in &records {
             if let MapChange::Map(mapping) = &record.change
+                && self.hold_code_files
                 && mapping.executable()
                 && mapping.is_file()
                 && mapping.ino != 0
@@ -116,6 +141,16 @@ impl Enricher {
             .map(|frames| frames.join(" "));
     }
 
+    /// Whether `address` lies in a private file mapping of `pid` at `at` (None: the last
+    /// mapping there), where a first write copies the file's page (`FaultClass::with_mapping`).
+    /// False where the mapping is unknown.
+    pub fn in_private_file_mapping(&mut self, pid: u32, address: u64, at: Option<u64>) -> bool {
+        match self.find(pid, address, at) {
+            Attribution::Mapped(hit) => hit.info.is_private_file(),
+            Attribution::Unmapped | Attribution::Unknown => false,
+        }
+    }
+
     /// The label of the last mapping that held `address` in `pid`, without the offset: the
     /// name a summary groups faults by (the kernel's counts carry no time).
     pub fn mapping_label(&mut self, pid: u32, address: u64) -> String {
@@ -124,19 +159,30 @@ impl Enricher {
 
     /// The symbolized frames of user stack `stack_id` of `pid`, innermost first, as at `at`
     /// (None: as last mapped); `read_ips` reads its addresses from the kernel's stack map, if
-    /// not cached.
+    /// not cached. A stack that cannot be read has no frames and counts in
+    /// [`Enricher::unread_stacks`] (the first is warned of).
     pub fn stack(
         &mut self,
         pid: u32,
         stack_id: u32,
         at: Option<u64>,
-        read_ips: impl FnOnce(u32) -> Vec<u64>,
+        read_ips: impl FnOnce(u32) -> anyhow::Result<Vec<u64>>,
     ) -> Vec<String> {
         if let Some(frames) = self.stacks.get(&(pid, stack_id)) {
             return frames.clone();
         }
-        let mut frames = Vec::new();
-        for ip in read_ips(stack_id) {
+        let ips = match read_ips(stack_id) {
+            Ok(ips) => ips,
+            Err(error) => {
+                if self.unread_stacks == 0 {
+                    log::warn!("a user stack is missing (counted as not taken): {error:#}");
+                }
+                self.unread_stacks += 1;
+                return Vec::new();
+            }
+        };
+        let mut frames = Vec::with_capacity(ips.len());
+        for ip in ips {
             match self.symbol(pid, ip, at) {
                 Some(symbolized) => frames.extend(symbolized),
                 None => frames.push(self.unsymbolized(pid, ip, at)),
@@ -221,6 +267,9 @@ impl Enricher {
     }
 
     fn open_code_files(&mut self, pid: u32, maps: &[(u64, u64, MapInfo)]) {
+        if !self.hold_code_files {
+            return;
+        }
         for (start, end, info) in maps {
             if let (Some(key), true) = (info.file, info.executable()) {
                 self.files.observe(pid, *start, *end, key, &info.label);
@@ -235,12 +284,21 @@ pub fn fault_time(fault: &Fault) -> u64 {
     fault.ts_ns.saturating_add(fault.latency_ns.unwrap_or(0))
 }
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_stack_is_a_counted_loss() {
+        let mut enricher = Enricher::new(Retention::UntilExit, 0);
+        // No such process: nothing is read from /proc.
+        let pid = u32::MAX;
+        let frames = enricher.stack(pid, 7, None, |_| Err(anyhow::anyhow!("no such stack")));
+        assert!(frames.is_empty());
+        assert_eq!(enricher.unread_stacks(), 1);
+        // Not remembered as empty: a later read may succeed.
+        let frames = enricher.stack(pid, 7, None, |_| Ok(vec![0x1234]));
+        assert_eq!(frames, ["0x1234"]);
+        assert_eq!(enricher.unread_stacks(), 1);
+    }
 }

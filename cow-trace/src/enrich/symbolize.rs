@@ -3,21 +3,21 @@
 //! deleted, still symbolizes. Inlined functions are reported where the file's debug
 //! information has them. Answers are memoized per (file, offset): a loop that faults page
 //! after page repeats the same ip.
-use std::{collections::HashMap, path::PathBuf};
+use std::{collections::HashMap, fs::File, io::Write as _, os::fd::AsRawFd, path::PathBuf};
 
-use blazesym::{
-    Pid,
-    symbolize::{
-        Input, Sym, Symbolized, Symbolizer,
-        evict::{self, Evict},
-        source::{Elf, Process, Source},
-    },
+use blazesym::symbolize::{
+    Input, Sym, Symbolized, Symbolizer,
+    evict::{self, Evict},
+    source::{Elf, Source},
 };
+use nix::sys::memfd::{MFdFlags, memfd_create};
 
 use super::{files::OpenFile, history::FileKey};
 
-/// Kernel-space addresses on x86-64 start here; only userspace ips are symbolized.
-pub const KERNEL_START: u64 = 0xffff_8000_0000_0000;
+/// Kernel-space addresses have the top bit set, on x86-64 and on arm64 alike (user space ends
+/// far below: 2^47 or 2^56 on x86-64, 2^48 or 2^52 on arm64); only userspace ips are
+/// symbolized.
+pub const KERNEL_START: u64 = 1 << 63;
 
 /// At most this many memoized answers; then the memo starts over.
 const MEMO_CAP: usize = 1 << 16;
@@ -70,6 +70,8 @@ pub struct Symbols {
     /// symbol table is enough there; parsing its debug information (a debug build has some
     /// 80 MB) would cost more than the rest of a short run.
     own_binary: Option<FileKey>,
+    /// cow-trace's own vDSO, copied into a file at the first need (None inside: it cannot be).
+    vdso: Option<Option<File>>,
 }
 
 impl Default for Symbols {
@@ -87,6 +89,7 @@ impl Symbols {
                 .build(),
             memo: HashMap::new(),
             own_binary: own_binary(),
+            vdso: None,
         }
     }
 
@@ -104,14 +107,15 @@ impl Symbols {
 
     /// The function at `offset` into the vDSO.
     pub fn in_vdso(&mut self, offset: u64) -> Option<Symbol> {
-        // SAFETY: getauxval only reads the auxiliary vector.
-        let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
-        if base == 0 {
-            return None;
-        }
+        let image = self.vdso.get_or_insert_with(|| {
+            own_vdso()
+                .inspect_err(|error| log::debug!("no copy of the vDSO: {error:#}"))
+                .ok()
+        });
+        let path = PathBuf::from(format!("/proc/self/fd/{}", image.as_ref()?.as_raw_fd()));
         self.memoized(Place::Vdso, offset, |symbolizer| {
-            let source = Source::Process(Process::new(Pid::Slf));
-            symbolizer.symbolize_single(&source, Input::AbsAddr(base + offset))
+            let source = Source::Elf(Elf::new(&path));
+            symbolizer.symbolize_single(&source, Input::FileOffset(offset))
         })
     }
 
@@ -155,6 +159,40 @@ fn own_binary() -> Option<FileKey> {
         dev: (libc::major(meta.dev()), libc::minor(meta.dev())),
         ino: meta.ino(),
     })
+}
+
+/// cow-trace's own vDSO as a file: the image the kernel maps into every process (the
+/// `[vdso]` mapping of any traced process, at the same offsets), read from our memory. Its
+/// size is where its ELF section headers end, the last part of the image.
+fn own_vdso() -> anyhow::Result<File> {
+    use anyhow::{Context as _, bail};
+    // SAFETY: getauxval only reads the auxiliary vector.
+    let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) } as usize;
+    if base == 0 {
+        bail!("no vDSO in the auxiliary vector");
+    }
+    const HEADER: usize = 64;
+    // SAFETY: the kernel maps the vDSO's whole ELF image at `base`, readable, for the life of
+    // the process; its 64-bit ELF header comes first.
+    let header = unsafe { std::slice::from_raw_parts(base as *const u8, HEADER) };
+    if &header[..5] != b"\x7fELF\x02" {
+        bail!("the vDSO is no 64-bit ELF image");
+    }
+    // Our own image: in our byte order.
+    let u16_at = |at: usize| usize::from(u16::from_ne_bytes([header[at], header[at + 1]]));
+    let mut shoff = [0u8; 8];
+    shoff.copy_from_slice(&header[0x28..0x30]);
+    // e_shoff + e_shentsize * e_shnum.
+    let size = u64::from_ne_bytes(shoff) as usize + u16_at(0x3a) * u16_at(0x3c);
+    if !(HEADER..=1 << 20).contains(&size) {
+        bail!("a vDSO of {size} bytes");
+    }
+    // SAFETY: as above; the section headers lie within the mapped image.
+    let image = unsafe { std::slice::from_raw_parts(base as *const u8, size) };
+    let mut file =
+        File::from(memfd_create(c"cow-trace-vdso", MFdFlags::MFD_CLOEXEC).context("memfd_create")?);
+    file.write_all(image).context("copying the vDSO")?;
+    Ok(file)
 }
 
 pub fn is_user_ip(ip: u64) -> bool {
@@ -244,6 +282,22 @@ mod tests {
     }
 
     #[test]
+    fn kernel_ips_of_both_architectures_are_not_user_ips() {
+        // x86-64's kernel text, arm64's linear map (48-bit), x86-64's 5-level direct map.
+        for kernel in [
+            0xffff_ffff_8100_0000,
+            0xffff_0000_0810_0000,
+            0xff11_0000_0000_0000,
+        ] {
+            assert!(!is_user_ip(kernel), "{kernel:#x}");
+        }
+        // The top of x86-64's and of arm64's (52-bit) user space.
+        for user in [0x7fff_ffff_f000, 0x000f_ffff_ffff_f000] {
+            assert!(is_user_ip(user), "{user:#x}");
+        }
+    }
+
+    #[test]
     fn the_vdso_by_offset() {
         // SAFETY: getauxval only reads the auxiliary vector.
         assert_ne!(unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) }, 0);
@@ -254,5 +308,17 @@ mod tests {
             .filter_map(|offset| symbols.in_vdso(offset))
             .find(|symbol| symbol.name.contains("clock_gettime"));
         assert!(found.is_some(), "no __vdso_clock_gettime in the vDSO");
+        // The copy is the image the [vdso] mapping holds, no more.
+        let maps = read_maps(std::process::id()).unwrap();
+        let (start, end, _) = maps
+            .iter()
+            .find(|(_, _, info)| &*info.label == "[vdso]")
+            .expect("a [vdso] mapping");
+        let copied = own_vdso().unwrap().metadata().unwrap().len();
+        assert!(
+            1024 < copied && copied <= end - start,
+            "{copied} bytes of {}",
+            end - start
+        );
     }
 }

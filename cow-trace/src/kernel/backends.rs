@@ -1,9 +1,15 @@
 //! The ways to see a fault, tried in order by `--backend auto` (as kunai tries its probes):
-//! - fexit: BTF trampolines on handle_mm_fault (fentry + fexit), do_wp_page for write-protect;
-//! - kprobe: kprobe + kretprobe on handle_mm_fault, kprobe on do_wp_page;
+//! - fexit: BTF trampolines on handle_mm_fault (fentry + fexit), do_wp_page for write-protect,
+//!   do_swap_page for swap-ins;
+//! - kprobe: kprobe + kretprobe on handle_mm_fault, kprobes on do_wp_page and do_swap_page;
 //! - tracepoint: exceptions:page_fault_{user,kernel} at entry, the PAGE_FAULTS_MIN/MAJ perf
-//!   software events at completion. Works where kprobes and trampolines are forbidden.
-use crate::{cli::BackendChoice, kernel::kernel_error};
+//!   software events at completion. Works where kprobes and trampolines are forbidden; sees
+//!   no swap-in.
+use crate::{
+    cli::BackendChoice,
+    failure::{Status, failure},
+    kernel::kernel_error,
+};
 use aya::{
     Btf, Ebpf,
     programs::{
@@ -31,27 +37,55 @@ impl Backend {
     }
 }
 
-/// The backends `choice` allows, in the order to try them.
-pub fn candidates(choice: BackendChoice) -> &'static [Backend] {
-    match choice {
-        BackendChoice::Auto => &[Backend::Fexit, Backend::Kprobe, Backend::Tracepoint],
+/// What an attached backend sees besides the faults themselves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sees {
+    /// Faults that read their page back from swap (`do_swap_page` hooked). Without it, a write
+    /// that reads back a swapped-out page of a private file mapping looks like a copy of the
+    /// file's page (it allocates a page at a write to a page not present, as the copy does).
+    pub swap_ins: bool,
+}
+
+/// Whether this CPU architecture's kernels have the `exceptions:page_fault_user` /
+/// `page_fault_kernel` tracepoints the tracepoint backend starts from: x86 only (arm64 kernels,
+/// Debian's 6.1 for one, have none). Elsewhere only the handle_mm_fault backends can work.
+pub const HAS_FAULT_TRACEPOINTS: bool = cfg!(target_arch = "x86_64");
+
+/// The backends `choice` allows on this CPU architecture, in the order to try them.
+pub fn candidates(choice: BackendChoice) -> anyhow::Result<&'static [Backend]> {
+    candidates_for(choice, HAS_FAULT_TRACEPOINTS)
+        .map_err(|message| failure(Status::Kernel, message))
+}
+
+/// [`candidates`] where the fault tracepoints exist or not.
+fn candidates_for(
+    choice: BackendChoice,
+    fault_tracepoints: bool,
+) -> Result<&'static [Backend], String> {
+    Ok(match choice {
+        BackendChoice::Auto if fault_tracepoints => {
+            &[Backend::Fexit, Backend::Kprobe, Backend::Tracepoint]
+        }
+        BackendChoice::Auto => &[Backend::Fexit, Backend::Kprobe],
         BackendChoice::Fexit => &[Backend::Fexit],
         BackendChoice::Kprobe => &[Backend::Kprobe],
-        BackendChoice::Tracepoint => &[Backend::Tracepoint],
-    }
+        BackendChoice::Tracepoint if fault_tracepoints => &[Backend::Tracepoint],
+        BackendChoice::Tracepoint => {
+            return Err(format!(
+                "--backend tracepoint needs the exceptions:page_fault_* tracepoints, which {} \
+                 kernels do not have: use --backend fexit or kprobe (or auto)",
+                std::env::consts::ARCH
+            ));
+        }
+    })
 }
 
 /// Attaches one backend's programs; on failure, unloads what it had attached.
-pub fn attach(
-    ebpf: &mut Ebpf,
-    backend: Backend,
-    untimed: bool,
-    verbose: bool,
-) -> anyhow::Result<()> {
+pub fn attach(ebpf: &mut Ebpf, backend: Backend, untimed: bool) -> anyhow::Result<Sees> {
     let result = match backend {
-        Backend::Fexit => attach_fexit(ebpf, verbose),
-        Backend::Kprobe => attach_kprobe(ebpf, verbose),
-        Backend::Tracepoint => attach_tracepoint_backend(ebpf, untimed, verbose),
+        Backend::Fexit => attach_fexit(ebpf),
+        Backend::Kprobe => attach_kprobe(ebpf),
+        Backend::Tracepoint => attach_tracepoint_backend(ebpf, untimed).map(|()| Sees::default()),
     };
     if result.is_err() {
         for name in programs_of(backend) {
@@ -82,11 +116,13 @@ fn programs_of(backend: Backend) -> &'static [&'static str] {
             "handle_mm_fault_fentry",
             "handle_mm_fault_fexit",
             "do_wp_page_fentry",
+            "do_swap_page_fentry",
         ],
         Backend::Kprobe => &[
             "handle_mm_fault_kprobe",
             "handle_mm_fault_kretprobe",
             "do_wp_page_kprobe",
+            "do_swap_page_kprobe",
         ],
         Backend::Tracepoint => &[
             "exceptions_page_fault_user",
@@ -107,7 +143,7 @@ where
     Ok(program.try_into()?)
 }
 
-fn attach_fexit(ebpf: &mut Ebpf, verbose: bool) -> anyhow::Result<()> {
+fn attach_fexit(ebpf: &mut Ebpf) -> anyhow::Result<Sees> {
     let btf = Btf::from_sys_fs().map_err(|e| kernel_error("reading /sys/kernel/btf/vmlinux", e))?;
     let entry: &mut FEntry = program(ebpf, "handle_mm_fault_fentry")?;
     entry
@@ -129,18 +165,25 @@ fn attach_fexit(ebpf: &mut Ebpf, verbose: bool) -> anyhow::Result<()> {
         .and_then(|()| wp.attach().map(drop))
     {
         Ok(()) => {}
-        Err(e) if verbose => {
-            eprintln!("cow-trace: no fentry on do_wp_page ({e}); using error codes")
+        Err(e) => log::info!("no fentry on do_wp_page ({e}); using error codes"),
+    }
+    let swap: &mut FEntry = program(ebpf, "do_swap_page_fentry")?;
+    let swap_ins = match swap
+        .load("do_swap_page", &btf)
+        .and_then(|()| swap.attach().map(drop))
+    {
+        Ok(()) => true,
+        Err(e) => {
+            log::info!("no fentry on do_swap_page ({e}): swap-ins not seen");
+            unload_named(ebpf, "do_swap_page_fentry");
+            false
         }
-        Err(_) => {}
-    }
-    if verbose {
-        eprintln!("cow-trace: attached fentry/fexit to handle_mm_fault");
-    }
-    Ok(())
+    };
+    log::info!("attached fentry/fexit to handle_mm_fault");
+    Ok(Sees { swap_ins })
 }
 
-fn attach_kprobe(ebpf: &mut Ebpf, verbose: bool) -> anyhow::Result<()> {
+fn attach_kprobe(ebpf: &mut Ebpf) -> anyhow::Result<Sees> {
     for name in ["handle_mm_fault_kprobe", "handle_mm_fault_kretprobe"] {
         let probe: &mut KProbe = program(ebpf, name)?;
         probe
@@ -156,15 +199,29 @@ fn attach_kprobe(ebpf: &mut Ebpf, verbose: bool) -> anyhow::Result<()> {
         .and_then(|()| wp.attach("do_wp_page", 0).map(drop))
     {
         Ok(()) => {}
-        Err(e) if verbose => {
-            eprintln!("cow-trace: no kprobe on do_wp_page ({e}); using error codes")
+        Err(e) => log::info!("no kprobe on do_wp_page ({e}); using error codes"),
+    }
+    let swap: &mut KProbe = program(ebpf, "do_swap_page_kprobe")?;
+    let swap_ins = match swap
+        .load()
+        .and_then(|()| swap.attach("do_swap_page", 0).map(drop))
+    {
+        Ok(()) => true,
+        Err(e) => {
+            log::info!("no kprobe on do_swap_page ({e}): swap-ins not seen");
+            unload_named(ebpf, "do_swap_page_kprobe");
+            false
         }
-        Err(_) => {}
+    };
+    log::info!("attached kprobe/kretprobe to handle_mm_fault");
+    Ok(Sees { swap_ins })
+}
+
+/// Unloads an optional program that could not attach.
+fn unload_named(ebpf: &mut Ebpf, name: &str) {
+    if let Some(program) = ebpf.program_mut(name) {
+        unload(program);
     }
-    if verbose {
-        eprintln!("cow-trace: attached kprobe/kretprobe to handle_mm_fault");
-    }
-    Ok(())
 }
 
 /// Attaches one tracepoint program.
@@ -199,15 +256,13 @@ pub fn attach_raw_tracepoint(ebpf: &mut Ebpf, name: &str, event: &str) -> anyhow
 /// Fault entries from the exceptions tracepoints; completions from the perf software events,
 /// which the kernel fires exactly where it counts min_flt / maj_flt. Untimed (--no-latency),
 /// minor faults go without: that perf event is most of the cost of tracing.
-fn attach_tracepoint_backend(ebpf: &mut Ebpf, untimed: bool, verbose: bool) -> anyhow::Result<()> {
+fn attach_tracepoint_backend(ebpf: &mut Ebpf, untimed: bool) -> anyhow::Result<()> {
     for (name, event) in [
         ("exceptions_page_fault_user", "page_fault_user"),
         ("exceptions_page_fault_kernel", "page_fault_kernel"),
     ] {
         attach_raw_tracepoint(ebpf, name, event)?;
-        if verbose {
-            eprintln!("cow-trace: attached {name} to raw tracepoint {event}");
-        }
+        log::info!("attached {name} to raw tracepoint {event}");
     }
     let cpus = online_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?;
     for (name, event) in [
@@ -230,12 +285,50 @@ fn attach_tracepoint_backend(ebpf: &mut Ebpf, untimed: bool, verbose: bool) -> a
             )
             .map_err(|e| kernel_error(&format!("attaching {name} to {event:?} on CPU {cpu}"), e))?;
         }
-        if verbose {
-            eprintln!(
-                "cow-trace: attached {name} to perf software event {event:?} on {} CPUs",
-                cpus.len()
-            );
-        }
+        log::info!(
+            "attached {name} to perf software event {event:?} on {} CPUs",
+            cpus.len()
+        );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_tries_every_backend_where_the_fault_tracepoints_exist() {
+        assert_eq!(
+            candidates_for(BackendChoice::Auto, true),
+            Ok(&[Backend::Fexit, Backend::Kprobe, Backend::Tracepoint][..])
+        );
+        assert_eq!(
+            candidates_for(BackendChoice::Tracepoint, true),
+            Ok(&[Backend::Tracepoint][..])
+        );
+    }
+
+    #[test]
+    fn without_fault_tracepoints_only_handle_mm_fault_backends() {
+        assert_eq!(
+            candidates_for(BackendChoice::Auto, false),
+            Ok(&[Backend::Fexit, Backend::Kprobe][..])
+        );
+        assert_eq!(
+            candidates_for(BackendChoice::Kprobe, false),
+            Ok(&[Backend::Kprobe][..])
+        );
+        let error = candidates_for(BackendChoice::Tracepoint, false).unwrap_err();
+        assert!(error.contains("--backend fexit or kprobe"), "{error}");
+        assert!(!error.contains('\n'), "{error}");
+    }
+
+    #[test]
+    fn x86_64_has_the_fault_tracepoints_and_arm64_does_not() {
+        assert_eq!(HAS_FAULT_TRACEPOINTS, cfg!(target_arch = "x86_64"));
+        if cfg!(target_arch = "aarch64") {
+            assert!(candidates(BackendChoice::Tracepoint).is_err());
+        }
+    }
 }

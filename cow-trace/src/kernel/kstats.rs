@@ -1,6 +1,5 @@
 //! Reads the in-kernel summary (--summary): counts and histograms.
 use anyhow::Context as _;
-use aya::maps::{HashMap, MapData};
 use cow_trace_common::{Hist, HistKey, StatKey, StatValue};
 
 use crate::kernel::probes::Probes;
@@ -16,9 +15,7 @@ pub struct KernelCounts {
 
 /// Reads the kernel's counts and histograms (totals since attaching).
 pub fn read(probes: &Probes) -> anyhow::Result<KernelCounts> {
-    let stats: HashMap<&MapData, StatKey, StatValue> =
-        HashMap::try_from(probes.ebpf.map("STATS").context("STATS map missing")?)
-            .context("STATS has an unexpected type")?;
+    let stats = probes.stats()?;
     let mut counts = KernelCounts {
         stats: Vec::new(),
         hists: Vec::new(),
@@ -31,9 +28,7 @@ pub fn read(probes: &Probes) -> anyhow::Result<KernelCounts> {
         }
         counts.stats.push((key, value));
     }
-    let hists: HashMap<&MapData, HistKey, Hist> =
-        HashMap::try_from(probes.ebpf.map("HISTS").context("HISTS map missing")?)
-            .context("HISTS has an unexpected type")?;
+    let hists = probes.hists()?;
     for entry in hists.iter() {
         counts.hists.push(entry.context("reading HISTS")?);
     }

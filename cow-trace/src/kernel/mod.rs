@@ -3,13 +3,15 @@
 //! the loss counters, `kstats` for `--summary`'s counts), and the kernel's record of the
 //! traced processes' mappings (`mmap_events`, perf events, apart from the eBPF programs).
 pub mod backends;
+pub mod diagnostics;
 pub mod kstats;
 pub mod mmap_events;
 pub mod probes;
 pub mod ring;
 pub mod tracefs;
+pub mod version;
 
-use crate::failure::{Kind, failure};
+use crate::failure::{Status, failure};
 
 /// What the kernel side needs to know of the run: sizes and modes fixed before loading.
 #[derive(Clone, Copy, Debug)]
@@ -32,5 +34,8 @@ pub fn kernel_error(what: &str, error: impl std::error::Error) -> anyhow::Error 
         detail.push_str(&cause.to_string());
         source = cause.source();
     }
-    failure(Kind::Kernel, format!("the kernel refused {what}: {detail}"))
+    failure(
+        Status::Kernel,
+        format!("the kernel refused {what}: {detail}"),
+    )
 }

@@ -5,17 +5,19 @@ use std::path::Path;
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, StackTraceMap},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
-use cow_trace_common::{NO_FIELD, PENDING_DEFERRED, PendingFault, Record, Settings};
+use cow_trace_common::{
+    Hist, HistKey, NO_FIELD, PENDING_DEFERRED, PendingFault, Record, Settings, StatKey, StatValue,
+};
 
 use crate::{
     cli::BackendChoice,
-    failure::{Kind, failure},
+    failure::{Status, failure},
     kernel::{
         KernelConfig,
-        backends::{self, Backend},
-        kernel_error, tracefs,
+        backends::{self, Backend, Sees},
+        diagnostics, kernel_error, tracefs,
     },
 };
 
@@ -35,11 +37,14 @@ const COMMON: [(&str, &str, &str); 4] = [
 /// Copy detection: a raw tracepoint, as it runs on every page allocation of the machine.
 const PAGE_ALLOC: (&str, &str) = ("kmem_mm_page_alloc", "mm_page_alloc");
 
-/// The loaded programs; dropping this detaches everything and frees the maps.
+/// The loaded programs and their maps, which only this type names; dropping it detaches
+/// everything and frees the maps.
 pub struct Probes {
-    pub ebpf: Ebpf,
+    ebpf: Ebpf,
     /// --no-latency.
     untimed: bool,
+    /// What the attached backend sees besides faults.
+    sees: Sees,
 }
 
 impl Probes {
@@ -57,8 +62,9 @@ impl Probes {
         settings.wakeup_bytes = ring_size / 8;
         settings.untimed = untimed.into();
         raise_memlock_limit();
-        let ebpf = EbpfLoader::new()
+        let mut ebpf = EbpfLoader::new()
             .override_global("SETTINGS", &settings, true)
+            .override_global(aya_log::LEVEL, &diagnostics::level(), false)
             .map_max_entries("EVENTS", ring_size)
             // Maps a mode does not use shrink to one entry: kernel memory is not free.
             .map_max_entries("STACKS", if stacks { 16384 } else { 1 })
@@ -66,7 +72,12 @@ impl Probes {
             .map_max_entries("HISTS", if summary_mode { 4096 } else { 1 })
             .load(OBJECT)
             .map_err(|e| kernel_error("loading the eBPF object", e))?;
-        Ok(Probes { ebpf, untimed })
+        diagnostics::start(&mut ebpf);
+        Ok(Probes {
+            ebpf,
+            untimed,
+            sees: Sees::default(),
+        })
     }
 
     /// The map of traced thread-group ids.
@@ -80,6 +91,18 @@ impl Probes {
         self.traced()?
             .insert(pid, 1, 0)
             .with_context(|| format!("adding pid {pid} to the traced set"))
+    }
+
+    /// Traces `pid` from its exec on (the held command: until then it runs cow-trace's code).
+    pub fn trace_from_exec(&mut self, pid: u32) -> anyhow::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("TRACE_AT_EXEC")
+            .context("TRACE_AT_EXEC map missing")?;
+        HashMap::<_, u32, u8>::try_from(map)
+            .context("TRACE_AT_EXEC map has an unexpected type")?
+            .insert(pid, 1, 0)
+            .with_context(|| format!("tracing pid {pid} from its exec"))
     }
 
     /// Detaches every program, keeping the maps: what the kernel wrote stays readable, and
@@ -108,48 +131,85 @@ impl Probes {
         Ok(records)
     }
 
-    /// The addresses of user stack `stack_id` (--stack), innermost first; empty if the map
-    /// holds none.
-    pub fn stack_ips(&self, stack_id: u32) -> Vec<u64> {
-        self.ebpf
-            .map("STACKS")
-            .and_then(|map| StackTraceMap::<&MapData>::try_from(map).ok())
-            .and_then(|map| map.get(&stack_id, 0).ok())
-            .map(|trace| trace.frames().iter().map(|frame| frame.ip).collect())
-            .unwrap_or_default()
+    /// Takes the EVENTS ring buffer out of the object (the reader owns it from then on).
+    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing")?;
+        RingBuf::try_from(map).context("EVENTS is not a ring buffer")
+    }
+
+    /// The per-CPU loss counters, indexed by `cow_trace_common::counter`.
+    pub fn counters(&self) -> anyhow::Result<PerCpuArray<&MapData, u64>> {
+        let map = self.ebpf.map("COUNTERS").context("COUNTERS map missing")?;
+        PerCpuArray::try_from(map).context("COUNTERS has an unexpected type")
+    }
+
+    /// The in-kernel summary's counts (--summary).
+    pub fn stats(&self) -> anyhow::Result<HashMap<&MapData, StatKey, StatValue>> {
+        let map = self.ebpf.map("STATS").context("STATS map missing")?;
+        HashMap::try_from(map).context("STATS has an unexpected type")
+    }
+
+    /// The in-kernel summary's latency histograms (--summary).
+    pub fn hists(&self) -> anyhow::Result<HashMap<&MapData, HistKey, Hist>> {
+        let map = self.ebpf.map("HISTS").context("HISTS map missing")?;
+        HashMap::try_from(map).context("HISTS has an unexpected type")
+    }
+
+    /// The addresses of user stack `stack_id` (--stack), innermost first.
+    pub fn stack_ips(&self, stack_id: u32) -> anyhow::Result<Vec<u64>> {
+        let map = self.ebpf.map("STACKS").context("STACKS map missing")?;
+        let stacks =
+            StackTraceMap::<&MapData>::try_from(map).context("STACKS has an unexpected type")?;
+        let trace = stacks
+            .get(&stack_id, 0)
+            .with_context(|| format!("reading stack {stack_id}"))?;
+        Ok(trace.frames().iter().map(|frame| frame.ip).collect())
+    }
+
+    /// What the attached backend sees besides faults (nothing before [`Probes::attach`]).
+    pub fn sees(&self) -> Sees {
+        self.sees
     }
 
     /// Attaches the shared programs, then the first backend of `choice` the kernel accepts.
-    pub fn attach(&mut self, choice: BackendChoice, verbose: bool) -> anyhow::Result<Backend> {
+    pub fn attach(&mut self, choice: BackendChoice) -> anyhow::Result<Backend> {
         for (program, category, event) in COMMON {
             backends::attach_tracepoint(&mut self.ebpf, program, category, event)?;
-            if verbose {
-                eprintln!("cow-trace: attached {program} to tracepoint {category}:{event}");
-            }
+            log::info!("attached {program} to tracepoint {category}:{event}");
         }
         let (program, event) = PAGE_ALLOC;
         backends::attach_raw_tracepoint(&mut self.ebpf, program, event)?;
-        if verbose {
-            eprintln!("cow-trace: attached {program} to raw tracepoint {event}");
+        log::info!("attached {program} to raw tracepoint {event}");
+        let candidates = backends::candidates(choice)?;
+        if choice == BackendChoice::Auto && !backends::HAS_FAULT_TRACEPOINTS {
+            log::info!(
+                "{} kernels have no exceptions:page_fault_* tracepoints: \
+                 trying fexit, then kprobe, on handle_mm_fault",
+                std::env::consts::ARCH
+            );
         }
         let mut refusals = Vec::new();
-        for &backend in backends::candidates(choice) {
-            match backends::attach(&mut self.ebpf, backend, self.untimed, verbose) {
-                Ok(()) => return Ok(backend),
+        for &backend in candidates {
+            match backends::attach(&mut self.ebpf, backend, self.untimed) {
+                Ok(sees) => {
+                    self.sees = sees;
+                    return Ok(backend);
+                }
                 Err(error) => {
-                    if verbose {
-                        eprintln!("cow-trace: backend {} refused: {error:#}", backend.name());
-                    }
+                    log::info!("backend {} refused: {error:#}", backend.name());
                     refusals.push(format!("{}: {error:#}", backend.name()));
                 }
             }
         }
         let hint = match choice {
-            BackendChoice::Auto => "check that tracefs and perf events are available",
+            BackendChoice::Auto if backends::HAS_FAULT_TRACEPOINTS => {
+                "check that tracefs and perf events are available"
+            }
+            BackendChoice::Auto => "the kernel needs kprobes, or BTF and BPF trampolines",
             _ => "try --backend auto",
         };
         Err(failure(
-            Kind::Kernel,
+            Status::Kernel,
             format!("no backend could attach ({}); {hint}", refusals.join("; ")),
         ))
     }
@@ -159,7 +219,7 @@ fn read_settings(root: &Path, summary_mode: bool, stacks: bool) -> anyhow::Resul
     let required = |category, event, field| -> anyhow::Result<u32> {
         tracefs::field_offset(root, category, event, field)?.ok_or_else(|| {
             failure(
-                Kind::Kernel,
+                Status::Kernel,
                 format!("tracepoint {category}:{event} has no field {field} on this kernel"),
             )
         })
@@ -177,6 +237,7 @@ fn read_settings(root: &Path, summary_mode: bool, stacks: bool) -> anyhow::Resul
         untimed: 0,
         stacks: stacks.into(),
         wakeup_bytes: 0,
+        page_shift: crate::page::shift(),
     })
 }
 
@@ -202,7 +263,7 @@ fn check_privilege() -> anyhow::Result<()> {
         return Ok(());
     }
     Err(failure(
-        Kind::Privilege,
+        Status::Privilege,
         "tracing needs root, or the CAP_BPF and CAP_PERFMON capabilities, to load eBPF programs: run it with sudo",
     ))
 }

@@ -2,7 +2,7 @@
 use std::io;
 
 use anyhow::Context as _;
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, RingBuf};
 use cow_trace_common::counter;
 use tokio::io::unix::AsyncFd;
 
@@ -18,11 +18,7 @@ pub struct Ring {
 impl Ring {
     /// Takes the EVENTS map out of the loaded object.
     pub fn new(probes: &mut Probes) -> anyhow::Result<Ring> {
-        let map = probes
-            .ebpf
-            .take_map("EVENTS")
-            .context("EVENTS map missing")?;
-        let ring = RingBuf::try_from(map).context("EVENTS is not a ring buffer")?;
+        let ring = probes.take_events()?;
         // SAFETY: the RingBuf owns its fd and keeps it open for as long as the AsyncFd lives.
         let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .context("registering the ring buffer with tokio")?;
@@ -56,12 +52,7 @@ impl Ring {
 
 /// Sums the per-CPU loss counters.
 pub fn read_lost(probes: &Probes) -> anyhow::Result<Lost> {
-    let map = probes
-        .ebpf
-        .map("COUNTERS")
-        .context("COUNTERS map missing")?;
-    let counters: PerCpuArray<&MapData, u64> =
-        PerCpuArray::try_from(map).context("COUNTERS has an unexpected type")?;
+    let counters = probes.counters()?;
     let sum = |index: u32| -> anyhow::Result<u64> {
         Ok(counters
             .get(&index, 0)

@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::failure::{Kind, failure};
+use crate::failure::{Status, failure};
 
 const MOUNT_POINT: &str = "/sys/kernel/tracing";
 const LEGACY: &str = "/sys/kernel/debug/tracing";
@@ -25,7 +25,7 @@ pub fn ensure_mounted() -> anyhow::Result<PathBuf> {
     )
     .map_err(|errno| {
         failure(
-            Kind::Kernel,
+            Status::Kernel,
             format!(
                 "tracefs is not mounted and mounting it failed ({errno}): run \
                  `mount -t tracefs nodev {MOUNT_POINT}` as root, then try again"
@@ -117,7 +117,10 @@ format:
     #[test]
     fn reads_this_kernels_format() {
         if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: reading tracefs (and mounting it if need be) needs root");
+            // The line `cargo xtask test` counts as a skip (it runs the tests --nocapture).
+            println!(
+                "skipped reads_this_kernels_format: reading tracefs (and mounting it if need be) needs root"
+            );
             return;
         }
         let root = ensure_mounted().expect("mounting tracefs");

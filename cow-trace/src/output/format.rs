@@ -27,19 +27,21 @@ impl std::fmt::Display for HumanNs {
     }
 }
 
-/// 65536 -> "64.0 KiB".
-pub fn human_bytes(bytes: u64) -> String {
+/// The largest binary unit not above `bytes` (B below 1 KiB): (its size, its name).
+pub fn byte_unit(bytes: u64) -> (u64, &'static str) {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
     let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
+    while unit + 1 < UNITS.len() && bytes >> (10 * (unit + 1)) > 0 {
         unit += 1;
     }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
+    (1 << (10 * unit), UNITS[unit])
+}
+
+/// 512 -> "512 B", 65536 -> "64.0 KiB".
+pub fn human_bytes(bytes: u64) -> String {
+    match byte_unit(bytes) {
+        (1, _) => format!("{bytes} B"),
+        (unit, name) => format!("{:.1} {name}", bytes as f64 / unit as f64),
     }
 }
 
@@ -60,5 +62,10 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(65536), "64.0 KiB");
         assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(byte_unit(1023), (1, "B"));
+        assert_eq!(byte_unit(4 << 20), (1 << 20, "MiB"));
+        assert_eq!(human_bytes(u64::MAX), "16777216.0 TiB");
     }
 }

@@ -1,17 +1,16 @@
-//! Totals printed when tracing ends (and every --interval): per pid, per snapshot window, per
-//! mapping, and latency histograms. Both modes fill the same structure: streaming adds one
-//! fault at a time, --summary adds the kernel's aggregated counts.
+//! Totals printed when tracing ends (and each --interval's own counts): per pid, per snapshot
+//! window, per mapping, and latency histograms. Both modes fill the same structure: streaming
+//! adds one fault at a time, --summary adds the kernel's aggregated counts.
 use std::{collections::BTreeMap, io};
 
-use cow_trace_common::{HIST_BUCKETS, class};
+use cow_trace_common::HIST_BUCKETS;
 use serde::Serialize;
 
 use crate::{
-    event::{CowOutcome, Fault, Lost},
+    event::{Access, CowOutcome, Fault, FaultClass, Lost, Outcome, mapping_name},
     output::format::{human_bytes, human_ns},
+    page,
 };
-
-pub const PAGE_SIZE: u64 = 4096;
 
 /// Counts for one pid, or for one pid during one child's lifetime.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -24,8 +23,12 @@ pub struct Counts {
     pub writes: u64,
     /// Completed write-protect faults (copy-on-write breaks on private memory).
     pub cow: u64,
-    /// Copy-on-write faults that copied the page.
+    /// Pages copied: by write-protect faults that copied a shared page, and by first writes
+    /// to a private file mapping, which copied the file's page (`file_copies`).
     pub copied: u64,
+    /// Of `copied`, first writes to pages of a private file mapping not mapped yet: the
+    /// file's page copied into private memory, at a fault that was no write-protect fault.
+    pub file_copies: u64,
     /// Copy-on-write faults that reused the page (its last sharer kept it).
     pub reused: u64,
     /// Copy-on-write faults on the shared zero page, filled with a fresh zeroed page.
@@ -43,42 +46,44 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, fault_class: u32, count: u64, timed: u64, latency_ns: u64) {
-        if fault_class & class::RETRY != 0 {
-            self.retries += count;
-            return;
-        }
-        if fault_class & class::INCOMPLETE != 0 {
-            self.incomplete += count;
-            return;
+    fn add(&mut self, fault_class: FaultClass, count: u64, timed: u64, latency_ns: u64) {
+        match fault_class.outcome() {
+            Outcome::Retry => {
+                self.retries += count;
+                return;
+            }
+            Outcome::Incomplete => {
+                self.incomplete += count;
+                return;
+            }
+            Outcome::Major => self.major += count,
+            Outcome::Minor => self.minor += count,
         }
         self.faults += count;
-        if fault_class & class::MAJOR != 0 {
-            self.major += count;
-        } else {
-            self.minor += count;
+        match fault_class.access() {
+            Some(Access::Write) => self.writes += count,
+            None => self.unknown_access += count,
+            Some(Access::Read | Access::Exec) => {}
         }
-        match fault_class & class::ACCESS_MASK {
-            class::WRITE => self.writes += count,
-            class::UNKNOWN => self.unknown_access += count,
-            _ => {}
-        }
-        if fault_class & class::WRITE_PROTECT != 0 {
+        if fault_class.is_write_protect() {
             self.cow += count;
-            match CowOutcome::of_class(fault_class) {
+            match fault_class.cow_outcome() {
                 Some(CowOutcome::Copied) => self.copied += count,
                 Some(CowOutcome::Reused) => self.reused += count,
                 Some(CowOutcome::ZeroFilled) => self.zero_fills += count,
                 None => {}
             }
+        } else if fault_class.is_file_copy() {
+            self.copied += count;
+            self.file_copies += count;
         }
         self.timed += timed;
         self.latency_ns_total += latency_ns;
     }
 
-    /// Bytes copied on write.
+    /// Bytes copied on write: whole pages, of the system's size.
     pub fn copied_bytes(&self) -> u64 {
-        self.copied * PAGE_SIZE
+        self.copied * page::size()
     }
 }
 
@@ -92,6 +97,7 @@ impl std::ops::AddAssign<&Counts> for Counts {
             writes,
             cow,
             copied,
+            file_copies,
             reused,
             zero_fills,
             incomplete,
@@ -106,6 +112,7 @@ impl std::ops::AddAssign<&Counts> for Counts {
         self.writes += writes;
         self.cow += cow;
         self.copied += copied;
+        self.file_copies += file_copies;
         self.reused += reused;
         self.zero_fills += zero_fills;
         self.incomplete += incomplete;
@@ -123,9 +130,9 @@ pub struct Summary {
     /// (parent pid, child pid) -> the parent's faults while that child was alive.
     pub windows: BTreeMap<(u32, u32), Counts>,
     /// (pid, mapping, class) -> faults; filled where mappings are resolved (--summary).
-    pub mappings: BTreeMap<(u32, String, u32), u64>,
+    pub mappings: BTreeMap<(u32, String, FaultClass), u64>,
     /// (pid, class) -> log2 latency histogram.
-    pub hists: BTreeMap<(u32, u32), [u64; HIST_BUCKETS]>,
+    pub hists: BTreeMap<(u32, FaultClass), [u64; HIST_BUCKETS]>,
     /// (pid, stack id) -> copy-on-write faults taken there (with --stack).
     pub stacks: BTreeMap<(u32, u32), u64>,
     /// (pid, stack id) -> symbolized frames, filled before printing.
@@ -141,7 +148,7 @@ impl Summary {
                 .insert(fault.pid, fault.comm.as_str().to_string());
         }
         if let Some(mapping) = &fault.mapping {
-            let label = mapping.split('@').next().unwrap_or(mapping).to_string();
+            let label = mapping_name(mapping).to_string();
             *self
                 .mappings
                 .entry((fault.pid, label, fault.class))
@@ -165,7 +172,7 @@ impl Summary {
     pub fn add(
         &mut self,
         pid: u32,
-        fault_class: u32,
+        fault_class: FaultClass,
         window: u32,
         count: u64,
         timed: u64,
@@ -205,8 +212,8 @@ impl Summary {
     }
 
     /// Counts copy-on-write faults per stack.
-    pub fn add_stack(&mut self, pid: u32, stack_id: u32, fault_class: u32, count: u64) {
-        if fault_class & class::WRITE_PROTECT != 0 && fault_class & class::RETRY == 0 {
+    pub fn add_stack(&mut self, pid: u32, stack_id: u32, fault_class: FaultClass, count: u64) {
+        if fault_class.is_write_protect() && fault_class.outcome() != Outcome::Retry {
             *self.stacks.entry((pid, stack_id)).or_default() += count;
         }
     }
@@ -285,13 +292,21 @@ impl Summary {
             }
         }
         let total = self.total();
-        writeln!(
+        write!(
             out,
             "Copied on write: {} pages, {} bytes ({})",
             total.copied,
             total.copied_bytes(),
             human_bytes(total.copied_bytes())
         )?;
+        if total.file_copies > 0 {
+            write!(
+                out,
+                "; {} of them file pages copied at a first write to a private mapping",
+                total.file_copies
+            )?;
+        }
+        writeln!(out)?;
         writeln!(
             out,
             "Lost events: {} (ring buffer full: {}; summary maps full: {}; entries not remembered: {}; children not followed: {})",
@@ -338,7 +353,7 @@ impl Summary {
                 out,
                 "{pid:>7} {:<48} {:<24} {count:>9}",
                 shorten(mapping, 48),
-                class_label(*fault_class)
+                fault_class.to_string()
             )?;
         }
         Ok(())
@@ -351,7 +366,7 @@ impl Summary {
                 out,
                 "\n@latency_ns[{pid}, {}, {}]:",
                 self.comm(pid),
-                class_label(fault_class)
+                fault_class
             )?;
             write_hist(out, buckets)?;
         }
@@ -388,38 +403,6 @@ fn shorten(text: &str, width: usize) -> String {
     }
     let tail: String = text.chars().skip(chars - (width - 3)).collect();
     format!("...{tail}")
-}
-
-/// "w MINOR cow-copied", "r MAJOR", "x MINOR kernel", ...
-pub fn class_label(fault_class: u32) -> String {
-    let access = match fault_class & class::ACCESS_MASK {
-        class::READ => "r",
-        class::WRITE => "w",
-        class::EXEC => "x",
-        _ => "?",
-    };
-    let outcome = if fault_class & class::RETRY != 0 {
-        "RETRY"
-    } else if fault_class & class::INCOMPLETE != 0 {
-        "INCOMPLETE"
-    } else if fault_class & class::MAJOR != 0 {
-        "MAJOR"
-    } else {
-        "MINOR"
-    };
-    let mut label = format!("{access} {outcome}");
-    if fault_class & class::WRITE_PROTECT != 0 {
-        label.push_str(match CowOutcome::of_class(fault_class) {
-            Some(CowOutcome::Copied) => " cow-copied",
-            Some(CowOutcome::Reused) => " cow-reused",
-            Some(CowOutcome::ZeroFilled) => " cow-zero",
-            None => " cow",
-        });
-    }
-    if fault_class & class::KERNEL_MODE != 0 {
-        label.push_str(" kernel");
-    }
-    label
 }
 
 /// bpftrace's hist() layout: `[lo, hi)  count |@@@@@      |`.
@@ -463,10 +446,9 @@ fn human_power(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        event::Outcome,
-        output::sink::test_support::{article_fault, reclassify},
-    };
+    use cow_trace_common::class;
+
+    use crate::output::sink::test_support::{article_fault, file_copy_fault, reclassify};
 
     #[test]
     fn counts_by_class() {
@@ -500,7 +482,9 @@ mod tests {
 
     #[test]
     fn merge_adds_counts_mappings_and_stacks() {
-        let wp = class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN | class::COPIED;
+        let wp = FaultClass::from_bits(
+            class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN | class::COPIED,
+        );
         let mut kernel = Summary::default();
         kernel.add(10, wp, 11, 3, 3, 300);
         kernel.mappings.insert((10, "[anon]".into(), wp), 3);
@@ -520,14 +504,37 @@ mod tests {
     fn copies_reuses_and_windows() {
         let mut summary = Summary::default();
         let wp = class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN;
-        summary.add(10, wp | class::COPIED, 11, 3, 0, 0);
-        summary.add(10, wp, 0, 2, 0, 0);
+        summary.add(10, FaultClass::from_bits(wp | class::COPIED), 11, 3, 0, 0);
+        summary.add(10, FaultClass::from_bits(wp), 0, 2, 0, 0);
         let counts = &summary.pids[&10];
         assert_eq!((counts.cow, counts.copied, counts.reused), (5, 3, 2));
-        assert_eq!(counts.copied_bytes(), 3 * 4096);
+        assert_eq!(counts.copied_bytes(), 3 * page::size());
         let window = &summary.windows[&(10, 11)];
         assert_eq!((window.faults, window.copied), (3, 3));
         assert_eq!(summary.windows.len(), 1);
+    }
+
+    #[test]
+    fn file_copies_are_copies_but_no_cow_faults() {
+        let mut summary = Summary::default();
+        summary.record(&file_copy_fault(Outcome::Minor));
+        summary.record(&file_copy_fault(Outcome::Major));
+        let wp = class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN | class::COPIED;
+        summary.add(12420, FaultClass::from_bits(wp), 0, 3, 0, 0);
+        let counts = &summary.pids[&12420];
+        assert_eq!((counts.faults, counts.minor, counts.major), (5, 4, 1));
+        assert_eq!((counts.writes, counts.cow), (5, 3));
+        assert_eq!((counts.copied, counts.file_copies), (5, 2));
+        assert_eq!(counts.copied_bytes(), 5 * 4096);
+        let mut out = Vec::new();
+        summary.write_table(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                "Copied on write: 5 pages, 20480 bytes (20.0 KiB); 2 of them file pages copied at a first write to a private mapping\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -553,18 +560,20 @@ mod tests {
 
     #[test]
     fn class_labels() {
-        assert_eq!(class_label(class::READ), "r MINOR");
+        let label = |bits| FaultClass::from_bits(bits).to_string();
+        assert_eq!(label(class::READ), "r MINOR");
         assert_eq!(
-            class_label(class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN | class::COPIED),
+            label(class::WRITE | class::WRITE_PROTECT | class::COPY_KNOWN | class::COPIED),
             "w MINOR cow-copied"
         );
         assert_eq!(
-            class_label(class::EXEC | class::MAJOR | class::KERNEL_MODE),
+            label(class::EXEC | class::MAJOR | class::KERNEL_MODE),
             "x MAJOR kernel"
         );
+        assert_eq!(label(class::UNKNOWN | class::INCOMPLETE), "? INCOMPLETE");
         assert_eq!(
-            class_label(class::UNKNOWN | class::INCOMPLETE),
-            "? INCOMPLETE"
+            label(class::WRITE | class::MAJOR | class::FILE_COPY),
+            "w MAJOR file-copied"
         );
     }
 
@@ -588,6 +597,24 @@ mod tests {
             lines[1].contains(&format!("|{}{}|", "@".repeat(26), " ".repeat(26))),
             "{text}"
         );
+    }
+
+    #[test]
+    fn streamed_mappings_group_by_the_whole_path() {
+        let mut summary = Summary::default();
+        let mut fault = article_fault();
+        fault.mapping = Some("/srv/a@b/data@0x2000".into());
+        summary.record(&fault);
+        fault.mapping = Some("/srv/a@b/data@0x3000".into());
+        summary.record(&fault);
+        fault.mapping = Some("[anon:x@0x1]".into());
+        summary.record(&fault);
+        let names: Vec<(&str, u64)> = summary
+            .mappings
+            .iter()
+            .map(|((_, name, _), count)| (name.as_str(), *count))
+            .collect();
+        assert_eq!(names, [("/srv/a@b/data", 2), ("[anon:x@0x1]", 1)]);
     }
 
     #[test]

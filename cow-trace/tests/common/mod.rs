@@ -33,7 +33,7 @@ pub fn scratch() -> PathBuf {
 /// so the same suite runs once per backend.
 /// The backend (COW_TRACE_BACKEND) and mode (COW_TRACE_UNTIMED=1: --no-latency) a suite run
 /// tests: `cargo xtask test` runs the suites once per mode, vm-test once per backend too.
-fn backend_args() -> Vec<String> {
+pub fn backend_args() -> Vec<String> {
     let mut args = Vec::new();
     if let Ok(backend) = std::env::var("COW_TRACE_BACKEND")
         && !backend.is_empty()
@@ -113,6 +113,18 @@ pub fn workload(name: &str) -> PathBuf {
     binary
 }
 
+/// The system's page size: arm64 kernels use 4, 16 or 64 KiB pages.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).expect("sysconf(_SC_PAGESIZE)")
+}
+
+/// The number of the page holding `address`.
+pub fn page_of(address: u64) -> u64 {
+    address / page_size()
+}
+
 /// (minflt, majflt) from /proc/PID/stat: what the kernel itself counted.
 pub fn kernel_fault_counts(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -143,9 +155,44 @@ pub fn wait_blocked_in_read(pid: u32) {
     }
 }
 
+/// A child process killed and reaped when dropped, whatever the test's outcome.
+pub struct ChildGuard(Child);
+
+impl ChildGuard {
+    pub fn new(child: Child) -> ChildGuard {
+        ChildGuard(child)
+    }
+
+    /// Kills the process (if it still runs) and reaps it.
+    pub fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for ChildGuard {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// A running cow-trace.
 pub struct Tracer {
-    child: Child,
+    child: ChildGuard,
     output: PathBuf,
     stderr: mpsc::Receiver<String>,
     pub stderr_lines: Vec<String>,
@@ -240,7 +287,7 @@ impl Tracer {
             }
         });
         let mut tracer = Tracer {
-            child,
+            child: ChildGuard::new(child),
             output,
             stderr: receive,
             stderr_lines: Vec::new(),
@@ -327,7 +374,7 @@ impl Tracer {
 
 /// A running faulter workload, driven line by line.
 pub struct Faulter {
-    pub child: Child,
+    pub child: ChildGuard,
     stdin: ChildStdin,
     stdout: BufReader<std::process::ChildStdout>,
 }
@@ -342,7 +389,7 @@ impl Faulter {
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let faulter = Faulter {
-            child,
+            child: ChildGuard::new(child),
             stdin,
             stdout,
         };
@@ -385,13 +432,6 @@ impl Faulter {
     pub fn exit(mut self) {
         self.send("exit");
         self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Faulter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -224,11 +224,7 @@ fn short_lived_processes_resolve_in_the_kernel_summary() {
 fn wait_until_held(tracer: u32, path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let held = std::fs::read_dir(format!("/proc/{tracer}/fd"))
-            .unwrap()
-            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-            .any(|target| target == path);
-        if held {
+        if holds(tracer, path) {
             return;
         }
         assert!(
@@ -238,6 +234,94 @@ fn wait_until_held(tracer: u32, path: &Path) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The same workload drawn as a flame graph (`--folded`, every fault), streaming and with
+/// --summary: each process's tower holds its writes of the 300 pages under the workload's own
+/// functions, named, though both processes were gone long before the graph was drawn.
+#[test]
+fn short_lived_processes_in_the_flame_graph() {
+    if !require_root("short_lived_processes_in_the_flame_graph") {
+        return;
+    }
+    let binary = workload("fork_deep");
+    for mode in [&[][..], &["--summary"][..]] {
+        let folded = scratch().join(format!(
+            "fork-deep-{}-{}.folded",
+            std::process::id(),
+            mode.len()
+        ));
+        let mut args = vec!["--json", "--flame-faults", "all", "--folded"];
+        args.push(folded.to_str().unwrap());
+        args.extend(mode);
+        args.extend(["--", binary.to_str().unwrap()]);
+        let done = Tracer::start(&args).wait();
+        assert_eq!(done.status, 0, "{mode:?}: {}", done.stderr);
+        let text = std::fs::read_to_string(&folded).unwrap();
+        std::fs::remove_file(&folded).unwrap();
+        let stacks_failed = totals(&done)["lost_detail"]["stacks_failed"]
+            .as_u64()
+            .unwrap();
+        let pids: Vec<u64> = done
+            .json()
+            .into_iter()
+            .filter(|v| v["event"] == "summary" && v["comm"] == "fork_deep")
+            .map(|v| v["pid"].as_u64().unwrap())
+            .collect();
+        assert_eq!(pids.len(), 2, "{mode:?}: {}", done.output);
+        for pid in pids {
+            // `fork_deep (PID);[while child N ran;]...;main;level1;level2;level3;touch COUNT`:
+            // the write is inlined into level3, and is its own frame.
+            let root = format!("fork_deep ({pid});");
+            let deep: u64 = text
+                .lines()
+                .filter(|line| line.starts_with(&root))
+                .filter_map(|line| line.rsplit_once(' '))
+                .filter(|(stack, _)| stack.ends_with(";main;level1;level2;level3;touch"))
+                .map(|(_, count)| count.parse::<u64>().unwrap())
+                .sum();
+            assert!(
+                deep >= 300 || stacks_failed > 0,
+                "{mode:?}: pid {pid}: {deep} faults under level3: {text}"
+            );
+            assert!(deep > 0, "{mode:?}: pid {pid}: no named stack: {text}");
+        }
+    }
+}
+
+/// Whether cow-trace (pid `tracer`) holds `path` open now.
+fn holds(tracer: u32, path: &Path) -> bool {
+    std::fs::read_dir(format!("/proc/{tracer}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .any(|target| target == path)
+}
+
+/// The code files of a traced process are held open where something is symbolized, and only
+/// there (a file held for nothing keeps a deleted file's space and its mount busy). Those of a
+/// process traced with -x are opened as its history is seeded, before the readiness line.
+#[test]
+fn code_files_are_held_only_where_symbols_are_shown() {
+    if !require_root("code_files_are_held_only_where_symbols_are_shown") {
+        return;
+    }
+    let faulter = Faulter::start();
+    let pid = faulter.pid().to_string();
+    let binary = workload("faulter").canonicalize().unwrap();
+    for (args, held) in [
+        (&["--json"][..], false),
+        (&["--summary"][..], false),
+        (&["--resolve"][..], true),
+        (&["--summary", "--stack"][..], true),
+    ] {
+        let mut all = vec!["-x", &pid];
+        all.extend(args);
+        let tracer = Tracer::start(&all);
+        assert_eq!(holds(tracer.pid(), &binary), held, "{args:?}");
+        let done = tracer.stop();
+        assert_eq!(done.status, 0, "{args:?}: {}", done.stderr);
+    }
+    faulter.exit();
 }
 
 /// Runs dlopen_deleted from a copy that is deleted once cow-trace holds it, with `args`.

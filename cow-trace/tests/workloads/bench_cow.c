@@ -1,7 +1,7 @@
-// The benchmark workload of `cargo xtask bench` (issues 4 and 5). It times its own page faults,
+// The benchmark workload of `cargo xtask bench`. It times its own page faults,
 // so the harness can compare ns per fault with and without a tracer attached.
 //
-//   bench_cow cow MIB          the root maps MIB MiB of private anonymous memory in 4 KiB pages
+//   bench_cow cow MIB          the root maps MIB MiB of private anonymous memory in base pages
 //                              (MADV_NOHUGEPAGE), writes every page, and forks; the child writes
 //                              one byte per page: one copy-on-write fault per page
 //   bench_cow touch MIB        the child maps MIB MiB and writes one byte per page: one
@@ -38,7 +38,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PAGE 4096
+// The system's page size (arm64 kernels use 4, 16 or 64 KiB), read once at start.
+static long page_size;
+#define PAGE page_size
 #define MIB (1024L * 1024)
 
 static void fail(const char *what) {
@@ -66,7 +68,7 @@ static long minflt(void) {
 static char *map_pages(long pages) {
     char *p = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) fail("mmap");
-    // 4 KiB pages: one fault per page, never one per 2 MiB.
+    // Base pages: one fault per page, never one per 2 MiB huge page.
     if (madvise(p, pages * PAGE, MADV_NOHUGEPAGE)) fail("madvise");
     return p;
 }
@@ -218,6 +220,8 @@ static int soak(long seconds, long rate, long mib) {
 }
 
 int main(int argc, char **argv) {
+    page_size = sysconf(_SC_PAGESIZE);
+    if (page_size <= 0) fail("sysconf(_SC_PAGESIZE)");
     if (argc >= 5 && !strcmp(argv[1], "soak"))
         return soak(atol(argv[2]), atol(argv[3]), atol(argv[4]));
     if (argc >= 3 && (!strcmp(argv[1], "cow") || !strcmp(argv[1], "touch")))

@@ -5,8 +5,11 @@
 #include <dlfcn.h>
 #include <stdio.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #define PAGES 64
+
+static long page_size;
 
 // Not a leaf, so it has a frame pointer (gcc sets up none in a leaf function).
 __attribute__((noinline)) void written(void) { __asm__ volatile(""); }
@@ -14,21 +17,22 @@ __attribute__((noinline)) void written(void) { __asm__ volatile(""); }
 // Reads each page first, as cowdl_write does: each write is then a write-protect fault.
 __attribute__((noinline)) int write_own(char *pages) {
     int sum = 0;
-    for (int i = 0; i < PAGES; i++) sum += ((volatile char *)pages)[(long)i * 4096];
-    for (int i = 0; i < PAGES; i++) pages[(long)i * 4096] = 2;
+    for (int i = 0; i < PAGES; i++) sum += ((volatile char *)pages)[i * page_size];
+    for (int i = 0; i < PAGES; i++) pages[i * page_size] = 2;
     written();
     return sum;
 }
 
 int main(int argc, char **argv) {
     if (argc != 3) return 2;
-    char *lib_pages = mmap(NULL, PAGES * 4096L, PROT_READ | PROT_WRITE,
+    page_size = sysconf(_SC_PAGESIZE);
+    char *lib_pages = mmap(NULL, PAGES * page_size, PROT_READ | PROT_WRITE,
                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    char *own_pages = mmap(NULL, PAGES * 4096L, PROT_READ | PROT_WRITE,
+    char *own_pages = mmap(NULL, PAGES * page_size, PROT_READ | PROT_WRITE,
                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (lib_pages == MAP_FAILED || own_pages == MAP_FAILED) return 3;
-    printf("lib %lx %lx\n", (unsigned long)lib_pages, (unsigned long)(lib_pages + PAGES * 4096L));
-    printf("own %lx %lx\n", (unsigned long)own_pages, (unsigned long)(own_pages + PAGES * 4096L));
+    printf("lib %lx %lx\n", (unsigned long)lib_pages, (unsigned long)(lib_pages + PAGES * page_size));
+    printf("own %lx %lx\n", (unsigned long)own_pages, (unsigned long)(own_pages + PAGES * page_size));
     fflush(stdout);
     FILE *fifo = fopen(argv[2], "r");
     char line[16];
@@ -38,8 +42,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s\n", dlerror());
         return 5;
     }
-    int (*cowdl_write)(char *, int) = (int (*)(char *, int))dlsym(library, "cowdl_write");
-    if (!cowdl_write || cowdl_write(lib_pages, PAGES) != PAGES) return 6;
+    int (*cowdl_write)(char *, int, long) =
+        (int (*)(char *, int, long))dlsym(library, "cowdl_write");
+    if (!cowdl_write || cowdl_write(lib_pages, PAGES, page_size) != PAGES) return 6;
     dlclose(library);
     return write_own(own_pages);
 }

@@ -3,6 +3,8 @@
 // It writes "ok\n" to stdout after each command.
 //   touch N      map N private anonymous pages and write one byte to each
 //   read N       map N private anonymous pages and read each (the shared zero page)
+//   sparse N     map N regions of 64 KiB and write the first page of each: N faults, each in
+//                a region of its own (as the in-kernel summary counts them)
 //   zero N       as read N, print "pages ADDR", then write each page (N zero-page fills)
 //   cow N        map and fill N pages, print "pages ADDR", fork; the child writes each page
 //                (N COW faults) and exits
@@ -11,8 +13,28 @@
 //   snapshot N   map and fill N pages, fork a child that waits; the parent writes each page
 //                (N copies while the child lives), then lets the child exit. Prints
 //                "pages ADDR" and "child PID"
+//   snapshot N M the same, but the parent writes only the first M pages while the child lives
+//                (M copies), then all N after it exited (N - M reuses), as Redis does
 //   threads T N  T threads each map and write N pages
 //   major PATH N write an N-page file at PATH, drop its page cache, map it and read each page
+//   private PATH N cached|uncached
+//                write an N-page file at PATH (cached: its pages stay in the page cache;
+//                uncached: dropped from it, checked with mincore, and no readahead), map it
+//                MAP_PRIVATE, read its first half, then write every page: N copies of a file page into private memory,
+//                about half of them at a first write to a page not mapped yet. Prints
+//                "pages ADDR" and, uncached, "resident K" (pages still cached before the reads)
+//   shared PATH N cached|uncached
+//                write an N-page file at PATH (uncached: as for private), map it MAP_SHARED,
+//                write every page: no copy. Prints "pages ADDR" (and "resident K")
+//   shm N        map N pages of shared anonymous memory and write each: no copy. Prints
+//                "pages ADDR"
+//   pin          stay on the current CPU from now on (before pageout: see pin())
+//   pageout      push the pages of the private file mappings kept (copies by now) out to swap
+//                (MADV_PAGEOUT); prints "swapped K", how many are in swap
+//   rewrite      write every page of the mappings kept again (after pageout: each is read
+//                back from swap, no copy)
+//   release      unmap what private, shared and shm mapped (it stays mapped till then, for
+//                pageout and rewrite) and delete the files
 //   tree N       fork a child that forks a grandchild; the grandchild writes N pages, prints
 //                "grandchild PID", and both exit
 //   rename NAME N  set the thread's name to NAME (prctl), print "pages ADDR", write N pages
@@ -20,12 +42,16 @@
 //                this program again: the new image takes over the process's pid (the thread's
 //                own id is gone) and reads the next command. The writes are the thread's last
 //                faults before execve.
+//   stacks N     map N private anonymous pages and read each (N <= 65536), each from a call
+//                stack of its own: more distinct user stacks than --stack's map holds
+//   idle-thread  start a second thread that sleeps for good; print "thread TID"
 //   spin         fault forever (an unrelated busy process for filtering tests)
 //   exit         exit(0)
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
+#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +60,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define PAGE 4096
+// The system's page size (arm64 kernels use 4, 16 or 64 KiB), read once at start.
+static long page_size;
+#define PAGE page_size
+// The largest page size of the architectures cow-trace runs on.
+#define MAX_PAGE 65536
 
 static void say(const char *text) {
     if (write(1, text, strlen(text)) < 0) _exit(2);
@@ -65,11 +95,45 @@ static void zero(long n) {
     for (long i = 0; i < n; i++) p[i * PAGE] = 1;
 }
 
+static void sparse(long n) {
+    const long stride = 16 * PAGE;
+    char *p = mmap(NULL, n * stride, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) _exit(3);
+    madvise(p, n * stride, MADV_NOHUGEPAGE);
+    for (long i = 0; i < n; i++) p[i * stride] = 1;
+    munmap(p, n * stride);
+}
+
 static void readpages(long n) {
     volatile char *p = map_pages(n);
     long sum = 0;
     for (long i = 0; i < n; i++) sum += p[i * PAGE];
     if (sum != 0) _exit(4);
+}
+
+// Page i is read at the end of a chain of 16 calls, each through stack_zero or stack_one as
+// bit k of i says: no two pages fault with the same user stack (the return addresses differ).
+static volatile char stack_sink;
+static int stack_step(volatile char *page, unsigned bits, int depth);
+__attribute__((noinline)) static int stack_zero(volatile char *page, unsigned bits, int depth) {
+    return stack_step(page, bits, depth) + 1;
+}
+__attribute__((noinline)) static int stack_one(volatile char *page, unsigned bits, int depth) {
+    return stack_step(page, bits, depth) + 2;
+}
+__attribute__((noinline)) static int stack_step(volatile char *page, unsigned bits, int depth) {
+    if (depth == 0) {
+        stack_sink = *page;
+        return 0;
+    }
+    if (bits & 1) return stack_one(page, bits >> 1, depth - 1) + 1;
+    return stack_zero(page, bits >> 1, depth - 1) + 1;
+}
+
+static void stacks(long n) {
+    volatile char *p = map_pages(n);
+    for (long i = 0; i < n; i++) stack_step(p + i * PAGE, (unsigned)i, 16);
 }
 
 // Maps and fills n pages, prints "pages ADDR", forks; the child writes each page (n COW
@@ -104,8 +168,10 @@ static void reuse(long n) {
 
 // A fork-based snapshot, as Redis's BGSAVE: the child only reads (it would write the snapshot
 // out) while the parent keeps writing, so the parent copies each page it writes during the
-// child's life. Prints "pages ADDR" and "child PID".
-static void snapshot(long n) {
+// child's life; the first write to each other page after the child exited reuses it. The
+// parent writes the first m pages during the child's life, all n after. Prints "pages ADDR"
+// and "child PID".
+static void snapshot(long n, long m) {
     char *p = map_pages(n);
     for (long i = 0; i < n; i++) p[i * PAGE] = 1;
     int go[2], done[2];
@@ -119,9 +185,10 @@ static void snapshot(long n) {
     char line[96];
     snprintf(line, sizeof line, "pages %lx\nchild %d\n", (unsigned long)p, child);
     say(line);
-    for (long i = 0; i < n; i++) p[i * PAGE] = 2;
+    for (long i = 0; i < m; i++) p[i * PAGE] = 2;
     if (write(go[1], "x", 1) != 1) _exit(11);
     waitpid(child, NULL, 0);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 4;
     close(go[0]); close(go[1]); close(done[0]); close(done[1]);
 }
 
@@ -173,10 +240,28 @@ static void threads(long t, long n) {
     for (long i = 0; i < t; i++) pthread_join(ids[i], NULL);
 }
 
+static void *idle_thread_main(void *arg) {
+    char line[64];
+    snprintf(line, sizeof line, "thread %d\n", gettid());
+    say(line);
+    sem_post(arg);
+    for (;;) pause();
+    return NULL;
+}
+
+// A thread that stays: its id is a thread id, not a process id.
+static void idle_thread(void) {
+    static sem_t started;
+    pthread_t id;
+    sem_init(&started, 0, 0);
+    pthread_create(&id, NULL, idle_thread_main, &started);
+    while (sem_wait(&started)) {}
+}
+
 static void major(const char *path, long n) {
     int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
     if (fd < 0) _exit(5);
-    static char page[PAGE];
+    static char page[MAX_PAGE];
     memset(page, 7, PAGE);
     for (long i = 0; i < n; i++)
         if (write(fd, page, PAGE) != PAGE) _exit(6);
@@ -191,6 +276,159 @@ static void major(const char *path, long n) {
     munmap((void *)p, n * PAGE);
     close(fd);
     unlink(path);
+}
+
+// File mappings stay until "release", for the commands that work on them again (pageout, pin,
+// rewrite).
+static struct kept {
+    void *p;
+    long n;
+    int fd;
+    char path[1024];
+} kept[16];
+static int kept_count;
+
+static void keep(void *p, long n, int fd, const char *path) {
+    if (kept_count == 16) _exit(15);
+    struct kept *k = &kept[kept_count++];
+    k->p = p;
+    k->n = n;
+    k->fd = fd;
+    snprintf(k->path, sizeof k->path, "%s", path);
+}
+
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
+
+// Pushes the pages of the kept private file mappings (copied, so anonymous) out to swap, and
+// prints "swapped K": how many of them are in swap now (/proc/self/pagemap bit 62).
+static void pageout(void) {
+    long swapped = 0;
+    int pagemap = open("/proc/self/pagemap", O_RDONLY);
+    if (pagemap < 0) _exit(16);
+    for (int i = 0; i < kept_count; i++) {
+        if (kept[i].fd < 0) continue;
+        madvise(kept[i].p, kept[i].n * PAGE, MADV_PAGEOUT);
+        for (long j = 0; j < kept[i].n; j++) {
+            unsigned long long entry;
+            off_t at = ((unsigned long)kept[i].p / PAGE + j) * sizeof entry;
+            if (pread(pagemap, &entry, sizeof entry, at) != sizeof entry) _exit(17);
+            swapped += (entry >> 62) & 1;
+        }
+    }
+    close(pagemap);
+    char line[64];
+    snprintf(line, sizeof line, "swapped %ld\n", swapped);
+    say(line);
+}
+
+// Keeps this process on the CPU it runs on: a page it faults in waits in that CPU's batch
+// before it joins the LRU lists, and MADV_PAGEOUT moves only its own CPU's batch there.
+static void pin(void) {
+    cpu_set_t here;
+    CPU_ZERO(&here);
+    CPU_SET(sched_getcpu(), &here);
+    if (sched_setaffinity(0, sizeof here, &here)) _exit(13);
+}
+
+// Writes every page of the kept mappings again.
+static void rewrite(void) {
+    for (int i = 0; i < kept_count; i++)
+        for (long j = 0; j < kept[i].n; j++) ((char *)kept[i].p)[j * PAGE] = 3;
+}
+
+static void release(void) {
+    for (int i = 0; i < kept_count; i++) {
+        munmap(kept[i].p, kept[i].n * PAGE);
+        if (kept[i].fd >= 0) {
+            close(kept[i].fd);
+            unlink(kept[i].path);
+        }
+    }
+    kept_count = 0;
+}
+
+// Writes an n-page file of 7s at path; with drop, pushes it out of the page cache and returns
+// how many of its pages are still resident (mincore), else 0.
+static int make_file(const char *path, long n, int drop, long *resident) {
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0) _exit(5);
+    static char page[MAX_PAGE];
+    memset(page, 7, PAGE);
+    for (long i = 0; i < n; i++)
+        if (write(fd, page, PAGE) != PAGE) _exit(6);
+    *resident = n;
+    if (drop) {
+        // A clean file's pages leave the cache at DONTNEED: write them back first.
+        fdatasync(fd);
+        posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+        void *probe = mmap(NULL, n * PAGE, PROT_READ, MAP_SHARED, fd, 0);
+        if (probe == MAP_FAILED) _exit(7);
+        static unsigned char in_core[1 << 16];
+        if (n > (long)sizeof in_core || mincore(probe, n * PAGE, in_core)) _exit(14);
+        *resident = 0;
+        for (long i = 0; i < n; i++) *resident += in_core[i] & 1;
+        munmap(probe, n * PAGE);
+    }
+    return fd;
+}
+
+// A private file mapping: reads the first half (each read maps the file's page read-only, and
+// the kernel maps the cached pages around it too), then writes every page. Each write copies
+// the file's page into private memory: a page mapped before at a write-protect fault, the
+// others at their first fault (the kernel's do_cow_fault). n copies in all.
+static void private_file(const char *path, long n, int drop) {
+    long resident;
+    int fd = make_file(path, n, drop, &resident);
+    volatile char *p = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) _exit(7);
+    // No readahead: each page not cached is read from the disk by the fault that needs it, so
+    // the writes to the second half read the file's page before copying it.
+    if (drop) madvise((void *)p, n * PAGE, MADV_RANDOM);
+    char line[96];
+    snprintf(line, sizeof line, "pages %lx\n", (unsigned long)p);
+    say(line);
+    if (drop) {
+        snprintf(line, sizeof line, "resident %ld\n", resident);
+        say(line);
+    }
+    long sum = 0;
+    for (long i = 0; i < n / 2; i++) sum += p[i * PAGE];
+    if (sum != 7 * (n / 2)) _exit(8);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 1;
+    keep((void *)p, n, fd, path);
+}
+
+// A shared file mapping written: the file's own pages are written, nothing is copied (those
+// not cached are read into the page cache first: uncached).
+static void shared_file(const char *path, long n, int drop) {
+    long resident;
+    int fd = make_file(path, n, drop, &resident);
+    char *p = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) _exit(7);
+    if (drop) madvise(p, n * PAGE, MADV_RANDOM);
+    char line[64];
+    snprintf(line, sizeof line, "pages %lx\n", (unsigned long)p);
+    say(line);
+    if (drop) {
+        snprintf(line, sizeof line, "resident %ld\n", resident);
+        say(line);
+    }
+    for (long i = 0; i < n; i++) p[i * PAGE] = 1;
+    keep(p, n, fd, path);
+}
+
+// Shared anonymous memory (shmem) written: each first write fills a page of shmem, no copy.
+// Stays mapped until "release".
+static void shm(long n) {
+    char *p = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) _exit(3);
+    char line[64];
+    snprintf(line, sizeof line, "pages %lx\n", (unsigned long)p);
+    say(line);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 1;
+    keep(p, n, -1, "");
 }
 
 static void tree(long n) {
@@ -219,6 +457,8 @@ static void spin(void) {
 }
 
 int main(void) {
+    page_size = sysconf(_SC_PAGESIZE);
+    if (page_size <= 0 || page_size > MAX_PAGE) _exit(9);
     static char line[4096];
     for (;;) {
         // Read a line with read(2) only: stdio would allocate (and fault) between commands.
@@ -230,19 +470,34 @@ int main(void) {
             len++;
         }
         line[len] = 0;
-        char path[1024];
+        char path[1024], mode[16];
         long a = 0, b = 0;
         if (sscanf(line, "touch %ld", &a) == 1) touch(a);
         else if (sscanf(line, "read %ld", &a) == 1) readpages(a);
+        else if (sscanf(line, "sparse %ld", &a) == 1) sparse(a);
         else if (sscanf(line, "zero %ld", &a) == 1) zero(a);
         else if (sscanf(line, "cow %ld", &a) == 1) cow(a);
         else if (sscanf(line, "reuse %ld", &a) == 1) reuse(a);
-        else if (sscanf(line, "snapshot %ld", &a) == 1) snapshot(a);
+        else if (sscanf(line, "snapshot %ld %ld", &a, &b) == 2) snapshot(a, b);
+        else if (sscanf(line, "snapshot %ld", &a) == 1) snapshot(a, a);
         else if (sscanf(line, "threads %ld %ld", &a, &b) == 2) threads(a, b);
         else if (sscanf(line, "major %1023s %ld", path, &a) == 2) major(path, a);
+        else if (sscanf(line, "private %1023s %ld %15s", path, &a, mode) == 3
+                 && (!strcmp(mode, "cached") || !strcmp(mode, "uncached")))
+            private_file(path, a, !strcmp(mode, "uncached"));
+        else if (sscanf(line, "shared %1023s %ld %15s", path, &a, mode) == 3
+                 && (!strcmp(mode, "cached") || !strcmp(mode, "uncached")))
+            shared_file(path, a, !strcmp(mode, "uncached"));
+        else if (sscanf(line, "shm %ld", &a) == 1) shm(a);
+        else if (!strcmp(line, "release")) release();
+        else if (!strcmp(line, "pageout")) pageout();
+        else if (!strcmp(line, "pin")) pin();
+        else if (!strcmp(line, "rewrite")) rewrite();
         else if (sscanf(line, "tree %ld", &a) == 1) tree(a);
         else if (sscanf(line, "rename %15s %ld", path, &a) == 2) rename_and_touch(path, a);
         else if (sscanf(line, "exec-thread %ld", &a) == 1) exec_thread(a);
+        else if (sscanf(line, "stacks %ld", &a) == 1) stacks(a);
+        else if (!strcmp(line, "idle-thread")) idle_thread();
         else if (!strcmp(line, "spin")) spin();
         else if (!strcmp(line, "exit")) return 0;
         else { say("unknown command\n"); continue; }

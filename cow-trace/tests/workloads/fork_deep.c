@@ -21,8 +21,10 @@ static inline __attribute__((always_inline)) void touch(volatile char *page, cha
 // and a frame-pointer walk would then skip its caller.
 __attribute__((noinline)) void written(void) { __asm__ volatile(""); }
 
+static long page_size;
+
 __attribute__((noinline)) int level3(char *pages, char value) {
-    for (int i = 0; i < PAGES; i++) touch(pages + (long)i * 4096, value);
+    for (int i = 0; i < PAGES; i++) touch(pages + i * page_size, value);
     written();
     return pages[0];
 }
@@ -36,11 +38,12 @@ __attribute__((noinline)) int level1(char *pages, char value) {
 }
 
 int main(void) {
-    char *pages = mmap(NULL, PAGES * 4096L, PROT_READ | PROT_WRITE,
+    page_size = sysconf(_SC_PAGESIZE);
+    char *pages = mmap(NULL, PAGES * page_size, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (pages == MAP_FAILED) return 1;
-    memset(pages, 1, PAGES * 4096L);
-    printf("pages %lx %lx\n", (unsigned long)pages, (unsigned long)(pages + PAGES * 4096L));
+    memset(pages, 1, PAGES * page_size);
+    printf("pages %lx %lx\n", (unsigned long)pages, (unsigned long)(pages + PAGES * page_size));
     fflush(stdout);
     pid_t child = fork();
     if (child == 0) _exit(level1(pages, 2) == 4 ? 0 : 1);

@@ -5,10 +5,10 @@ __attribute__((noinline)) void cowdl_written(void) { __asm__ volatile(""); }
 
 // Reads each page first (the shared zero page is mapped), so each write is a write-protect
 // fault that has a stack in --summary -g.
-__attribute__((noinline)) int cowdl_write(char *pages, int count) {
+__attribute__((noinline)) int cowdl_write(char *pages, int count, long page_size) {
     int sum = 0;
-    for (int i = 0; i < count; i++) sum += ((volatile char *)pages)[(long)i * 4096];
-    for (int i = 0; i < count; i++) pages[(long)i * 4096] = 1;
+    for (int i = 0; i < count; i++) sum += ((volatile char *)pages)[i * page_size];
+    for (int i = 0; i < count; i++) pages[i * page_size] = 1;
     cowdl_written();
     return count + sum;
 }

@@ -1,13 +1,20 @@
 //! The kinds of fault the plot tells apart, and the part of a fault it keeps.
 use plotters::style::RGBColor;
 
-use crate::event::{Access, Fault, Outcome};
+use crate::event::{Access, CowOutcome, Fault, Outcome};
 
 /// What kind of fault, as the plot tells them apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FaultClass {
-    /// A write to a present page: the copy-on-write break.
-    Cow,
+pub enum PlotClass {
+    /// A write that copied a page: a write to a present page (the copy-on-write break) that
+    /// copied a shared page, or a first write that copied a file's page into a private mapping.
+    CowCopied,
+    /// One that kept the page: its last sharer. A fault, but no copy.
+    CowReused,
+    /// One on the shared zero page: a fresh zeroed page, no copy.
+    CowZeroFill,
+    /// One whose outcome was not seen.
+    CowUnknown,
     /// Any other write (first touch of a page).
     OtherWrite,
     /// Reads and instruction fetches.
@@ -18,40 +25,65 @@ pub enum FaultClass {
     Unknown,
 }
 
-pub(super) const CLASSES: usize = 5;
+pub(super) const CLASSES: usize = 8;
 
-impl FaultClass {
-    pub const ALL: [FaultClass; CLASSES] = [
-        FaultClass::Cow,
-        FaultClass::OtherWrite,
-        FaultClass::Read,
-        FaultClass::Major,
-        FaultClass::Unknown,
+impl PlotClass {
+    pub const ALL: [PlotClass; CLASSES] = [
+        PlotClass::CowCopied,
+        PlotClass::CowReused,
+        PlotClass::CowZeroFill,
+        PlotClass::CowUnknown,
+        PlotClass::OtherWrite,
+        PlotClass::Read,
+        PlotClass::Major,
+        PlotClass::Unknown,
     ];
 
     /// None for a fault that never completed or an attempt that was retried: the kernel
-    /// did not count it.
-    pub fn of(fault: &Fault) -> Option<FaultClass> {
+    /// did not count it. A copy-on-write fault is one whatever else it was, so the copies
+    /// drawn are the summary's.
+    pub fn of(fault: &Fault) -> Option<PlotClass> {
         match fault.outcome {
             Outcome::Incomplete | Outcome::Retry => None,
-            Outcome::Major => Some(FaultClass::Major),
-            Outcome::Minor if fault.is_cow() == Some(true) => Some(FaultClass::Cow),
+            _ if fault.class.is_file_copy() => Some(PlotClass::CowCopied),
+            _ if fault.is_cow() == Some(true) => Some(match fault.cow_outcome() {
+                Some(CowOutcome::Copied) => PlotClass::CowCopied,
+                Some(CowOutcome::Reused) => PlotClass::CowReused,
+                Some(CowOutcome::ZeroFilled) => PlotClass::CowZeroFill,
+                None => PlotClass::CowUnknown,
+            }),
+            Outcome::Major => Some(PlotClass::Major),
             Outcome::Minor => Some(match fault.access() {
-                Some(Access::Write) => FaultClass::OtherWrite,
-                Some(Access::Read | Access::Exec) => FaultClass::Read,
-                None => FaultClass::Unknown,
+                Some(Access::Write) => PlotClass::OtherWrite,
+                Some(Access::Read | Access::Exec) => PlotClass::Read,
+                None => PlotClass::Unknown,
             }),
         }
+    }
+
+    /// A copy-on-write fault: a write-protect fault, copied or not, or a first write that
+    /// copied a file's page into a private mapping.
+    pub fn is_cow(self) -> bool {
+        matches!(
+            self,
+            PlotClass::CowCopied
+                | PlotClass::CowReused
+                | PlotClass::CowZeroFill
+                | PlotClass::CowUnknown
+        )
     }
 
     /// The legend's text.
     pub fn label(self) -> &'static str {
         match self {
-            FaultClass::Cow => "COW writes",
-            FaultClass::OtherWrite => "other writes",
-            FaultClass::Read => "reads and exec",
-            FaultClass::Major => "major",
-            FaultClass::Unknown => "access unknown",
+            PlotClass::CowCopied => "COW writes: copied",
+            PlotClass::CowReused => "COW writes: reused (no copy)",
+            PlotClass::CowZeroFill => "COW writes: zero fill (no copy)",
+            PlotClass::CowUnknown => "COW writes: outcome unknown",
+            PlotClass::OtherWrite => "other writes",
+            PlotClass::Read => "reads and exec",
+            PlotClass::Major => "major",
+            PlotClass::Unknown => "access unknown",
         }
     }
 
@@ -59,13 +91,17 @@ impl FaultClass {
         self as usize
     }
 
+    /// Copies in strong red; the COW faults that copy nothing lighter.
     pub(super) fn color(self) -> RGBColor {
         match self {
-            FaultClass::Cow => RGBColor(214, 39, 40),
-            FaultClass::OtherWrite => RGBColor(255, 127, 14),
-            FaultClass::Read => RGBColor(31, 119, 180),
-            FaultClass::Major => RGBColor(148, 103, 189),
-            FaultClass::Unknown => RGBColor(127, 127, 127),
+            PlotClass::CowCopied => RGBColor(214, 39, 40),
+            PlotClass::CowReused => RGBColor(255, 152, 150),
+            PlotClass::CowZeroFill => RGBColor(197, 176, 213),
+            PlotClass::CowUnknown => RGBColor(140, 86, 75),
+            PlotClass::OtherWrite => RGBColor(255, 127, 14),
+            PlotClass::Read => RGBColor(31, 119, 180),
+            PlotClass::Major => RGBColor(148, 103, 189),
+            PlotClass::Unknown => RGBColor(127, 127, 127),
         }
     }
 }
@@ -77,9 +113,9 @@ pub struct PlotFault {
     pub ts_ns: u64,
     pub pid: u32,
     pub address: u64,
-    pub class: FaultClass,
-    /// For a COW fault: whether the kernel copied the page (false: reused it); None if unknown.
-    pub copied: Option<bool>,
+    pub class: PlotClass,
+    /// The child whose snapshot window the fault fell in, or 0.
+    pub window: u32,
 }
 
 impl PlotFault {
@@ -89,8 +125,8 @@ impl PlotFault {
             ts_ns: fault.ts_ns,
             pid: fault.pid,
             address: fault.address,
-            class: FaultClass::of(fault)?,
-            copied: fault.copied(),
+            class: PlotClass::of(fault)?,
+            window: fault.window,
         })
     }
 }

@@ -34,18 +34,28 @@ impl FaultPlot {
     pub(super) fn draw(&self, svg: &mut String, title: &str) -> anyhow::Result<()> {
         let rows = self.rows();
         let lanes = self.strip_lanes();
+        // The legends go beside the panels, so they hide no data: the timelines' above them,
+        // the cumulative panel's below it.
+        let timeline_legend = self.timeline_legend(&rows);
+        let cumulative_legend = self.cumulative_legend(&rows);
         let height = TITLE_HEIGHT
+            + timeline_legend.height()
             + ROW_HEIGHT * rows.len() as u32
             + CUMULATIVE_HEIGHT
+            + cumulative_legend.height()
             + 110
             + LANE_HEIGHT * lanes.names.len().max(1) as u32;
         let root = SVGBackend::with_string(svg, (WIDTH, height)).into_drawing_area();
         root.fill(&WHITE)?;
         let body = root.titled(title, (FONT, 22))?;
-        let (timelines, rest) = body.split_vertically(ROW_HEIGHT * rows.len() as u32);
-        let (cumulative, strip) = rest.split_vertically(CUMULATIVE_HEIGHT);
+        let (legend, rest) = body.split_vertically(timeline_legend.height());
+        let (timelines, rest) = rest.split_vertically(ROW_HEIGHT * rows.len() as u32);
+        let (cumulative, rest) = rest.split_vertically(CUMULATIVE_HEIGHT);
+        let (cumulative_legend_area, strip) = rest.split_vertically(cumulative_legend.height());
+        timeline_legend.draw(&legend)?;
         self.draw_timelines(&timelines, &rows)?;
         self.draw_cumulative(&cumulative, &rows)?;
+        cumulative_legend.draw(&cumulative_legend_area)?;
         self.draw_strip(&strip, &lanes)?;
         root.present()?;
         Ok(())
@@ -73,40 +83,5 @@ pub(super) fn pid_name(pid: u32, series: &Series) -> String {
     match &series.comm {
         Some(comm) => format!("pid {pid} ({comm})"),
         None => format!("pid {pid}"),
-    }
-}
-
-/// The largest binary unit not above `bytes`: (its size, its name).
-pub(super) fn byte_unit(bytes: u64) -> (u64, &'static str) {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut unit = 0;
-    while unit + 1 < UNITS.len() && bytes >> (10 * (unit + 1)) > 0 {
-        unit += 1;
-    }
-    (1 << (10 * unit), UNITS[unit])
-}
-
-/// 1536 -> "1.5 KiB".
-pub(super) fn human_bytes(bytes: u64) -> String {
-    let (unit, name) = byte_unit(bytes);
-    let value = bytes as f64 / unit as f64;
-    if value.fract() == 0.0 {
-        format!("{value:.0} {name}")
-    } else {
-        format!("{value:.1} {name}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bytes_read_like_sizes() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(4096), "4 KiB");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(3 << 30), "3 GiB");
     }
 }

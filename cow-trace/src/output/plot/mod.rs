@@ -1,27 +1,32 @@
 //! `--plot FILE.svg`: when and where the faults happened, drawn with plotters' SVG backend.
 //!
-//! Two views: a timeline per pid of faults per interval by class, with the cumulative
-//! copy-on-write bytes below it; and a strip of the address space showing where COW faults
-//! landed. What is kept stays bounded however long the run: at most `TIME_BUCKETS` intervals
-//! (the interval doubles when the run outgrows them) for at most `TRACKED_PIDS` pids (later
-//! ones are counted together), and at most `ADDRESS_CELLS` (address range, pid) cells for the
-//! strip (the range doubles likewise).
+//! Two views: a timeline per pid of faults per interval by class (copy-on-write faults split
+//! by what the kernel did: copied, reused, zero-filled), with the cumulative bytes copied on
+//! write below it, and each snapshot window shaded across them; and a strip of the address
+//! space showing where COW faults landed. What is kept stays bounded however long the run: at
+//! most `TIME_BUCKETS` intervals (the interval doubles when the run outgrows them) for at most
+//! `TRACKED_PIDS` pids (later ones are counted together), at most `ADDRESS_CELLS` (address
+//! range, pid) cells for the strip (the range doubles likewise), and at most `MAX_WINDOWS`
+//! snapshot windows.
 mod class;
 mod draw;
+mod legend;
 mod series;
 mod strip;
 mod timeline;
+mod windows;
 
 use std::{collections::HashMap, path::Path};
 
 use anyhow::Context as _;
 
-pub use self::class::{FaultClass, PlotFault};
+pub use self::class::PlotFault;
 use self::{
     draw::draw_nothing,
     series::{AddressStrip, Series},
+    windows::Windows,
 };
-use crate::event::Fault;
+use crate::event::{Change, Fault, ProcessEvent};
 
 /// Intervals kept per pid: about one per horizontal pixel of a timeline.
 const TIME_BUCKETS: usize = 600;
@@ -38,6 +43,9 @@ const TIMELINE_ROWS: usize = 6;
 const STRIP_LANES: usize = 12;
 /// The series key of the pids counted together.
 const OTHERS: u32 = u32::MAX;
+/// Snapshot windows remembered (the ended ones with the fewest copies make room), and shaded.
+const MAX_WINDOWS: usize = 1024;
+const SHADED_WINDOWS: usize = 16;
 
 /// Accumulates faults for the plot; memory stays bounded (see the module comment).
 #[derive(Clone, Debug)]
@@ -48,9 +56,7 @@ pub struct FaultPlot {
     buckets_used: usize,
     pids: HashMap<u32, Series>,
     others: Series,
-    /// COW faults whose page the kernel copied, per interval (all pids).
-    copied: Vec<u32>,
-    copy_known: bool,
+    windows: Windows,
     strip: AddressStrip,
     page_size: u64,
 }
@@ -63,18 +69,15 @@ impl Default for FaultPlot {
 
 impl FaultPlot {
     pub fn new() -> FaultPlot {
-        // SAFETY: sysconf has no memory-safety preconditions.
-        let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         FaultPlot {
             origin_ns: None,
             bucket_ns: FIRST_BUCKET_NS,
             buckets_used: 0,
             pids: HashMap::new(),
             others: Series::default(),
-            copied: Vec::new(),
-            copy_known: false,
+            windows: Windows::default(),
             strip: AddressStrip::new(),
-            page_size: u64::try_from(page_size).unwrap_or(4096),
+            page_size: crate::page::size(),
         }
     }
 
@@ -111,17 +114,19 @@ impl FaultPlot {
             pid => self.pids.entry(pid).or_default(),
         };
         series.count(bucket, fault.class);
-        if fault.class == FaultClass::Cow {
-            if let Some(copied) = fault.copied {
-                self.copy_known = true;
-                if copied {
-                    if self.copied.len() <= bucket {
-                        self.copied.resize(bucket + 1, 0);
-                    }
-                    self.copied[bucket] = self.copied[bucket].saturating_add(1);
-                }
-            }
+        self.windows.fault(fault.pid, fault.window, fault.class);
+        if fault.class.is_cow() {
             self.strip.add(fault.address, key);
+        }
+    }
+
+    /// Follows the process tree: a fork opens a snapshot window, the child's exit closes it,
+    /// its exec makes it no snapshot.
+    pub fn add_process(&mut self, event: &ProcessEvent) {
+        match event.change {
+            Change::Fork { child } => self.windows.fork(event.pid, child, event.ts_ns),
+            Change::Exec => self.windows.exec(event.pid),
+            Change::Exit => self.windows.exit(event.pid, event.ts_ns),
         }
     }
 
@@ -153,11 +158,6 @@ impl FaultPlot {
             series.halve();
         }
         self.others.halve();
-        self.copied = self
-            .copied
-            .chunks(2)
-            .map(|pair| pair.iter().fold(0u32, |sum, c| sum.saturating_add(*c)))
-            .collect();
         self.buckets_used = self.buckets_used.div_ceil(2);
     }
 }
@@ -174,18 +174,22 @@ pub fn render_svg(path: &Path, faults: &[PlotFault], title: &str) -> anyhow::Res
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::{event::Outcome, output::sink::test_support::article_fault};
+    use super::{class::PlotClass, *};
+    use crate::event::FaultClass;
+    use crate::{
+        event::Outcome,
+        output::sink::test_support::{article_fault, file_copy_fault, reclassify},
+    };
 
     const MS: u64 = 1_000_000;
 
-    fn fault(ts_ns: u64, pid: u32, address: u64, class: FaultClass) -> PlotFault {
+    fn fault(ts_ns: u64, pid: u32, address: u64, class: PlotClass) -> PlotFault {
         PlotFault {
             ts_ns,
             pid,
             address,
             class,
-            copied: (class == FaultClass::Cow).then_some(true),
+            window: 0,
         }
     }
 
@@ -198,13 +202,13 @@ mod tests {
                 i * MS,
                 100,
                 0x5555_0000_0000 + i * 4096,
-                FaultClass::Read,
+                PlotClass::Read,
             ));
             faults.push(fault(
                 i * MS + 1,
                 100,
                 0x5555_0010_0000 + i * 4096,
-                FaultClass::OtherWrite,
+                PlotClass::OtherWrite,
             ));
         }
         for i in 0..300u64 {
@@ -217,10 +221,10 @@ mod tests {
                 500 * MS + i * 5 * MS,
                 101,
                 address + i * 4096,
-                FaultClass::Cow,
+                PlotClass::CowCopied,
             ));
         }
-        faults.push(fault(1900 * MS, 101, 0x7f00_0000_0000, FaultClass::Major));
+        faults.push(fault(1900 * MS, 101, 0x7f00_0000_0000, PlotClass::Major));
         faults
     }
 
@@ -241,25 +245,48 @@ mod tests {
     #[test]
     fn classes_from_decoded_faults() {
         let cow = article_fault();
-        assert_eq!(FaultClass::of(&cow), Some(FaultClass::Cow));
+        assert_eq!(PlotClass::of(&cow), Some(PlotClass::CowUnknown));
+        let wp = cow_trace_common::class::WRITE
+            | cow_trace_common::class::WRITE_PROTECT
+            | cow_trace_common::class::COPY_KNOWN;
+        let mut copied = article_fault();
+        copied.class = FaultClass::from_bits(wp | cow_trace_common::class::COPIED);
+        assert_eq!(PlotClass::of(&copied), Some(PlotClass::CowCopied));
+        let mut reused = article_fault();
+        reused.class = FaultClass::from_bits(wp);
+        assert_eq!(PlotClass::of(&reused), Some(PlotClass::CowReused));
+        let mut zero = article_fault();
+        zero.class = FaultClass::from_bits(wp | cow_trace_common::class::ZERO_FILL);
+        assert_eq!(PlotClass::of(&zero), Some(PlotClass::CowZeroFill));
+        // A copy is a copy, as the summary counts it, even when the kernel called it major.
+        let mut major_copy = copied.clone();
+        reclassify(&mut major_copy, Some(0x7), Outcome::Major);
+        major_copy.class =
+            FaultClass::from_bits(major_copy.class.bits() | wp | cow_trace_common::class::COPIED);
+        assert_eq!(PlotClass::of(&major_copy), Some(PlotClass::CowCopied));
+        // So is a first write that copied a file's page into a private mapping.
+        assert_eq!(
+            PlotClass::of(&file_copy_fault(Outcome::Major)),
+            Some(PlotClass::CowCopied)
+        );
         let mut major = article_fault();
-        major.outcome = Outcome::Major;
-        assert_eq!(FaultClass::of(&major), Some(FaultClass::Major));
+        reclassify(&mut major, Some(0x4), Outcome::Major);
+        assert_eq!(PlotClass::of(&major), Some(PlotClass::Major));
         let mut incomplete = article_fault();
         incomplete.outcome = Outcome::Incomplete;
-        assert_eq!(FaultClass::of(&incomplete), None);
+        assert_eq!(PlotClass::of(&incomplete), None);
         let mut unknown = article_fault();
         unknown.error_code = None;
-        unknown.class = cow_trace_common::class::UNKNOWN;
-        assert_eq!(FaultClass::of(&unknown), Some(FaultClass::Unknown));
+        unknown.class = FaultClass::from_bits(cow_trace_common::class::UNKNOWN);
+        assert_eq!(PlotClass::of(&unknown), Some(PlotClass::Unknown));
         let mut read = article_fault();
         read.error_code = Some(0x4);
-        read.class = cow_trace_common::class::READ;
-        assert_eq!(FaultClass::of(&read), Some(FaultClass::Read));
+        read.class = FaultClass::from_bits(cow_trace_common::class::READ);
+        assert_eq!(PlotClass::of(&read), Some(PlotClass::Read));
         let mut write = article_fault();
         write.error_code = Some(0x6);
-        write.class = cow_trace_common::class::WRITE;
-        assert_eq!(FaultClass::of(&write), Some(FaultClass::OtherWrite));
+        write.class = FaultClass::from_bits(cow_trace_common::class::WRITE);
+        assert_eq!(PlotClass::of(&write), Some(PlotClass::OtherWrite));
         assert!(PlotFault::from_fault(&incomplete).is_none());
         let plotted = PlotFault::from_fault(&cow).unwrap();
         assert_eq!((plotted.pid, plotted.address), (cow.pid, cow.address));
@@ -275,24 +302,26 @@ mod tests {
         let has = |wanted: &str| texts.iter().any(|t| t.contains(wanted));
         for wanted in [
             "cow-trace: fork & write <demo>",
-            "COW writes",
+            "COW writes: copied",
             "other writes",
             "reads and exec",
             "major",
             "pid 100: 400 faults",
-            "pid 101: 301 faults",
-            "cumulative COW bytes",
-            "1.2 MiB in all",
-            "all pids, pages copied",
+            "pid 101: 301 faults, 300 pages copied",
+            "copied on write: 1.2 MiB (300 pages, 1228800 bytes)",
+            "all pids: bytes copied",
+            "pid 101: copied",
             "where COW faults landed",
             "0x7ffd215",
         ] {
             assert!(has(wanted), "no text with {wanted:?} in {texts:#?}");
         }
-        assert!(
-            !has("access unknown"),
-            "a class with no faults has no legend entry"
-        );
+        for absent in ["access unknown", "reused", "no copy", "while child"] {
+            assert!(
+                !has(absent),
+                "{absent:?}: nothing of it, no legend entry or label"
+            );
+        }
         let drawn = document
             .descendants()
             .filter(|n| n.is_element() && !n.has_tag_name("svg"))
@@ -303,6 +332,87 @@ mod tests {
             .filter(|n| n.has_tag_name("rect") && n.attribute("fill") == Some("#D62728"))
             .count();
         assert!(cells >= 300, "only {cells} COW cells in the strip");
+    }
+
+    /// A server forks a snapshot child at 0.4 s and writes 100 pages while it lives (copies),
+    /// the child exits at 1.2 s, and the server writes 50 more pages it shared (reuses). A
+    /// shell's child that execs is no snapshot.
+    #[test]
+    fn copies_are_the_headline_reuses_apart_and_the_snapshot_shaded() {
+        let mut plot = FaultPlot::new();
+        let process = |ts_ns, pid, change| ProcessEvent {
+            ts_ns,
+            pid,
+            tid: pid,
+            comm: "server".into(),
+            change,
+        };
+        plot.add(&fault(0, 100, 0x1000, PlotClass::Read));
+        plot.add_process(&process(100 * MS, 100, Change::Fork { child: 102 }));
+        plot.add(&PlotFault {
+            window: 102,
+            ..fault(110 * MS, 100, 0x2000, PlotClass::CowCopied)
+        });
+        plot.add_process(&process(120 * MS, 102, Change::Exec));
+        plot.add_process(&process(400 * MS, 100, Change::Fork { child: 101 }));
+        for i in 0..100u64 {
+            plot.add(&PlotFault {
+                window: 101,
+                ..fault(
+                    500 * MS + i * 5 * MS,
+                    100,
+                    0x5555_0000_0000 + i * 4096,
+                    PlotClass::CowCopied,
+                )
+            });
+        }
+        plot.add_process(&process(1200 * MS, 101, Change::Exit));
+        for i in 0..50u64 {
+            plot.add(&fault(
+                1300 * MS + i * MS,
+                100,
+                0x5555_1000_0000 + i * 4096,
+                PlotClass::CowReused,
+            ));
+        }
+        plot.add(&fault(1500 * MS, 100, 0x6000, PlotClass::CowZeroFill));
+        let svg = plot.render_string("snapshot").unwrap();
+        let document = roxmltree::Document::parse(&svg).unwrap();
+        let texts = texts(&document);
+        let has = |wanted: &str| texts.iter().any(|t| t.contains(wanted));
+        // 101 copies (4 KiB each), not 152 COW faults.
+        for wanted in [
+            "copied on write: 404.0 KiB (101 pages, 413696 bytes); no copy: 50 reuses, 1 zero fills",
+            "COW writes: copied",
+            "COW writes: reused (no copy)",
+            "COW writes: zero fill (no copy)",
+            "reused (no copy): 50 faults (right axis)",
+            "COW faults without a copy",
+            "a snapshot child alive",
+            "while child 101 ran",
+        ] {
+            assert!(has(wanted), "no text with {wanted:?} in {texts:#?}");
+        }
+        assert!(!has("while child 102 ran"), "a child that exec'd");
+        // Shaded from 0.4 s to 1.2 s in the one timeline and the cumulative panel (the
+        // legends' samples are 10 high).
+        let size = |n: &roxmltree::Node, what: &str| -> f64 {
+            n.attribute(what).unwrap().parse().unwrap()
+        };
+        let shades: Vec<roxmltree::Node> = document
+            .descendants()
+            .filter(|n| n.has_tag_name("rect") && n.attribute("fill") == Some("#4682B4"))
+            .filter(|n| n.attribute("opacity") == Some("0.15") && size(n, "height") > 20.0)
+            .collect();
+        assert_eq!(shades.len(), 2, "{svg}");
+        let width = |n: &roxmltree::Node| size(n, "width");
+        // 0.8 s of the 1.5 s plotted, in each panel's plotting area: the width less the left
+        // margin, the y labels and the right margin and axis.
+        let x_span = f64::from(draw::WIDTH - 6 - 70 - 24 - 70);
+        for shade in &shades {
+            let share = width(shade) / x_span;
+            assert!((0.52..0.545).contains(&share), "{share}: {svg}");
+        }
     }
 
     #[test]
@@ -320,7 +430,7 @@ mod tests {
     #[test]
     fn no_cow_faults_still_draws() {
         let faults: Vec<PlotFault> = (0..50)
-            .map(|i| fault(i * MS, 7, 0x1000 * i, FaultClass::Read))
+            .map(|i| fault(i * MS, 7, 0x1000 * i, PlotClass::Read))
             .collect();
         let svg = render(&faults, "reads only");
         let document = roxmltree::Document::parse(&svg).unwrap();
@@ -336,7 +446,7 @@ mod tests {
         let mut plot = FaultPlot::new();
         // An hour of one fault per 100 ms.
         for i in 0..36_000u64 {
-            plot.add(&fault(5 + i * 100 * MS, 1, 0x1000, FaultClass::Read));
+            plot.add(&fault(5 + i * 100 * MS, 1, 0x1000, PlotClass::Read));
         }
         assert!(plot.buckets_used <= TIME_BUCKETS);
         assert!(plot.bucket_ns >= 3_600_000 * MS / TIME_BUCKETS as u64);
@@ -345,7 +455,7 @@ mod tests {
         let counted: u64 = series
             .buckets
             .iter()
-            .map(|b| u64::from(b[FaultClass::Read.index()]))
+            .map(|b| u64::from(b[PlotClass::Read.index()]))
             .sum();
         assert_eq!(counted, 36_000);
         assert_eq!(series.total(), 36_000);
@@ -361,7 +471,7 @@ mod tests {
                     u64::from(pid) * MS,
                     pid + 1,
                     address,
-                    FaultClass::Cow,
+                    PlotClass::CowCopied,
                 ));
             }
         }

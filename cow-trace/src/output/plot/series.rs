@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 
 use super::{
     ADDRESS_CELLS,
-    class::{CLASSES, FaultClass},
+    class::{CLASSES, PlotClass},
 };
 
 /// Faults per interval and class, of one pid (or of the pids counted together).
@@ -15,7 +15,7 @@ pub(super) struct Series {
 }
 
 impl Series {
-    pub(super) fn count(&mut self, bucket: usize, class: FaultClass) {
+    pub(super) fn count(&mut self, bucket: usize, class: PlotClass) {
         if self.buckets.len() <= bucket {
             self.buckets.resize(bucket + 1, [0; CLASSES]);
         }
@@ -59,7 +59,7 @@ impl Series {
         self.totals.iter().sum()
     }
 
-    pub(super) fn at(&self, bucket: usize, class: FaultClass) -> u32 {
+    pub(super) fn at(&self, bucket: usize, class: PlotClass) -> u32 {
         self.buckets.get(bucket).map_or(0, |b| b[class.index()])
     }
 }

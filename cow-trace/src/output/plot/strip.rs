@@ -9,9 +9,10 @@ use plotters::{
 
 use super::{
     FaultPlot, MAX_GAP_CELLS, OTHERS, STRIP_LANES,
-    class::FaultClass,
-    draw::{FONT, human_bytes, pid_name},
+    class::PlotClass,
+    draw::{FONT, pid_name},
 };
+use crate::output::format::human_bytes;
 
 impl FaultPlot {
     /// The strip's lanes: the pids with the most COW faults, then the others together.
@@ -111,7 +112,7 @@ impl FaultPlot {
         }))?;
         // At least a thousandth of the width, so a lone page among wide segments still shows.
         let min_width = (layout.width / 1000.0).max(1.0);
-        let color = FaultClass::Cow.color();
+        let color = PlotClass::CowCopied.color();
         chart.draw_series(cells.iter().map(|(&(range, lane), &count)| {
             let x = layout.x_of(range);
             let shade = 0.25 + 0.75 * ((1 + count) as f64).ln() / ((1 + most) as f64).ln();

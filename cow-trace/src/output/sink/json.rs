@@ -6,7 +6,10 @@ use serde::Serialize;
 use super::{Sink, WallClock};
 use crate::{
     event::{Change, CowOutcome, Fault, ProcessEvent},
-    output::summary::{Counts, Summary, class_label},
+    output::{
+        interval::Period,
+        summary::{Counts, Summary},
+    },
 };
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -70,9 +73,13 @@ struct FaultLine<'a> {
     access: Option<String>,
     #[serde(rename = "type")]
     kind: &'static str,
+    /// A write-protect fault.
     cow: Option<bool>,
+    /// A page was copied: on a write-protect fault, or (with `cow` false) a first write that
+    /// copied a file's page into a private mapping.
     copied: Option<bool>,
-    /// "copied", "reused" or "zero-fill" on a copy-on-write fault.
+    /// "copied", "reused" or "zero-fill" on a copy-on-write fault; "copied" on such a first
+    /// write.
     cow_outcome: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     window: Option<u32>,
@@ -107,6 +114,37 @@ struct SummaryLine<'a> {
     pid: u32,
     comm: &'a str,
     /// Window lines: the child whose lifetime this covers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    child: Option<u32>,
+    #[serde(flatten)]
+    counts: &'a Counts,
+    copied_bytes: u64,
+}
+
+/// One --interval report: the counts of that interval only, in all and per pid and window.
+#[derive(Serialize)]
+struct IntervalLine<'a> {
+    v: u32,
+    event: &'static str,
+    /// The end of the interval.
+    time: Time,
+    ts_ns: u64,
+    /// Its length: the counts are of (ts_ns - interval_ns, ts_ns].
+    interval_ns: u64,
+    #[serde(flatten)]
+    counts: &'a Counts,
+    copied_bytes: u64,
+    lost: u64,
+    pids: Vec<IntervalRow<'a>>,
+    windows: Vec<IntervalRow<'a>>,
+}
+
+#[derive(Serialize)]
+struct IntervalRow<'a> {
+    pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comm: Option<&'a str>,
+    /// Window rows: the child whose lifetime this covers.
     #[serde(skip_serializing_if = "Option::is_none")]
     child: Option<u32>,
     #[serde(flatten)]
@@ -175,14 +213,12 @@ impl Sink for JsonSink {
             kind: fault.outcome.label(),
             cow: fault.is_cow(),
             copied: fault.copied(),
-            cow_outcome: fault.cow_outcome().map(|outcome| match outcome {
-                CowOutcome::Copied => "copied",
-                CowOutcome::Reused => "reused",
-                CowOutcome::ZeroFilled => "zero-fill",
-            }),
+            cow_outcome: fault.cow_outcome().map(CowOutcome::json_value),
             window: (fault.window != 0).then_some(fault.window),
             kernel_mode: fault.kernel_mode,
-            error_code: fault.error_code,
+            // Only x86 has a page-fault error code. Elsewhere the bits are cow-trace's own
+            // account of the fault flags (access, mode, do_wp_page): no error code to show.
+            error_code: fault.error_code.filter(|_| cfg!(target_arch = "x86_64")),
             latency_ns: fault.latency_ns,
             mapping: fault.mapping.as_deref(),
             symbol: fault.symbol.as_deref(),
@@ -207,6 +243,44 @@ impl Sink for JsonSink {
             comm: &event.comm,
             child,
         })
+    }
+
+    fn interval(&mut self, period: &Period, counts: &Summary) -> io::Result<()> {
+        let comm = |pid: u32| counts.comms.get(&pid).map_or("?", String::as_str);
+        let total = counts.total();
+        let line = IntervalLine {
+            v: SCHEMA_VERSION,
+            event: "interval",
+            time: self.time(period.to_ns),
+            ts_ns: period.to_ns,
+            interval_ns: period.length_ns(),
+            counts: &total,
+            copied_bytes: total.copied_bytes(),
+            lost: counts.lost.events(),
+            pids: counts
+                .pids
+                .iter()
+                .map(|(&pid, counts)| IntervalRow {
+                    pid,
+                    comm: Some(comm(pid)),
+                    child: None,
+                    counts,
+                    copied_bytes: counts.copied_bytes(),
+                })
+                .collect(),
+            windows: counts
+                .windows
+                .iter()
+                .map(|(&(pid, child), counts)| IntervalRow {
+                    pid,
+                    comm: None,
+                    child: Some(child),
+                    counts,
+                    copied_bytes: counts.copied_bytes(),
+                })
+                .collect(),
+        };
+        self.line(&line)
     }
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
@@ -239,7 +313,7 @@ impl Sink for JsonSink {
                 event: "mapping",
                 pid: *pid,
                 mapping,
-                class: class_label(*class),
+                class: class.to_string(),
                 faults,
             })?;
         }
@@ -258,7 +332,7 @@ impl Sink for JsonSink {
                 v: SCHEMA_VERSION,
                 event: "histogram",
                 pid,
-                class: class_label(class),
+                class: class.to_string(),
                 buckets: buckets.to_vec(),
             })?;
         }
@@ -282,7 +356,10 @@ impl Sink for JsonSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::sink::test_support::{Captured, article_fault, reclassify};
+    use crate::{
+        event::Outcome,
+        output::sink::test_support::{Captured, article_fault, file_copy_fault, reclassify},
+    };
 
     #[test]
     fn fault_fields() {
@@ -305,6 +382,22 @@ mod tests {
         assert_eq!(value["cow"], true);
         assert_eq!(value["latency_ns"], 1500);
         assert_eq!(value["error_code"], 7);
+    }
+
+    #[test]
+    fn a_first_write_that_copied_a_files_page_is_copied_but_no_cow_fault() {
+        let out = Captured::default();
+        let mut sink = JsonSink::new(
+            Box::new(out.clone()),
+            WallClock::with_offset(0),
+            "tracepoint",
+        );
+        sink.fault(&file_copy_fault(Outcome::Minor)).unwrap();
+        let value: serde_json::Value = serde_json::from_str(out.text().trim()).unwrap();
+        assert_eq!(value["cow"], false);
+        assert_eq!(value["copied"], true);
+        assert_eq!(value["cow_outcome"], "copied");
+        assert_eq!(value["error_code"], 6);
     }
 
     #[test]
@@ -353,6 +446,43 @@ mod tests {
         assert_eq!(lines[0]["child"], 12);
         assert_eq!(lines[1]["event"], "exit");
         assert!(lines[1].get("child").is_none());
+    }
+
+    #[test]
+    fn interval_line_has_its_time_length_and_counts() {
+        let out = Captured::default();
+        let mut sink = JsonSink::new(
+            Box::new(out.clone()),
+            WallClock::with_offset(0),
+            "tracepoint",
+        );
+        let mut counts = Summary::default();
+        let mut fault = article_fault();
+        fault.window = 12421;
+        counts.record(&fault);
+        counts.lost.ring_full = 1;
+        let second = 1_000_000_000;
+        let period = Period {
+            start_ns: 10 * second,
+            from_ns: 11 * second,
+            to_ns: 11 * second + second / 2,
+        };
+        sink.interval(&period, &counts).unwrap();
+        let text = out.text();
+        assert_eq!(text.lines().count(), 1, "one line per interval: {text}");
+        let value: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(value["event"], "interval");
+        assert_eq!(value["time"], "1970-01-01T00:00:11.500000Z");
+        assert_eq!(value["ts_ns"], 11 * second + second / 2);
+        assert_eq!(value["interval_ns"], second / 2);
+        assert_eq!(value["cow"], 1);
+        assert_eq!(value["copied_bytes"], 0, "the outcome is unknown here");
+        assert_eq!(value["lost"], 1);
+        assert_eq!(value["pids"][0]["pid"], 12420);
+        assert_eq!(value["pids"][0]["comm"], "cow");
+        assert_eq!(value["pids"][0]["faults"], 1);
+        assert_eq!(value["windows"][0]["child"], 12421);
+        assert_eq!(value["windows"][0]["cow"], 1);
     }
 
     #[test]

@@ -7,8 +7,9 @@ use std::io::{self, Write};
 
 use crate::{
     cli::Format,
+    clock,
     event::{Fault, ProcessEvent},
-    output::summary::Summary,
+    output::{interval::Period, summary::Summary},
 };
 
 pub use json::JsonSink;
@@ -31,7 +32,16 @@ pub trait Sink {
         false
     }
 
-    /// Writes the totals so far: at the end, and every --interval in --summary mode.
+    /// Every --interval: the counts of that interval only (`Intervals::next`).
+    fn interval(&mut self, period: &Period, counts: &Summary) -> io::Result<()>;
+
+    /// Before the totals, when interval reports came first: what the totals cover. Formats
+    /// whose totals are told apart by their own names (JSON) write nothing.
+    fn totals_header(&mut self, _period: &Period) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Writes the totals: once, at the end.
     fn summary(&mut self, summary: &Summary) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
 }
@@ -59,8 +69,8 @@ pub struct WallClock {
 
 impl WallClock {
     pub fn now() -> WallClock {
-        let realtime = clock_ns(libc::CLOCK_REALTIME);
-        let monotonic = clock_ns(libc::CLOCK_MONOTONIC);
+        let realtime = clock::realtime_ns();
+        let monotonic = i128::from(clock::monotonic_ns());
         WallClock {
             offset_ns: realtime - monotonic,
         }
@@ -77,16 +87,6 @@ impl WallClock {
     }
 }
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-}
-
 #[cfg(test)]
 pub(crate) mod test_support {
     use std::{
@@ -95,7 +95,7 @@ pub(crate) mod test_support {
         rc::Rc,
     };
 
-    use crate::event::{Fault, Outcome};
+    use crate::event::{Fault, FaultClass, Outcome};
 
     /// A writer whose bytes a test can read back.
     #[derive(Clone, Default)]
@@ -119,7 +119,7 @@ pub(crate) mod test_support {
 
     /// Sets a fault's error code (None: unknown) and outcome, and the class they imply.
     pub fn reclassify(fault: &mut Fault, error_code: Option<u64>, outcome: Outcome) {
-        use cow_trace_common::{class, flags};
+        use cow_trace_common::flags;
         fault.error_code = error_code;
         fault.outcome = outcome;
         let mut record_flags = if error_code.is_none() {
@@ -130,11 +130,25 @@ pub(crate) mod test_support {
         if outcome == Outcome::Major {
             record_flags |= flags::MAJOR;
         }
-        fault.class = class::of(
+        fault.class = FaultClass::of(
             outcome == Outcome::Incomplete,
             record_flags,
             error_code.unwrap_or(0),
         );
+    }
+
+    /// A first write to a page of a private file mapping not mapped yet (user, write, not
+    /// present), major as `outcome` says, which copied the file's page.
+    pub fn file_copy_fault(outcome: Outcome) -> Fault {
+        use cow_trace_common::flags;
+        let mut fault = article_fault();
+        reclassify(&mut fault, Some(0x6), outcome);
+        let mut record_flags = flags::COPY_KNOWN | flags::PAGE_ALLOCATED;
+        if outcome == Outcome::Major {
+            record_flags |= flags::MAJOR;
+        }
+        fault.class = FaultClass::of(false, record_flags, 0x6).with_mapping(true);
+        fault
     }
 
     /// The article's first COW fault: Sun May 10 11:35:00 2020 UTC, pid 12420.
@@ -150,7 +164,9 @@ pub(crate) mod test_support {
             outcome: Outcome::Minor,
             latency_ns: Some(1500),
             kernel_mode: false,
-            class: cow_trace_common::class::WRITE | cow_trace_common::class::WRITE_PROTECT,
+            class: FaultClass::from_bits(
+                cow_trace_common::class::WRITE | cow_trace_common::class::WRITE_PROTECT,
+            ),
             window: 0,
             vm_fault: 0,
             stack_id: None,

@@ -2,8 +2,11 @@
 //! `[Sun May 10 11:35:00 2020] pid:12420, address:0x7ffe0cdefb40 access:w, type:MINOR`
 use std::io::{self, Write};
 
-use super::{Sink, Summary, WallClock};
-use crate::event::{Fault, Outcome};
+use super::{Sink, Summary, WallClock, text};
+use crate::{
+    event::{Fault, Outcome},
+    output::interval::Period,
+};
 
 pub struct StapSink {
     out: Box<dyn Write>,
@@ -44,6 +47,15 @@ impl Sink for StapSink {
             access,
             fault.outcome.label(),
         )
+    }
+
+    // The script printed no totals: these are the text format's.
+    fn interval(&mut self, period: &Period, counts: &Summary) -> io::Result<()> {
+        text::write_interval(&mut self.out, self.clock, period, counts)
+    }
+
+    fn totals_header(&mut self, period: &Period) -> io::Result<()> {
+        text::write_totals_header(&mut self.out, self.clock, period)
     }
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {

@@ -1,18 +1,42 @@
 //! The default human format: aligned columns, one line per fault.
 use std::io::{self, Write};
 
+use chrono::{
+    Local, TimeZone,
+    format::{DelayedFormat, StrftimeItems},
+};
+
 use super::{Sink, Summary, WallClock};
 use crate::event::{Change, Fault, ProcessEvent};
-use crate::output::format::HumanNs;
+use crate::output::{format::HumanNs, interval::Period};
 
-pub struct TextSink {
+/// Times are shown in the local time zone (`TZ`, else /etc/localtime), as `date` shows them.
+pub struct TextSink<Z: TimeZone = Local> {
     out: Box<dyn Write>,
     clock: WallClock,
+    zone: Z,
 }
 
 impl TextSink {
     pub fn new(out: Box<dyn Write>, clock: WallClock) -> TextSink {
-        TextSink { out, clock }
+        TextSink::in_zone(out, clock, Local)
+    }
+}
+
+impl<Z: TimeZone> TextSink<Z> {
+    pub fn in_zone(out: Box<dyn Write>, clock: WallClock, zone: Z) -> TextSink<Z> {
+        TextSink { out, clock, zone }
+    }
+
+    /// The TIME column of an event at `ts_ns` (CLOCK_MONOTONIC).
+    fn time(&self, ts_ns: u64) -> DelayedFormat<StrftimeItems<'static>>
+    where
+        Z::Offset: std::fmt::Display,
+    {
+        self.clock
+            .to_utc(ts_ns)
+            .with_timezone(&self.zone)
+            .format("%H:%M:%S%.6f")
     }
 }
 
@@ -24,10 +48,11 @@ impl std::fmt::Display for Columns<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let fault = self.0;
         let access = fault.access().map_or('?', |a| a.letter());
+        // A first write that copied a file's page into a private mapping is a copy too.
         let cow = match (fault.is_cow(), fault.cow_outcome()) {
-            (Some(true), Some(outcome)) => outcome.label(),
+            (Some(_), Some(outcome)) => outcome.column(),
             (Some(true), None) => "cow",
-            (Some(false), _) => "-",
+            (Some(false), None) => "-",
             (None, _) => "?",
         };
         let mode = if fault.kernel_mode { "k" } else { "u" };
@@ -56,7 +81,10 @@ fn columns(fault: &Fault) -> String {
     Columns(fault).to_string()
 }
 
-impl Sink for TextSink {
+impl<Z: TimeZone> Sink for TextSink<Z>
+where
+    Z::Offset: std::fmt::Display,
+{
     fn begin(&mut self) -> io::Result<()> {
         writeln!(
             self.out,
@@ -66,12 +94,7 @@ impl Sink for TextSink {
     }
 
     fn fault(&mut self, fault: &Fault) -> io::Result<()> {
-        write!(
-            self.out,
-            "{} {}",
-            self.clock.to_utc(fault.ts_ns).format("%H:%M:%S%.6f"),
-            Columns(fault)
-        )?;
+        write!(self.out, "{} {}", self.time(fault.ts_ns), Columns(fault))?;
         // --resolve: where the address lies and which code touched it, as perf trace shows.
         if let Some(mapping) = &fault.mapping {
             write!(self.out, " {mapping}")?;
@@ -95,11 +118,19 @@ impl Sink for TextSink {
         writeln!(
             self.out,
             "{} {:<16} {:>7} {:>7} -- {what}",
-            self.clock.to_utc(event.ts_ns).format("%H:%M:%S%.6f"),
+            self.time(event.ts_ns),
             event.comm,
             event.pid,
             event.tid,
         )
+    }
+
+    fn interval(&mut self, period: &Period, counts: &Summary) -> io::Result<()> {
+        write_interval(&mut self.out, self.clock, period, counts)
+    }
+
+    fn totals_header(&mut self, period: &Period) -> io::Result<()> {
+        write_totals_header(&mut self.out, self.clock, period)
     }
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
@@ -111,18 +142,75 @@ impl Sink for TextSink {
     }
 }
 
+/// An --interval report for people: a header with its time and span, then the per-pid table
+/// of that interval's counts.
+pub fn write_interval(
+    out: &mut dyn Write,
+    clock: WallClock,
+    period: &Period,
+    counts: &Summary,
+) -> io::Result<()> {
+    write_header(out, clock, period, "per interval")?;
+    counts.write_table(out)
+}
+
+/// Sets the totals at the end apart from the interval reports before them.
+pub fn write_totals_header(
+    out: &mut dyn Write,
+    clock: WallClock,
+    period: &Period,
+) -> io::Result<()> {
+    write_header(out, clock, period, "cumulative totals")
+}
+
+/// `--- 12:00:01.500 per interval: 1.000 s to 1.500 s since start ---`
+fn write_header(
+    out: &mut dyn Write,
+    clock: WallClock,
+    period: &Period,
+    what: &str,
+) -> io::Result<()> {
+    let (from, to) = period.seconds();
+    writeln!(
+        out,
+        "--- {} {what}: {from:.3} s to {to:.3} s since start ---",
+        clock.to_utc(period.to_ns).format("%H:%M:%S%.3f"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
+        event::FaultClass,
         event::Outcome,
-        output::sink::test_support::{Captured, article_fault, reclassify},
+        output::sink::test_support::{Captured, article_fault, file_copy_fault, reclassify},
     };
+    use chrono::{FixedOffset, Utc};
+
+    /// A sink showing UTC, whatever the time zone of the machine running the tests.
+    fn utc_sink(out: &Captured) -> TextSink<Utc> {
+        TextSink::in_zone(Box::new(out.clone()), WallClock::with_offset(0), Utc)
+    }
+
+    #[test]
+    fn times_are_in_the_sinks_time_zone() {
+        let out = Captured::default();
+        let tokyo = FixedOffset::east_opt(9 * 3600).unwrap();
+        let mut sink = TextSink::in_zone(Box::new(out.clone()), WallClock::with_offset(0), tokyo);
+        sink.fault(&article_fault()).unwrap();
+        // The article's fault, 11:35:00 UTC, is 20:35:00 in Tokyo.
+        assert!(
+            out.text().starts_with("20:35:00.000000 cow "),
+            "{}",
+            out.text()
+        );
+    }
 
     #[test]
     fn header_and_line_align() {
         let out = Captured::default();
-        let mut sink = TextSink::new(Box::new(out.clone()), WallClock::with_offset(0));
+        let mut sink = utc_sink(&out);
         sink.begin().unwrap();
         sink.fault(&article_fault()).unwrap();
         let text = out.text();
@@ -145,6 +233,29 @@ mod tests {
     }
 
     #[test]
+    fn a_first_write_that_copied_a_files_page_is_a_copy() {
+        let fault = file_copy_fault(Outcome::Major);
+        assert!(
+            columns(&fault).contains(" wu MAJOR      copy  "),
+            "{}",
+            columns(&fault)
+        );
+        // The same write where the mapping is no private file mapping: no copy.
+        let mut filled = fault.clone();
+        filled.class = FaultClass::of(
+            false,
+            cow_trace_common::flags::COPY_KNOWN | cow_trace_common::flags::PAGE_ALLOCATED,
+            0x6,
+        )
+        .with_mapping(false);
+        assert!(
+            columns(&filled).contains(" wu MAJOR      -     "),
+            "{}",
+            columns(&filled)
+        );
+    }
+
+    #[test]
     fn unknowns_are_marked_not_guessed() {
         let mut fault = article_fault();
         reclassify(&mut fault, None, Outcome::Major);
@@ -157,7 +268,7 @@ mod tests {
     #[test]
     fn resolved_mapping_symbol_and_stack() {
         let out = Captured::default();
-        let mut sink = TextSink::new(Box::new(out.clone()), WallClock::with_offset(0));
+        let mut sink = utc_sink(&out);
         let mut fault = article_fault();
         fault.mapping = Some("[stack]".into());
         fault.symbol = Some("main+0x42 (/tmp/cow)".into());
@@ -178,9 +289,41 @@ mod tests {
     }
 
     #[test]
-    fn process_lines() {
+    fn interval_reports_say_when_and_what_they_count() {
         let out = Captured::default();
         let mut sink = TextSink::new(Box::new(out.clone()), WallClock::with_offset(0));
+        let second = 1_000_000_000;
+        let mut counts = Summary::default();
+        counts.record(&article_fault());
+        let period = Period {
+            start_ns: 10 * second,
+            from_ns: 11 * second,
+            to_ns: 11 * second + second / 2,
+        };
+        sink.interval(&period, &counts).unwrap();
+        sink.totals_header(&Period {
+            from_ns: 10 * second,
+            ..period
+        })
+        .unwrap();
+        let text = out.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "--- 00:00:11.500 per interval: 1.000 s to 1.500 s since start ---"
+        );
+        assert!(lines[1].trim_start().starts_with("PID COMM"), "{text}");
+        assert!(lines[2].trim_start().starts_with("12420 cow"), "{text}");
+        assert_eq!(
+            lines.last().unwrap(),
+            &"--- 00:00:11.500 cumulative totals: 0.000 s to 1.500 s since start ---"
+        );
+    }
+
+    #[test]
+    fn process_lines() {
+        let out = Captured::default();
+        let mut sink = utc_sink(&out);
         let mut event = ProcessEvent {
             ts_ns: 0,
             pid: 10,

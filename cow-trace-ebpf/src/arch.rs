@@ -1,0 +1,25 @@
+//! What differs between the CPU architectures the programs are built for. aya-build passes
+//! `--cfg bpf_target_arch="..."` from the userspace binary's target (so a build for
+//! aarch64-unknown-linux-musl gets arm64's layouts); a direct build of this crate takes the
+//! host's (build.rs).
+use aya_ebpf::bindings::bpf_user_pt_regs_t;
+
+/// Offset of the faulting instruction's address in the kernel's `struct pt_regs`.
+/// x86-64: `ip` follows r15..r8, ax, cx, dx, si, di and orig_ax (a fixed ABI).
+#[cfg(bpf_target_arch = "x86_64")]
+pub const PT_REGS_IP: u64 = 16 * 8;
+/// arm64: `pc` follows `regs[31]` and `sp` (the kernel's pt_regs starts with user_pt_regs).
+#[cfg(bpf_target_arch = "aarch64")]
+pub const PT_REGS_IP: u64 = 32 * 8;
+
+#[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
+compile_error!("cow-trace's eBPF programs know the pt_regs of x86_64 and aarch64 only");
+
+/// The instruction pointer in a perf sample's registers.
+#[inline(always)]
+pub fn sample_ip(regs: &bpf_user_pt_regs_t) -> u64 {
+    #[cfg(bpf_target_arch = "x86_64")]
+    return regs.rip;
+    #[cfg(bpf_target_arch = "aarch64")]
+    return regs.pc;
+}
