@@ -50,6 +50,9 @@ pub mod flags {
     /// The fault read its page back from swap (handle_mm_fault backends, where `do_swap_page`
     /// can be hooked): a page it allocated holds the page read back, not a copy.
     pub const SWAP_IN: u32 = 1 << 7;
+    /// The fault's user stack was copied into the ring (--stack=dwarf): a
+    /// [`super::kind::STACK`] record with the same entry time precedes this one.
+    pub const USER_STACK: u32 = 1 << 8;
 }
 
 /// x86 page-fault error code bits (arch/x86/include/asm/trap_pf.h).
@@ -391,10 +394,16 @@ pub mod counter {
     pub const TRACED_FULL: u32 = 2;
     /// Faults not aggregated because a summary map was full.
     pub const SUMMARY_FULL: u32 = 3;
-    /// Stacks not captured (the stack map was full, or the stack unreadable).
-    pub const STACK_FAILED: u32 = 4;
+    /// User stacks not taken because they could not be read: no user registers, the stack
+    /// not mapped, or (--stack=fp) the kernel's frame-pointer walk failed.
+    pub const STACK_UNREADABLE: u32 = 4;
+    /// User stacks not kept (--stack=fp): the stack map's bucket held another stack, or the
+    /// map was full.
+    pub const STACK_MAP_FULL: u32 = 5;
+    /// User stacks not delivered (--stack=dwarf): the ring buffer was full.
+    pub const STACK_RING_FULL: u32 = 6;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 7;
 }
 
 /// Settings userspace writes into the object before loading it: tracepoint field offsets,
@@ -423,8 +432,16 @@ pub struct Settings {
     /// faults, execs or exits, or when userspace collects it at stop (see
     /// [`PendingFault::to_record`]).
     pub untimed: u32,
-    /// Non-zero: capture the user stack of each fault (--stack).
+    /// How user stacks are taken (--stack): one of [`stack_mode`].
     pub stacks: u32,
+    /// Which faults carry a stack (--stack-faults): one of [`stack_faults`].
+    pub stack_faults: u32,
+    /// --stack=dwarf: the most stack copied per fault, in bytes (a multiple of 8, at most
+    /// [`MAX_STACK_SIZE`]).
+    pub stack_size: u32,
+    /// Non-zero where the kernel has `bpf_task_pt_regs` (5.15): a kernel-mode fault's user
+    /// registers are the task's, saved at its entry into the kernel.
+    pub task_regs: u32,
     /// Wake userspace only once this many bytes wait in the ring: waking it for every fault
     /// would cost a context switch each. Userspace also drains on a short timer.
     pub wakeup_bytes: u32,
@@ -435,6 +452,27 @@ pub struct Settings {
 
 /// No stack captured (not asked for, or the stack map was full).
 pub const NO_STACK: i32 = -1;
+
+/// How user stacks are taken ([`Settings::stacks`]).
+pub mod stack_mode {
+    /// None taken.
+    pub const NONE: u32 = 0;
+    /// The kernel walks the frame pointers (`bpf_get_stackid`).
+    pub const FP: u32 = 1;
+    /// The registers and the top of the stack are copied; userspace unwinds them with the
+    /// binaries' call-frame tables.
+    pub const DWARF: u32 = 2;
+}
+
+/// Which faults carry a user stack ([`Settings::stack_faults`]).
+pub mod stack_faults {
+    /// Write-protect (copy-on-write) faults.
+    pub const COW: u32 = 0;
+    /// Every write fault (first writes too: a private file mapping's copies).
+    pub const WRITES: u32 = 1;
+    /// Every fault.
+    pub const ALL: u32 = 2;
+}
 
 /// Registers a [`StackHeader`] carries: x86-64 ip, sp, bp and 0; arm64 pc, sp, fp (x29), lr
 /// (x30).
@@ -551,6 +589,9 @@ pub struct PendingFault {
     /// The thread's thread group id.
     pub pid: u32,
     pub _pad: u32,
+    /// handle_mm_fault backends: the fault's user registers (its `pt_regs` when it came from
+    /// user mode, else 0), for a stack taken later in the fault (at `do_wp_page`).
+    pub user_regs: u64,
 }
 
 /// The `ts_ns` of a fault with no timestamp: with `--summary --no-latency` the tracepoint
@@ -572,7 +613,10 @@ impl PendingFault {
         let mut record = Record::zeroed();
         record.kind = kind::FAULT;
         record.flags = (self.flags
-            & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED | flags::PAGE_ZEROED))
+            & (flags::KERNEL_MODE
+                | flags::PAGE_ALLOCATED
+                | flags::PAGE_ZEROED
+                | flags::USER_STACK))
             | flags::COPY_KNOWN
             | flags::UNTIMED;
         record.ts_ns = self.ts_ns;

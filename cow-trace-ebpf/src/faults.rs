@@ -11,14 +11,17 @@ use aya_ebpf::{
     macros::{perf_event, raw_tracepoint},
     programs::{PerfEventContext, RawTracePointContext},
 };
-use cow_trace_common::{PENDING_DEFERRED as DEFERRED, Record, TS_NOT_TAKEN, flags, kind};
+use cow_trace_common::{
+    NO_STACK, PENDING_DEFERRED as DEFERRED, Record, TS_NOT_TAKEN, flags, kind, stack_mode,
+};
 
 use crate::{
     arch::{PT_REGS_IP, sample_ip},
     clock::now_ns,
     diagnostics,
-    maps::{FaultEntry, Slot, is_traced, settings, user_stack},
+    maps::{FaultEntry, Slot, is_traced, settings},
     report,
+    stacks::{self, CAPTURING},
 };
 
 /// Raw tracepoints: the kernel calls the program with the tracepoint's arguments, skipping the
@@ -61,6 +64,10 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
     let Some(slot) = Slot::of_current(pid_tgid) else {
         return;
     };
+    // A fault of this thread's own stack being read, by this program (see `stacks`).
+    if slot.flags() & CAPTURING != 0 {
+        return;
+    }
     let settings = settings();
     if slot.pending_since() != 0 {
         // Timed, a kernel-mode fault while a user fault is pending is nested in it (a
@@ -84,19 +91,26 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
         // faulting, and a failed read leaves ip unknown.
         unsafe { bpf_probe_read_kernel(ip) }.unwrap_or(0)
     };
+    let error_code: u64 = ctx.arg(2);
+    let stack = stacks::wanted(error_code, true);
+    // A copied stack pairs with its fault by the entry time: take one for those.
+    let ts_ns = if summary_mode && settings.untimed != 0 && stack.is_none() {
+        TS_NOT_TAKEN
+    } else {
+        now_ns()
+    };
     slot.begin(FaultEntry {
-        ts_ns: if summary_mode && settings.untimed != 0 {
-            TS_NOT_TAKEN
-        } else {
-            now_ns()
-        },
+        ts_ns,
         address,
         ip,
-        error_code: ctx.arg(2),
+        error_code,
         flags: if kernel_mode { flags::KERNEL_MODE } else { 0 }
             | if settings.untimed != 0 { DEFERRED } else { 0 },
-        stack_id: user_stack(ctx),
     });
+    if let Some(mode) = stack {
+        let id = stacks::take(ctx, slot, mode, ts_ns, ctx.arg(1), kernel_mode);
+        slot.set_stack_id(id);
+    }
 }
 
 #[inline(always)]
@@ -150,7 +164,13 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
             record.ts_ns = now;
             record.ip = regs_ip;
             record.flags |= flags::NO_ENTRY;
-            record.stack_id = user_stack(ctx);
+            record.stack_id = match (slot, stacks::wanted(0, false)) {
+                // Unknown access: only --stack-faults all takes it, walked by frame pointers.
+                (Some(slot), Some(stack_mode::FP)) => {
+                    stacks::take(ctx, slot, stack_mode::FP, 0, 0, false)
+                }
+                _ => NO_STACK,
+            };
             record.comm = match slot {
                 Some(slot) => slot.comm(),
                 None => bpf_get_current_comm().unwrap_or_default(),
@@ -187,7 +207,7 @@ fn finish(slot: Slot, even_timed: bool) {
     let mut record = entry.to_record(slot.tid());
     if entry.flags & DEFERRED == 0 {
         record.kind = kind::FAULT_INCOMPLETE;
-        record.flags = entry.flags & flags::KERNEL_MODE;
+        record.flags = entry.flags & (flags::KERNEL_MODE | flags::USER_STACK);
     }
     report::fault(&mut record);
 }

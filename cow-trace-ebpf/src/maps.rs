@@ -1,10 +1,9 @@
 //! Maps shared by every program, and the settings userspace writes before loading.
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::BPF_NOEXIST,
     helpers::bpf_get_current_comm,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::tracing::StackIdContext,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use cow_trace_common::{
     COMM_LEN, Hist, HistKey, NO_FIELD, NO_STACK, PendingFault, Settings, StatKey, StatValue,
@@ -75,10 +74,6 @@ pub fn may_have_window(pid: u32) -> bool {
         .is_some_and(|&hint| hint != 0)
 }
 
-/// User stacks of faults (--stack), deduplicated by the kernel.
-#[map]
-pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
-
 /// Written by userspace before loading; the defaults are 6.18's offsets (and no page size:
 /// userspace writes the system's).
 #[unsafe(no_mangle)]
@@ -92,6 +87,9 @@ static SETTINGS: Settings = Settings {
     copy_detection: 0,
     untimed: 0,
     stacks: 0,
+    stack_faults: 0,
+    stack_size: 0,
+    task_regs: 0,
     wakeup_bytes: 0,
     page_shift: 0,
 };
@@ -118,22 +116,6 @@ pub fn bump(index: u32) {
     }
 }
 
-/// The current task's user stack id, with --stack; else (or on failure) NO_STACK.
-#[inline(always)]
-pub fn user_stack<C: StackIdContext>(ctx: &C) -> i32 {
-    if settings().stacks == 0 {
-        return NO_STACK;
-    }
-    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK.into()) {
-        Ok(id) => id as i32,
-        Err(error) => {
-            bump(counter::STACK_FAILED);
-            diagnostics::stack_failed(error);
-            NO_STACK
-        }
-    }
-}
-
 /// What a backend knows when a fault begins.
 pub struct FaultEntry {
     pub ts_ns: u64,
@@ -141,7 +123,6 @@ pub struct FaultEntry {
     pub ip: u64,
     pub error_code: u64,
     pub flags: u32,
-    pub stack_id: i32,
 }
 
 /// A traced thread's pending-fault slot in `PENDING`, keyed by its thread id. Slots are filled
@@ -240,8 +221,23 @@ impl Slot {
             (*self.value).ip = entry.ip;
             (*self.value).error_code = entry.error_code;
             (*self.value).flags = entry.flags;
-            (*self.value).stack_id = entry.stack_id;
+            (*self.value).stack_id = NO_STACK;
+            (*self.value).user_regs = 0;
         }
+    }
+
+    /// The pending fault's stack id (--stack=fp).
+    #[inline(always)]
+    pub fn set_stack_id(self, stack_id: i32) {
+        // SAFETY: see [`Slot`].
+        unsafe { (*self.value).stack_id = stack_id };
+    }
+
+    /// handle_mm_fault backends: the pending fault's user registers, for a stack taken later.
+    #[inline(always)]
+    pub fn set_user_regs(self, regs: u64) {
+        // SAFETY: see [`Slot`].
+        unsafe { (*self.value).user_regs = regs };
     }
 
     /// Adds `flags` to the pending fault's.
@@ -249,6 +245,13 @@ impl Slot {
     pub fn mark(self, flags: u32) {
         // SAFETY: see [`Slot`].
         unsafe { (*self.value).flags |= flags };
+    }
+
+    /// Removes `flags` from the pending fault's.
+    #[inline(always)]
+    pub fn unmark(self, flags: u32) {
+        // SAFETY: see [`Slot`].
+        unsafe { (*self.value).flags &= !flags };
     }
 
     /// Empties the slot: no fault is pending any more.
@@ -283,4 +286,5 @@ static EMPTY_PENDING: PendingFault = PendingFault {
     comm: [0; COMM_LEN],
     pid: 0,
     _pad: 0,
+    user_regs: 0,
 };

@@ -24,19 +24,29 @@ pub fn emit(record: &Record) {
         Some(mut entry) => {
             entry.write(*record);
             let urgent = matches!(record.kind, kind::FORK | kind::EXIT | kind::EXEC);
-            let wake = urgent
-                || EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= u64::from(settings().wakeup_bytes);
-            entry.submit(
-                if wake {
-                    BPF_RB_FORCE_WAKEUP
-                } else {
-                    BPF_RB_NO_WAKEUP
-                }
-                .into(),
-            );
+            entry.submit(wakeup(urgent));
         }
         None => bump(counter::RING_FULL),
     }
+}
+
+/// Writes a record of variable length (a copied stack) to the ring buffer; Err if it is full.
+#[inline(always)]
+pub fn emit_bytes(record: &[u8]) -> Result<(), i32> {
+    EVENTS.output::<[u8]>(record, wakeup(false))
+}
+
+/// Whether to wake userspace for a record: at once if `urgent`, else once enough has piled up.
+#[inline(always)]
+fn wakeup(urgent: bool) -> u64 {
+    let wake =
+        urgent || EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= u64::from(settings().wakeup_bytes);
+    if wake {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+    .into()
 }
 
 /// How long a window keeps counting copies after its child's exit, while the kernel releases
@@ -88,7 +98,9 @@ fn window_of(record: &Record) -> u32 {
 #[inline(always)]
 pub fn fault(record: &mut Record) {
     record.other_pid = window_of(record);
-    if settings().summary_mode == 0 {
+    // A fault whose stack was copied is streamed even in a summary: userspace unwinds its
+    // stack and counts it.
+    if settings().summary_mode == 0 || record.flags & flags::USER_STACK != 0 {
         emit(record);
         return;
     }

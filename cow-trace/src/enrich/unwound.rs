@@ -11,7 +11,7 @@ use super::{
     symbolize::{Symbol, is_user_ip},
     unwind::{Code, CodeSource, End, Image, StackUnwinder, Walk, elf::ElfUnwind},
 };
-use crate::stack_record::UserStack;
+use crate::{event::Incomplete, stack_record::UserStack};
 
 /// Distinct stacks kept with their frames; past it, new ones share one id that says so.
 const MAX_STACKS: usize = 1 << 16;
@@ -20,17 +20,6 @@ const MAX_STACKS: usize = 1 << 16;
 const MAX_WAITING: usize = 1 << 16;
 /// ELF files whose tables are kept; past it they start over.
 const MAX_ELF_FILES: usize = 1024;
-
-/// How an unwound stack ended, for the loss counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Incomplete {
-    /// Cut at --stack-size.
-    Truncated,
-    /// Code without unwind information or a frame pointer.
-    NoUnwindInfo,
-    /// Another early end (a return address in no code, a step refused, too deep).
-    Stopped,
-}
 
 /// An interned stack: its frames, symbolized, and how it ended.
 struct Unwound {

@@ -29,6 +29,8 @@ pub struct ElfUnwind {
     pub eh_frame: Option<Section>,
     pub eh_frame_hdr: Option<Section>,
     pub debug_frame: Option<Bytes>,
+    /// The entry point (`e_entry`): where the kernel starts a program, the outermost frame.
+    pub entry: u64,
     /// Loadable segments: (file offset range, stated address of its start).
     segments: Vec<(Range<u64>, u64)>,
     /// Code ranges (stated addresses) some table describes, sorted by start.
@@ -52,7 +54,10 @@ impl ElfUnwind {
     fn from_object<'data, R: object::ReadRef<'data>>(
         elf: &ElfFile64<'data, object::Endianness, R>,
     ) -> anyhow::Result<ElfUnwind> {
-        let mut unwind = ElfUnwind::default();
+        let mut unwind = ElfUnwind {
+            entry: elf.entry(),
+            ..ElfUnwind::default()
+        };
         for section in elf.sections() {
             let Ok(name) = section.name() else { continue };
             let svma = section.address()..section.address() + section.size();
@@ -85,11 +90,6 @@ impl ElfUnwind {
         }
         unwind.covered = unwind.covered_ranges();
         Ok(unwind)
-    }
-
-    /// Whether the file has call-frame tables at all.
-    pub fn has_tables(&self) -> bool {
-        self.eh_frame.as_ref().is_some_and(|s| s.data.is_some()) || self.debug_frame.is_some()
     }
 
     /// Whether a table describes the code at stated address `svma`.
@@ -171,7 +171,8 @@ mod tests {
     fn the_running_binary_has_tables_covering_its_code() {
         let exe = File::open("/proc/self/exe").unwrap();
         let unwind = ElfUnwind::read(&exe).unwrap();
-        assert!(unwind.has_tables());
+        assert!(unwind.eh_frame.as_ref().is_some_and(|s| s.data.is_some()));
+        assert!(unwind.covers(unwind.entry), "_start is described");
         assert!(
             unwind
                 .eh_frame_hdr

@@ -93,7 +93,9 @@ pub enum End {
     Unreadable { address: u64 },
     /// More than `MAX_FRAMES` frames.
     TooDeep,
-    /// The unwinder refused a step (it would not advance, or went backwards).
+    /// The unwinder refused a step: its tables' rule uses registers it does not follow (as
+    /// ld.so's lazy-binding trampoline does), and the frame pointer it then tried would not
+    /// advance or went backwards.
     Failed(Error),
 }
 
@@ -111,7 +113,9 @@ impl End {
                 format!("[unwind stopped: stack at {address:#x} not copied]")
             }
             End::TooDeep => format!("[unwind stopped: more than {MAX_FRAMES} frames]"),
-            End::Failed(error) => format!("[unwind stopped: {error}]"),
+            End::Failed(error) => {
+                format!("[unwind stopped: no rule to unwind this frame by ({error})]")
+            }
         })
     }
 }
@@ -265,9 +269,16 @@ impl StackUnwinder {
                     &mut read_stack,
                 )
             } else {
-                // No table: the frame pointer, if the function keeps one.
-                let keeps_frame = source
-                    .function_start(&code, lookup)
+                // No table: the frame pointer, if the function keeps one. The program's entry
+                // point (ld.so's has no table) is where the stack begins.
+                let function = source.function_start(&code, lookup);
+                if let (Some((into, _)), Some(svma), Some(elf)) =
+                    (function, code.svma(lookup), code.elf.as_ref())
+                    && svma.checked_sub(into) == Some(elf.entry)
+                {
+                    break End::Complete;
+                }
+                let keeps_frame = function
                     .and_then(|(into, first)| {
                         let prologue = arch::frame_pointer_prologue(&first)?;
                         // The first frame may be inside the prologue, its frame not set up.
