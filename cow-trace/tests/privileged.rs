@@ -3,6 +3,8 @@
 mod common;
 #[path = "privileged/history.rs"]
 mod history;
+#[path = "privileged/unwind.rs"]
+mod unwind;
 
 use std::{
     collections::BTreeSet,

@@ -36,6 +36,7 @@ pub fn build() -> anyhow::Result<Artifacts> {
             workloads.push(util::workload(&name.to_string_lossy())?);
         }
     }
+    workloads.extend(util::unwind_workloads()?);
     Ok(Artifacts {
         cow_trace,
         suite,
