@@ -19,6 +19,7 @@ mod arch;
 pub mod elf;
 
 use std::{
+    cell::Cell,
     collections::{BTreeMap, HashMap},
     sync::Arc,
 };
@@ -222,12 +223,25 @@ impl StackUnwinder {
         let (ip, mut regs) = arch::start(&stack.regs);
         let sp = stack.regs.sp;
         let bytes = &stack.bytes;
-        let mut read_stack = |address: u64| -> Result<u64, ()> {
-            let at = usize::try_from(address.checked_sub(sp).ok_or(())?).map_err(|_| ())?;
-            let word = bytes.get(at..at.checked_add(8).ok_or(())?).ok_or(())?;
-            Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?))
-        };
         let stack_end = sp.saturating_add(bytes.len() as u64);
+        // A read past the copy, during the current step: a step that then fails (framehop
+        // tries the frame pointer when a rule cannot be followed) failed for want of stack.
+        let wanted_past_end = Cell::new(false);
+        let mut read_stack = |address: u64| -> Result<u64, ()> {
+            let word = address
+                .checked_sub(sp)
+                .and_then(|at| usize::try_from(at).ok())
+                .and_then(|at| bytes.get(at..at.checked_add(8)?));
+            match word {
+                Some(word) => Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?)),
+                None => {
+                    if address >= stack_end {
+                        wanted_past_end.set(true);
+                    }
+                    Err(())
+                }
+            }
+        };
         let unreadable = |address: u64| {
             if address >= stack_end && stack.cut_short() {
                 End::Truncated { limit: stack.limit }
@@ -243,6 +257,7 @@ impl StackUnwinder {
                 break End::TooDeep;
             }
             let lookup = address.address_for_lookup();
+            wanted_past_end.set(false);
             let Some(code) = source.code_at(lookup) else {
                 break End::OutsideCode {
                     address: address.address(),
@@ -306,6 +321,9 @@ impl StackUnwinder {
                 },
                 Ok(None) => break End::Complete,
                 Err(Error::CouldNotReadStack(at)) => break unreadable(at),
+                Err(_) if wanted_past_end.get() && stack.cut_short() => {
+                    break End::Truncated { limit: stack.limit };
+                }
                 Err(error) => break End::Failed(error),
             }
         };
@@ -519,6 +537,26 @@ mod tests {
         assert_eq!(walk.end, End::Truncated { limit: 256 });
         assert_eq!(walk.end.marker().unwrap(), "[truncated at 256 B]");
         assert!(!walk.frames.is_empty());
+    }
+
+    /// A frame larger than framehop's cached rules can express (its CFA half a MiB above the
+    /// stack pointer, as lzf_compress's hash table makes Redis's) is followed by the tables'
+    /// own rule; cut by the copy, it says truncated, not that no rule applied.
+    #[inline(never)]
+    fn huge_frame(limit: u32) -> UserStack {
+        let table = [0u8; 600 << 10];
+        black_box(&table);
+        black_box(capture_here(black_box(limit)))
+    }
+
+    #[test]
+    fn a_frame_past_the_copy_is_truncated_even_where_its_rule_is_not_cached() {
+        let mut stack = huge_frame(64 << 10);
+        // As in code without frame pointers, where the register holds anything: framehop's
+        // try of it then fails otherwise.
+        stack.regs.fp = 8;
+        let walk = StackUnwinder::default().walk(stack.pid, &stack, &mut OwnCode::default());
+        assert_eq!(walk.end, End::Truncated { limit: 64 << 10 }, "{walk:x?}");
     }
 
     #[test]
