@@ -247,3 +247,49 @@ fn stack_losses_are_the_stacks_missing_or_cut() {
         assert!(missing_or_cut < faults.len() as u64 / 2, "{method}");
     }
 }
+
+/// Which faults carry a stack: copy-on-write faults by default; with --stack-faults writes,
+/// first writes too (the parent filling the buffer before it forks, through memset).
+#[test]
+fn stack_faults_chooses_the_faults_with_a_stack() {
+    if !require_root("stack_faults_chooses_the_faults_with_a_stack") {
+        return;
+    }
+    for (faults, first_writes_have_stacks) in [(None, false), (Some("writes"), true)] {
+        let mut args = vec!["--stack"];
+        if let Some(faults) = faults {
+            args.extend(["--stack-faults", faults]);
+        }
+        let (done, program, copies) = trace("dwarf", &args);
+        for fault in &copies {
+            assert_chain(&frames(fault, "stack"), &program);
+        }
+        let buffer = buffer(&done.command_stdout);
+        let parent = done
+            .json()
+            .into_iter()
+            .find(|v| v["event"] == "fork")
+            .map(|fork| fork["pid"].as_u64().unwrap() as u32)
+            .unwrap();
+        let first_writes: Vec<Value> = done
+            .faults_of(parent)
+            .into_iter()
+            .filter(|f| f["access"] == "w" && f["cow"] == false && buffer.contains(&address(f)))
+            .collect();
+        assert_eq!(first_writes.len() as u64, PAGES, "{first_writes:?}");
+        for fault in &first_writes {
+            let stack = frames(fault, "stack");
+            if first_writes_have_stacks {
+                let main = format!("({})", program.display());
+                assert!(
+                    stack
+                        .iter()
+                        .any(|f| f.starts_with("main+0x") && f.ends_with(&main)),
+                    "{faults:?}: {stack:#?}"
+                );
+            } else {
+                assert!(stack.is_empty(), "{faults:?}: {stack:#?}");
+            }
+        }
+    }
+}

@@ -129,13 +129,9 @@ impl Config {
             Config::Bpftrace => "bpftrace, a line per fault",
             Config::PerfTrace => "perf trace --pf=min",
             Config::CowStackFp => "cow-trace --stack=fp (COW faults), text to /dev/null",
-            Config::CowStackFpAll => {
-                "cow-trace --stack=fp --stack-faults all, text to /dev/null"
-            }
+            Config::CowStackFpAll => "cow-trace --stack=fp --stack-faults all, text to /dev/null",
             Config::CowStackDwarf => "cow-trace --stack (dwarf, COW faults), text to /dev/null",
-            Config::CowStackDwarfAll => {
-                "cow-trace --stack --stack-faults all, text to /dev/null"
-            }
+            Config::CowStackDwarfAll => "cow-trace --stack --stack-faults all, text to /dev/null",
             Config::PerfRecordDwarf => {
                 "perf record --call-graph dwarf -e page-faults -c 1 (every fault)"
             }

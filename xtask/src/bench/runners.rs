@@ -290,14 +290,20 @@ fn tracer_command(
             .stdout(fs::File::create(events).context("creating the summary file")?)
             .args(["--summary", "--no-latency", "-x", &root]),
         Config::CowStackFp => command.args(["--stack=fp", "-x", &root]),
-        Config::CowStackFpAll => {
-            command.args(["--stack=fp", "--stack-faults", "all", "-x", &root])
-        }
+        Config::CowStackFpAll => command.args(["--stack=fp", "--stack-faults", "all", "-x", &root]),
         Config::CowStackDwarf => command.args(["--stack", "-x", &root]),
         Config::CowStackDwarfAll => command.args(["--stack", "--stack-faults", "all", "-x", &root]),
         // Every fault (-c 1), as cow-trace sees every fault; perf's default stack size (8 KiB).
         Config::PerfRecordDwarf => command
-            .args(["record", "--call-graph", "dwarf", "-e", "page-faults", "-c", "1"])
+            .args([
+                "record",
+                "--call-graph",
+                "dwarf",
+                "-e",
+                "page-faults",
+                "-c",
+                "1",
+            ])
             .args(["-p", &target, "-o"])
             .arg(events),
         Config::FloorUntimed => &mut command,

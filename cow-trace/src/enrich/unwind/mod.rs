@@ -137,9 +137,24 @@ pub struct Walk {
     pub end: End,
 }
 
+/// Hashed without formatting (every fault's walk is hashed to find its stack's id): the
+/// variant and its fields, a framehop error by its kind.
 impl std::hash::Hash for End {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.marker().hash(state);
+        std::mem::discriminant(self).hash(state);
+        match self {
+            End::Complete | End::TooDeep => {}
+            End::Truncated { limit } => limit.hash(state),
+            End::NoUnwindInfo { label } => label.hash(state),
+            End::OutsideCode { address } | End::Unreadable { address } => address.hash(state),
+            End::Failed(error) => match error {
+                Error::CouldNotReadStack(address) => (0u8, *address).hash(state),
+                Error::FramepointerUnwindingMovedBackwards => 1u8.hash(state),
+                Error::DidNotAdvance => 2u8.hash(state),
+                Error::IntegerOverflow => 3u8.hash(state),
+                Error::ReturnAddressIsNull => 4u8.hash(state),
+            },
+        }
     }
 }
 
