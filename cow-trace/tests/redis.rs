@@ -171,7 +171,7 @@ fn redis_copy_stacks_unwind_to_its_event_loop() {
         *shapes.entry(&stack[..stack.len().min(6)]).or_default() += 1;
     }
     let mut shapes: Vec<_> = shapes.into_iter().collect();
-    shapes.sort_by(|a, b| b.1.cmp(&a.1));
+    shapes.sort_by_key(|shape| std::cmp::Reverse(shape.1));
     eprintln!(
         "{reaching} of {} copies reach aeMain and main; the most common stacks: {:#?}",
         copies.len(),

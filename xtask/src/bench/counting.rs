@@ -55,7 +55,7 @@ fn count_perf_stats(stats: &str) -> (Option<u64>, Option<u64>) {
         block.lines().find_map(|line| {
             line.trim_start()
                 .strip_prefix(name)
-                .and_then(|rest| leading_number(rest))
+                .and_then(leading_number)
         })
     };
     (

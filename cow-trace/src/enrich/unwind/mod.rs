@@ -205,7 +205,7 @@ impl ProcessUnwinder {
         }
         self.unwinder.add_module(make());
         self.modules.insert(key.start, (key.end, key));
-        self.cache = Box::default();
+        *self.cache = Default::default();
     }
 }
 
