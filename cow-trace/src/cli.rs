@@ -10,7 +10,9 @@ Examples:
   cow-trace -- ./cow                   start ./cow, held until the probes are attached
   cow-trace -x 1234 --format stap      the article's SystemTap line format
   cow-trace --json -o faults.json -- make -j2
-  cow-trace -r -g -x 1234              with mappings, symbols and user stacks
+  cow-trace -r -g -x 1234              with mappings, symbols and user stacks (of COW faults)
+  cow-trace -g --stack-faults all -x 1234   every fault's user stack
+  cow-trace --stack=fp -x 1234         stacks by the kernel's frame-pointer walk (cheaper)
   cow-trace --plot cow.svg -- ./cow    draw the run
   cow-trace --flamegraph cow.svg -x $(pidof redis-server)   which code copied pages
   cow-trace -x $(pidof redis-server) --duration 30s
@@ -21,6 +23,7 @@ Combinations: -u needs -- CMD (not -x). --summary counts in the kernel, with no 
 so it takes --format text or --json, --interval, --stack (top COW stacks), --fail-over-cow and
 -o, but not --format stap, --plot or --resolve (its mapping table is always there). Everything
 else combines; with --format stap, --resolve and --stack add only to the tables on stderr.
+--stack-faults needs --stack (or --flamegraph, --folded); --stack-size needs --stack=dwarf.
 
 Exit status: 0 on success (or the traced command's own status with -- CMD);
 2 bad usage; 3 bad target; 4 missing privilege; 5 kernel refused a probe; 6 output error;
