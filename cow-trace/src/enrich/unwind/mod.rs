@@ -235,36 +235,9 @@ impl StackUnwinder {
             .entry(pid)
             .or_insert_with(ProcessUnwinder::new);
         let modules = &mut self.modules;
+        let copy = Copy::new(stack);
+        let mut read_stack = |address| copy.read(address);
         let (ip, mut regs) = arch::start(&stack.regs);
-        let sp = stack.regs.sp;
-        let bytes = &stack.bytes;
-        let stack_end = sp.saturating_add(bytes.len() as u64);
-        // A read past the copy, during the current step: a step that then fails (framehop
-        // tries the frame pointer when a rule cannot be followed) failed for want of stack.
-        let wanted_past_end = Cell::new(false);
-        let mut read_stack = |address: u64| -> Result<u64, ()> {
-            let word = address
-                .checked_sub(sp)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| bytes.get(at..at.checked_add(8)?));
-            match word {
-                Some(word) => Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?)),
-                None => {
-                    if address >= stack_end {
-                        wanted_past_end.set(true);
-                    }
-                    Err(())
-                }
-            }
-        };
-        let unreadable = |address: u64| {
-            if address >= stack_end && stack.cut_short() {
-                End::Truncated { limit: stack.limit }
-            } else {
-                End::Unreadable { address }
-            }
-        };
-
         let mut frames = Vec::new();
         let mut address = FrameAddress::from_instruction_pointer(ip);
         let end = loop {
@@ -272,7 +245,7 @@ impl StackUnwinder {
                 break End::TooDeep;
             }
             let lookup = address.address_for_lookup();
-            wanted_past_end.set(false);
+            copy.start_step();
             let Some(code) = source.code_at(lookup) else {
                 break End::OutsideCode {
                     address: address.address(),
@@ -282,51 +255,28 @@ impl StackUnwinder {
             let described = code
                 .svma(lookup)
                 .filter(|&svma| code.elf.as_ref().is_some_and(|elf| elf.covers(svma)));
-            let step = if let Some(svma) = described {
-                let Some(key) = module_key(&code, lookup, svma) else {
-                    break End::NoUnwindInfo { label: code.label };
-                };
-                process.ensure(key, || {
-                    modules
-                        .entry(key)
-                        .or_insert_with(|| make_module(&code, key))
-                        .clone()
-                });
-                process.unwinder.unwind_frame(
-                    address,
-                    &mut regs,
-                    &mut *process.cache,
-                    &mut read_stack,
-                )
-            } else {
-                // No table: the frame pointer, if the function keeps one. The program's entry
-                // point (ld.so's has no table) is where the stack begins.
-                let function = source.function_start(&code, lookup);
-                if let (Some((into, _)), Some(svma), Some(elf)) =
-                    (function, code.svma(lookup), code.elf.as_ref())
-                    && svma.checked_sub(into) == Some(elf.entry)
-                {
-                    break End::Complete;
-                }
-                let keeps_frame = function
-                    .and_then(|(into, first)| {
-                        let prologue = arch::frame_pointer_prologue(&first)?;
-                        // The first frame may be inside the prologue, its frame not set up.
-                        (address.is_return_address() || into >= prologue).then_some(())
-                    })
-                    .is_some();
-                if !keeps_frame {
-                    break End::NoUnwindInfo { label: code.label };
-                }
-                match arch::frame_pointer_step(&mut regs, &mut read_stack) {
-                    Err(Error::CouldNotReadStack(at)) if at < stack_end || !stack.cut_short() => {
+            let step = match described {
+                Some(svma) => {
+                    let Some(key) = module_key(&code, lookup, svma) else {
                         break End::NoUnwindInfo { label: code.label };
-                    }
-                    Err(Error::FramepointerUnwindingMovedBackwards) => {
-                        break End::NoUnwindInfo { label: code.label };
-                    }
-                    other => other,
+                    };
+                    process.ensure(key, || {
+                        modules
+                            .entry(key)
+                            .or_insert_with(|| make_module(&code, key))
+                            .clone()
+                    });
+                    process.unwinder.unwind_frame(
+                        address,
+                        &mut regs,
+                        &mut *process.cache,
+                        &mut read_stack,
+                    )
                 }
+                None => match without_tables(source, &code, address, &mut regs, &copy) {
+                    Ok(step) => step,
+                    Err(end) => break end,
+                },
             };
             match step {
                 Ok(Some(return_address)) => match FrameAddress::from_return_address(return_address)
@@ -335,14 +285,105 @@ impl StackUnwinder {
                     None => break End::Complete,
                 },
                 Ok(None) => break End::Complete,
-                Err(Error::CouldNotReadStack(at)) => break unreadable(at),
-                Err(_) if wanted_past_end.get() && stack.cut_short() => {
-                    break End::Truncated { limit: stack.limit };
-                }
-                Err(error) => break End::Failed(error),
+                Err(error) => break copy.failed(error),
             }
         };
         Walk { frames, end }
+    }
+}
+
+/// A step through code no table describes: the program's entry point (ld.so's has no table)
+/// is where the stack begins; otherwise the frame pointer, if the function keeps one (its
+/// symbol says where it begins, and its first instructions set one up). Err: where the walk
+/// ends instead.
+fn without_tables(
+    source: &mut impl CodeSource,
+    code: &Code,
+    address: FrameAddress,
+    regs: &mut arch::Regs,
+    copy: &Copy<'_>,
+) -> Result<Result<Option<u64>, Error>, End> {
+    let lookup = address.address_for_lookup();
+    let no_unwind_info = || End::NoUnwindInfo {
+        label: code.label.clone(),
+    };
+    let (into, first) = source
+        .function_start(code, lookup)
+        .ok_or_else(no_unwind_info)?;
+    if let (Some(svma), Some(elf)) = (code.svma(lookup), code.elf.as_ref())
+        && svma.checked_sub(into) == Some(elf.entry)
+    {
+        return Err(End::Complete);
+    }
+    let prologue = arch::frame_pointer_prologue(&first).ok_or_else(no_unwind_info)?;
+    // The first frame may be inside the prologue, its frame not set up yet.
+    if !address.is_return_address() && into < prologue {
+        return Err(no_unwind_info());
+    }
+    match arch::frame_pointer_step(regs, &mut |at| copy.read(at)) {
+        // The chain leads nowhere readable, or backwards: this function kept no frame after
+        // all. (Past a copy cut short, the step reports truncation.)
+        Err(Error::CouldNotReadStack(at)) if !copy.cut_past(at) => Err(no_unwind_info()),
+        Err(Error::FramepointerUnwindingMovedBackwards) => Err(no_unwind_info()),
+        step => Ok(step),
+    }
+}
+
+/// The copied stack, read by the unwinder, remembering whether a step wanted more of it.
+struct Copy<'a> {
+    stack: &'a UserStack,
+    end: u64,
+    /// A read past the copy during the current step: a step that then fails (framehop tries
+    /// the frame pointer when a table's rule cannot be followed) failed for want of stack.
+    wanted_past_end: Cell<bool>,
+}
+
+impl<'a> Copy<'a> {
+    fn new(stack: &'a UserStack) -> Copy<'a> {
+        Copy {
+            stack,
+            end: stack.regs.sp.saturating_add(stack.bytes.len() as u64),
+            wanted_past_end: Cell::new(false),
+        }
+    }
+
+    fn start_step(&self) {
+        self.wanted_past_end.set(false);
+    }
+
+    /// The word at `address`, if copied.
+    fn read(&self, address: u64) -> Result<u64, ()> {
+        let word = address
+            .checked_sub(self.stack.regs.sp)
+            .and_then(|at| usize::try_from(at).ok())
+            .and_then(|at| self.stack.bytes.get(at..at.checked_add(8)?));
+        match word {
+            Some(word) => Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?)),
+            None => {
+                if address >= self.end {
+                    self.wanted_past_end.set(true);
+                }
+                Err(())
+            }
+        }
+    }
+
+    /// Whether `address` is past a copy that --stack-size cut short.
+    fn cut_past(&self, address: u64) -> bool {
+        address >= self.end && self.stack.cut_short()
+    }
+
+    /// Where a walk whose step failed with `error` ends.
+    fn failed(&self, error: Error) -> End {
+        let truncated = End::Truncated {
+            limit: self.stack.limit,
+        };
+        match error {
+            Error::CouldNotReadStack(at) if self.cut_past(at) => truncated,
+            Error::CouldNotReadStack(address) => End::Unreadable { address },
+            _ if self.wanted_past_end.get() && self.stack.cut_short() => truncated,
+            error => End::Failed(error),
+        }
     }
 }
 
