@@ -60,7 +60,7 @@ impl Files {
         match file {
             Some(file) => self.keep(key, file),
             None => {
-                log::debug!("{path} ({key:?}) of pid {pid} cannot be opened any more");
+                log::info!("{path} ({key:?}) of pid {pid} cannot be opened any more");
                 self.remember_unreachable(key);
             }
         }

@@ -196,7 +196,7 @@ impl Enricher {
         }
         let read = self.files.get(key, path).and_then(|open| {
             ElfUnwind::read(open.file())
-                .inspect_err(|error| log::debug!("unwind tables of {path}: {error:#}"))
+                .inspect_err(|error| log::info!("unwind tables of {path}: {error:#}"))
                 .ok()
                 .map(Arc::new)
         });

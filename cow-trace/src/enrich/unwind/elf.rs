@@ -98,6 +98,21 @@ impl ElfUnwind {
         after > 0 && self.covered[after - 1].contains(&svma)
     }
 
+    /// Whether `svma` is in the program's entry function where no table describes it (ld.so's
+    /// `_start`): between the entry point and the next code a table describes. There the stack
+    /// begins; no symbol is needed to tell (a distribution's ld.so names no `_start`).
+    pub fn in_entry_function(&self, svma: u64) -> bool {
+        if svma < self.entry || self.covers(self.entry) {
+            return false;
+        }
+        let next_described = self
+            .covered
+            .partition_point(|range| range.start <= self.entry);
+        self.covered
+            .get(next_described)
+            .is_none_or(|range| svma < range.start)
+    }
+
     /// The stated address of file offset `offset`, in an executable segment.
     pub fn svma_of_offset(&self, offset: u64) -> Option<u64> {
         self.segments
@@ -166,6 +181,26 @@ fn collect_fdes<'a, S: gimli::UnwindSection<gimli::EndianSlice<'a, LittleEndian>
 mod tests {
     use super::*;
 
+    /// ld.so's entry function (`_start`, a few instructions calling `_dl_start`) is no table's:
+    /// the code from the entry point to the next described function is the entry function.
+    #[test]
+    fn the_entry_function_is_where_no_table_describes_the_entry_point() {
+        let unwind = ElfUnwind {
+            entry: 0x1000,
+            covered: vec![0x800..0x900, 0x1040..0x1100],
+            ..ElfUnwind::default()
+        };
+        assert!(unwind.in_entry_function(0x1000));
+        assert!(unwind.in_entry_function(0x1008));
+        assert!(!unwind.in_entry_function(0x1040), "the next function");
+        assert!(!unwind.in_entry_function(0xfff), "before the entry point");
+        let described = ElfUnwind {
+            entry: 0x1040,
+            ..unwind
+        };
+        assert!(!described.in_entry_function(0x1048));
+    }
+
     /// The test binary itself has .eh_frame covering its own code.
     #[test]
     fn the_running_binary_has_tables_covering_its_code() {
@@ -173,6 +208,10 @@ mod tests {
         let unwind = ElfUnwind::read(&exe).unwrap();
         assert!(unwind.eh_frame.as_ref().is_some_and(|s| s.data.is_some()));
         assert!(unwind.covers(unwind.entry), "_start is described");
+        assert!(
+            !unwind.in_entry_function(unwind.entry),
+            "described: the tables say"
+        );
         assert!(
             unwind
                 .eh_frame_hdr

@@ -292,10 +292,10 @@ impl StackUnwinder {
     }
 }
 
-/// A step through code no table describes: the program's entry point (ld.so's has no table)
-/// is where the stack begins; otherwise the frame pointer, if the function keeps one (its
-/// symbol says where it begins, and its first instructions set one up). Err: where the walk
-/// ends instead.
+/// A step through code no table describes: the program's entry function (ld.so's has no
+/// table) is where the stack begins; otherwise the frame pointer, if the function keeps one
+/// (its symbol says where it begins, and its first instructions set one up). Err: where the
+/// walk ends instead.
 fn without_tables(
     source: &mut impl CodeSource,
     code: &Code,
@@ -307,14 +307,14 @@ fn without_tables(
     let no_unwind_info = || End::NoUnwindInfo {
         label: code.label.clone(),
     };
-    let (into, first) = source
-        .function_start(code, lookup)
-        .ok_or_else(no_unwind_info)?;
     if let (Some(svma), Some(elf)) = (code.svma(lookup), code.elf.as_ref())
-        && svma.checked_sub(into) == Some(elf.entry)
+        && elf.in_entry_function(svma)
     {
         return Err(End::Complete);
     }
+    let (into, first) = source
+        .function_start(code, lookup)
+        .ok_or_else(no_unwind_info)?;
     let prologue = arch::frame_pointer_prologue(&first).ok_or_else(no_unwind_info)?;
     // The first frame may be inside the prologue, its frame not set up yet.
     if !address.is_return_address() && into < prologue {
