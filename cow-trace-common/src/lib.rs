@@ -20,6 +20,10 @@ pub mod kind {
     pub const FAULT_RETRY: u32 = 5;
     /// A traced process executed a new program (`comm` is its new name).
     pub const EXEC: u32 = 6;
+    /// A thread's user registers and the top of its stack at a fault's entry (--stack=dwarf):
+    /// a [`super::StackHeader`] followed by the stack's bytes. The fault's own record follows
+    /// later, flagged [`super::flags::USER_STACK`], with the same entry time.
+    pub const STACK: u32 = 7;
 }
 
 /// Bits of [`Record::flags`] for faults.
@@ -46,6 +50,9 @@ pub mod flags {
     /// The fault read its page back from swap (handle_mm_fault backends, where `do_swap_page`
     /// can be hooked): a page it allocated holds the page read back, not a copy.
     pub const SWAP_IN: u32 = 1 << 7;
+    /// The fault's user stack was copied into the ring (--stack=dwarf): a
+    /// [`super::kind::STACK`] record with the same entry time precedes this one.
+    pub const USER_STACK: u32 = 1 << 8;
 }
 
 /// x86 page-fault error code bits (arch/x86/include/asm/trap_pf.h).
@@ -387,10 +394,16 @@ pub mod counter {
     pub const TRACED_FULL: u32 = 2;
     /// Faults not aggregated because a summary map was full.
     pub const SUMMARY_FULL: u32 = 3;
-    /// Stacks not captured (the stack map was full, or the stack unreadable).
-    pub const STACK_FAILED: u32 = 4;
+    /// User stacks not taken because they could not be read: no user registers, the stack
+    /// not mapped, or (--stack=fp) the kernel's frame-pointer walk failed.
+    pub const STACK_UNREADABLE: u32 = 4;
+    /// User stacks not kept (--stack=fp): the stack map's bucket held another stack, or the
+    /// map was full.
+    pub const STACK_MAP_FULL: u32 = 5;
+    /// User stacks not delivered (--stack=dwarf): the ring buffer was full.
+    pub const STACK_RING_FULL: u32 = 6;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 7;
 }
 
 /// Settings userspace writes into the object before loading it: tracepoint field offsets,
@@ -419,8 +432,16 @@ pub struct Settings {
     /// faults, execs or exits, or when userspace collects it at stop (see
     /// [`PendingFault::to_record`]).
     pub untimed: u32,
-    /// Non-zero: capture the user stack of each fault (--stack).
+    /// How user stacks are taken (--stack): one of [`stack_mode`].
     pub stacks: u32,
+    /// Which faults carry a stack (--stack-faults): one of [`stack_faults`].
+    pub stack_faults: u32,
+    /// --stack=dwarf: the most stack copied per fault, in bytes (a multiple of 8, at most
+    /// [`MAX_STACK_SIZE`]).
+    pub stack_size: u32,
+    /// Non-zero where the kernel has `bpf_task_pt_regs` (5.15): a kernel-mode fault's user
+    /// registers are the task's, saved at its entry into the kernel.
+    pub task_regs: u32,
     /// Wake userspace only once a CPU has written this many bytes to the ring since it last
     /// did: waking it for every fault would cost a context switch each. (Userspace gives each
     /// CPU an even share of an eighth of the ring; it also drains on a short timer.)
@@ -432,6 +453,52 @@ pub struct Settings {
 
 /// No stack captured (not asked for, or the stack map was full).
 pub const NO_STACK: i32 = -1;
+
+/// How user stacks are taken ([`Settings::stacks`]).
+pub mod stack_mode {
+    /// None taken.
+    pub const NONE: u32 = 0;
+    /// The kernel walks the frame pointers (`bpf_get_stackid`).
+    pub const FP: u32 = 1;
+    /// The registers and the top of the stack are copied; userspace unwinds them with the
+    /// binaries' call-frame tables.
+    pub const DWARF: u32 = 2;
+}
+
+/// Which faults carry a user stack ([`Settings::stack_faults`]).
+pub mod stack_faults {
+    /// Write-protect (copy-on-write) faults.
+    pub const COW: u32 = 0;
+    /// Every write fault (first writes too: a private file mapping's copies).
+    pub const WRITES: u32 = 1;
+    /// Every fault.
+    pub const ALL: u32 = 2;
+}
+
+/// Registers a [`StackHeader`] carries: x86-64 ip, sp, bp and 0; arm64 pc, sp, fp (x29), lr
+/// (x30).
+pub const STACK_REGS: usize = 4;
+
+/// The most stack a record carries (--stack-size), as perf allows.
+pub const MAX_STACK_SIZE: u32 = 65528;
+
+/// The head of a [`kind::STACK`] record; `size` bytes of stack follow, from `regs[1]` (sp) up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackHeader {
+    /// [`kind::STACK`].
+    pub kind: u32,
+    pub flags: u32,
+    /// The fault's entry time, as in its record.
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub regs: [u64; STACK_REGS],
+    /// Bytes of stack that follow.
+    pub size: u32,
+    /// The most the kernel copies (--stack-size): a copy this long may have been cut short.
+    pub limit: u32,
+}
 
 /// Marks a tracepoint field this kernel does not have.
 pub const NO_FIELD: u32 = u32::MAX;
@@ -525,12 +592,19 @@ pub struct PendingFault {
     pub pid: u32,
     /// The thread's id; 0 in a free entry of the kernel's slot array.
     pub tid: u32,
+    /// handle_mm_fault backends: the fault's user registers (its `pt_regs` when it came from
+    /// user mode, else 0), for a stack taken later in the fault (at `do_wp_page`).
+    pub user_regs: u64,
 }
 
 /// The `ts_ns` of a fault with no timestamp: with `--summary --no-latency` the tracepoint
 /// backend takes none (the summary shows no times, and a timestamp is the costliest helper
 /// call of a fault's entry). Non-zero, so a pending slot still reads as pending.
 pub const TS_NOT_TAKEN: u64 = 1;
+
+/// A [`PendingFault::flags`] bit of the kernel side's own, never in a record: the thread's user
+/// stack is being copied (--stack), so a kernel-mode fault now is the copy's, not the process's.
+pub const PENDING_CAPTURING: u32 = 1 << 28;
 
 /// A [`PendingFault::flags`] bit of the tracepoint backend's own, never in a record: the fault
 /// was entered untimed (--no-latency), so no completion event will empty its slot; the
@@ -548,7 +622,8 @@ impl PendingFault {
     /// [`PendingFault::to_record`], which the kernel side does field by field).
     #[inline(always)]
     pub const fn untimed_record_flags(flags: u32) -> u32 {
-        (flags & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED | flags::PAGE_ZEROED))
+        (flags
+            & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED | flags::PAGE_ZEROED | flags::USER_STACK))
             | flags::COPY_KNOWN
             | flags::UNTIMED
     }

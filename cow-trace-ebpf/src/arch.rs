@@ -12,6 +12,23 @@ pub const PT_REGS_IP: u64 = 16 * 8;
 #[cfg(bpf_target_arch = "aarch64")]
 pub const PT_REGS_IP: u64 = 32 * 8;
 
+/// Offsets of the user stack pointer, frame pointer and (arm64) link register in the
+/// kernel's `struct pt_regs`: where an unwind starts (--stack=dwarf).
+/// x86-64: bp is the fifth slot (r15, r14, r13, r12, bp); sp follows ip, cs and flags.
+#[cfg(bpf_target_arch = "x86_64")]
+pub const USER_SP: u64 = 19 * 8;
+#[cfg(bpf_target_arch = "x86_64")]
+pub const USER_FP: u64 = 4 * 8;
+#[cfg(bpf_target_arch = "x86_64")]
+pub const USER_LR: Option<u64> = None;
+/// arm64: `regs[29]` (fp) and `regs[30]` (lr), then `sp` (before `pc`).
+#[cfg(bpf_target_arch = "aarch64")]
+pub const USER_SP: u64 = 31 * 8;
+#[cfg(bpf_target_arch = "aarch64")]
+pub const USER_FP: u64 = 29 * 8;
+#[cfg(bpf_target_arch = "aarch64")]
+pub const USER_LR: Option<u64> = Some(30 * 8);
+
 #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
 compile_error!("cow-trace's eBPF programs know the pt_regs of x86_64 and aarch64 only");
 

@@ -12,16 +12,17 @@ use aya_ebpf::{
     programs::{PerfEventContext, RawTracePointContext},
 };
 use cow_trace_common::{
-    PENDING_COMPLETED, PENDING_DEFERRED as DEFERRED, PendingFault, Record, TS_NOT_TAKEN, flags,
-    kind,
+    NO_STACK, PENDING_COMPLETED, PENDING_DEFERRED as DEFERRED, PendingFault, Record, TS_NOT_TAKEN,
+    flags, kind, stack_mode,
 };
 
 use crate::{
     arch::{PT_REGS_IP, sample_ip},
     clock::now_ns,
     diagnostics,
-    maps::{FaultEntry, Slot, is_traced, setting, user_stack},
+    maps::{FaultEntry, Slot, is_traced, setting},
     report,
+    stacks::{self, CAPTURING},
 };
 
 /// Raw tracepoints: the kernel calls the program with the tracepoint's arguments, skipping the
@@ -64,6 +65,10 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
     let Some(slot) = Slot::of_current(pid_tgid) else {
         return;
     };
+    // A fault of this thread's own stack being read, by this program (see `stacks`).
+    if slot.flags() & CAPTURING != 0 {
+        return;
+    }
     let untimed = setting!(untimed) != 0;
     if slot.pending_since() != 0 {
         // Timed, a kernel-mode fault while a user fault is pending is nested in it (a
@@ -87,22 +92,29 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
         // faulting, and a failed read leaves ip unknown.
         unsafe { bpf_probe_read_kernel(ip) }.unwrap_or(0)
     };
+    let error_code: u64 = ctx.arg(2);
+    let stack = stacks::wanted(error_code, true);
+    // Untimed, the time still places the fault among the kernel's mapping records, which carry
+    // exact times: a tick's time (up to a tick early) would resolve it against the mappings
+    // before a fresh mmap. A summary shows no time at all, but a copied stack pairs with its
+    // fault by the entry time.
+    let ts_ns = if untimed && summary_mode && stack.is_none() {
+        TS_NOT_TAKEN
+    } else {
+        now_ns()
+    };
     slot.begin(FaultEntry {
-        // Untimed, the time still places the fault among the kernel's mapping records, which
-        // carry exact times: a tick's time (up to a tick early) would resolve it against the
-        // mappings before a fresh mmap. A summary shows no time at all.
-        ts_ns: if untimed && summary_mode {
-            TS_NOT_TAKEN
-        } else {
-            now_ns()
-        },
+        ts_ns,
         address,
         ip,
-        error_code: ctx.arg(2),
+        error_code,
         flags: if kernel_mode { flags::KERNEL_MODE } else { 0 }
             | if untimed { DEFERRED } else { 0 },
-        stack_id: user_stack(ctx),
     });
+    if let Some(mode) = stack {
+        let id = stacks::take(ctx, slot, mode, ts_ns, ctx.arg(1), kernel_mode);
+        slot.set_stack_id(id);
+    }
 }
 
 #[inline(always)]
@@ -151,7 +163,13 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
             record.ip = regs_ip;
             record.pid = tgid;
             record.tid = tid;
-            record.stack_id = user_stack(ctx);
+            record.stack_id = match (slot, stacks::wanted(0, false)) {
+                // Unknown access: only --stack-faults all takes it, walked by frame pointers.
+                (Some(slot), Some(stack_mode::FP)) => {
+                    stacks::take(ctx, slot, stack_mode::FP, 0, 0, false)
+                }
+                _ => NO_STACK,
+            };
             match slot {
                 Some(slot) => slot.write_comm(&mut record),
                 None => record.comm = bpf_get_current_comm().unwrap_or_default(),
@@ -192,7 +210,7 @@ fn finish(slot: Slot, even_timed: bool) {
         record.flags = PendingFault::untimed_record_flags(entry_flags);
     } else {
         record.kind = kind::FAULT_INCOMPLETE;
-        record.flags = entry_flags & flags::KERNEL_MODE;
+        record.flags = entry_flags & (flags::KERNEL_MODE | flags::USER_STACK);
     }
     report::fault(&mut record);
 }

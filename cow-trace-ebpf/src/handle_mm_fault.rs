@@ -14,14 +14,14 @@ use aya_ebpf::{
         FEntryContext, FExitContext, ProbeContext, RetProbeContext, tracing::StackIdContext,
     },
 };
-use cow_trace_common::{Record, flags, kind, x86_pf};
+use cow_trace_common::{Record, flags, kind, stack_faults, x86_pf};
 
 use crate::{
     arch::PT_REGS_IP,
     clock::now_ns,
     diagnostics,
-    maps::{FaultEntry, Slot, setting, user_stack},
-    report,
+    maps::{FaultEntry, Slot, setting},
+    report, stacks,
 };
 
 /// include/linux/mm_types.h `enum fault_flag`, stable since 5.x.
@@ -63,8 +63,8 @@ pub fn handle_mm_fault_fexit(ctx: FExitContext) -> u32 {
 }
 
 #[fentry(function = "do_wp_page")]
-pub fn do_wp_page_fentry(_ctx: FEntryContext) -> u32 {
-    write_protect_seen();
+pub fn do_wp_page_fentry(ctx: FEntryContext) -> u32 {
+    write_protect_seen(&ctx);
     0
 }
 
@@ -93,8 +93,8 @@ pub fn handle_mm_fault_kretprobe(ctx: RetProbeContext) -> u32 {
 }
 
 #[kprobe]
-pub fn do_wp_page_kprobe(_ctx: ProbeContext) -> u32 {
-    write_protect_seen();
+pub fn do_wp_page_kprobe(ctx: ProbeContext) -> u32 {
+    write_protect_seen(&ctx);
     0
 }
 
@@ -139,20 +139,42 @@ fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, re
     if fault_flags & FAULT_FLAG_TRIED != 0 {
         entry_flags |= flags::MAJOR;
     }
+    let ts_ns = now_ns();
     slot.begin(FaultEntry {
-        ts_ns: now_ns(),
+        ts_ns,
         address,
         ip,
         error_code,
         flags: entry_flags,
-        stack_id: user_stack(ctx),
     });
+    // The fault's user registers: its own where it came from user mode.
+    let kernel_mode = fault_flags & FAULT_FLAG_USER == 0;
+    let user_regs = if kernel_mode { 0 } else { regs };
+    slot.set_user_regs(user_regs);
+    // Whether it is a write-protect fault is known at do_wp_page: those take their stack there.
+    if setting!(stack_faults) != stack_faults::COW
+        && let Some(mode) = stacks::wanted(error_code, true)
+    {
+        let id = stacks::take(ctx, slot, mode, ts_ns, user_regs, kernel_mode);
+        slot.set_stack_id(id);
+    }
 }
 
+/// The attempt is a write-protect fault: marked, and its stack taken (--stack-faults cow).
 #[inline(always)]
-fn write_protect_seen() {
-    if let Some(slot) = Slot::of(bpf_get_current_pid_tgid() as u32) {
-        slot.mark(WRITE_PROTECT_SEEN);
+fn write_protect_seen<C: StackIdContext>(ctx: &C) {
+    let Some(slot) = Slot::of(bpf_get_current_pid_tgid() as u32) else {
+        return;
+    };
+    slot.mark(WRITE_PROTECT_SEEN);
+    let entry = slot.read();
+    if entry.ts_ns != 0
+        && setting!(stack_faults) == stack_faults::COW
+        && let Some(mode) = stacks::wanted(x86_pf::PROT | x86_pf::WRITE, true)
+    {
+        let kernel_mode = entry.flags & flags::KERNEL_MODE != 0;
+        let id = stacks::take(ctx, slot, mode, entry.ts_ns, entry.user_regs, kernel_mode);
+        slot.set_stack_id(id);
     }
 }
 
@@ -193,7 +215,11 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
         record.error_code |= x86_pf::PROT | x86_pf::WRITE;
     }
     record.flags = entry.flags
-        & (flags::KERNEL_MODE | flags::PAGE_ALLOCATED | flags::PAGE_ZEROED | flags::SWAP_IN);
+        & (flags::KERNEL_MODE
+            | flags::PAGE_ALLOCATED
+            | flags::PAGE_ZEROED
+            | flags::SWAP_IN
+            | flags::USER_STACK);
     if setting!(untimed) == 0 {
         record.latency_ns = now - entry.ts_ns;
     } else {

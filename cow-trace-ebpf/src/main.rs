@@ -5,6 +5,7 @@
 //! - `tasks`: keeps the traced-process map and snapshot windows in step with fork and exit
 //! - `report`: a finished fault is streamed or counted in the kernel
 //! - `summary`: the in-kernel counts (--summary), with a per-CPU cache of the last key
+//! - `stacks`: user stacks of faults, walked by frame pointers or copied for userspace
 //! - `maps`: the maps and load-time settings every program shares, and the per-thread `Slot`
 //! - `clock`: the kernel clock as a safe call
 //! - `diagnostics`: rare events logged for the user (aya-log, shown with -v)
@@ -23,6 +24,7 @@ mod faults;
 mod handle_mm_fault;
 mod maps;
 mod report;
+mod stacks;
 mod summary;
 mod tasks;
 

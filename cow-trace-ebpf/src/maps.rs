@@ -2,15 +2,15 @@
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     helpers::bpf_get_current_comm,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::tracing::StackIdContext,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use cow_trace_common::{
-    COMM_LEN, Hist, HistCache, HistKey, NO_FIELD, NO_STACK, PENDING_COMPLETED, PENDING_DEFERRED,
-    PendingFault, Record, Settings, StatCache, StatKey, StatValue, Window, counter, kind,
+    COMM_LEN, Hist, HistCache, HistKey, NO_FIELD, NO_STACK, PENDING_CAPTURING, PENDING_COMPLETED,
+    PENDING_DEFERRED, PendingFault, Record, Settings, StatCache, StatKey, StatValue, Window,
+    counter, kind,
 };
 
 use crate::diagnostics;
@@ -112,10 +112,6 @@ pub fn may_have_window(pid: u32) -> bool {
         .is_some_and(|&hint| hint != 0)
 }
 
-/// User stacks of faults (--stack), deduplicated by the kernel.
-#[map]
-pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
-
 /// Written by userspace before loading; the defaults are 6.18's offsets (and no page size:
 /// userspace writes the system's). Read with [`setting!`].
 #[unsafe(no_mangle)]
@@ -129,6 +125,9 @@ pub static SETTINGS: Settings = Settings {
     copy_detection: 0,
     untimed: 0,
     stacks: 0,
+    stack_faults: 0,
+    stack_size: 0,
+    task_regs: 0,
     wakeup_bytes: 0,
     page_shift: 0,
 };
@@ -189,22 +188,6 @@ pub fn bump_by(index: u32, n: u64) {
     }
 }
 
-/// The current task's user stack id, with --stack; else (or on failure) NO_STACK.
-#[inline(always)]
-pub fn user_stack<C: StackIdContext>(ctx: &C) -> i32 {
-    if setting!(stacks) == 0 {
-        return NO_STACK;
-    }
-    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK.into()) {
-        Ok(id) => id as i32,
-        Err(error) => {
-            bump(counter::STACK_FAILED);
-            diagnostics::stack_failed(error);
-            NO_STACK
-        }
-    }
-}
-
 /// What a backend knows when a fault begins.
 pub struct FaultEntry {
     pub ts_ns: u64,
@@ -212,7 +195,6 @@ pub struct FaultEntry {
     pub ip: u64,
     pub error_code: u64,
     pub flags: u32,
-    pub stack_id: i32,
 }
 
 /// A traced thread's pending-fault slot: its entry in `SLOTS` (or, where another thread held
@@ -350,7 +332,8 @@ impl Slot {
         unsafe {
             let entry = self.value;
             record.kind = kind::FAULT;
-            record.flags = (*entry).flags & !(PENDING_DEFERRED | PENDING_COMPLETED);
+            record.flags =
+                (*entry).flags & !(PENDING_DEFERRED | PENDING_COMPLETED | PENDING_CAPTURING);
             record.ts_ns = (*entry).ts_ns;
             record.address = (*entry).address;
             record.ip = (*entry).ip;
@@ -401,8 +384,23 @@ impl Slot {
             (*self.value).ip = entry.ip;
             (*self.value).error_code = entry.error_code;
             (*self.value).flags = entry.flags;
-            (*self.value).stack_id = entry.stack_id;
+            (*self.value).stack_id = NO_STACK;
+            (*self.value).user_regs = 0;
         }
+    }
+
+    /// The pending fault's stack id (--stack=fp).
+    #[inline(always)]
+    pub fn set_stack_id(self, stack_id: i32) {
+        // SAFETY: see [`Slot`].
+        unsafe { (*self.value).stack_id = stack_id };
+    }
+
+    /// handle_mm_fault backends: the pending fault's user registers, for a stack taken later.
+    #[inline(always)]
+    pub fn set_user_regs(self, regs: u64) {
+        // SAFETY: see [`Slot`].
+        unsafe { (*self.value).user_regs = regs };
     }
 
     /// Adds `flags` to the pending fault's.
@@ -421,6 +419,13 @@ impl Slot {
             (*self.value).ts_ns = 0;
             (*self.value).flags = PENDING_COMPLETED;
         }
+    }
+
+    /// Removes `flags` from the pending fault's.
+    #[inline(always)]
+    pub fn unmark(self, flags: u32) {
+        // SAFETY: see [`Slot`].
+        unsafe { (*self.value).flags &= !flags };
     }
 
     /// Empties the slot: no fault is pending any more.
@@ -489,4 +494,5 @@ static EMPTY_PENDING: PendingFault = PendingFault {
     comm: [0; COMM_LEN],
     pid: 0,
     tid: 0,
+    user_regs: 0,
 };

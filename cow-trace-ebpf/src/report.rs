@@ -1,7 +1,9 @@
 //! The last step of every fault: stream it to userspace, or count it in the kernel
 //! (`summary`).
 use aya_ebpf::bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-use cow_trace_common::{CowOutcome, FaultClass, Record, TS_NOT_TAKEN, Window, counter, kind};
+use cow_trace_common::{
+    CowOutcome, FaultClass, Record, TS_NOT_TAKEN, Window, counter, flags, kind,
+};
 
 use crate::{
     clock::now_ns,
@@ -18,23 +20,34 @@ pub fn emit(record: &Record) {
         Some(mut entry) => {
             entry.write(*record);
             let urgent = matches!(record.kind, kind::FORK | kind::EXIT | kind::EXEC);
-            entry.submit(
-                if wakeup_due(urgent) {
-                    BPF_RB_FORCE_WAKEUP
-                } else {
-                    BPF_RB_NO_WAKEUP
-                }
-                .into(),
-            );
+            entry.submit(wakeup(urgent, size_of::<Record>()));
         }
         None => bump(counter::RING_FULL),
     }
 }
 
+/// Writes a record of variable length (a copied stack) to the ring buffer; Err if it is full.
+#[inline(always)]
+pub fn emit_bytes(record: &[u8]) -> Result<(), i32> {
+    EVENTS.output::<[u8]>(record, wakeup(false, record.len()))
+}
+
+/// The ring's flag for a record of `bytes`: wake userspace at once if `urgent`, else once
+/// enough has piled up.
+#[inline(always)]
+fn wakeup(urgent: bool, bytes: usize) -> u64 {
+    if wakeup_due(urgent, bytes) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+    .into()
+}
+
 /// Counts a record's bytes toward this CPU's next wakeup of userspace; true if it is due. A
 /// per-CPU count, where asking the ring how much it holds was a helper call per record.
 #[inline(always)]
-fn wakeup_due(urgent: bool) -> bool {
+fn wakeup_due(urgent: bool, bytes: usize) -> bool {
     let Some(written) = WRITTEN.get_ptr_mut(0) else {
         return true;
     };
@@ -42,7 +55,7 @@ fn wakeup_due(urgent: bool) -> bool {
     // SAFETY: this CPU's count, live while the program runs; a program interrupting another
     // on this CPU may lose a record's bytes, which delays a wakeup a little.
     unsafe {
-        *written += size_of::<Record>() as u32;
+        *written = (*written).saturating_add(bytes as u32);
         if urgent || *written >= due {
             *written = 0;
             return true;
@@ -97,7 +110,9 @@ fn window_of(record: &Record) -> u32 {
 #[inline(always)]
 pub fn fault(record: &mut Record) {
     record.other_pid = window_of(record);
-    if setting!(summary_mode) == 0 {
+    // A fault whose stack was copied is streamed even in a summary: userspace unwinds its
+    // stack and counts it.
+    if setting!(summary_mode) == 0 || record.flags & flags::USER_STACK != 0 {
         emit(record);
     } else {
         summary::count(record);

@@ -10,7 +10,9 @@ Examples:
   cow-trace -- ./cow                   start ./cow, held until the probes are attached
   cow-trace -x 1234 --format stap      the article's SystemTap line format
   cow-trace --json -o faults.json -- make -j2
-  cow-trace -r -g -x 1234              with mappings, symbols and user stacks
+  cow-trace -r -g -x 1234              with mappings, symbols and user stacks (of COW faults)
+  cow-trace -g --stack-faults all -x 1234   every fault's user stack
+  cow-trace --stack=fp -x 1234         stacks by the kernel's frame-pointer walk (cheaper)
   cow-trace --plot cow.svg -- ./cow    draw the run
   cow-trace --flamegraph cow.svg -x $(pidof redis-server)   which code copied pages
   cow-trace -x $(pidof redis-server) --duration 30s
@@ -21,6 +23,7 @@ Combinations: -u needs -- CMD (not -x). --summary counts in the kernel, with no 
 so it takes --format text or --json, --interval, --stack (top COW stacks), --fail-over-cow and
 -o, but not --format stap, --plot or --resolve (its mapping table is always there). Everything
 else combines; with --format stap, --resolve and --stack add only to the tables on stderr.
+--stack-faults needs --stack (or --flamegraph, --folded); --stack-size needs --stack=dwarf.
 
 Exit status: 0 on success (or the traced command's own status with -- CMD);
 2 bad usage; 3 bad target; 4 missing privilege; 5 kernel refused a probe; 6 output error;
@@ -79,10 +82,27 @@ pub struct Args {
     #[arg(short = 'r', long, conflicts_with = "summary")]
     pub resolve: bool,
 
-    /// Capture each fault's user stack (symbolized); with --summary, the stacks that took the
-    /// most copy-on-write faults.
-    #[arg(short = 'g', long)]
-    pub stack: bool,
+    /// Capture the user stack of each copy-on-write fault (see --stack-faults), symbolized;
+    /// with --summary, the stacks that took the most copy-on-write faults. dwarf (the
+    /// default) copies the top of the stack (--stack-size) and unwinds it with the binaries'
+    /// own unwind tables, as perf --call-graph dwarf does, frame pointers where code has no
+    /// tables; fp walks frame pointers in the kernel (cheaper, but lost in code built without
+    /// them, as distributions build most).
+    #[arg(short = 'g', long, value_enum, value_name = "HOW", num_args = 0..=1,
+          require_equals = true, default_missing_value = "dwarf")]
+    pub stack: Option<StackMethod>,
+
+    /// Which faults carry a user stack: cow (write-protect faults: copies, reuses, zero
+    /// fills), writes (every write, first writes too) or all. Default: cow, or all for
+    /// --flame-faults all.
+    #[arg(long, value_enum, value_name = "WHICH")]
+    pub stack_faults: Option<StackFaults>,
+
+    /// --stack=dwarf: the most user stack copied per fault (as perf's dump size), from the
+    /// stack pointer up; a stack deeper than that is shown cut, "[truncated at SIZE]".
+    /// Default 8KiB, at most 65528.
+    #[arg(long, value_name = "SIZE", value_parser = parse_stack_size)]
+    pub stack_size: Option<u32>,
 
     /// Draw faults over time per pid and class, cumulative bytes copied, and where in the
     /// address space copy-on-write faults landed, into an SVG file.
@@ -121,9 +141,10 @@ pub struct Args {
     #[arg(long)]
     pub no_latency: bool,
 
-    /// Size of the kernel-to-user ring buffer (a power of two, e.g. 16MiB).
-    #[arg(long, value_name = "SIZE", value_parser = parse_ring_size, default_value = "16MiB")]
-    pub ring_size: u32,
+    /// Size of the kernel-to-user ring buffer (a power of two, e.g. 16MiB). Default 16MiB,
+    /// or 128MiB with --stack=dwarf (each stack copied takes up to --stack-size in it).
+    #[arg(long, value_name = "SIZE", value_parser = parse_ring_size)]
+    pub ring_size: Option<u32>,
 
     /// Run CMD as this user (default with -- CMD under sudo: the invoking user). Only with
     /// -- CMD: a traced pid runs as whoever started it.
@@ -162,6 +183,35 @@ pub enum Format {
     Json,
 }
 
+/// How user stacks are taken (--stack).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StackMethod {
+    /// Copy the top of the stack; unwind it with the binaries' unwind tables.
+    Dwarf,
+    /// Walk frame pointers in the kernel.
+    Fp,
+}
+
+/// Which faults carry a user stack (--stack-faults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StackFaults {
+    /// Write-protect (copy-on-write) faults.
+    Cow,
+    /// Every write fault.
+    Writes,
+    /// Every fault.
+    All,
+}
+
+/// The default ring buffer; with --stack=dwarf, [`DWARF_RING_SIZE`].
+pub const RING_SIZE: u32 = 16 << 20;
+/// The default ring buffer with --stack=dwarf: every copied stack passes through it.
+pub const DWARF_RING_SIZE: u32 = 128 << 20;
+/// The default --stack-size, as perf's.
+pub const STACK_SIZE: u32 = 8 << 10;
+/// The largest --stack-size, as perf's.
+pub const MAX_STACK_SIZE: u32 = 65528;
+
 /// The faults a flame graph counts (--flame-faults).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum FlameFaults {
@@ -193,12 +243,50 @@ impl Args {
                  stap prints a line per fault, --summary none",
             ));
         }
+        if self.stack_method().is_none() && self.stack_faults.is_some() {
+            return Err(Args::command().error(
+                ErrorKind::MissingRequiredArgument,
+                "--stack-faults chooses the faults whose stacks are taken: \
+                 add --stack (or --flamegraph, --folded)",
+            ));
+        }
+        if self.stack_method() != Some(StackMethod::Dwarf) && self.stack_size.is_some() {
+            return Err(Args::command().error(
+                ErrorKind::ArgumentConflict,
+                "--stack-size is how much stack --stack=dwarf copies: \
+                 it does nothing without it",
+            ));
+        }
         Ok(())
     }
 
-    /// Whether the kernel captures user stacks: for -g, and for the flame graph's outputs.
-    pub fn captures_stacks(&self) -> bool {
-        self.stack || self.flamegraph.is_some() || self.folded.is_some()
+    /// How the kernel captures user stacks, if it does: for -g, and for the flame graph's
+    /// outputs (dwarf unless -g says otherwise).
+    pub fn stack_method(&self) -> Option<StackMethod> {
+        let flame = self.flamegraph.is_some() || self.folded.is_some();
+        self.stack.or(flame.then_some(StackMethod::Dwarf))
+    }
+
+    /// Which faults carry a stack: as asked, else every fault for a flame graph of every
+    /// fault, else copy-on-write faults.
+    pub fn stack_faults(&self) -> StackFaults {
+        let flame = self.flamegraph.is_some() || self.folded.is_some();
+        self.stack_faults
+            .unwrap_or(if flame && self.flame_faults == FlameFaults::All {
+                StackFaults::All
+            } else {
+                StackFaults::Cow
+            })
+    }
+
+    /// The ring buffer's size: as asked, else larger where stacks are copied through it.
+    pub fn ring_size(&self) -> u32 {
+        self.ring_size
+            .unwrap_or(if self.stack_method() == Some(StackMethod::Dwarf) {
+                DWARF_RING_SIZE
+            } else {
+                RING_SIZE
+            })
     }
 }
 
@@ -241,6 +329,17 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     number
         .checked_mul(1u64 << shift)
         .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// A --stack-size: a size up to [`MAX_STACK_SIZE`], rounded down to 8 bytes.
+fn parse_stack_size(text: &str) -> Result<u32, String> {
+    let size = parse_size(text)?;
+    if !(8..=u64::from(MAX_STACK_SIZE)).contains(&size) {
+        return Err(format!(
+            "stack size {text} must be between 8 and {MAX_STACK_SIZE} bytes (as perf's)"
+        ));
+    }
+    Ok(size as u32 & !7)
 }
 
 fn parse_ring_size(text: &str) -> Result<u32, String> {
@@ -368,9 +467,10 @@ mod tests {
     #[test]
     fn flame_outputs_capture_stacks() {
         let args = Args::try_parse_from(["cow-trace", "-x", "1"]).unwrap();
-        assert!(!args.captures_stacks());
+        assert_eq!(args.stack_method(), None);
         let args = Args::try_parse_from(["cow-trace", "-x", "1", "--folded", "f"]).unwrap();
-        assert!(args.captures_stacks() && !args.stack);
+        assert!(args.stack_method() == Some(StackMethod::Dwarf) && args.stack.is_none());
+        assert_eq!(args.stack_faults(), StackFaults::Cow);
         let args = Args::try_parse_from([
             "cow-trace",
             "-s",
@@ -383,8 +483,55 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(args.flame_faults, FlameFaults::All);
+        // A graph of every fault takes every fault's stack.
+        assert_eq!(args.stack_faults(), StackFaults::All);
         // Choosing what to count without asking for a graph is a mistake worth a word.
         assert!(Args::try_parse_from(["cow-trace", "--flame-faults", "all", "-x", "1"]).is_err());
+    }
+
+    #[test]
+    fn stack_options() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["cow-trace", "-x", "1"];
+            all.extend_from_slice(args);
+            Args::try_parse_from(all).and_then(|a| a.check_value_conflicts().map(|()| a))
+        };
+        // -g and --stack unwind with the tables by default; fp asks for the kernel's walk.
+        for flag in ["-g", "--stack", "--stack=dwarf"] {
+            let args = parse(&[flag]).unwrap();
+            assert_eq!(args.stack_method(), Some(StackMethod::Dwarf), "{flag}");
+            assert_eq!(args.ring_size(), DWARF_RING_SIZE);
+        }
+        let args = parse(&["--stack=fp"]).unwrap();
+        assert_eq!(args.stack_method(), Some(StackMethod::Fp));
+        assert_eq!(args.ring_size(), RING_SIZE);
+        // The value needs '=': a following word is not taken for the method.
+        let args = Args::try_parse_from(["cow-trace", "-g", "--", "true"]).unwrap();
+        assert_eq!(
+            (args.stack, &args.command[..]),
+            (Some(StackMethod::Dwarf), &["true".to_string()][..])
+        );
+        assert!(parse(&["-g", "fp"]).is_err());
+        let args = parse(&["-g", "--stack-faults", "all", "--stack-size", "16KiB"]).unwrap();
+        assert_eq!(args.stack_faults(), StackFaults::All);
+        assert_eq!(args.stack_size, Some(16 << 10));
+        assert_eq!(
+            parse(&["-g", "--stack-size", "100"]).unwrap().stack_size,
+            Some(96)
+        );
+        assert!(
+            parse(&["-g", "--stack-size", "64KiB"]).is_err(),
+            "above perf's 65528"
+        );
+        assert!(parse(&["-g", "--stack-size", "0"]).is_err());
+        // Options for stacks without stacks, or for the other method, are refused.
+        assert!(parse(&["--stack-faults", "all"]).is_err());
+        assert!(parse(&["--stack=fp", "--stack-size", "16KiB"]).is_err());
+        assert!(parse(&["--stack=frames"]).is_err());
+        assert_eq!(
+            parse(&["--ring-size", "4MiB", "-g"]).unwrap().ring_size(),
+            4 << 20
+        );
     }
 
     proptest! {

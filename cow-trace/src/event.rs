@@ -3,6 +3,19 @@
 pub use cow_trace_common::{Access, CowOutcome, FaultClass, Outcome};
 use cow_trace_common::{COMM_LEN, Record, flags, kind};
 
+use crate::stack_record::UserStack;
+
+/// How an unwound stack ended early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Incomplete {
+    /// Cut at --stack-size.
+    Truncated,
+    /// Code without unwind information or a frame pointer.
+    NoUnwindInfo,
+    /// Another early end (a return address in no code, a step refused, too deep).
+    Stopped,
+}
+
 /// One page fault of a traced process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fault {
@@ -26,8 +39,11 @@ pub struct Fault {
     pub window: u32,
     /// handle_mm_fault's vm_fault_t result, where the backend sees it (else 0).
     pub vm_fault: u32,
-    /// The user stack's id in the kernel's stack map (with --stack).
+    /// The user stack's id: in the kernel's stack map (--stack=fp), or, once unwound, among
+    /// the Enricher's unwound stacks (--stack=dwarf).
     pub stack_id: Option<u32>,
+    /// --stack=dwarf: the kernel copied this fault's stack (its record came just before).
+    pub copied_stack: bool,
     /// Filled in userspace with --resolve: the mapping holding the address (a file's with
     /// `@0x` and the offset into the file, see [`mapping_name`])...
     pub mapping: Option<String>,
@@ -102,10 +118,15 @@ pub enum Change {
 pub enum Event {
     Fault(Fault),
     Process(ProcessEvent),
+    /// A fault's copied user stack (--stack=dwarf); the fault's record follows.
+    Stack(UserStack),
 }
 
 /// Reads one ring-buffer item; None for an item of the wrong size or kind.
 pub fn decode(bytes: &[u8]) -> Option<Event> {
+    if let Some(stack) = crate::stack_record::decode(bytes) {
+        return Some(Event::Stack(stack));
+    }
     if bytes.len() < size_of::<Record>() {
         return None;
     }
@@ -137,6 +158,7 @@ pub fn from_record(record: &Record) -> Option<Event> {
                     .then_some(record.latency_ns),
                 vm_fault: record.vm_fault,
                 stack_id: u32::try_from(record.stack_id).ok(),
+                copied_stack: record.flags & flags::USER_STACK != 0,
                 mapping: None,
                 symbol: None,
                 stack: Vec::new(),
@@ -220,7 +242,7 @@ impl std::fmt::Debug for Comm {
 }
 
 /// Events the kernel side could not deliver or count.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lost {
     /// Records dropped because the ring buffer was full.
     pub ring_full: u64,
@@ -231,9 +253,8 @@ pub struct Lost {
     pub traced_full: u64,
     /// Faults not counted because an in-kernel summary map was full.
     pub summary_full: u64,
-    /// User stacks not captured (--stack): the stack map's bucket held another stack, or the
-    /// stack could not be read.
-    pub stacks_failed: u64,
+    /// User stacks not taken, or cut short, by reason.
+    pub stacks: StackLosses,
     /// Records of mappings the kernel dropped because the mapping ring was full: some
     /// addresses may resolve to `[unknown]`.
     pub mapping_records: u64,
@@ -243,6 +264,103 @@ impl Lost {
     /// Faults missing from the output altogether.
     pub fn events(&self) -> u64 {
         self.ring_full + self.summary_full
+    }
+}
+
+/// The JSON form (`lost_detail`): the counts, `stacks_failed` (every stack not taken or cut
+/// short) and `stacks_lost` (the same by reason).
+impl serde::Serialize for Lost {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut out = serializer.serialize_struct("Lost", 7)?;
+        out.serialize_field("ring_full", &self.ring_full)?;
+        out.serialize_field("pending_full", &self.pending_full)?;
+        out.serialize_field("traced_full", &self.traced_full)?;
+        out.serialize_field("summary_full", &self.summary_full)?;
+        out.serialize_field("stacks_failed", &self.stacks.total())?;
+        out.serialize_field("stacks_lost", &self.stacks)?;
+        out.serialize_field("mapping_records", &self.mapping_records)?;
+        out.end()
+    }
+}
+
+/// User stacks not taken (the kernel could not read or deliver them) or cut short (their
+/// unwind ended early), per fault, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StackLosses {
+    /// The kernel could not read the stack (no user registers, the stack not mapped), or
+    /// (--stack=fp) its frame-pointer walk failed, or the stack could not be read back.
+    pub unreadable: u64,
+    /// --stack=fp: the kernel's stack map had no room.
+    pub map_full: u64,
+    /// --stack=dwarf: the copied stack did not fit in the ring buffer.
+    pub ring_full: u64,
+    /// --stack=dwarf: the unwind needed more of the stack than --stack-size copies.
+    pub truncated: u64,
+    /// --stack=dwarf: the unwind reached code without unwind information or frame pointer.
+    pub no_unwind_info: u64,
+    /// --stack=dwarf: the unwind ended early otherwise (a return address in no code, a
+    /// step that went nowhere, too many frames).
+    pub stopped: u64,
+}
+
+impl StackLosses {
+    pub fn total(&self) -> u64 {
+        self.unreadable
+            + self.map_full
+            + self.ring_full
+            + self.truncated
+            + self.no_unwind_info
+            + self.stopped
+    }
+
+    /// Each count of `self` less `before`'s.
+    pub fn since(&self, before: &StackLosses) -> StackLosses {
+        StackLosses {
+            unreadable: self.unreadable.saturating_sub(before.unreadable),
+            map_full: self.map_full.saturating_sub(before.map_full),
+            ring_full: self.ring_full.saturating_sub(before.ring_full),
+            truncated: self.truncated.saturating_sub(before.truncated),
+            no_unwind_info: self.no_unwind_info.saturating_sub(before.no_unwind_info),
+            stopped: self.stopped.saturating_sub(before.stopped),
+        }
+    }
+
+    /// Adds `other`'s counts.
+    pub fn add(&mut self, other: &StackLosses) {
+        self.unreadable += other.unreadable;
+        self.map_full += other.map_full;
+        self.ring_full += other.ring_full;
+        self.truncated += other.truncated;
+        self.no_unwind_info += other.no_unwind_info;
+        self.stopped += other.stopped;
+    }
+
+    /// Counts a stack unwound here by how it ended (None: complete).
+    pub fn count(&mut self, incomplete: Option<Incomplete>) {
+        match incomplete {
+            None => {}
+            Some(Incomplete::Truncated) => self.truncated += 1,
+            Some(Incomplete::NoUnwindInfo) => self.no_unwind_info += 1,
+            Some(Incomplete::Stopped) => self.stopped += 1,
+        }
+    }
+
+    /// "unreadable: 2; truncated at --stack-size: 1": the reasons that have counts.
+    pub fn reasons(&self) -> String {
+        [
+            ("unreadable", self.unreadable),
+            ("stack map full", self.map_full),
+            ("ring buffer full", self.ring_full),
+            ("truncated at --stack-size", self.truncated),
+            ("no unwind info", self.no_unwind_info),
+            ("unwind stopped early", self.stopped),
+        ]
+        .iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|(reason, count)| format!("{reason}: {count}"))
+        .collect::<Vec<_>>()
+        .join("; ")
     }
 }
 
@@ -441,6 +559,7 @@ mod tests {
             comm: *b"cow\0\0\0\0\0\0\0\0\0\0\0\0\0",
             pid: 12420,
             tid: 12421,
+            user_regs: 0,
         };
         let Some(Event::Fault(fault)) = from_record(&slot.to_record(12421)) else {
             panic!("not a fault");

@@ -10,6 +10,7 @@ mod map_record;
 mod output;
 mod page;
 mod session;
+mod stack_record;
 mod target;
 
 use std::{fs::File, io::Write};
@@ -17,7 +18,7 @@ use std::{fs::File, io::Write};
 use crate::{
     cli::Args,
     failure::{Failure, Status, failure},
-    kernel::KernelConfig,
+    kernel::{KernelConfig, StackConfig},
     output::flame::FlameFiles,
     target::{HeldCommand, Identity},
 };
@@ -136,11 +137,15 @@ fn run(args: Args) -> anyhow::Result<i32> {
         interval: args.interval,
         fail_over_cow: args.fail_over_cow,
         resolve: args.resolve,
-        show_stacks: args.stack,
+        show_stacks: args.stack.is_some(),
         kernel: KernelConfig {
-            ring_size: args.ring_size,
+            ring_size: args.ring_size(),
             summary: args.summary,
-            stacks: args.captures_stacks(),
+            stacks: args.stack_method().map(|method| StackConfig {
+                method,
+                faults: args.stack_faults(),
+                size: args.stack_size.unwrap_or(cli::STACK_SIZE),
+            }),
             untimed: args.no_latency,
         },
         plot: args.plot.clone(),

@@ -11,10 +11,10 @@ use cow_trace_common::HIST_BUCKETS;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{BackendChoice, Format},
+    cli::{BackendChoice, Format, StackMethod},
     clock::monotonic_ns,
     enrich::{self, Enricher, Retention},
-    event::{Change, Event, FaultClass, Lost, ProcessEvent},
+    event::{Change, Event, FaultClass, Lost, ProcessEvent, StackLosses},
     failure::{Status, failure},
     kernel::{
         KernelConfig, kstats,
@@ -125,6 +125,8 @@ struct Session {
     plot: Option<FaultPlot>,
     flame: Option<FlameGraph>,
     losses: Losses,
+    /// Stacks unwound here that ended early, or whose copy never came, by reason.
+    stack_losses: StackLosses,
     clock: WallClock,
     /// --interval: the counts at the previous report.
     intervals: Option<Intervals>,
@@ -179,14 +181,30 @@ impl Session {
             enricher,
             plot,
             flame,
+            stack_losses,
             ..
         } = self;
         match event {
+            Event::Stack(stack) => {
+                enricher.add_user_stack(stack);
+                Ok(())
+            }
             Event::Fault(mut fault) => {
                 // Streamed faults resolve as at their time; with --summary only the faults
-                // collected at the end come here (whose times may not be taken), looked up as
-                // the kernel's counts are, in the last mappings.
+                // collected at the end, and those whose stack was copied, come here. The first
+                // (whose times may not be taken) are looked up as the kernel's counts are, in
+                // the last mappings; a copied stack is unwound as at its fault.
                 let at = (!options.kernel.summary).then(|| enrich::fault_time(&fault));
+                if fault.copied_stack {
+                    let when = enrich::fault_time(&fault);
+                    match enricher.unwind_fault(fault.pid, fault.tid, fault.ts_ns, when) {
+                        Some((id, incomplete)) => {
+                            fault.stack_id = Some(id);
+                            stack_losses.count(incomplete);
+                        }
+                        None => stack_losses.unreadable += 1,
+                    }
+                }
                 if fault.class.needs_mapping() {
                     // A page allocated at a first write: a copy of the file's page only in a
                     // private file mapping.
@@ -201,7 +219,7 @@ impl Session {
                 let in_flame = flame.as_ref().is_some_and(|f| f.counts(fault.class));
                 let frames = match fault.stack_id {
                     Some(id) if options.show_stacks || in_flame => {
-                        enricher.stack(fault.pid, id, at, |id| probes.stack_ips(id))
+                        stack_frames(enricher, probes, &options.kernel, fault.pid, id, at)
                     }
                     _ => Vec::new(),
                 };
@@ -220,6 +238,12 @@ impl Session {
                     fault.stack_id = None;
                 }
                 streamed.record(&fault);
+                if options.kernel.summary
+                    && let Some(latency_ns) = fault.latency_ns
+                {
+                    // Counted here rather than in the kernel: its histogram too.
+                    streamed.add_latency(fault.pid, fault.class, latency_ns);
+                }
                 if let Some(plot) = plot.as_mut() {
                     plot.add_fault(&fault);
                 }
@@ -318,14 +342,19 @@ impl Session {
             summary.comms.entry(*pid).or_insert_with(|| comm.clone());
         }
         for ((pid, stack_id), _) in summary.top_stacks(10) {
-            let probes = &self.probes;
-            let frames = self
-                .enricher
-                .stack(pid, stack_id, None, |id| probes.stack_ips(id));
+            let frames = stack_frames(
+                &mut self.enricher,
+                &self.probes,
+                &self.options.kernel,
+                pid,
+                stack_id,
+                None,
+            );
             summary.stack_frames.insert((pid, stack_id), frames);
         }
         summary.lost = self.read_losses();
-        summary.lost.stacks_failed += self.enricher.unread_stacks();
+        summary.lost.stacks.add(&self.stack_losses);
+        summary.lost.stacks.unreadable += self.enricher.unread_stacks();
         Ok(summary)
     }
 
@@ -344,9 +373,14 @@ impl Session {
                 continue;
             }
             let frames = match u32::try_from(key.stack_id) {
-                Ok(id) => self
-                    .enricher
-                    .stack(key.pid, id, None, |id| probes.stack_ips(id)),
+                Ok(id) => stack_frames(
+                    &mut self.enricher,
+                    probes,
+                    &self.options.kernel,
+                    key.pid,
+                    id,
+                    None,
+                ),
                 Err(_) => Vec::new(),
             };
             flame.add(&StackSample {
@@ -410,6 +444,22 @@ impl Session {
     }
 }
 
+/// The symbolized frames of stack `id` of `pid`: one the kernel walked (--stack=fp, its
+/// addresses in the stack map, symbolized as at `at`), or one unwound here (--stack=dwarf).
+fn stack_frames(
+    enricher: &mut Enricher,
+    probes: &Probes,
+    kernel: &KernelConfig,
+    pid: u32,
+    id: u32,
+    at: Option<u64>,
+) -> Vec<String> {
+    match kernel.stacks.map(|stacks| stacks.method) {
+        Some(StackMethod::Dwarf) => enricher.unwound_frames(id),
+        _ => enricher.stack(pid, id, at, |id| probes.stack_ips(id)),
+    }
+}
+
 /// Runs until every traced process has exited, a signal arrives or the duration is over.
 /// Returns the exit status: the held command's own, else 0 (or `Status::OverCowLimit`).
 pub async fn run(
@@ -450,7 +500,7 @@ pub async fn run(
     let faults_in_flight =
         options.kernel.ring_size as usize / size_of::<cow_trace_common::Record>();
     let mut enricher = Enricher::new(retention, faults_in_flight);
-    if !options.resolve && !options.kernel.stacks {
+    if !options.resolve && options.kernel.stacks.is_none() {
         enricher = enricher.without_code_files();
     }
     // Every mode needs the mappings: a first write's page is a copy only in a private file
@@ -495,6 +545,7 @@ pub async fn run(
         plot,
         flame,
         losses: Losses::default(),
+        stack_losses: StackLosses::default(),
         clock,
         intervals: None,
     };

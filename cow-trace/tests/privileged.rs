@@ -3,6 +3,8 @@
 mod common;
 #[path = "privileged/history.rs"]
 mod history;
+#[path = "privileged/unwind.rs"]
+mod unwind;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -2019,8 +2021,9 @@ fn text_stream_intervals_go_to_stderr_headed_and_per_interval() {
 }
 
 /// The kernel side's diagnostics reach the user with -v, and only then. More distinct user
-/// stacks than --stack's map has buckets (16384) make the kernel refuse at least the surplus
-/// (at most one stack per bucket): it counts each refusal and, with -v, logs the first.
+/// stacks than --stack=fp's map has buckets (16384) make the kernel refuse at least the
+/// surplus (at most one stack per bucket): it counts each refusal, as the map's, and, with
+/// -v, logs the first. (The faults are reads: every fault's stack is asked for.)
 #[test]
 fn kernel_diagnostics_are_shown_with_verbose_only() {
     if !require_root("kernel_diagnostics_are_shown_with_verbose_only") {
@@ -2029,7 +2032,15 @@ fn kernel_diagnostics_are_shown_with_verbose_only() {
     for verbose in [true, false] {
         let mut faulter = Faulter::start();
         let pid = faulter.pid().to_string();
-        let mut args = vec!["-x", &pid, "--json", "--summary", "--stack"];
+        let mut args = vec![
+            "-x",
+            &pid,
+            "--json",
+            "--summary",
+            "--stack=fp",
+            "--stack-faults",
+            "all",
+        ];
         if verbose {
             args.push("-v");
         }
@@ -2044,6 +2055,10 @@ fn kernel_diagnostics_are_shown_with_verbose_only() {
             .expect("no totals line");
         let failed = totals["lost_detail"]["stacks_failed"].as_u64().unwrap();
         assert!(failed >= 32768 - 16384, "{failed} stacks not captured");
+        let map_full = totals["lost_detail"]["stacks_lost"]["map_full"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(map_full, failed, "every refusal is the map's");
         let logged = done
             .stderr
             .lines()

@@ -33,7 +33,7 @@
 mod common;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     io::{BufRead, BufReader, Read, Write},
     net::{Ipv4Addr, TcpListener, TcpStream},
     os::unix::process::CommandExt,
@@ -94,6 +94,94 @@ fn redis_bgsave_copies_match_rdb_last_cow_size() {
     let terms = Terms::from_trace(&done.json(), redis.pid(), child);
     terms.print(redis_bytes);
     terms.check(redis_bytes);
+}
+
+/// Which code copied the pages: the server's copies during a BGSAVE under writes unwind, with
+/// the binaries' own .eh_frame (Debian builds redis-server, libc and jemalloc without frame
+/// pointers, and no debug symbols are installed), past libc and the allocator into Redis's own
+/// code and up to its event loop: at least 90% of them reach `aeMain` and then `main` of
+/// redis-server. Debian's redis-server exports its functions in its dynamic symbol table
+/// (`nm -D` lists aeMain, main, processCommand...), which names them without debug symbols.
+/// (Its path is the file the kernel mapped: redis-server may be a link to redis-check-rdb.)
+#[test]
+fn redis_copy_stacks_unwind_to_its_event_loop() {
+    if !require_root("redis_copy_stacks_unwind_to_its_event_loop") {
+        return;
+    }
+    let (server, benchmark) = redis_programs();
+    let binary = std::fs::canonicalize(&server).unwrap();
+    let redis = RedisServer::start(&server);
+    assert_thp_disabled(redis.pid());
+    let mut conn = redis.connect();
+    load(&mut conn, KEYS, VALUE_SIZE);
+    conn.command(&["CONFIG", "SET", "rdb-key-save-delay", "20"]);
+
+    let tracer = Tracer::start(&["-x", &redis.pid().to_string(), "--json", "--stack"]);
+    assert_eq!(conn.command(&["BGSAVE"]), "Background saving started");
+    let child = redis.wait_for_child();
+    // Held while the writes happen, so every copy falls in the snapshot window.
+    kill(Pid::from_raw(child as i32), Signal::SIGSTOP).unwrap();
+    wait_until_stopped(child);
+    overwrite(&benchmark, redis.port, WRITES);
+    kill(Pid::from_raw(child as i32), Signal::SIGCONT).unwrap();
+    wait_for_save(&mut conn);
+    let done = tracer.stop();
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    assert_eq!(done.lost(), 0, "cow-trace lost events");
+
+    let module = format!("({})", binary.display());
+    let in_redis = |frame: &str, function: &str| {
+        frame.starts_with(&format!("{function}+0x")) && frame.ends_with(&module)
+    };
+    let copies: Vec<Vec<String>> = done
+        .faults_of(redis.pid())
+        .into_iter()
+        .filter(|f| f["window"] == child && f["cow_outcome"] == "copied")
+        .map(|f| {
+            f["stack"]
+                .as_array()
+                .map(|frames| {
+                    frames
+                        .iter()
+                        .map(|f| f.as_str().unwrap().to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        copies.len() >= 1000,
+        "{} copies in the window",
+        copies.len()
+    );
+    let reaching = copies
+        .iter()
+        .filter(|stack| {
+            let Some(event_loop) = stack.iter().position(|f| in_redis(f, "aeMain")) else {
+                return false;
+            };
+            // Redis's own code below the event loop, and main above it.
+            let own_code = stack[..event_loop].iter().any(|f| f.ends_with(&module));
+            let main = stack[event_loop..].iter().any(|f| in_redis(f, "main"));
+            own_code && main
+        })
+        .count();
+    let mut shapes: HashMap<&[String], usize> = HashMap::new();
+    for stack in &copies {
+        *shapes.entry(&stack[..stack.len().min(6)]).or_default() += 1;
+    }
+    let mut shapes: Vec<_> = shapes.into_iter().collect();
+    shapes.sort_by_key(|shape| std::cmp::Reverse(shape.1));
+    eprintln!(
+        "{reaching} of {} copies reach aeMain and main; the most common stacks: {:#?}",
+        copies.len(),
+        &shapes[..shapes.len().min(5)]
+    );
+    assert!(
+        reaching * 10 >= copies.len() * 9,
+        "{reaching} of {} copies' stacks reach aeMain and main",
+        copies.len()
+    );
 }
 
 /// redis-server and redis-benchmark, or a failure saying how to install them: a missing tool

@@ -118,7 +118,11 @@ fn cargo_test(
     args: &[&str],
 ) -> anyhow::Result<Totals> {
     let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
-    eprintln!("+ {}cargo test --no-fail-fast {}", shown.concat(), args.join(" "));
+    eprintln!(
+        "+ {}cargo test --no-fail-fast {}",
+        shown.concat(),
+        args.join(" ")
+    );
     let mut child = Command::new("cargo")
         .current_dir(root)
         .envs(env.iter().copied())

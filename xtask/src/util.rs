@@ -129,3 +129,51 @@ pub fn workload_with(name: &str, cc: &str, dir: &Path) -> anyhow::Result<PathBuf
 
 /// The C compiler's flags for the workloads, as cow-trace/tests/common/mod.rs has them.
 const WORKLOAD_FLAGS: &[&str] = &["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-Wall"];
+
+/// The unwinding tests' workload (cow-trace/tests/workloads/unwind/), built three ways as
+/// cow-trace/tests/common/mod.rs builds it: the program and its library per variant, the
+/// library found beside the program ($ORIGIN). Returns every file built.
+pub fn unwind_workloads() -> anyhow::Result<Vec<PathBuf>> {
+    let dir = root().join("target/xtask");
+    std::fs::create_dir_all(&dir)?;
+    let sources = root().join("cow-trace/tests/workloads/unwind");
+    let mut built = Vec::new();
+    for (variant, flags) in UNWIND_VARIANTS {
+        let library = dir.join(format!("libunwind_deep_{variant}.so"));
+        run(Command::new("cc")
+            .args(*flags)
+            .args(["-Wall", "-shared", "-fPIC"])
+            .arg(format!("-Wl,-soname,libunwind_deep_{variant}.so"))
+            .arg("-o")
+            .arg(&library)
+            .arg(sources.join("libunwind_deep.c")))?;
+        let program = dir.join(format!("unwind_deep_{variant}"));
+        run(Command::new("cc")
+            .args(*flags)
+            .args(["-Wall", "-o"])
+            .arg(&program)
+            .arg(sources.join("unwind_deep.c"))
+            .arg(&library)
+            .arg("-Wl,-rpath,$ORIGIN"))?;
+        built.extend([library, program]);
+    }
+    Ok(built)
+}
+
+/// The unwinding workload's variants and their flags, as cow-trace/tests/common/mod.rs has
+/// them: optimized without frame pointers (unwound by .eh_frame), with frame pointers, and
+/// with neither frame pointers nor unwind tables. No -g: with it, gcc writes .debug_frame
+/// where it writes no .eh_frame.
+const UNWIND_VARIANTS: &[(&str, &[&str])] = &[
+    ("dwarf", &["-O2", "-fomit-frame-pointer"]),
+    ("fp", &["-O2", "-fno-omit-frame-pointer"]),
+    (
+        "bare",
+        &[
+            "-O2",
+            "-fomit-frame-pointer",
+            "-fno-asynchronous-unwind-tables",
+            "-fno-unwind-tables",
+        ],
+    ),
+];

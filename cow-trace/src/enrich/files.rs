@@ -33,8 +33,7 @@ impl OpenFile {
         PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
     }
 
-    /// The file itself (for reading it other than by path, as an unwinder will).
-    #[cfg(test)]
+    /// The file itself (for reading it other than by path, as the unwinder does).
     pub fn file(&self) -> &File {
         &self.file
     }
@@ -61,7 +60,7 @@ impl Files {
         match file {
             Some(file) => self.keep(key, file),
             None => {
-                log::debug!("{path} ({key:?}) of pid {pid} cannot be opened any more");
+                log::info!("{path} ({key:?}) of pid {pid} cannot be opened any more");
                 self.remember_unreachable(key);
             }
         }

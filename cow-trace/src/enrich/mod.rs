@@ -7,6 +7,8 @@ mod attribute;
 mod files;
 mod history;
 mod symbolize;
+mod unwind;
+mod unwound;
 
 use std::collections::HashMap;
 
@@ -41,6 +43,8 @@ pub struct Enricher {
     unread_stacks: u64,
     /// Whether code files are opened as they are mapped (for symbols).
     hold_code_files: bool,
+    /// --stack=dwarf: copied stacks waiting for their faults, unwound stacks.
+    dwarf: unwound::DwarfStacks,
 }
 
 impl Enricher {
@@ -55,6 +59,7 @@ impl Enricher {
             gap_reads: HashMap::new(),
             unread_stacks: 0,
             hold_code_files: true,
+            dwarf: unwound::DwarfStacks::default(),
         }
     }
 
@@ -114,12 +119,14 @@ impl Enricher {
     pub fn on_exit(&mut self, pid: u32, at: u64) {
         self.history.on_exit(pid, at);
         self.gap_reads.remove(&pid);
+        self.dwarf.forget(pid);
     }
 
     /// A process ran a new program, or a new process took the pid of an old one: the stacks
     /// seen so far for it mean other code now.
     pub fn on_new_program(&mut self, pid: u32) {
         self.stacks.retain(|&(stack_pid, _), _| stack_pid != pid);
+        self.dwarf.forget(pid);
     }
 
     /// Fills in `fault.mapping` and `fault.symbol`, as they were at the fault.

@@ -12,7 +12,10 @@ pub mod ring;
 pub mod tracefs;
 pub mod version;
 
-use crate::failure::{Status, failure};
+use crate::{
+    cli::{StackFaults, StackMethod},
+    failure::{Status, failure},
+};
 
 /// What the kernel side needs to know of the run: sizes and modes fixed before loading.
 #[derive(Clone, Copy, Debug)]
@@ -21,10 +24,19 @@ pub struct KernelConfig {
     pub ring_size: u32,
     /// --summary: count in the kernel instead of streaming each fault.
     pub summary: bool,
-    /// --stack: capture user stacks.
-    pub stacks: bool,
+    /// --stack: how user stacks are captured, at which faults; None: not at all.
+    pub stacks: Option<StackConfig>,
     /// --no-latency.
     pub untimed: bool,
+}
+
+/// How the kernel side takes user stacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackConfig {
+    pub method: StackMethod,
+    pub faults: StackFaults,
+    /// --stack=dwarf: the most stack copied per fault.
+    pub size: u32,
 }
 
 pub fn kernel_error(what: &str, error: impl std::error::Error) -> anyhow::Error {

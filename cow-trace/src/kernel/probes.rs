@@ -9,16 +9,16 @@ use aya::{
 };
 use cow_trace_common::{
     Hist, HistCache, HistKey, NO_FIELD, PENDING_DEFERRED, PendingFault, Record, Settings,
-    StatCache, StatKey, StatValue,
+    StatCache, StatKey, StatValue, stack_faults, stack_mode,
 };
 
 use crate::{
-    cli::BackendChoice,
+    cli::{BackendChoice, StackFaults, StackMethod},
     failure::{Status, failure},
     kernel::{
-        KernelConfig,
+        KernelConfig, StackConfig,
         backends::{self, Backend, Sees},
-        diagnostics, kernel_error, mapped, tracefs,
+        diagnostics, kernel_error, mapped, tracefs, version,
     },
 };
 
@@ -63,11 +63,20 @@ impl Probes {
         } = *config;
         check_privilege()?;
         let root = tracefs::ensure_mounted()?;
-        let mut settings = read_settings(&root, summary_mode, stacks)?;
+        let mut settings = read_settings(&root, summary_mode)?;
         // An eighth of the ring in all, shared by the CPUs.
         let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
         settings.wakeup_bytes = (ring_size / 8 / cpus).max(1);
         settings.untimed = untimed.into();
+        set_stacks(&mut settings, stacks);
+        let method = stacks.map(|stacks| stacks.method);
+        // A buffer per CPU to assemble copied stacks in (see the eBPF side's stacks.rs).
+        let stack_buffers = match method {
+            Some(StackMethod::Dwarf) => aya::util::nr_cpus().map_err(|(path, error)| {
+                anyhow::anyhow!("reading the possible CPUs from {path}: {error}")
+            })? as u32,
+            _ => 1,
+        };
         raise_memlock_limit();
         raise_open_file_limit();
         let mut ebpf = EbpfLoader::new()
@@ -75,7 +84,15 @@ impl Probes {
             .override_global(aya_log::LEVEL, &diagnostics::level(), false)
             .map_max_entries("EVENTS", ring_size)
             // Maps a mode does not use shrink to one entry: kernel memory is not free.
-            .map_max_entries("STACKS", if stacks { 16384 } else { 1 })
+            .map_max_entries(
+                "STACKS",
+                if method == Some(StackMethod::Fp) {
+                    16384
+                } else {
+                    1
+                },
+            )
+            .map_max_entries("STACK_BUFFERS", stack_buffers)
             .map_max_entries("STATS", if summary_mode { 65536 } else { 1 })
             .map_max_entries("HISTS", if summary_mode { 4096 } else { 1 })
             .load(OBJECT)
@@ -272,7 +289,32 @@ impl Probes {
     }
 }
 
-fn read_settings(root: &Path, summary_mode: bool, stacks: bool) -> anyhow::Result<Settings> {
+/// Which stacks the kernel takes, and how.
+fn set_stacks(settings: &mut Settings, stacks: Option<StackConfig>) {
+    let Some(stacks) = stacks else {
+        return;
+    };
+    settings.stacks = match stacks.method {
+        StackMethod::Fp => stack_mode::FP,
+        StackMethod::Dwarf => stack_mode::DWARF,
+    };
+    settings.stack_faults = match stacks.faults {
+        StackFaults::Cow => stack_faults::COW,
+        StackFaults::Writes => stack_faults::WRITES,
+        StackFaults::All => stack_faults::ALL,
+    };
+    settings.stack_size = stacks.size;
+    // bpf_task_pt_regs (5.15): the user registers of a fault taken in kernel mode.
+    settings.task_regs = version::running().is_some_and(|v| v >= TASK_PT_REGS).into();
+}
+
+/// Linux 5.15: `bpf_task_pt_regs`.
+const TASK_PT_REGS: version::KernelVersion = version::KernelVersion {
+    major: 5,
+    minor: 15,
+};
+
+fn read_settings(root: &Path, summary_mode: bool) -> anyhow::Result<Settings> {
     let required = |category, event, field| -> anyhow::Result<u32> {
         tracefs::field_offset(root, category, event, field)?.ok_or_else(|| {
             failure(
@@ -292,7 +334,10 @@ fn read_settings(root: &Path, summary_mode: bool, stacks: bool) -> anyhow::Resul
         summary_mode: summary_mode.into(),
         copy_detection: 1,
         untimed: 0,
-        stacks: stacks.into(),
+        stacks: stack_mode::NONE,
+        stack_faults: stack_faults::COW,
+        stack_size: 0,
+        task_regs: 0,
         wakeup_bytes: 0,
         page_shift: crate::page::shift(),
     })

@@ -7,7 +7,7 @@ use cow_trace_common::counter;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    event::{Event, Lost, decode},
+    event::{Event, Lost, StackLosses, decode},
     kernel::probes::Probes,
 };
 
@@ -65,7 +65,12 @@ pub fn read_lost(probes: &Probes) -> anyhow::Result<Lost> {
         pending_full: sum(counter::PENDING_FULL)?,
         traced_full: sum(counter::TRACED_FULL)?,
         summary_full: sum(counter::SUMMARY_FULL)?,
-        stacks_failed: sum(counter::STACK_FAILED)?,
+        stacks: StackLosses {
+            unreadable: sum(counter::STACK_UNREADABLE)?,
+            map_full: sum(counter::STACK_MAP_FULL)?,
+            ring_full: sum(counter::STACK_RING_FULL)?,
+            ..StackLosses::default()
+        },
         // Counted apart, by the mapping events' reader.
         mapping_records: 0,
     })

@@ -52,6 +52,12 @@ pub fn check_release(release: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The running kernel's version, where uname(2) says it plainly.
+pub fn running() -> Option<KernelVersion> {
+    let uname = nix::sys::utsname::uname().ok()?;
+    KernelVersion::parse(&uname.release().to_string_lossy())
+}
+
 /// [`check_release`] for the running kernel.
 pub fn check() -> anyhow::Result<()> {
     let uname = nix::sys::utsname::uname().map_err(|e| anyhow::anyhow!("uname: {e}"))?;

@@ -136,7 +136,7 @@ fn lost_since(now: &Lost, before: &Lost) -> Lost {
         pending_full,
         traced_full,
         summary_full,
-        stacks_failed,
+        stacks,
         mapping_records,
     } = now;
     Lost {
@@ -144,7 +144,7 @@ fn lost_since(now: &Lost, before: &Lost) -> Lost {
         pending_full: pending_full.saturating_sub(before.pending_full),
         traced_full: traced_full.saturating_sub(before.traced_full),
         summary_full: summary_full.saturating_sub(before.summary_full),
-        stacks_failed: stacks_failed.saturating_sub(before.stacks_failed),
+        stacks: stacks.since(&before.stacks),
         mapping_records: mapping_records.saturating_sub(before.mapping_records),
     }
 }

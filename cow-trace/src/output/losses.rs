@@ -49,6 +49,18 @@ impl Losses {
                 now.mapping_records - before.mapping_records
             ));
         }
+        if now.stacks.ring_full > before.stacks.ring_full {
+            lines.push(format!(
+                "LOST {} stacks (ring buffer full): try a larger --ring-size, or a smaller --stack-size",
+                now.stacks.ring_full - before.stacks.ring_full
+            ));
+        }
+        if now.stacks.map_full > before.stacks.map_full {
+            lines.push(format!(
+                "LOST {} stacks (the kernel's stack map full): --stack=dwarf has no such map",
+                now.stacks.map_full - before.stacks.map_full
+            ));
+        }
         self.reported = now;
         lines
     }
@@ -88,6 +100,22 @@ mod tests {
             losses.new_lines(),
             ["LOST 2 mapping records (mapping ring full): some addresses may show [unknown]"]
         );
+    }
+
+    #[test]
+    fn stacks_the_ring_could_not_take_get_their_own_line() {
+        let mut losses = Losses::default();
+        let mut lost = Lost::default();
+        lost.stacks.ring_full = 4;
+        lost.stacks.truncated = 9;
+        losses.update(Ok(lost));
+        let lines = losses.new_lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with("LOST 4 stacks (ring buffer full)"),
+            "{lines:?}"
+        );
+        assert!(losses.new_lines().is_empty());
     }
 
     #[test]

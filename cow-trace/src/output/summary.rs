@@ -192,8 +192,24 @@ impl Summary {
         }
     }
 
-    /// Adds another summary's counts, mappings and stacks (not its histograms).
+    /// Adds a timed fault's latency to its histogram (what the kernel's summary does for the
+    /// faults it counts).
+    pub fn add_latency(&mut self, pid: u32, fault_class: FaultClass, latency_ns: u64) {
+        let buckets = self
+            .hists
+            .entry((pid, fault_class))
+            .or_insert([0; HIST_BUCKETS]);
+        buckets[cow_trace_common::hist_bucket(latency_ns)] += 1;
+    }
+
+    /// Adds another summary's counts, mappings, stacks and histograms.
     pub fn merge(&mut self, other: &Summary) {
+        for (key, other_buckets) in &other.hists {
+            let buckets = self.hists.entry(*key).or_insert([0; HIST_BUCKETS]);
+            for (sum, count) in buckets.iter_mut().zip(other_buckets) {
+                *sum += count;
+            }
+        }
         for (pid, counts) in &other.pids {
             *self.pids.entry(*pid).or_default() += counts;
         }
@@ -316,8 +332,14 @@ impl Summary {
             self.lost.pending_full,
             self.lost.traced_full
         )?;
-        if self.lost.stacks_failed > 0 {
-            writeln!(out, "Stacks not taken: {}", self.lost.stacks_failed)?;
+        let stacks = &self.lost.stacks;
+        if stacks.total() > 0 {
+            writeln!(
+                out,
+                "Stacks not taken or cut short: {} ({})",
+                stacks.total(),
+                stacks.reasons()
+            )?;
         }
         if self.lost.mapping_records > 0 {
             writeln!(

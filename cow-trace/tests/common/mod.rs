@@ -117,6 +117,60 @@ pub fn workload(name: &str) -> PathBuf {
     binary
 }
 
+/// The unwinding workload (`tests/workloads/unwind/`) built as `variant` says, its library
+/// beside it: "dwarf" (-O2 without frame pointers, unwound by .eh_frame), "fp" (with frame
+/// pointers) or "bare" (neither frame pointers nor unwind tables). Returns the program.
+/// xtask/src/util.rs builds the same for the VM tests.
+pub fn unwind_workload(variant: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let program = format!("unwind_deep_{variant}");
+    if let Some(dir) = std::env::var_os("COW_TRACE_WORKLOADS") {
+        return PathBuf::from(dir).join(program);
+    }
+    let flags: &[&str] = match variant {
+        "dwarf" => &["-O2", "-fomit-frame-pointer"],
+        "fp" => &["-O2", "-fno-omit-frame-pointer"],
+        "bare" => &[
+            "-O2",
+            "-fomit-frame-pointer",
+            "-fno-asynchronous-unwind-tables",
+            "-fno-unwind-tables",
+        ],
+        _ => panic!("no unwind workload variant {variant}"),
+    };
+    let dir = scratch().join("workloads");
+    let binary = dir.join(&program);
+    let mut built = BUILT.lock().unwrap();
+    if built.iter().any(|b| b == variant) {
+        return binary;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/unwind");
+    let library = dir.join(format!("libunwind_deep_{variant}.so"));
+    let cc = |args: &mut Command| {
+        let status = args
+            .status()
+            .expect("running cc (install gcc: cargo xtask setup)");
+        assert!(status.success(), "compiling {args:?}");
+    };
+    cc(Command::new("cc")
+        .args(flags)
+        .args(["-Wall", "-shared", "-fPIC"])
+        .arg(format!("-Wl,-soname,libunwind_deep_{variant}.so"))
+        .arg("-o")
+        .arg(&library)
+        .arg(sources.join("libunwind_deep.c")));
+    cc(Command::new("cc")
+        .args(flags)
+        .args(["-Wall", "-o"])
+        .arg(&binary)
+        .arg(sources.join("unwind_deep.c"))
+        .arg(&library)
+        .arg("-Wl,-rpath,$ORIGIN"));
+    built.push(variant.to_string());
+    binary
+}
+
 /// The system's page size: arm64 kernels use 4, 16 or 64 KiB pages.
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.

@@ -64,10 +64,21 @@ pub enum Config {
     FloorTimed,
     Bpftrace,
     PerfTrace,
+    /// User stacks of copy-on-write faults, by the kernel's frame-pointer walk.
+    CowStackFp,
+    /// The same for every fault.
+    CowStackFpAll,
+    /// User stacks of copy-on-write faults, copied and unwound with the unwind tables.
+    CowStackDwarf,
+    /// The same for every fault.
+    CowStackDwarfAll,
+    /// perf's own DWARF stacks of every page fault (the same copy of the stack, unwound
+    /// later by perf report).
+    PerfRecordDwarf,
 }
 
 impl Config {
-    const ALL: [Config; 10] = [
+    const ALL: [Config; 15] = [
         Config::Untraced,
         Config::CowText,
         Config::CowJson,
@@ -78,6 +89,11 @@ impl Config {
         Config::FloorTimed,
         Config::Bpftrace,
         Config::PerfTrace,
+        Config::CowStackFp,
+        Config::CowStackFpAll,
+        Config::CowStackDwarf,
+        Config::CowStackDwarfAll,
+        Config::PerfRecordDwarf,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +108,11 @@ impl Config {
             Config::FloorTimed => "floor-timed",
             Config::Bpftrace => "bpftrace",
             Config::PerfTrace => "perf-trace",
+            Config::CowStackFp => "cow-stack-fp",
+            Config::CowStackFpAll => "cow-stack-fp-all",
+            Config::CowStackDwarf => "cow-stack-dwarf",
+            Config::CowStackDwarfAll => "cow-stack-dwarf-all",
+            Config::PerfRecordDwarf => "perf-record-dwarf",
         }
     }
 
@@ -107,6 +128,13 @@ impl Config {
             Config::FloorTimed => "floor: empty programs on the timed hooks",
             Config::Bpftrace => "bpftrace, a line per fault",
             Config::PerfTrace => "perf trace --pf=min",
+            Config::CowStackFp => "cow-trace --stack=fp (COW faults), text to /dev/null",
+            Config::CowStackFpAll => "cow-trace --stack=fp --stack-faults all, text to /dev/null",
+            Config::CowStackDwarf => "cow-trace --stack (dwarf, COW faults), text to /dev/null",
+            Config::CowStackDwarfAll => "cow-trace --stack --stack-faults all, text to /dev/null",
+            Config::PerfRecordDwarf => {
+                "perf record --call-graph dwarf -e page-faults -c 1 (every fault)"
+            }
         }
     }
 
@@ -118,6 +146,17 @@ impl Config {
                 | Config::CowSummary
                 | Config::CowUntimed
                 | Config::CowSummaryUntimed
+        ) || self.takes_stacks()
+    }
+
+    /// cow-trace taking user stacks (--stack).
+    pub fn takes_stacks(self) -> bool {
+        matches!(
+            self,
+            Config::CowStackFp
+                | Config::CowStackFpAll
+                | Config::CowStackDwarf
+                | Config::CowStackDwarfAll
         )
     }
 
@@ -134,6 +173,7 @@ impl Config {
     pub fn floor(self) -> Option<Config> {
         match self {
             Config::CowText | Config::CowJson | Config::CowSummary => Some(Config::FloorTimed),
+            c if c.takes_stacks() => Some(Config::FloorTimed),
             Config::CowUntimed | Config::CowSummaryUntimed => Some(Config::FloorUntimed),
             _ => None,
         }

@@ -20,9 +20,48 @@ pub fn count_cow_table(
             delivered = words.get(2).and_then(|w| w.parse().ok());
         } else if let Some(rest) = line.strip_prefix("Lost events: ") {
             lost = leading_number(rest);
+        } else if line.starts_with("Stacks not taken or cut short: ")
+            && let Some((_, rest)) = line.split_once("ring buffer full: ")
+        {
+            // Stacks the ring had no room for are lost too (--stack=dwarf).
+            lost = Some(lost.unwrap_or(0) + leading_number(rest).unwrap_or(0));
         }
     }
     Ok((delivered, lost))
+}
+
+/// perf record's samples of the page-fault event and the samples it says it lost, from
+/// `perf report --stats` of its file.
+pub fn count_perf_record(
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<(Option<u64>, Option<u64>)> {
+    use anyhow::Context as _;
+    let file = file.context("perf record wrote no file")?;
+    let stats = crate::util::output(
+        std::process::Command::new("perf")
+            .args(["report", "--stats", "-i"])
+            .arg(file),
+    )
+    .context("perf report --stats failed")?;
+    Ok(count_perf_stats(&stats))
+}
+
+/// The "page-faults stats:" block of `perf report --stats`: SAMPLE and LOST_SAMPLES events.
+fn count_perf_stats(stats: &str) -> (Option<u64>, Option<u64>) {
+    let block = stats
+        .split_once("page-faults stats:")
+        .map_or("", |(_, block)| block);
+    let count = |name: &str| {
+        block.lines().find_map(|line| {
+            line.trim_start()
+                .strip_prefix(name)
+                .and_then(leading_number)
+        })
+    };
+    (
+        Some(count("SAMPLE events:").unwrap_or(0)),
+        Some(count("LOST_SAMPLES events:").unwrap_or(0)),
+    )
 }
 
 /// Fault objects of `target`, and the totals line's "lost".
@@ -140,6 +179,26 @@ mod tests {
             count_cow_json(text.as_bytes(), 11).unwrap(),
             (Some(1), Some(3))
         );
+    }
+
+    #[test]
+    fn stacks_the_ring_had_no_room_for_are_lost() {
+        let text = "     11 bench_cow            65541     65541       0     65536     65536          0     2.5us\n\
+            Lost events: 0 (ring buffer full: 0; summary maps full: 0)\n\
+            Stacks not taken or cut short: 12 (ring buffer full: 5; truncated at --stack-size: 7)\n";
+        let counted = count_cow_table(text.as_bytes(), 11).unwrap();
+        assert_eq!(counted, (Some(65541), Some(5)));
+    }
+
+    #[test]
+    fn perf_record_stats() {
+        let stats = "Aggregated stats:\n           TOTAL events:        180\n\
+            \x20         SAMPLE events:         74  (41.1%)\n\
+            \x20   LOST_SAMPLES events:          1  ( 0.6%)\n\
+            page-faults stats:\n\
+            \x20         SAMPLE events:         74\n\
+            \x20   LOST_SAMPLES events:        151\n";
+        assert_eq!(count_perf_stats(stats), (Some(74), Some(151)));
     }
 
     #[test]

@@ -75,7 +75,8 @@ pub struct Args {
     bystander_size: u64,
     /// Only these configurations (untraced always runs, as the reference): cow-text, cow-json,
     /// cow-summary, cow-untimed, cow-summary-untimed, floor-untimed, floor-timed, bpftrace,
-    /// perf-trace.
+    /// perf-trace, cow-stack-fp, cow-stack-fp-all, cow-stack-dwarf, cow-stack-dwarf-all,
+    /// perf-record-dwarf.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also soak cow-trace for SECONDS at a steady fault rate, sampling its RSS (BENCHMARKS.md's soak: 600).

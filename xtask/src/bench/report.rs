@@ -470,6 +470,25 @@ fn render_matrix_targets(
                 Some(lost <= 0.0 && !row.missing.is_empty()),
             )?;
         }
+        for config in matrix.configs.iter().copied().filter(|c| c.takes_stacks()) {
+            let row = matrix.row(v, config);
+            let lost = max(&row.lost)
+                .unwrap_or(0.0)
+                .max(max(&row.missing).unwrap_or(0.0));
+            verdict(
+                out,
+                &format!(
+                    "{}, {mib} MiB: no event and no stack lost, default sizes",
+                    config.label()
+                ),
+                format!(
+                    "lost at most {}, missing at most {} per run",
+                    fig(max(&row.lost), 0),
+                    fig(max(&row.missing), 0)
+                ),
+                Some(lost <= 0.0 && !row.missing.is_empty()),
+            )?;
+        }
         for config in [Config::CowSummary, Config::CowSummaryUntimed] {
             if !matrix.configs.contains(&config) {
                 continue;

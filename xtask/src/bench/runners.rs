@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 use super::{
     QUIET, SELF_STOP,
     configs::{Config, Tools},
-    counting::{count_bpftrace, count_cow_json, count_cow_table, count_perf},
+    counting::{count_bpftrace, count_cow_json, count_cow_table, count_perf, count_perf_record},
     leftovers::TRACER_PIDS,
     load::{cpu_so_far, status_number},
     workloads::Workload,
@@ -87,8 +87,10 @@ impl Tracer {
             attach: Duration::ZERO,
             cpu_at_ready: Duration::ZERO,
             sleeps_at_ready: 0,
-            events: (!matches!(config, Config::CowText | Config::CowUntimed) && !config.is_floor())
-                .then_some(events),
+            events: (!matches!(config, Config::CowText | Config::CowUntimed)
+                && !config.takes_stacks()
+                && !config.is_floor())
+            .then_some(events),
             stderr,
             stderr_text: String::new(),
         };
@@ -129,13 +131,7 @@ impl Tracer {
         match self.config {
             Config::Untraced => true,
             // cow-trace prints this line once every probe is attached.
-            Config::CowText
-            | Config::CowJson
-            | Config::CowSummary
-            | Config::CowUntimed
-            | Config::CowSummaryUntimed
-            | Config::FloorUntimed
-            | Config::FloorTimed => {
+            c if c.is_cow_trace() || c.is_floor() => {
                 self.collect_stderr();
                 self.stderr_text.lines().any(|l| l.starts_with("Tracing "))
             }
@@ -149,7 +145,8 @@ impl Tracer {
             }
             // perf trace prints nothing when ready. It enables its events right before its
             // first poll(2): blocked in poll with perf events open means attached.
-            Config::PerfTrace => perf_polling(self.pid()),
+            Config::PerfTrace | Config::PerfRecordDwarf => perf_polling(self.pid()),
+            _ => unreachable!("every configuration has a readiness sign"),
         }
     }
 
@@ -180,7 +177,11 @@ impl Tracer {
     pub fn stop(mut self, target: u32) -> anyhow::Result<TracerStats> {
         let reaped = self.wait_until_done()?;
         self.drain_stderr();
-        if !reaped.status.success() && !matches!(self.config, Config::Bpftrace | Config::PerfTrace)
+        if !reaped.status.success()
+            && !matches!(
+                self.config,
+                Config::Bpftrace | Config::PerfTrace | Config::PerfRecordDwarf
+            )
         {
             bail!(
                 "{} failed: {}",
@@ -254,10 +255,15 @@ impl Tracer {
             Config::CowText
             | Config::CowSummary
             | Config::CowUntimed
-            | Config::CowSummaryUntimed => count_cow_table(output.chain(stderr), target)?,
+            | Config::CowSummaryUntimed
+            | Config::CowStackFp
+            | Config::CowStackFpAll
+            | Config::CowStackDwarf
+            | Config::CowStackDwarfAll => count_cow_table(output.chain(stderr), target)?,
             Config::CowJson => count_cow_json(output, target)?,
             Config::Bpftrace => count_bpftrace(output.chain(stderr), target)?,
             Config::PerfTrace => count_perf(output.chain(stderr))?,
+            Config::PerfRecordDwarf => count_perf_record(self.events.as_deref())?,
         })
     }
 }
@@ -301,6 +307,23 @@ fn tracer_command(
         Config::CowSummaryUntimed => command
             .stdout(fs::File::create(events).context("creating the summary file")?)
             .args(["--summary", "--no-latency", "-x", &root]),
+        Config::CowStackFp => command.args(["--stack=fp", "-x", &root]),
+        Config::CowStackFpAll => command.args(["--stack=fp", "--stack-faults", "all", "-x", &root]),
+        Config::CowStackDwarf => command.args(["--stack", "-x", &root]),
+        Config::CowStackDwarfAll => command.args(["--stack", "--stack-faults", "all", "-x", &root]),
+        // Every fault (-c 1), as cow-trace sees every fault; perf's default stack size (8 KiB).
+        Config::PerfRecordDwarf => command
+            .args([
+                "record",
+                "--call-graph",
+                "dwarf",
+                "-e",
+                "page-faults",
+                "-c",
+                "1",
+            ])
+            .args(["-p", &target, "-o"])
+            .arg(events),
         Config::FloorUntimed => &mut command,
         Config::FloorTimed => command.arg("--timed"),
         Config::Bpftrace => command.arg("-o").arg(events).arg("-e").arg(format!(

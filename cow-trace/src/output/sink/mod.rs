@@ -170,6 +170,7 @@ pub(crate) mod test_support {
             window: 0,
             vm_fault: 0,
             stack_id: None,
+            copied_stack: false,
             mapping: None,
             symbol: None,
             stack: Vec::new(),
