@@ -402,8 +402,11 @@ pub mod counter {
     pub const STACK_MAP_FULL: u32 = 5;
     /// User stacks not delivered (--stack=dwarf): the ring buffer was full.
     pub const STACK_RING_FULL: u32 = 6;
+    /// User stacks not copied (--stack=dwarf): the CPU's copy buffer was in use by a program
+    /// this one preempted (fentry programs run preemptible).
+    pub const STACK_BUFFER_BUSY: u32 = 7;
     /// Number of counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Settings userspace writes into the object before loading it: tracepoint field offsets,

@@ -9,6 +9,8 @@
 //! then fires the kernel-mode fault tracepoint in this very thread, nested in this program.
 //! Such a fault is this program's own doing, not the traced process's: the slot is marked
 //! `CAPTURING` meanwhile, and the fault-entry program ignores it.
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
@@ -42,13 +44,16 @@ pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 /// to the possible CPUs with --stack=dwarf): a record is too big for the BPF stack, and it
 /// must be whole before `bpf_ringbuf_output` copies it in, at its true length. Programs
 /// that take stacks run with preemption disabled (tracepoints, perf events, kprobes), or, for
-/// fentry, with migration disabled: a program preempted on its CPU by another may see its
-/// record overwritten, which the unwinder's checks of every frame catch.
+/// fentry, with migration disabled only: a program may then be preempted on its CPU by another
+/// that takes a stack. The buffer is claimed (`busy`) while in use, so the second goes without
+/// its stack (counted) rather than overwrite the first's.
 #[map]
 pub static STACK_BUFFERS: Array<StackBuffer> = Array::with_max_entries(1, 0);
 
 #[repr(C)]
 pub struct StackBuffer {
+    /// 1 while a program fills the buffer and hands it to the ring.
+    busy: u64,
     header: StackHeader,
     bytes: [u8; STACK_BYTES],
 }
@@ -138,7 +143,8 @@ fn task_regs() -> u64 {
 }
 
 /// Copies the registers at `regs` and the stack above the stack pointer into a `kind::STACK`
-/// record in the ring. False if nothing could be read or the ring was full (counted).
+/// record in the ring. False if nothing could be read, the CPU's buffer was busy or the ring
+/// was full (counted).
 #[inline(always)]
 fn copy(slot: Slot, ts_ns: u64, regs: u64) -> bool {
     if regs == 0 {
@@ -151,6 +157,28 @@ fn copy(slot: Slot, ts_ns: u64, regs: u64) -> bool {
         bump(counter::STACK_UNREADABLE);
         return false;
     };
+    // SAFETY: an aligned u64 of this CPU's buffer, live while the program runs; the swap is
+    // atomic, so of a program and one preempting it, one claims the buffer.
+    let (_, claimed) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+            &raw mut (*buffer).busy,
+            0,
+            1,
+        )
+    };
+    if !claimed {
+        bump(counter::STACK_BUFFER_BUSY);
+        return false;
+    }
+    let sent = copy_into(buffer, slot, ts_ns, regs);
+    // SAFETY: as above; the buffer is this program's until here.
+    unsafe { core::ptr::write_volatile(&raw mut (*buffer).busy, 0) };
+    sent
+}
+
+/// [`copy`] with the CPU's buffer claimed.
+#[inline(always)]
+fn copy_into(buffer: *mut StackBuffer, slot: Slot, ts_ns: u64, regs: u64) -> bool {
     let read = |offset: u64| -> Option<u64> {
         // SAFETY: regs points to a pt_regs; the helper reads it without faulting.
         unsafe { bpf_probe_read_kernel((regs + offset) as *const u64) }.ok()
@@ -207,8 +235,9 @@ fn copy(slot: Slot, ts_ns: u64, regs: u64) -> bool {
         };
     }
     let total = size as usize + size_of::<StackHeader>();
-    // SAFETY: the buffer holds the header and at least `size` bytes after it.
-    let record = unsafe { core::slice::from_raw_parts(buffer as *const u8, total) };
+    // SAFETY: the buffer holds the header and at least `size` bytes right after it.
+    let record =
+        unsafe { core::slice::from_raw_parts((&raw const (*buffer).header).cast::<u8>(), total) };
     if report::emit_bytes(record).is_err() {
         bump(counter::STACK_RING_FULL);
         return false;

@@ -295,6 +295,8 @@ pub struct StackLosses {
     pub map_full: u64,
     /// --stack=dwarf: the copied stack did not fit in the ring buffer.
     pub ring_full: u64,
+    /// --stack=dwarf: the CPU's copy buffer was in use by a preempted program.
+    pub buffer_busy: u64,
     /// --stack=dwarf: the unwind needed more of the stack than --stack-size copies.
     pub truncated: u64,
     /// --stack=dwarf: the unwind reached code without unwind information or frame pointer.
@@ -309,6 +311,7 @@ impl StackLosses {
         self.unreadable
             + self.map_full
             + self.ring_full
+            + self.buffer_busy
             + self.truncated
             + self.no_unwind_info
             + self.stopped
@@ -320,6 +323,7 @@ impl StackLosses {
             unreadable: self.unreadable.saturating_sub(before.unreadable),
             map_full: self.map_full.saturating_sub(before.map_full),
             ring_full: self.ring_full.saturating_sub(before.ring_full),
+            buffer_busy: self.buffer_busy.saturating_sub(before.buffer_busy),
             truncated: self.truncated.saturating_sub(before.truncated),
             no_unwind_info: self.no_unwind_info.saturating_sub(before.no_unwind_info),
             stopped: self.stopped.saturating_sub(before.stopped),
@@ -331,6 +335,7 @@ impl StackLosses {
         self.unreadable += other.unreadable;
         self.map_full += other.map_full;
         self.ring_full += other.ring_full;
+        self.buffer_busy += other.buffer_busy;
         self.truncated += other.truncated;
         self.no_unwind_info += other.no_unwind_info;
         self.stopped += other.stopped;
@@ -352,6 +357,7 @@ impl StackLosses {
             ("unreadable", self.unreadable),
             ("stack map full", self.map_full),
             ("ring buffer full", self.ring_full),
+            ("copy buffer busy", self.buffer_busy),
             ("truncated at --stack-size", self.truncated),
             ("no unwind info", self.no_unwind_info),
             ("unwind stopped early", self.stopped),

@@ -69,6 +69,7 @@ pub fn read_lost(probes: &Probes) -> anyhow::Result<Lost> {
             unreadable: sum(counter::STACK_UNREADABLE)?,
             map_full: sum(counter::STACK_MAP_FULL)?,
             ring_full: sum(counter::STACK_RING_FULL)?,
+            buffer_busy: sum(counter::STACK_BUFFER_BUSY)?,
             ..StackLosses::default()
         },
         // Counted apart, by the mapping events' reader.
