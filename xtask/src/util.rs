@@ -132,15 +132,15 @@ const WORKLOAD_FLAGS: &[&str] = &["-O1", "-g", "-fno-omit-frame-pointer", "-pthr
 
 /// The unwinding tests' workload (cow-trace/tests/workloads/unwind/), built three ways as
 /// cow-trace/tests/common/mod.rs builds it: the program and its library per variant, the
-/// library found beside the program ($ORIGIN). Returns every file built.
-pub fn unwind_workloads() -> anyhow::Result<Vec<PathBuf>> {
-    let dir = root().join("target/xtask");
-    std::fs::create_dir_all(&dir)?;
+/// library found beside the program ($ORIGIN), with the C compiler `cc` into `dir`. Returns
+/// every file built.
+pub fn unwind_workloads(cc: &str, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
     let sources = root().join("cow-trace/tests/workloads/unwind");
     let mut built = Vec::new();
     for (variant, flags) in UNWIND_VARIANTS {
         let library = dir.join(format!("libunwind_deep_{variant}.so"));
-        run(Command::new("cc")
+        run(Command::new(cc)
             .args(*flags)
             .args(["-Wall", "-shared", "-fPIC"])
             .arg(format!("-Wl,-soname,libunwind_deep_{variant}.so"))
@@ -148,7 +148,7 @@ pub fn unwind_workloads() -> anyhow::Result<Vec<PathBuf>> {
             .arg(&library)
             .arg(sources.join("libunwind_deep.c")))?;
         let program = dir.join(format!("unwind_deep_{variant}"));
-        run(Command::new("cc")
+        run(Command::new(cc)
             .args(*flags)
             .args(["-Wall", "-o"])
             .arg(&program)

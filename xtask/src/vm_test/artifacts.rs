@@ -44,7 +44,7 @@ pub fn build(arch: &VmArch) -> anyhow::Result<Artifacts> {
             workloads.push(util::workload_with(&name.to_string_lossy(), arch.cc, &out)?);
         }
     }
-    workloads.extend(util::unwind_workloads()?);
+    workloads.extend(util::unwind_workloads(arch.cc, &out)?);
     Ok(Artifacts {
         cow_trace,
         suite,

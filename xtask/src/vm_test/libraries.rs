@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use object::{
-    elf::DT_NEEDED,
+    elf::{DT_NEEDED, DT_RPATH, DT_RUNPATH},
     read::elf::{ElfFile64, ProgramHeader as _},
 };
 
@@ -24,7 +24,8 @@ pub struct RuntimeFile {
 
 /// The loader and libraries `binary` needs, transitively; nothing for a static binary.
 /// The loader goes where the binary names it, the libraries to /lib/MULTIARCH, a directory
-/// the loader searches by default.
+/// the loader searches by default. A library the binary finds beside itself (a run path of
+/// `$ORIGIN`) is one of the workloads, copied with them: only what it needs is added.
 pub fn runtime_files(binary: &Path, arch: &VmArch) -> anyhow::Result<Vec<RuntimeFile>> {
     let glibc = Path::new(arch.glibc);
     let mut files: Vec<RuntimeFile> = Vec::new();
@@ -50,6 +51,13 @@ pub fn runtime_files(binary: &Path, arch: &VmArch) -> anyhow::Result<Vec<Runtime
             }
         }
         for library in needs.libraries {
+            let beside = next.with_file_name(&library);
+            if needs.origin_run_path && beside.exists() {
+                if !files.iter().any(|f| f.host == beside) && !pending.contains(&beside) {
+                    pending.push(beside);
+                }
+                continue;
+            }
             let guest = Path::new("/lib").join(arch.multiarch).join(&library);
             if files.iter().any(|f| f.guest == guest) {
                 continue;
@@ -74,6 +82,8 @@ pub fn runtime_files(binary: &Path, arch: &VmArch) -> anyhow::Result<Vec<Runtime
 struct Needs {
     interpreter: Option<String>,
     libraries: Vec<String>,
+    /// A run path (DT_RUNPATH or DT_RPATH) names `$ORIGIN`: the file's own directory.
+    origin_run_path: bool,
 }
 
 fn needs(path: &Path) -> anyhow::Result<Needs> {
@@ -91,10 +101,17 @@ fn needs_of(data: &[u8]) -> anyhow::Result<Needs> {
         }
     }
     let dynamic = file.elf_dynamic_table()?;
-    for entry in dynamic.iter().filter(|entry| entry.tag == DT_NEEDED) {
-        needs
-            .libraries
-            .push(String::from_utf8(dynamic.string(entry)?.to_vec())?);
+    for entry in dynamic.iter() {
+        let text = || -> anyhow::Result<String> {
+            Ok(String::from_utf8(dynamic.string(entry)?.to_vec())?)
+        };
+        match entry.tag {
+            DT_NEEDED => needs.libraries.push(text()?),
+            DT_RUNPATH | DT_RPATH => {
+                needs.origin_run_path |= text()?.split(':').any(|dir| dir == "$ORIGIN");
+            }
+            _ => {}
+        }
     }
     Ok(needs)
 }
@@ -131,5 +148,34 @@ mod tests {
                 "{files:?}"
             );
         }
+    }
+
+    /// The unwinding workload finds its library beside itself ($ORIGIN): that library travels
+    /// with the workloads, so it is not looked for among glibc's, but what it needs is.
+    #[test]
+    fn a_library_beside_its_program_is_not_taken_from_glibc() {
+        if !cfg!(target_arch = "x86_64") {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("xtask-libraries-{}", std::process::id()));
+        let built = crate::util::unwind_workloads("cc", &dir).unwrap();
+        let program = built
+            .iter()
+            .find(|p| p.ends_with("unwind_deep_dwarf"))
+            .unwrap();
+        let files = runtime_files(program, &X86_64).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            !files
+                .iter()
+                .any(|f| f.host.to_string_lossy().contains("unwind_deep")),
+            "{files:?}"
+        );
+        assert!(
+            files
+                .iter()
+                .any(|f| f.guest == Path::new("/lib/x86_64-linux-gnu/libc.so.6")),
+            "{files:?}"
+        );
     }
 }
