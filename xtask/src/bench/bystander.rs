@@ -19,13 +19,16 @@ use super::{
 };
 use crate::process::Guarded;
 
-/// The tracers beside the storm, each on the sleeping process.
-pub const CONFIGS: [Config; 7] = [
+/// The tracers beside the storm, each on the sleeping process. The floor: empty programs on
+/// the hooks that fire for every process (the fault entry and page allocation tracepoints;
+/// cow-trace's completion events are the traced threads' own, so its timed modes add none).
+pub const CONFIGS: [Config; 8] = [
     Config::Untraced,
     Config::CowText,
     Config::CowUntimed,
     Config::CowSummary,
     Config::CowSummaryUntimed,
+    Config::FloorUntimed,
     Config::PerfTrace,
     Config::Bpftrace,
 ];
