@@ -10,14 +10,14 @@ mod symbolize;
 mod unwind;
 mod unwound;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 pub use self::history::{HistoryStats, Retention};
 use self::{
     attribute::{Attribution, read_maps},
     files::Files,
     history::{FileKey, History, MapInfo},
-    symbolize::{Symbols, is_user_ip},
+    symbolize::{Symbol, Symbols, is_user_ip},
 };
 use crate::{
     clock::monotonic_ns,
@@ -201,6 +201,12 @@ impl Enricher {
 
     /// The frames of `ip` (inlined functions first), or None where no symbol is known.
     fn symbol(&mut self, pid: u32, ip: u64, at: Option<u64>) -> Option<Vec<String>> {
+        let (symbol, module) = self.symbol_of(pid, ip, at)?;
+        Some(symbol.frames(&module))
+    }
+
+    /// The symbol of `ip` and the name of its module.
+    fn symbol_of(&mut self, pid: u32, ip: u64, at: Option<u64>) -> Option<(Symbol, Arc<str>)> {
         if !is_user_ip(ip) {
             return None;
         }
@@ -218,7 +224,7 @@ impl Enricher {
             (None, "[vdso]") => self.symbols.in_vdso(offset),
             (None, _) => None,
         }?;
-        Some(symbol.frames(&hit.info.label))
+        Some((symbol, hit.info.label.clone()))
     }
 
     /// An address with no symbol, and the mapping it is in where known.

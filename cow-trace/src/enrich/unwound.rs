@@ -8,7 +8,7 @@ use super::{
     Enricher,
     attribute::Attribution,
     history::FileKey,
-    symbolize::{Symbol, is_user_ip},
+    symbolize::is_user_ip,
     unwind::{Code, CodeSource, End, Image, StackUnwinder, Walk, elf::ElfUnwind},
 };
 use crate::{event::Incomplete, stack_record::UserStack};
@@ -162,28 +162,6 @@ impl Enricher {
             }
             None => vec![self.unsymbolized(pid, address, Some(at))],
         }
-    }
-
-    /// The symbol of `ip` and the name of its module.
-    fn symbol_of(&mut self, pid: u32, ip: u64, at: Option<u64>) -> Option<(Symbol, Arc<str>)> {
-        if !is_user_ip(ip) {
-            return None;
-        }
-        let Attribution::Mapped(hit) = self.find(pid, ip, at) else {
-            return None;
-        };
-        let offset = hit.info.offset_of(ip);
-        let symbol = match (hit.info.file, &*hit.info.label) {
-            (Some(key), path) => {
-                let closed = self.files.take_closed();
-                self.symbols.forget_files(closed);
-                let file = self.files.get(key, path)?;
-                self.symbols.in_file(key, file, offset)
-            }
-            (None, "[vdso]") => self.symbols.in_vdso(offset),
-            (None, _) => None,
-        }?;
-        Some((symbol, hit.info.label.clone()))
     }
 
     /// The tables of file `key` (read once).
