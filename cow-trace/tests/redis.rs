@@ -74,17 +74,7 @@ fn redis_bgsave_copies_match_rdb_last_cow_size() {
     // A cushion (20 us a key: a second or two), so the child is still saving when it is held.
     conn.command(&["CONFIG", "SET", "rdb-key-save-delay", "20"]);
 
-    let tracer = Tracer::start(&["-x", &redis.pid().to_string(), "--json"]);
-    assert_eq!(conn.command(&["BGSAVE"]), "Background saving started");
-    let child = redis.wait_for_child();
-    kill(Pid::from_raw(child as i32), Signal::SIGSTOP).unwrap();
-    wait_until_stopped(child);
-    overwrite(&benchmark, redis.port, WRITES);
-    kill(Pid::from_raw(child as i32), Signal::SIGCONT).unwrap();
-    wait_for_save(&mut conn);
-    let done = tracer.stop();
-    assert_eq!(done.status, 0, "{}", done.stderr);
-    assert_eq!(done.lost(), 0, "cow-trace lost events: counts incomplete");
+    let (done, child) = traced_snapshot(&redis, &mut conn, &benchmark, &["--json"]);
 
     let redis_bytes: u64 = conn
         .info_field("persistence", "rdb_last_cow_size")
@@ -116,18 +106,7 @@ fn redis_copy_stacks_unwind_to_its_event_loop() {
     load(&mut conn, KEYS, VALUE_SIZE);
     conn.command(&["CONFIG", "SET", "rdb-key-save-delay", "20"]);
 
-    let tracer = Tracer::start(&["-x", &redis.pid().to_string(), "--json", "--stack"]);
-    assert_eq!(conn.command(&["BGSAVE"]), "Background saving started");
-    let child = redis.wait_for_child();
-    // Held while the writes happen, so every copy falls in the snapshot window.
-    kill(Pid::from_raw(child as i32), Signal::SIGSTOP).unwrap();
-    wait_until_stopped(child);
-    overwrite(&benchmark, redis.port, WRITES);
-    kill(Pid::from_raw(child as i32), Signal::SIGCONT).unwrap();
-    wait_for_save(&mut conn);
-    let done = tracer.stop();
-    assert_eq!(done.status, 0, "{}", done.stderr);
-    assert_eq!(done.lost(), 0, "cow-trace lost events");
+    let (done, child) = traced_snapshot(&redis, &mut conn, &benchmark, &["--json", "--stack"]);
 
     let module = format!("({})", binary.display());
     let in_redis = |frame: &str, function: &str| {
@@ -137,17 +116,7 @@ fn redis_copy_stacks_unwind_to_its_event_loop() {
         .faults_of(redis.pid())
         .into_iter()
         .filter(|f| f["window"] == child && f["cow_outcome"] == "copied")
-        .map(|f| {
-            f["stack"]
-                .as_array()
-                .map(|frames| {
-                    frames
-                        .iter()
-                        .map(|f| f.as_str().unwrap().to_string())
-                        .collect()
-                })
-                .unwrap_or_default()
-        })
+        .map(|f| frames(&f, "stack"))
         .collect();
     assert!(
         copies.len() >= 1000,
@@ -186,6 +155,32 @@ fn redis_copy_stacks_unwind_to_its_event_loop() {
 
 /// redis-server and redis-benchmark, or a failure saying how to install them: a missing tool
 /// must not pass as a skip.
+/// A BGSAVE under cow-trace (`-x SERVER` and `args`) while `WRITES` overwrites happen, the
+/// snapshot child held meanwhile (so every copy falls in its window and precedes Redis's
+/// sample); returns what cow-trace printed, checked complete, and the child's pid.
+fn traced_snapshot(
+    redis: &RedisServer,
+    conn: &mut Conn,
+    benchmark: &Path,
+    args: &[&str],
+) -> (Finished, u32) {
+    let pid = redis.pid().to_string();
+    let mut tracer_args = vec!["-x", &pid];
+    tracer_args.extend_from_slice(args);
+    let tracer = Tracer::start(&tracer_args);
+    assert_eq!(conn.command(&["BGSAVE"]), "Background saving started");
+    let child = redis.wait_for_child();
+    kill(Pid::from_raw(child as i32), Signal::SIGSTOP).unwrap();
+    wait_until_stopped(child);
+    overwrite(benchmark, redis.port, WRITES);
+    kill(Pid::from_raw(child as i32), Signal::SIGCONT).unwrap();
+    wait_for_save(conn);
+    let done = tracer.stop();
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    assert_eq!(done.lost(), 0, "cow-trace lost events: counts incomplete");
+    (done, child)
+}
+
 fn redis_programs() -> (PathBuf, PathBuf) {
     let find = |name: &str| {
         in_path(name).unwrap_or_else(|| {

@@ -497,3 +497,17 @@ impl Faulter {
 pub fn hex(address: u64) -> String {
     format!("{address:#x}")
 }
+
+/// The frames of a JSON stack field (`stack` of a fault, `frames` of a summary's stack),
+/// innermost first; none where the field is absent.
+pub fn frames(value: &Value, field: &str) -> Vec<String> {
+    value[field]
+        .as_array()
+        .map(|frames| {
+            frames
+                .iter()
+                .map(|f| f.as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -34,18 +34,6 @@ fn buffer(stdout: &str) -> std::ops::Range<u64> {
     bounds.next().unwrap()..bounds.next().unwrap()
 }
 
-fn frames(value: &Value, field: &str) -> Vec<String> {
-    value[field]
-        .as_array()
-        .map(|frames| {
-            frames
-                .iter()
-                .map(|f| f.as_str().unwrap().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn totals(done: &Finished) -> Value {
     done.json()
         .into_iter()
