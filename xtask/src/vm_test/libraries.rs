@@ -30,8 +30,12 @@ pub fn runtime_files(binary: &Path, arch: &VmArch) -> anyhow::Result<Vec<Runtime
     let glibc = Path::new(arch.glibc);
     let mut files: Vec<RuntimeFile> = Vec::new();
     let mut pending = vec![binary.to_path_buf()];
+    // The files whose needs were read: a library beside its program is read once, even where
+    // two of them need each other.
+    let mut read: Vec<PathBuf> = Vec::new();
     while let Some(next) = pending.pop() {
         let needs = needs(&next)?;
+        read.push(next.clone());
         if let Some(loader) = needs.interpreter {
             let name = Path::new(&loader).file_name().context("loader name")?;
             let host = glibc.join(name);
@@ -53,7 +57,7 @@ pub fn runtime_files(binary: &Path, arch: &VmArch) -> anyhow::Result<Vec<Runtime
         for library in needs.libraries {
             let beside = next.with_file_name(&library);
             if needs.origin_run_path && beside.exists() {
-                if !files.iter().any(|f| f.host == beside) && !pending.contains(&beside) {
+                if !read.contains(&beside) && !pending.contains(&beside) {
                     pending.push(beside);
                 }
                 continue;
