@@ -21,7 +21,7 @@ pub fn floor_page_alloc(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Attached to PAGE_FAULTS_MIN and PAGE_FAULTS_MAJ on every CPU, as `fault_done_*` are.
+/// Attached to PAGE_FAULTS_MIN and PAGE_FAULTS_MAJ of the traced threads, as `fault_done_*` are.
 #[perf_event]
 pub fn floor_fault_done(_ctx: PerfEventContext) -> u32 {
     0

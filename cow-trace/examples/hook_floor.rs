@@ -1,9 +1,13 @@
-//! `hook_floor [--timed]`: attaches empty programs where the tracepoint backend attaches its
-//! per-fault programs, prints a `Tracing ...` line, and holds them until SIGINT or SIGTERM.
-//! `cargo xtask bench` runs it beside cow-trace: what the hooks alone cost the traced process
+//! `hook_floor [--timed] PID`: attaches empty programs where the tracepoint backend attaches
+//! its per-fault programs for tracing PID, prints a `Tracing ...` line, and holds them until
+//! SIGINT or SIGTERM. `cargo xtask bench` runs it beside cow-trace: what the hooks alone cost
 //! (the floor under any program on them), apart from what cow-trace's programs cost on top.
-//! Without `--timed`: the `--no-latency` hooks (fault entry, page allocation); with it, also
-//! the PAGE_FAULTS_MIN / PAGE_FAULTS_MAJ perf events that time each fault.
+//! Always: the fault-entry and page-allocation raw tracepoints, which fire for every process,
+//! and PAGE_FAULTS_MAJ; with `--timed`, PAGE_FAULTS_MIN too (the event that times each minor
+//! fault). Like cow-trace, the perf events are opened on each thread of PID and inherited by
+//! the tasks they create (`--no-latency` keeps only the major one).
+use std::{collections::HashSet, fs};
+
 use anyhow::Context as _;
 use aya::{
     Ebpf,
@@ -11,16 +15,21 @@ use aya::{
         PerfEvent, RawTracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
-    util::online_cpus,
 };
 use nix::sys::signal::{SigSet, Signal};
 
+const USAGE: &str = "usage: hook_floor [--timed] PID";
+
 fn main() -> anyhow::Result<()> {
-    let timed = match std::env::args().nth(1).as_deref() {
-        None => false,
-        Some("--timed") => true,
-        Some(other) => anyhow::bail!("unexpected argument {other:?}: usage: hook_floor [--timed]"),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (timed, pid) = match args.as_slice() {
+        [pid] => (false, pid),
+        [flag, pid] if flag == "--timed" => (true, pid),
+        _ => anyhow::bail!("unexpected arguments {args:?}: {USAGE}"),
     };
+    let pid: u32 = pid
+        .parse()
+        .with_context(|| format!("{pid:?} is not a process id: {USAGE}"))?;
     // Block the stop signals first, so one arriving during attach is waited for, not fatal.
     let stop = SigSet::from_iter([Signal::SIGINT, Signal::SIGTERM]);
     stop.thread_block().context("blocking SIGINT and SIGTERM")?;
@@ -34,10 +43,21 @@ fn main() -> anyhow::Result<()> {
     attach_raw(&mut ebpf, "floor_fault_entry", &hooks)?;
     attach_raw(&mut ebpf, "floor_page_alloc", &["mm_page_alloc"])?;
     hooks.push("mm_page_alloc");
-    if timed {
-        attach_fault_done(&mut ebpf)?;
-        hooks.push("PAGE_FAULTS_MIN/MAJ");
-    }
+    let events: &[SoftwareEvent] = if timed {
+        &[SoftwareEvent::PageFaultsMin, SoftwareEvent::PageFaultsMaj]
+    } else {
+        &[SoftwareEvent::PageFaultsMaj]
+    };
+    let threads = attach_fault_done(&mut ebpf, pid, events)?;
+    let per_thread = format!(
+        "{} of {threads} threads of {pid}, inherited",
+        if timed {
+            "PAGE_FAULTS_MIN/MAJ"
+        } else {
+            "PAGE_FAULTS_MAJ"
+        }
+    );
+    hooks.push(&per_thread);
     eprintln!(
         "Tracing nothing: empty programs on {}. Ctrl-C to end.",
         hooks.join(", ")
@@ -61,25 +81,50 @@ fn attach_raw(ebpf: &mut Ebpf, name: &str, events: &[&str]) -> anyhow::Result<()
     Ok(())
 }
 
-fn attach_fault_done(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    let cpus = online_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?;
+/// Opens the completion `events` on every thread of `pid`, as cow-trace's tracepoint backend
+/// does (`pid` = the thread, any CPU, `inherit`): only those threads and the tasks they create
+/// fire them. Scans the threads until a scan finds no new one. Returns how many it watches.
+fn attach_fault_done(ebpf: &mut Ebpf, pid: u32, events: &[SoftwareEvent]) -> anyhow::Result<usize> {
     let program: &mut PerfEvent = ebpf
         .program_mut("floor_fault_done")
         .context("no program floor_fault_done")?
         .try_into()?;
     program.load().context("loading floor_fault_done")?;
-    for event in [SoftwareEvent::PageFaultsMin, SoftwareEvent::PageFaultsMaj] {
-        for &cpu in &cpus {
-            program
-                .attach(
-                    PerfEventConfig::Software(event),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    // As cow-trace: every fault, never a sample.
-                    SamplePolicy::Period(1),
-                    false,
-                )
-                .with_context(|| format!("attaching floor_fault_done to {event:?} on CPU {cpu}"))?;
+    let mut watched = HashSet::new();
+    loop {
+        let tasks = format!("/proc/{pid}/task");
+        let mut new = 0;
+        for entry in fs::read_dir(&tasks).with_context(|| format!("reading {tasks}"))? {
+            let Some(tid) = entry?
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !watched.insert(tid) {
+                continue;
+            }
+            new += 1;
+            for &event in events {
+                program
+                    .attach(
+                        PerfEventConfig::Software(event),
+                        PerfEventScope::OneProcess {
+                            pid: tid,
+                            cpu: None,
+                        },
+                        // As cow-trace: every fault, never a sample.
+                        SamplePolicy::Period(1),
+                        true,
+                    )
+                    .with_context(|| {
+                        format!("attaching floor_fault_done to {event:?} of thread {tid}")
+                    })?;
+            }
+        }
+        if new == 0 {
+            return Ok(watched.len());
         }
     }
-    Ok(())
 }

@@ -19,16 +19,19 @@ use super::{
 };
 use crate::process::Guarded;
 
-/// The tracers beside the storm, each on the sleeping process. The floor: empty programs on
-/// the hooks that fire for every process (the fault entry and page allocation tracepoints;
-/// cow-trace's completion events are the traced threads' own, so its timed modes add none).
-pub const CONFIGS: [Config; 8] = [
+/// The tracers beside the storm, each on the sleeping process. The floors: empty programs on
+/// the hooks that fire for every process (the fault entry and page allocation tracepoints),
+/// with the completion events opened on the sleeper alone, as cow-trace opens its own (timed:
+/// minor and major faults; untimed: major): the storm never fires those, but once a minor-fault
+/// event exists the kernel takes a slower path for every minor fault of the machine.
+pub const CONFIGS: [Config; 9] = [
     Config::Untraced,
     Config::CowText,
     Config::CowUntimed,
     Config::CowSummary,
     Config::CowSummaryUntimed,
     Config::FloorUntimed,
+    Config::FloorTimed,
     Config::PerfTrace,
     Config::Bpftrace,
 ];

@@ -36,11 +36,15 @@ pub const CLIENTS: u32 = 20;
 pub const PIPELINE: u32 = 16;
 
 /// The configurations, each tracing the server: cow-trace counting in the kernel and
-/// streaming text to /dev/null, bpftrace printing a line per fault of the server.
-pub const CONFIGS: [Config; 4] = [
+/// streaming text to /dev/null, the floors under them (empty programs on the same hooks, the
+/// completion events on the server's threads), bpftrace printing a line per fault of the
+/// server.
+pub const CONFIGS: [Config; 6] = [
     Config::Untraced,
     Config::CowSummaryUntimed,
     Config::CowText,
+    Config::FloorUntimed,
+    Config::FloorTimed,
     Config::Bpftrace,
 ];
 
@@ -58,6 +62,8 @@ impl RedisRuns {
             Config::CowSummaryUntimed => "cow-trace --summary --no-latency -x SERVER",
             Config::CowText => "cow-trace -x SERVER, text to /dev/null",
             Config::Bpftrace => "bpftrace, a line per fault of the server",
+            Config::FloorUntimed => "floor: empty programs on the --no-latency hooks",
+            Config::FloorTimed => "floor: empty programs on the timed hooks",
             _ => config.label(),
         }
     }

@@ -324,8 +324,9 @@ fn tracer_command(
             ])
             .args(["-p", &target, "-o"])
             .arg(events),
-        Config::FloorUntimed => &mut command,
-        Config::FloorTimed => command.arg("--timed"),
+        // The completion events on the traced tree, as cow-trace -x opens them.
+        Config::FloorUntimed => command.arg(&root),
+        Config::FloorTimed => command.args(["--timed", &root]),
         Config::Bpftrace => command.arg("-o").arg(events).arg("-e").arg(format!(
             "tracepoint:exceptions:page_fault_user /pid == {target}/ {{ \
              printf(\"%d %d %lx %lx %lx\\n\", pid, tid, args->address, args->ip, \
