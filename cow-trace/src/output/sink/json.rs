@@ -1,9 +1,10 @@
 //! One JSON object per line. Schema version 1, documented in README.md.
 use std::io::{self, Write};
 
+use chrono::Utc;
 use serde::Serialize;
 
-use super::{Sink, WallClock};
+use super::{CachedTime, SecondsCache, Sink, WallClock};
 use crate::{
     event::{Change, CowOutcome, Fault, ProcessEvent},
     output::{
@@ -17,7 +18,12 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct JsonSink {
     out: Box<dyn Write>,
     clock: WallClock,
+    /// `time`: RFC 3339 in UTC with microseconds, `2026-11-29T11:35:00.000000Z`.
+    times: SecondsCache<Utc>,
     backend: &'static str,
+    /// A line is serialized here, then written whole: serde writes a line in some thirty
+    /// pieces, each a call through the output's `dyn Write` otherwise.
+    line: Vec<u8>,
 }
 
 impl JsonSink {
@@ -25,18 +31,23 @@ impl JsonSink {
         JsonSink {
             out,
             clock,
+            times: SecondsCache::new(Utc, "%Y-%m-%dT%H:%M:%S"),
             backend,
+            line: Vec::with_capacity(512),
         }
     }
 
-    fn time(&self, ts_ns: u64) -> Time {
-        Time(self.clock.to_utc(ts_ns))
-    }
-
     fn line(&mut self, value: &impl Serialize) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, value)?;
-        self.out.write_all(b"\n")
+        write_line(&mut self.out, &mut self.line, value)
     }
+}
+
+/// Writes `value` as one line of JSON to `out`, through `line`.
+fn write_line(out: &mut dyn Write, line: &mut Vec<u8>, value: &impl Serialize) -> io::Result<()> {
+    line.clear();
+    serde_json::to_writer(&mut *line, value)?;
+    line.push(b'\n');
+    out.write_all(line)
 }
 
 /// An address as a hex string ("0x7ffe0cdefb40"; a u64 does not fit a JSON double), written
@@ -50,11 +61,11 @@ impl Serialize for Hex {
 }
 
 /// RFC 3339 time in UTC with microseconds ("2020-05-10T11:35:00.000000Z").
-struct Time(chrono::DateTime<chrono::Utc>);
+struct Time<'a>(CachedTime<'a>);
 
-impl Serialize for Time {
+impl Serialize for Time<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&self.0.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
+        serializer.collect_str(&format_args!("{}Z", self.0))
     }
 }
 
@@ -63,14 +74,15 @@ struct FaultLine<'a> {
     v: u32,
     event: &'static str,
     backend: &'static str,
-    time: Time,
+    time: Time<'a>,
     ts_ns: u64,
     pid: u32,
     tid: u32,
     comm: &'a str,
     address: Hex,
     ip: Hex,
-    access: Option<String>,
+    /// One letter, a JSON string (serde writes a char as one).
+    access: Option<char>,
     #[serde(rename = "type")]
     kind: &'static str,
     /// A write-protect fault.
@@ -98,7 +110,7 @@ struct FaultLine<'a> {
 struct ProcessLine<'a> {
     v: u32,
     event: &'static str,
-    time: Time,
+    time: Time<'a>,
     ts_ns: u64,
     pid: u32,
     tid: u32,
@@ -127,7 +139,7 @@ struct IntervalLine<'a> {
     v: u32,
     event: &'static str,
     /// The end of the interval.
-    time: Time,
+    time: Time<'a>,
     ts_ns: u64,
     /// Its length: the counts are of (ts_ns - interval_ns, ts_ns].
     interval_ns: u64,
@@ -202,14 +214,14 @@ impl Sink for JsonSink {
             v: SCHEMA_VERSION,
             event: "fault",
             backend: self.backend,
-            time: self.time(fault.ts_ns),
+            time: Time(self.times.of(self.clock.to_utc(fault.ts_ns))),
             ts_ns: fault.ts_ns,
             pid: fault.pid,
             tid: fault.tid,
             comm: fault.comm.as_str(),
             address: Hex(fault.address),
             ip: Hex(fault.ip),
-            access: fault.access().map(|a| a.letter().to_string()),
+            access: fault.access().map(|a| a.letter()),
             kind: fault.outcome.label(),
             cow: fault.is_cow(),
             copied: fault.copied(),
@@ -224,7 +236,7 @@ impl Sink for JsonSink {
             symbol: fault.symbol.as_deref(),
             stack: &fault.stack,
         };
-        self.line(&line)
+        write_line(&mut self.out, &mut self.line, &line)
     }
 
     fn process(&mut self, event: &ProcessEvent) -> io::Result<()> {
@@ -233,16 +245,20 @@ impl Sink for JsonSink {
             Change::Exec => ("exec", None),
             Change::Exit => ("exit", None),
         };
-        self.line(&ProcessLine {
-            v: SCHEMA_VERSION,
-            event: name,
-            time: self.time(event.ts_ns),
-            ts_ns: event.ts_ns,
-            pid: event.pid,
-            tid: event.tid,
-            comm: &event.comm,
-            child,
-        })
+        write_line(
+            &mut self.out,
+            &mut self.line,
+            &ProcessLine {
+                v: SCHEMA_VERSION,
+                event: name,
+                time: Time(self.times.of(self.clock.to_utc(event.ts_ns))),
+                ts_ns: event.ts_ns,
+                pid: event.pid,
+                tid: event.tid,
+                comm: &event.comm,
+                child,
+            },
+        )
     }
 
     fn interval(&mut self, period: &Period, counts: &Summary) -> io::Result<()> {
@@ -251,7 +267,7 @@ impl Sink for JsonSink {
         let line = IntervalLine {
             v: SCHEMA_VERSION,
             event: "interval",
-            time: self.time(period.to_ns),
+            time: Time(self.times.of(self.clock.to_utc(period.to_ns))),
             ts_ns: period.to_ns,
             interval_ns: period.length_ns(),
             counts: &total,
@@ -280,7 +296,7 @@ impl Sink for JsonSink {
                 })
                 .collect(),
         };
-        self.line(&line)
+        write_line(&mut self.out, &mut self.line, &line)
     }
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {

@@ -5,6 +5,8 @@ mod text;
 
 use std::io::{self, Write};
 
+use chrono::{DateTime, TimeZone, Utc};
+
 use crate::{
     cli::Format,
     clock,
@@ -57,6 +59,63 @@ pub fn new(
         Format::Text => Box::new(TextSink::new(out, clock)),
         Format::Stap => Box::new(StapSink::new(out, clock)),
         Format::Json => Box::new(JsonSink::new(out, clock, backend)),
+    }
+}
+
+/// Formats times as `PREFIX.uuuuuu` (microseconds truncated), the prefix a chrono format of
+/// the time in a zone. The prefix is formatted once per second and reused: the time-zone
+/// lookup and the format's parsing, per line, cost the reader more than the rest of a line.
+pub struct SecondsCache<Z: TimeZone> {
+    zone: Z,
+    format: &'static str,
+    /// The last second formatted (Unix time), and its prefix.
+    second: Option<(i64, String)>,
+}
+
+impl<Z: TimeZone> SecondsCache<Z> {
+    pub fn new(zone: Z, format: &'static str) -> SecondsCache<Z> {
+        SecondsCache {
+            zone,
+            format,
+            second: None,
+        }
+    }
+}
+
+impl<Z: TimeZone> SecondsCache<Z>
+where
+    Z::Offset: std::fmt::Display,
+{
+    pub fn of(&mut self, time: DateTime<Utc>) -> CachedTime<'_> {
+        let second = time.timestamp();
+        if self
+            .second
+            .as_ref()
+            .is_none_or(|(shown, _)| *shown != second)
+        {
+            let prefix = time
+                .with_timezone(&self.zone)
+                .format(self.format)
+                .to_string();
+            self.second = Some((second, prefix));
+        }
+        let (_, prefix) = self.second.as_ref().expect("set just above");
+        CachedTime {
+            prefix,
+            micros: time.timestamp_subsec_micros(),
+        }
+    }
+}
+
+/// A time from [`SecondsCache`]: its second's prefix, then its microseconds.
+pub struct CachedTime<'a> {
+    prefix: &'a str,
+    micros: u32,
+}
+
+impl std::fmt::Display for CachedTime<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:06}", self.prefix, self.micros)
     }
 }
 
@@ -181,6 +240,35 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::FixedOffset;
+
+    #[test]
+    fn times_match_chronos_format_across_seconds() {
+        // The second is formatted once and reused: each line must still show what a full
+        // format of its own time shows, through second boundaries and back in time.
+        let tokyo = FixedOffset::east_opt(9 * 3600).unwrap();
+        let mut column = SecondsCache::new(tokyo, "%Y-%m-%d %H:%M:%S");
+        let clock = WallClock::with_offset(1_700_000_000_000_000_000);
+        for ts_ns in [
+            5_999_999_999,
+            6_000_000_000,
+            6_000_000_999,
+            6_000_001_000,
+            6_999_999_500,
+            7_000_000_001,
+            5_500_000_000,
+            3_600_000_000_123,
+        ] {
+            let time = clock.to_utc(ts_ns);
+            assert_eq!(
+                column.of(time).to_string(),
+                time.with_timezone(&tokyo)
+                    .format("%Y-%m-%d %H:%M:%S%.6f")
+                    .to_string(),
+                "at {ts_ns} ns"
+            );
+        }
+    }
 
     #[test]
     fn wall_clock_adds_the_offset() {

@@ -1,12 +1,9 @@
 //! The default human format: aligned columns, one line per fault.
 use std::io::{self, Write};
 
-use chrono::{
-    Local, TimeZone,
-    format::{DelayedFormat, StrftimeItems},
-};
+use chrono::{Local, TimeZone};
 
-use super::{Sink, Summary, WallClock};
+use super::{SecondsCache, Sink, Summary, WallClock};
 use crate::event::{Change, Fault, ProcessEvent};
 use crate::output::{format::HumanNs, interval::Period};
 
@@ -14,7 +11,8 @@ use crate::output::{format::HumanNs, interval::Period};
 pub struct TextSink<Z: TimeZone = Local> {
     out: Box<dyn Write>,
     clock: WallClock,
-    zone: Z,
+    /// The TIME column: `HH:MM:SS.uuuuuu` in the zone.
+    times: SecondsCache<Z>,
 }
 
 impl TextSink {
@@ -25,18 +23,11 @@ impl TextSink {
 
 impl<Z: TimeZone> TextSink<Z> {
     pub fn in_zone(out: Box<dyn Write>, clock: WallClock, zone: Z) -> TextSink<Z> {
-        TextSink { out, clock, zone }
-    }
-
-    /// The TIME column of an event at `ts_ns` (CLOCK_MONOTONIC).
-    fn time(&self, ts_ns: u64) -> DelayedFormat<StrftimeItems<'static>>
-    where
-        Z::Offset: std::fmt::Display,
-    {
-        self.clock
-            .to_utc(ts_ns)
-            .with_timezone(&self.zone)
-            .format("%H:%M:%S%.6f")
+        TextSink {
+            out,
+            clock,
+            times: SecondsCache::new(zone, "%H:%M:%S"),
+        }
     }
 }
 
@@ -94,7 +85,8 @@ where
     }
 
     fn fault(&mut self, fault: &Fault) -> io::Result<()> {
-        write!(self.out, "{} {}", self.time(fault.ts_ns), Columns(fault))?;
+        let time = self.times.of(self.clock.to_utc(fault.ts_ns));
+        write!(self.out, "{time} {}", Columns(fault))?;
         // --resolve: where the address lies and which code touched it, as perf trace shows.
         if let Some(mapping) = &fault.mapping {
             write!(self.out, " {mapping}")?;
@@ -118,7 +110,7 @@ where
         writeln!(
             self.out,
             "{} {:<16} {:>7} {:>7} -- {what}",
-            self.time(event.ts_ns),
+            self.times.of(self.clock.to_utc(event.ts_ns)),
             event.comm,
             event.pid,
             event.tid,
