@@ -4,9 +4,9 @@
 //! (the floor under any program on them), apart from what cow-trace's programs cost on top.
 //! Always: the fault-entry and page-allocation raw tracepoints, which fire for every process,
 //! and PAGE_FAULTS_MAJ; with `--timed`, PAGE_FAULTS_MIN too (the event that times each minor
-//! fault). Like cow-trace, the perf events are opened on each thread of PID and inherited by
-//! the tasks they create (`--no-latency` keeps only the major one).
-use std::{collections::HashSet, fs};
+//! fault). Like cow-trace, the perf events are opened on each thread of PID and of its
+//! descendants, inherited by the tasks they create (`--no-latency` keeps only the major one).
+use std::collections::HashSet;
 
 use anyhow::Context as _;
 use aya::{
@@ -81,9 +81,10 @@ fn attach_raw(ebpf: &mut Ebpf, name: &str, events: &[&str]) -> anyhow::Result<()
     Ok(())
 }
 
-/// Opens the completion `events` on every thread of `pid`, as cow-trace's tracepoint backend
-/// does (`pid` = the thread, any CPU, `inherit`): only those threads and the tasks they create
-/// fire them. Scans the threads until a scan finds no new one. Returns how many it watches.
+/// Opens the completion `events` on every thread of `pid` and of its descendants, as
+/// cow-trace's tracepoint backend does for `-x PID` (`pid` = the thread, any CPU, `inherit`):
+/// only those threads and the tasks they create fire them. Scans until a scan finds no new
+/// thread. Returns how many it watches.
 fn attach_fault_done(ebpf: &mut Ebpf, pid: u32, events: &[SoftwareEvent]) -> anyhow::Result<usize> {
     let program: &mut PerfEvent = ebpf
         .program_mut("floor_fault_done")
@@ -92,16 +93,8 @@ fn attach_fault_done(ebpf: &mut Ebpf, pid: u32, events: &[SoftwareEvent]) -> any
     program.load().context("loading floor_fault_done")?;
     let mut watched = HashSet::new();
     loop {
-        let tasks = format!("/proc/{pid}/task");
         let mut new = 0;
-        for entry in fs::read_dir(&tasks).with_context(|| format!("reading {tasks}"))? {
-            let Some(tid) = entry?
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
+        for tid in threads_of_tree(pid)? {
             if !watched.insert(tid) {
                 continue;
             }
@@ -127,4 +120,29 @@ fn attach_fault_done(ebpf: &mut Ebpf, pid: u32, events: &[SoftwareEvent]) -> any
             return Ok(watched.len());
         }
     }
+}
+
+/// The threads of `root` and of every process descended from it.
+fn threads_of_tree(root: u32) -> anyhow::Result<Vec<u32>> {
+    let parents: Vec<(i32, i32)> = procfs::process::all_processes()
+        .context("listing /proc")?
+        .filter_map(|p| p.ok()?.stat().ok())
+        .map(|stat| (stat.pid, stat.ppid))
+        .collect();
+    let mut tree = vec![root as i32];
+    let mut next = 0;
+    while next < tree.len() {
+        let parent = tree[next];
+        tree.extend(parents.iter().filter(|p| p.1 == parent).map(|p| p.0));
+        next += 1;
+    }
+    let mut threads = Vec::new();
+    for pid in tree {
+        // A process that has exited meanwhile has no threads left to watch.
+        let Ok(tasks) = procfs::process::Process::new(pid).and_then(|p| p.tasks()) else {
+            continue;
+        };
+        threads.extend(tasks.filter_map(Result::ok).map(|task| task.tid as u32));
+    }
+    Ok(threads)
 }
