@@ -87,6 +87,14 @@ where
     Z::Offset: std::fmt::Display,
 {
     pub fn of(&mut self, time: DateTime<Utc>) -> CachedTime<'_> {
+        CachedTime {
+            micros: time.timestamp_subsec_micros(),
+            prefix: self.prefix(time),
+        }
+    }
+
+    /// The prefix alone: `time` to the second.
+    pub fn prefix(&mut self, time: DateTime<Utc>) -> &str {
         let second = time.timestamp();
         if self
             .second
@@ -100,10 +108,7 @@ where
             self.second = Some((second, prefix));
         }
         let (_, prefix) = self.second.as_ref().expect("set just above");
-        CachedTime {
-            prefix,
-            micros: time.timestamp_subsec_micros(),
-        }
+        prefix
     }
 }
 

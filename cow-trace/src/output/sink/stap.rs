@@ -2,7 +2,9 @@
 //! `[Sun May 10 11:35:00 2020] pid:12420, address:0x7ffe0cdefb40 access:w, type:MINOR`
 use std::io::{self, Write};
 
-use super::{Sink, Summary, WallClock, text};
+use chrono::Utc;
+
+use super::{SecondsCache, Sink, Summary, WallClock, text};
 use crate::{
     event::{Fault, Outcome},
     output::interval::Period,
@@ -11,11 +13,17 @@ use crate::{
 pub struct StapSink {
     out: Box<dyn Write>,
     clock: WallClock,
+    /// stap's ctime(): whole seconds, UTC.
+    times: SecondsCache<Utc>,
 }
 
 impl StapSink {
     pub fn new(out: Box<dyn Write>, clock: WallClock) -> StapSink {
-        StapSink { out, clock }
+        StapSink {
+            out,
+            clock,
+            times: SecondsCache::new(Utc, "%a %b %e %H:%M:%S %Y"),
+        }
     }
 }
 
@@ -39,9 +47,7 @@ impl Sink for StapSink {
         writeln!(
             self.out,
             "[{}] pid:{}, address:{:#x} access:{}, type:{}",
-            self.clock
-                .to_utc(fault.ts_ns)
-                .format("%a %b %e %H:%M:%S %Y"),
+            self.times.prefix(self.clock.to_utc(fault.ts_ns)),
             fault.pid,
             fault.address,
             access,
