@@ -186,18 +186,25 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
 /// faulting (exiting).
 #[inline(always)]
 pub fn finish_pending(slot: Slot) {
-    finish(slot, true);
+    finish(slot, true, report::fault);
 }
 
-/// As [`finish_pending`], but only a DEFERRED fault (the thread has gone on: a normal pending
+/// As [`finish_pending`], for a thread that exits or execs: streamed even in a summary (see
+/// [`report::fault_streamed`]).
+#[inline(always)]
+pub fn finish_at_exit(slot: Slot) {
+    finish(slot, true, report::fault_streamed);
+}
+
+/// As [`finish_at_exit`], but only a DEFERRED fault (the thread has gone on: a normal pending
 /// fault might still be in progress).
 #[inline(always)]
 pub fn finish_deferred(slot: Slot) {
-    finish(slot, false);
+    finish(slot, false, report::fault_streamed);
 }
 
 #[inline(always)]
-fn finish(slot: Slot, even_timed: bool) {
+fn finish(slot: Slot, even_timed: bool, report: fn(&mut Record)) {
     let entry_flags = slot.flags();
     let deferred = entry_flags & DEFERRED != 0;
     if slot.pending_since() == 0 || (!deferred && !even_timed) {
@@ -212,5 +219,5 @@ fn finish(slot: Slot, even_timed: bool) {
         record.kind = kind::FAULT_INCOMPLETE;
         record.flags = entry_flags & (flags::KERNEL_MODE | flags::USER_STACK);
     }
-    report::fault(&mut record);
+    report(&mut record);
 }

@@ -12,7 +12,7 @@ use cow_trace_common::{COMM_LEN, NO_FIELD, Record, Window, counter, kind};
 use crate::{
     clock::now_ns,
     diagnostics,
-    faults::{finish_deferred, finish_pending},
+    faults::{finish_at_exit, finish_deferred},
     maps::{PARENT, Slot, TRACED, WINDOW, bump, hint_traced, hint_window, is_traced, setting},
     report::emit,
 };
@@ -102,7 +102,7 @@ pub fn sched_sched_process_exit(ctx: TracePointContext) -> u32 {
     // A fault still pending in an exiting thread never completed (e.g. SIGSEGV killed it),
     // or, untimed, is over.
     if let Some(slot) = Slot::of(tid) {
-        finish_pending(slot);
+        finish_at_exit(slot);
         slot.remove();
     }
 
@@ -164,7 +164,7 @@ pub fn sched_sched_process_exec(ctx: TracePointContext) -> u32 {
     if old_tid != pid_tgid as u32
         && let Some(slot) = Slot::of(old_tid)
     {
-        finish_pending(slot);
+        finish_at_exit(slot);
         slot.remove();
     }
     let mut record = Record::zeroed();
