@@ -12,6 +12,7 @@ use super::{
     MARK,
     arch::{VmArch, X86_64, run_environment},
     artifacts::Artifacts,
+    debs,
     kernels::Kernel,
     libraries::runtime_files,
 };
@@ -69,24 +70,11 @@ fn busybox(work: &Path, arch: &VmArch) -> anyhow::Result<PathBuf> {
     if busybox.exists() {
         return Ok(busybox);
     }
-    let download = work.join("busybox-download");
-    if download.exists() {
-        fs::remove_dir_all(&download)?;
-    }
-    fs::create_dir_all(&download)?;
-    // As root apt would hand the download to its _apt user, which cannot write here.
-    util::run(Command::new("apt-get").current_dir(&download).args([
-        "-o",
-        "APT::Sandbox::User=root",
-        "download",
+    debs::unpack(
         &format!("busybox-static:{}", arch.dist.debian),
-    ]))?;
-    let deb = fs::read_dir(&download)?
-        .filter_map(|entry| Some(entry.ok()?.path()))
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .context("apt-get download busybox-static left no .deb")?;
-    util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
-    fs::remove_dir_all(&download)?;
+        &work.join("busybox-download"),
+        &tree,
+    )?;
     Ok(busybox)
 }
 

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::arch::VmArch;
+use super::{arch::VmArch, debs};
 use crate::util::{self, output};
 
 /// A Debian kernel series: the newest image whose ABI name starts with `abi_prefix`.
@@ -133,27 +133,10 @@ fn version_key(package: &str, series: &Series, debian: &str) -> Option<(Vec<u64>
 
 /// Downloads `package` with apt and unpacks it into `tree`, with a modules.dep from depmod.
 fn unpack(package: &str, kernels: &Path, tree: &Path) -> anyhow::Result<()> {
-    let download = kernels.join("download");
-    if download.exists() {
-        fs::remove_dir_all(&download)?;
-    }
-    fs::create_dir_all(&download)?;
-    // As root apt would hand the download to its _apt user, which cannot write here.
-    util::run(Command::new("apt-get").current_dir(&download).args([
-        "-o",
-        "APT::Sandbox::User=root",
-        "download",
-        package,
-    ]))?;
-    let deb = fs::read_dir(&download)?
-        .filter_map(|entry| Some(entry.ok()?.path()))
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .with_context(|| format!("apt-get download {package} left no .deb"))?;
     if tree.exists() {
         fs::remove_dir_all(tree)?;
     }
-    util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tree))?;
-    fs::remove_dir_all(&download)?;
+    debs::unpack(package, &kernels.join("download"), tree)?;
     for release in fs::read_dir(tree.join("lib/modules"))? {
         let release = release?.file_name();
         util::run(Command::new("depmod").arg("-b").arg(tree).arg(&release))?;

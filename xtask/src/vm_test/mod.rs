@@ -10,13 +10,15 @@
 //! parts, disk images and console logs are kept under target/vm/.
 //!
 //! One module per job: `arch` (what differs per architecture), `artifacts` (what the build
-//! puts in the VMs), `kernels` (Debian's kernel packages), `initramfs` (/init, busybox,
+//! puts in the VMs), `kernels` (Debian's kernel packages), `debs` (a package unpacked without
+//! installing it), `initramfs` (/init, busybox,
 //! binaries, modules), `libraries` (what a dynamically linked binary needs there), `qemu` (disk
 //! and boot), `console` (the suite's results, read from the console log), `table` (what is
 //! printed).
 pub mod arch;
 mod artifacts;
 mod console;
+mod debs;
 mod initramfs;
 mod kernels;
 mod libraries;
