@@ -6,24 +6,31 @@ pub fn human_ns(ns: u64) -> String {
 }
 
 /// A duration written as perf and bpftrace print them, without allocating.
+#[derive(Clone, Copy)]
 pub struct HumanNs(pub u64);
 
-impl std::fmt::Display for HumanNs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl HumanNs {
+    /// The duration written into `buffer`, as [`Display`](std::fmt::Display) writes it.
+    pub fn text(self, buffer: &mut [u8; 32]) -> &str {
         use std::io::Write as _;
         let ns = self.0;
-        // Formatted into a stack buffer first, so that width and alignment apply to the whole.
-        let mut buffer = [0u8; 32];
         let mut cursor = std::io::Cursor::new(&mut buffer[..]);
-        let written = match ns {
+        // 32 bytes hold any of these: written cannot fail.
+        let _ = match ns {
             0..1_000 => write!(cursor, "{ns}ns"),
             1_000..1_000_000 => write!(cursor, "{:.1}us", ns as f64 / 1e3),
             1_000_000..1_000_000_000 => write!(cursor, "{:.1}ms", ns as f64 / 1e6),
             _ => write!(cursor, "{:.2}s", ns as f64 / 1e9),
         };
-        written.map_err(|_| std::fmt::Error)?;
         let len = cursor.position() as usize;
-        f.pad(std::str::from_utf8(&buffer[..len]).map_err(|_| std::fmt::Error)?)
+        std::str::from_utf8(&buffer[..len]).unwrap_or("?")
+    }
+}
+
+impl std::fmt::Display for HumanNs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Formatted into a stack buffer first, so that width and alignment apply to the whole.
+        f.pad(HumanNs(self.0).text(&mut [0; 32]))
     }
 }
 

@@ -1,5 +1,8 @@
 //! The default human format: aligned columns, one line per fault.
-use std::io::{self, Write};
+use std::{
+    fmt::Write as _,
+    io::{self, Write},
+};
 
 use chrono::{Local, TimeZone};
 
@@ -32,7 +35,8 @@ impl<Z: TimeZone> TextSink<Z> {
 }
 
 /// The fault's columns after the time, written straight into the output (no String per
-/// fault).
+/// fault). Padded here rather than by the formatter's width, which writes its fill one
+/// character at a time: that was the reader's dearest step per line after the time.
 pub struct Columns<'a>(pub &'a Fault);
 
 impl std::fmt::Display for Columns<'_> {
@@ -46,25 +50,62 @@ impl std::fmt::Display for Columns<'_> {
             (Some(false), None) => "-",
             (None, _) => "?",
         };
-        let mode = if fault.kernel_mode { "k" } else { "u" };
-        write!(
-            f,
-            "{:<16} {:>7} {:>7} {}{} {:<10} {:<5} {:#018x} {:#018x} ",
-            fault.comm,
-            fault.pid,
-            fault.tid,
-            access,
-            mode,
-            fault.outcome.label(),
-            cow,
-            fault.address,
-            fault.ip,
-        )?;
+        let mode = if fault.kernel_mode { 'k' } else { 'u' };
+        let mut number = itoa::Buffer::new();
+        left(f, fault.comm.as_str(), 16)?;
+        f.write_char(' ')?;
+        right(f, number.format(fault.pid), 7)?;
+        f.write_char(' ')?;
+        right(f, number.format(fault.tid), 7)?;
+        f.write_char(' ')?;
+        f.write_char(access)?;
+        f.write_char(mode)?;
+        f.write_char(' ')?;
+        left(f, fault.outcome.label(), 10)?;
+        f.write_char(' ')?;
+        left(f, cow, 5)?;
+        f.write_char(' ')?;
+        f.write_str(hex18(fault.address, &mut [0; 18]))?;
+        f.write_char(' ')?;
+        f.write_str(hex18(fault.ip, &mut [0; 18]))?;
+        f.write_char(' ')?;
         match fault.latency_ns {
-            Some(ns) => write!(f, "{:>8}", HumanNs(ns)),
-            None => write!(f, "{:>8}", "-"),
+            Some(ns) => right(f, HumanNs(ns).text(&mut [0; 32]), 8),
+            None => right(f, "-", 8),
         }
     }
+}
+
+/// `text`, then spaces up to `width` characters.
+fn left(f: &mut std::fmt::Formatter<'_>, text: &str, width: usize) -> std::fmt::Result {
+    f.write_str(text)?;
+    spaces(f, width.saturating_sub(text.chars().count()))
+}
+
+/// Spaces up to `width` characters, then `text`.
+fn right(f: &mut std::fmt::Formatter<'_>, text: &str, width: usize) -> std::fmt::Result {
+    spaces(f, width.saturating_sub(text.chars().count()))?;
+    f.write_str(text)
+}
+
+fn spaces(f: &mut std::fmt::Formatter<'_>, mut count: usize) -> std::fmt::Result {
+    const SPACES: &str = "                                ";
+    while count > 0 {
+        let now = count.min(SPACES.len());
+        f.write_str(&SPACES[..now])?;
+        count -= now;
+    }
+    Ok(())
+}
+
+/// `value` as `{:#018x}` writes it: 0x and sixteen hex digits.
+fn hex18(value: u64, buffer: &mut [u8; 18]) -> &str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    buffer[..2].copy_from_slice(b"0x");
+    for (i, digit) in buffer[2..].iter_mut().enumerate() {
+        *digit = DIGITS[((value >> ((15 - i) * 4)) & 0xf) as usize];
+    }
+    std::str::from_utf8(buffer).unwrap_or("?")
 }
 
 #[cfg(test)]
@@ -176,6 +217,7 @@ mod tests {
     use crate::{
         event::FaultClass,
         event::Outcome,
+        output::format::human_ns,
         output::sink::test_support::{Captured, article_fault, file_copy_fault, reclassify},
     };
     use chrono::{FixedOffset, Utc};
@@ -197,6 +239,36 @@ mod tests {
             "{}",
             out.text()
         );
+    }
+
+    #[test]
+    fn columns_are_padded_as_the_formatter_pads() {
+        // The columns are padded by hand: they must read as the format string they replace.
+        let mut fault = article_fault();
+        for (comm, pid, address, latency) in [
+            ("cow", 12420, 0x7ffe0cdefb40, Some(1500)),
+            ("a-name-longer-than-16", 4_194_304, 0, None),
+            ("nämé", 1, u64::MAX, Some(999)),
+            ("", 123_456_789, 0x1000, Some(12_345_678_901)),
+        ] {
+            fault.comm = comm.into();
+            fault.pid = pid;
+            fault.address = address;
+            fault.ip = address.rotate_left(12);
+            fault.latency_ns = latency;
+            let expected = format!(
+                "{:<16} {:>7} {:>7} wu {:<10} {:<5} {:#018x} {:#018x} {:>8}",
+                fault.comm.as_str(),
+                fault.pid,
+                fault.tid,
+                fault.outcome.label(),
+                "cow",
+                fault.address,
+                fault.ip,
+                latency.map_or("-".to_string(), human_ns),
+            );
+            assert_eq!(columns(&fault), expected);
+        }
     }
 
     #[test]
