@@ -43,20 +43,16 @@ fn main() -> anyhow::Result<()> {
     attach_raw(&mut ebpf, "floor_fault_entry", &hooks)?;
     attach_raw(&mut ebpf, "floor_page_alloc", &["mm_page_alloc"])?;
     hooks.push("mm_page_alloc");
-    let events: &[SoftwareEvent] = if timed {
-        &[SoftwareEvent::PageFaultsMin, SoftwareEvent::PageFaultsMaj]
+    let (events, names): (&[SoftwareEvent], &str) = if timed {
+        (
+            &[SoftwareEvent::PageFaultsMin, SoftwareEvent::PageFaultsMaj],
+            "PAGE_FAULTS_MIN/MAJ",
+        )
     } else {
-        &[SoftwareEvent::PageFaultsMaj]
+        (&[SoftwareEvent::PageFaultsMaj], "PAGE_FAULTS_MAJ")
     };
     let threads = attach_fault_done(&mut ebpf, pid, events)?;
-    let per_thread = format!(
-        "{} of {threads} threads of {pid}, inherited",
-        if timed {
-            "PAGE_FAULTS_MIN/MAJ"
-        } else {
-            "PAGE_FAULTS_MAJ"
-        }
-    );
+    let per_thread = format!("{names} of {threads} threads of {pid}, inherited");
     hooks.push(&per_thread);
     eprintln!(
         "Tracing nothing: empty programs on {}. Ctrl-C to end.",

@@ -30,7 +30,7 @@ impl HumanNs {
 impl std::fmt::Display for HumanNs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Formatted into a stack buffer first, so that width and alignment apply to the whole.
-        f.pad(HumanNs(self.0).text(&mut [0; 32]))
+        f.pad(self.text(&mut [0; 32]))
     }
 }
 

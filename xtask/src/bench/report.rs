@@ -12,7 +12,7 @@ use super::{
     matrix::{Matrix, optional},
     redis::{self, RedisRuns},
     soak::Soak,
-    stats::{NOISY, Row, max, median, min, steady},
+    stats::{NOISY, Rounds, Row, max, median, min, steady},
 };
 
 /// What follows this line in the report is kept when it is regenerated.
@@ -401,11 +401,11 @@ fn render_targets(out: &mut String, parts: &Parts) -> std::fmt::Result {
         // timed modes' completion events on the traced process add the kernel's slower path
         // for every fault while such an event exists.
         for config in bystander::CONFIGS.into_iter().filter(|c| c.is_cow_trace()) {
-            let (ratio, judged) = bystander.ns.judged_ratio(config);
-            let Some(floor_config) = config.floor() else {
+            let Some([(ratio, judged), (floor, floor_judged)]) =
+                beside_floor(&bystander.ns, config)
+            else {
                 continue;
             };
-            let (floor, floor_judged) = bystander.ns.judged_ratio(floor_config);
             verdict(
                 out,
                 &format!(
@@ -428,11 +428,10 @@ fn render_targets(out: &mut String, parts: &Parts) -> std::fmt::Result {
     if let Some(redis) = parts.redis {
         // Judged, as the per-fault speeds, against the hooks' own cost in the same rounds.
         for (config, allowed) in [(Config::CowSummaryUntimed, 0.02), (Config::CowText, 0.03)] {
-            let (ratio, judged) = redis.sets.judged_ratio(config);
-            let Some(floor_config) = config.floor() else {
+            let Some([(ratio, judged), (floor, floor_judged)]) = beside_floor(&redis.sets, config)
+            else {
                 continue;
             };
-            let (floor, floor_judged) = redis.sets.judged_ratio(floor_config);
             let percent = |r: Option<f64>| fig(r.map(|r| r * 100.0), 1);
             verdict(
                 out,
@@ -473,6 +472,13 @@ fn render_targets(out: &mut String, parts: &Parts) -> std::fmt::Result {
         }
     }
     writeln!(out)
+}
+
+/// `config`'s median ratio to the reference and its floor's, in the same rounds, each with
+/// whether its runs were steady enough to judge; None where `config` has no floor.
+fn beside_floor(rounds: &Rounds<Config>, config: Config) -> Option<[(Option<f64>, bool); 2]> {
+    let floor = config.floor()?;
+    Some([rounds.judged_ratio(config), rounds.judged_ratio(floor)])
 }
 
 fn render_matrix_targets(
