@@ -526,8 +526,8 @@ pub struct Record {
     pub kind: u32,
     /// Bits of [`flags`].
     pub flags: u32,
-    /// CLOCK_MONOTONIC time of fault entry (or of the event), in ns. Untimed (--no-latency),
-    /// the tracepoint backend takes the time of a fault's timer tick: up to a tick early.
+    /// CLOCK_MONOTONIC time of fault entry (or of the event), in ns; [`TS_NOT_TAKEN`] where
+    /// nothing shows it (a summary without latencies or stacks).
     pub ts_ns: u64,
     /// Fault handling time, entry to completion, in ns (0 when unknown).
     pub latency_ns: u64,

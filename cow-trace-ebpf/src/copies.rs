@@ -30,7 +30,7 @@ pub fn kmem_mm_page_alloc(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     // Only traced threads have pending slots: one lookup filters and finds the slot.
-    let Some(slot) = Slot::of(bpf_get_current_pid_tgid() as u32) else {
+    let Some(slot) = Slot::of_current(bpf_get_current_pid_tgid()) else {
         return 0;
     };
     if slot.pending_since() != 0 {

@@ -62,7 +62,7 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(slot) = Slot::of_current(pid_tgid) else {
+    let Some(slot) = Slot::of_current_or_new(pid_tgid) else {
         return;
     };
     // A fault of this thread's own stack being read, by this program (see `stacks`).
@@ -124,7 +124,7 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
     // Only traced threads have pending slots: one spares the TRACED lookup.
-    let slot = Slot::of(tid);
+    let slot = Slot::of_current(pid_tgid);
     if slot.is_none() && !is_traced(tgid) {
         return;
     }

@@ -106,7 +106,7 @@ pub fn do_swap_page_kprobe(_ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, regs: u64) {
-    let Some(slot) = Slot::of_current(bpf_get_current_pid_tgid()) else {
+    let Some(slot) = Slot::of_current_or_new(bpf_get_current_pid_tgid()) else {
         return;
     };
     // The access, from the fault flags. (x86's exception entry overwrites pt_regs->orig_ax
@@ -163,7 +163,7 @@ fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, re
 /// The attempt is a write-protect fault: marked, and its stack taken (--stack-faults cow).
 #[inline(always)]
 fn write_protect_seen<C: StackIdContext>(ctx: &C) {
-    let Some(slot) = Slot::of(bpf_get_current_pid_tgid() as u32) else {
+    let Some(slot) = Slot::of_current(bpf_get_current_pid_tgid()) else {
         return;
     };
     slot.mark(WRITE_PROTECT_SEEN);
@@ -182,7 +182,7 @@ fn write_protect_seen<C: StackIdContext>(ctx: &C) {
 /// a file's page (a swapped-out page of a private file mapping was copied long before).
 #[inline(always)]
 fn swap_in_seen() {
-    if let Some(slot) = Slot::of(bpf_get_current_pid_tgid() as u32) {
+    if let Some(slot) = Slot::of_current(bpf_get_current_pid_tgid()) {
         slot.mark(flags::SWAP_IN);
     }
 }
@@ -195,7 +195,7 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
     // Only traced threads have slots.
-    let Some(slot) = Slot::of(tid) else {
+    let Some(slot) = Slot::of_current(pid_tgid) else {
         return;
     };
     let entry = slot.read();

@@ -143,8 +143,16 @@ macro_rules! setting {
 }
 pub(crate) use setting;
 
+/// Whether `tgid` is traced: for most processes of the machine, one array lookup (its hint)
+/// says no.
 #[inline(always)]
 pub fn is_traced(tgid: u32) -> bool {
+    may_be_traced(tgid) && in_traced(tgid)
+}
+
+/// Whether `tgid` is in `TRACED` (a hash lookup).
+#[inline(always)]
+fn in_traced(tgid: u32) -> bool {
     // SAFETY: only presence is checked; the value is never read.
     unsafe { TRACED.get(tgid).is_some() }
 }
@@ -244,16 +252,31 @@ impl Slot {
         })
     }
 
-    /// The current thread's slot, created empty (with the thread's comm) on first use if the
-    /// thread is traced.
+    /// The current thread's slot (`pid_tgid` from `bpf_get_current_pid_tgid`), if it has one.
+    /// For the machine-wide hooks: a thread of a process never traced (the common case there)
+    /// is turned away by one array lookup, its process's hint, as a thread with a slot belongs
+    /// to a traced process.
     #[inline(always)]
     pub fn of_current(pid_tgid: u64) -> Option<Slot> {
+        if !may_be_traced((pid_tgid >> 32) as u32) {
+            return None;
+        }
+        Slot::of(pid_tgid as u32)
+    }
+
+    /// As [`Slot::of_current`], but the slot is created empty (with the thread's comm) on the
+    /// thread's first use if the thread is traced.
+    #[inline(always)]
+    pub fn of_current_or_new(pid_tgid: u64) -> Option<Slot> {
+        let pid = (pid_tgid >> 32) as u32;
+        if !may_be_traced(pid) {
+            return None;
+        }
         let tid = pid_tgid as u32;
         if let Some(slot) = Slot::of(tid) {
             return Some(slot);
         }
-        let pid = (pid_tgid >> 32) as u32;
-        if !may_be_traced(pid) || !is_traced(pid) {
+        if !in_traced(pid) {
             return None;
         }
         let slot = Slot::claim(tid, pid).or_else(|| Slot::insert(tid, pid))?;
