@@ -15,7 +15,7 @@ use crate::maps::Slot;
 /// or page-table allocations.
 const USER_PAGE_GFP: u32 = (1 << 1) | (1 << 3);
 /// __GFP_THISNODE: a NUMA-balancing fault migrating a page to this node allocates the new one
-/// with it; no copy on write does (it is used only for huge pages besides).
+/// with it; no copy on write of a small page does (the NUMA policy adds it to huge pages').
 const GFP_THISNODE: u32 = 1 << 21;
 /// __GFP_ZERO: a write to the shared zero page allocates a zeroed page instead of a copy.
 const GFP_ZERO: u32 = 1 << 8;
@@ -26,7 +26,14 @@ const GFP_ZERO: u32 = 1 << 8;
 #[raw_tracepoint(tracepoint = "mm_page_alloc")]
 pub fn kmem_mm_page_alloc(ctx: RawTracePointContext) -> i32 {
     let gfp = ctx.arg::<u64>(2) as u32;
-    if gfp & (USER_PAGE_GFP | GFP_THISNODE) != USER_PAGE_GFP {
+    if gfp & USER_PAGE_GFP != USER_PAGE_GFP {
+        return 0;
+    }
+    // A huge page allocated in a write-protect fault replaces the huge zero page, zeroed by
+    // the fault rather than with __GFP_ZERO: a zero fill (the kernel breaks copy-on-write of
+    // a huge page by splitting it and copying small pages).
+    let huge = ctx.arg::<u64>(1) != 0;
+    if !huge && gfp & GFP_THISNODE != 0 {
         return 0;
     }
     // Only traced threads have pending slots: one lookup filters and finds the slot.
@@ -34,7 +41,7 @@ pub fn kmem_mm_page_alloc(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     if slot.pending_since() != 0 {
-        slot.mark(if gfp & GFP_ZERO != 0 {
+        slot.mark(if huge || gfp & GFP_ZERO != 0 {
             flags::PAGE_ZEROED
         } else {
             flags::PAGE_ALLOCATED

@@ -6,6 +6,10 @@
 //   sparse N     map N regions of 64 KiB and write the first page of each: N faults, each in
 //                a region of its own (as the in-kernel summary counts them)
 //   zero N       as read N, print "pages ADDR", then write each page (N zero-page fills)
+//   huge-zero    map a huge page's worth (a PMD's span, MADV_HUGEPAGE), read it (the huge zero
+//                page, where the kernel has one), print "pages ADDR", write one byte (a zero
+//                fill: of a whole huge page on kernels that allocate one there), and print
+//                "huge KB", the huge pages then mapped (AnonHugePages of smaps_rollup)
 //   cow N        map and fill N pages, print "pages ADDR", fork; the child writes each page
 //                (N COW faults) and exits
 //   reuse N      like cow, then the parent writes each page again after the child exited
@@ -99,6 +103,28 @@ static void zero(long n) {
     snprintf(line, sizeof line, "pages %lx\n", (unsigned long)p);
     say(line);
     for (long i = 0; i < n; i++) p[i * PAGE] = 1;
+}
+
+static void huge_zero(void) {
+    // A PMD maps as many pages as a page holds 8-byte entries.
+    const long span = PAGE * (PAGE / 8);
+    char *raw = mmap(NULL, 2 * span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) _exit(3);
+    volatile char *p = (char *)(((unsigned long)raw + span - 1) & ~(unsigned long)(span - 1));
+    madvise((void *)p, span, MADV_HUGEPAGE);
+    if (p[0] != 0) _exit(4);
+    char line[128];
+    snprintf(line, sizeof line, "pages %lx\n", (unsigned long)p);
+    say(line);
+    p[2 * PAGE] = 1;
+    long huge_kb = 0;
+    FILE *f = fopen("/proc/self/smaps_rollup", "r");
+    if (!f) _exit(5);
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "AnonHugePages: %ld", &huge_kb) == 1) break;
+    fclose(f);
+    snprintf(line, sizeof line, "huge %ld\n", huge_kb);
+    say(line);
 }
 
 static void sparse(long n) {
@@ -533,6 +559,7 @@ int main(void) {
         else if (sscanf(line, "read %ld", &a) == 1) readpages(a);
         else if (sscanf(line, "sparse %ld", &a) == 1) sparse(a);
         else if (sscanf(line, "zero %ld", &a) == 1) zero(a);
+        else if (!strcmp(line, "huge-zero")) huge_zero();
         else if (sscanf(line, "cow %ld", &a) == 1) cow(a);
         else if (sscanf(line, "reuse %ld", &a) == 1) reuse(a);
         else if (sscanf(line, "snapshot %ld %ld", &a, &b) == 2) snapshot(a, b);
