@@ -197,15 +197,16 @@ pub struct Comm {
 }
 
 impl Comm {
-    /// The kernel's NUL-padded comm; bytes that are not UTF-8 become '?'.
+    /// The kernel's NUL-padded comm; bytes that are not UTF-8, and control characters (a
+    /// process may name itself "a\nb", which would break a text line), become '?', as `ps`
+    /// shows them.
     pub fn from_kernel(comm: &[u8; COMM_LEN]) -> Comm {
         let len = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
         let mut bytes = *comm;
-        if std::str::from_utf8(&bytes[..len]).is_err() {
-            for byte in &mut bytes[..len] {
-                if !byte.is_ascii() {
-                    *byte = b'?';
-                }
+        let utf8 = std::str::from_utf8(&bytes[..len]).is_ok();
+        for byte in &mut bytes[..len] {
+            if byte.is_ascii_control() || (!utf8 && !byte.is_ascii()) {
+                *byte = b'?';
             }
         }
         Comm {
@@ -632,5 +633,11 @@ mod tests {
         let mut raw = [0u8; COMM_LEN];
         raw[..3].copy_from_slice(&[b'a', 0xff, b'b']);
         assert_eq!(Comm::from_kernel(&raw).as_str(), "a?b");
+    }
+
+    #[test]
+    fn comm_control_characters_cannot_break_a_line() {
+        assert_eq!(Comm::from("q\"u\te\nx\x1b").as_str(), "q\"u?e?x?");
+        assert_eq!(Comm::from("café").as_str(), "café");
     }
 }
