@@ -610,9 +610,18 @@ pub const TS_NOT_TAKEN: u64 = 1;
 pub const PENDING_CAPTURING: u32 = 1 << 28;
 
 /// A [`PendingFault::flags`] bit of the tracepoint backend's own, never in a record: the fault
-/// was entered untimed (--no-latency), so no completion event will empty its slot; the
-/// thread's next fault, exec or exit does, or userspace when tracing stops.
+/// was entered untimed (--no-latency, or before the thread's first completion, see
+/// [`PENDING_COMPLETION_SEEN`]), so no completion event may empty its slot; the thread's next
+/// fault, exec or exit does, or userspace when tracing stops.
 pub const PENDING_DEFERRED: u32 = 1 << 30;
+
+/// A [`PendingFault::flags`] bit of the tracepoint backend's own, never in a record, kept from
+/// fault to fault: a completion event has fired in this thread, so it has one. Until then the
+/// thread's faults are entered as [`PENDING_DEFERRED`] even when timed: a thread created while
+/// tracing starts may run before userspace opens its event, or never get one (it exits first),
+/// and its faults, which no completion would empty, are then final when it goes on, not
+/// incomplete. The first completion completes its fault as usual, with its latency.
+pub const PENDING_COMPLETION_SEEN: u32 = 1 << 27;
 
 /// A [`PendingFault::flags`] bit of the tracepoint backend's own, never in a record: the slot's
 /// last fault was completed by a completion event (its address stays in the slot). A second

@@ -12,15 +12,15 @@ use aya_ebpf::{
     programs::{PerfEventContext, RawTracePointContext},
 };
 use cow_trace_common::{
-    NO_STACK, PENDING_COMPLETED, PENDING_DEFERRED as DEFERRED, PendingFault, Record, TS_NOT_TAKEN,
-    flags, kind, stack_mode,
+    NO_STACK, PENDING_COMPLETED, PENDING_COMPLETION_SEEN, PENDING_DEFERRED as DEFERRED,
+    PendingFault, Record, TS_NOT_TAKEN, flags, kind, stack_mode,
 };
 
 use crate::{
     arch::{PT_REGS_IP, sample_ip},
     clock::now_ns,
     diagnostics,
-    maps::{FaultEntry, Slot, is_traced, setting},
+    maps::{FaultEntry, Slot, is_traced, setting, tracing_stopped},
     report,
     stacks::{self, CAPTURING},
 };
@@ -65,6 +65,10 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
     let Some(slot) = Slot::of_current_or_new(pid_tgid) else {
         return;
     };
+    // Past the end: a fault still pending stays for its completion, or for userspace.
+    if tracing_stopped() {
+        return;
+    }
     // A fault of this thread's own stack being read, by this program (see `stacks`).
     if slot.flags() & CAPTURING != 0 {
         return;
@@ -74,8 +78,8 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
         // Timed, a kernel-mode fault while a user fault is pending is nested in it (a
         // user-memory access on the fault path, or a profiler's user-stack walk from an
         // interrupt): the outer fault goes on. Keep it; the nested one, if it completes, is
-        // counted without its entry. (Untimed, the pending fault is simply over.)
-        if kernel_mode && slot.flags() & flags::KERNEL_MODE == 0 && !untimed {
+        // counted without its entry. (Deferred, the pending fault is simply over.)
+        if kernel_mode && slot.flags() & (flags::KERNEL_MODE | DEFERRED) == 0 {
             diagnostics::nested_fault(slot.tid(), address);
             return;
         }
@@ -103,13 +107,15 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
     } else {
         now_ns()
     };
+    // Timed, too, until the thread's completion event has fired once: it may have none yet.
+    let deferred = untimed || slot.flags() & PENDING_COMPLETION_SEEN == 0;
     slot.begin(FaultEntry {
         ts_ns,
         address,
         ip,
         error_code,
         flags: if kernel_mode { flags::KERNEL_MODE } else { 0 }
-            | if untimed { DEFERRED } else { 0 },
+            | if deferred { DEFERRED } else { 0 },
     });
     if let Some(mode) = stack {
         let id = stacks::take(ctx, slot, mode, ts_ns, ctx.arg(1), kernel_mode);
@@ -151,7 +157,14 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
         // The thread has two completion events: one inherited from the thread that created it
         // while userspace was opening events for every thread, and its own. Both fire for each
         // fault, one after the other; the first completed it.
-        Some(slot) if slot.flags() == PENDING_COMPLETED && slot.is_for(address) => return,
+        Some(slot)
+            if slot.flags() == PENDING_COMPLETED | PENDING_COMPLETION_SEEN
+                && slot.is_for(address) =>
+        {
+            return;
+        }
+        // A fault that began after tracing stopped.
+        _ if tracing_stopped() => return,
         _ => {
             // The entry predates attaching or was not stored, or this completes a fault nested
             // in the pending one (which stays pending): count it all the same, with what it
@@ -171,7 +184,10 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
                 _ => NO_STACK,
             };
             match slot {
-                Some(slot) => slot.write_comm(&mut record),
+                Some(slot) => {
+                    slot.write_comm(&mut record);
+                    slot.mark(PENDING_COMPLETION_SEEN);
+                }
                 None => record.comm = bpf_get_current_comm().unwrap_or_default(),
             }
         }

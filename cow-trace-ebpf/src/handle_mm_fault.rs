@@ -20,7 +20,7 @@ use crate::{
     arch::PT_REGS_IP,
     clock::now_ns,
     diagnostics,
-    maps::{FaultEntry, Slot, setting},
+    maps::{FaultEntry, Slot, setting, tracing_stopped},
     report, stacks,
 };
 
@@ -109,6 +109,10 @@ fn attempt_begins<C: StackIdContext>(ctx: &C, address: u64, fault_flags: u64, re
     let Some(slot) = Slot::of_current_or_new(bpf_get_current_pid_tgid()) else {
         return;
     };
+    // Past the end (see `STOPPED`).
+    if tracing_stopped() {
+        return;
+    }
     // The access, from the fault flags. (x86's exception entry overwrites pt_regs->orig_ax
     // with -1 after reading the error code, so regs cannot tell.) PROT is added when
     // do_wp_page runs: a write-protect fault.
@@ -200,7 +204,10 @@ fn attempt_ends(vm_fault: u32, fault_flags: u64) {
     };
     let entry = slot.read();
     if entry.ts_ns == 0 {
-        diagnostics::attempt_without_entry(tid);
+        // After the stop, attempts begin without an entry (see `STOPPED`).
+        if !tracing_stopped() {
+            diagnostics::attempt_without_entry(tid);
+        }
         return;
     }
     slot.empty();

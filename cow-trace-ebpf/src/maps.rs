@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use cow_trace_common::{
     COMM_LEN, Hist, HistCache, HistKey, NO_FIELD, NO_STACK, PENDING_CAPTURING, PENDING_COMPLETED,
-    PENDING_DEFERRED, PendingFault, Record, Settings, StatCache, StatKey, StatValue, Window,
-    counter, kind,
+    PENDING_COMPLETION_SEEN, PENDING_DEFERRED, PendingFault, Record, Settings, StatCache, StatKey,
+    StatValue, Window, counter, kind,
 };
 
 use crate::diagnostics;
@@ -50,6 +50,18 @@ const SLOT_COUNT: u32 = 65536;
 /// Records for userspace. Userspace resizes it at load time (`--ring-size`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+/// Set (index 0, non-zero) by userspace when tracing stops, before it detaches: faults that
+/// begin from then on are not entered (detaching every program and event takes a while, and
+/// a fault then is past the end the user asked for); those already pending complete as usual.
+#[map]
+pub static STOPPED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether tracing has stopped (see [`STOPPED`]).
+#[inline(always)]
+pub fn tracing_stopped() -> bool {
+    is_marked(&STOPPED, 0)
+}
 
 /// Per CPU, the bytes written to `EVENTS` since the CPU last woke userspace.
 #[map]
@@ -355,8 +367,11 @@ impl Slot {
         unsafe {
             let entry = self.value;
             record.kind = kind::FAULT;
-            record.flags =
-                (*entry).flags & !(PENDING_DEFERRED | PENDING_COMPLETED | PENDING_CAPTURING);
+            record.flags = (*entry).flags
+                & !(PENDING_DEFERRED
+                    | PENDING_COMPLETED
+                    | PENDING_CAPTURING
+                    | PENDING_COMPLETION_SEEN);
             record.ts_ns = (*entry).ts_ns;
             record.address = (*entry).address;
             record.ip = (*entry).ip;
@@ -397,7 +412,8 @@ impl Slot {
         unsafe { copy_comm(&raw mut record.comm, &raw const (*self.value).comm) };
     }
 
-    /// Fills the slot with a fault that has just begun (its comm and pid stay).
+    /// Fills the slot with a fault that has just begun (its comm and pid stay, and whether the
+    /// thread's completion event has fired).
     #[inline(always)]
     pub fn begin(self, entry: FaultEntry) {
         // SAFETY: see [`Slot`].
@@ -406,7 +422,7 @@ impl Slot {
             (*self.value).address = entry.address;
             (*self.value).ip = entry.ip;
             (*self.value).error_code = entry.error_code;
-            (*self.value).flags = entry.flags;
+            (*self.value).flags = entry.flags | (*self.value).flags & PENDING_COMPLETION_SEEN;
             (*self.value).stack_id = NO_STACK;
             (*self.value).user_regs = 0;
         }
@@ -434,13 +450,13 @@ impl Slot {
     }
 
     /// Empties the slot after its fault's completion event, remembering that (and the address):
-    /// see `PENDING_COMPLETED`.
+    /// see `PENDING_COMPLETED`; the thread has a completion event (`PENDING_COMPLETION_SEEN`).
     #[inline(always)]
     pub fn complete(self) {
         // SAFETY: see [`Slot`].
         unsafe {
             (*self.value).ts_ns = 0;
-            (*self.value).flags = PENDING_COMPLETED;
+            (*self.value).flags = PENDING_COMPLETED | PENDING_COMPLETION_SEEN;
         }
     }
 

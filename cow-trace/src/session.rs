@@ -3,7 +3,7 @@ use std::{
     collections::{HashMap, HashSet},
     io,
     path::PathBuf,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -59,6 +59,9 @@ pub struct Options {
 /// every mapping its faults were in is known before they are resolved (and often enough that
 /// the mapping rings do not fill while a busy stream is handled).
 const BATCH: usize = 1024;
+
+/// How long the loop reads the ring at a time before it looks at signals and ticks again.
+const TURN: Duration = Duration::from_millis(50);
 
 /// Why tracing stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -130,11 +133,27 @@ struct Session {
     clock: WallClock,
     /// --interval: the counts at the previous report.
     intervals: Option<Intervals>,
+    /// Set once tracing stops at --duration's end or at a signal (CLOCK_MONOTONIC ns): a
+    /// streamed fault that began later, while the programs were still detaching, is past
+    /// the end the user asked for.
+    end_ns: Option<u64>,
 }
 
 impl Session {
     /// Hands everything the kernel has written to the summary, plot and sink.
     fn drain(&mut self, ring: &mut Ring) -> io::Result<()> {
+        self.drain_until(ring, None)
+    }
+
+    /// As [`Session::drain`], but returns after [`TURN`] even if records are left: a target
+    /// faulting faster than we read (many CPUs, or a slow output) must not keep the loop from
+    /// its signals and ticks. What is left waits for the next wakeup or tick (and, past the
+    /// ring's size, is counted lost).
+    fn drain_for_a_turn(&mut self, ring: &mut Ring) -> io::Result<()> {
+        self.drain_until(ring, Some(Instant::now() + TURN))
+    }
+
+    fn drain_until(&mut self, ring: &mut Ring, until: Option<Instant>) -> io::Result<()> {
         loop {
             let mut batch = Vec::new();
             let read = ring.drain(|event| {
@@ -147,7 +166,7 @@ impl Session {
             for event in batch {
                 self.handle(event)?;
             }
-            if read < BATCH {
+            if read < BATCH || until.is_some_and(|until| Instant::now() >= until) {
                 break;
             }
         }
@@ -182,6 +201,7 @@ impl Session {
             plot,
             flame,
             stack_losses,
+            end_ns,
             ..
         } = self;
         match event {
@@ -189,6 +209,7 @@ impl Session {
                 enricher.add_user_stack(stack);
                 Ok(())
             }
+            Event::Fault(fault) if end_ns.is_some_and(|end| fault.ts_ns > end) => Ok(()),
             Event::Fault(mut fault) => {
                 // Streamed faults resolve as at their time; with --summary only the faults
                 // collected at the end, and those whose stack was copied, come here. The first
@@ -271,8 +292,9 @@ impl Session {
         }
     }
 
-    /// Untimed (--no-latency), each thread's last fault waits in the kernel until the thread
-    /// goes on: at the end, those are final. The programs must be detached.
+    /// Untimed (--no-latency, or before a thread's completion event first fires), a thread's
+    /// last fault waits in the kernel until the thread goes on: at the end, those are final.
+    /// The programs must be detached.
     fn collect_deferred(&mut self) -> io::Result<()> {
         let records = match self.probes.deferred_faults() {
             Ok(records) => records,
@@ -519,6 +541,11 @@ pub async fn run(
     } else {
         ""
     };
+    // --duration counts from the readiness line (no later: a fault after it is past the end).
+    let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
+    let deadline_ns = options
+        .duration
+        .map(|d| monotonic_ns().saturating_add(d.as_nanos() as u64));
     eprintln!(
         "Tracing {what} {} and its children (backend: {}{mode}). Ctrl-C to end.",
         options.root,
@@ -527,7 +554,6 @@ pub async fn run(
     if tree.live.len() > 1 {
         log::info!("following {} existing descendants too", tree.live.len() - 1);
     }
-    let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     let mut report = options.interval.map(report_ticker);
     let plot = options.plot.as_ref().map(|_| FaultPlot::new());
     let flame = options
@@ -548,6 +574,7 @@ pub async fn run(
         stack_losses: StackLosses::default(),
         clock,
         intervals: None,
+        end_ns: None,
     };
     if !session.options.kernel.summary {
         session.sink.begin().map_err(output_error)?;
@@ -568,7 +595,7 @@ pub async fn run(
         let step = tokio::select! {
             ready = ring.readable() => {
                 ready.context("waiting on the ring buffer")?;
-                session.drain(&mut ring)
+                session.drain_for_a_turn(&mut ring)
             }
             ready = mappings_readable(&session.mapping_events) => {
                 ready.context("waiting on the mapping rings")?;
@@ -576,7 +603,7 @@ pub async fn run(
                 Ok(())
             }
             _ = tick.tick() => {
-                let drained = session.drain(&mut ring);
+                let drained = session.drain_for_a_turn(&mut ring);
                 session.settle_mappings();
                 // Exit records can be lost when the ring is full: /proc has the last word.
                 session.tree.live.retain(|&pid| target::is_alive(pid));
@@ -585,7 +612,7 @@ pub async fn run(
             }
             _ = next_tick(&mut report) => {
                 // What waits in the ring happened in the interval that ends now.
-                match session.drain(&mut ring) {
+                match session.drain_for_a_turn(&mut ring) {
                     Ok(()) => session.report_interval()?,
                     failed => failed,
                 }
@@ -607,8 +634,13 @@ pub async fn run(
 
     // The last --interval report ends here: what is drained below happened before.
     let stopped_ns = monotonic_ns();
+    session.end_ns = match stop {
+        Stop::Duration => deadline_ns,
+        Stop::Signal(_) => Some(stopped_ns),
+        Stop::AllExited | Stop::OutputClosed => None,
+    };
     // Detach first: nothing changes under the last reads, and nothing waits on us.
-    session.probes.detach();
+    session.probes.stop();
     // What the kernel wrote before we stopped still counts.
     let last = if stop == Stop::OutputClosed {
         Ok(())
@@ -618,12 +650,11 @@ pub async fn run(
     // Losses since the last tick (a short run may end before one) get their line too.
     session.report_new_losses();
     session.settle_mappings();
-    // So do the faults it holds for --no-latency, each newer than anything in the ring from
-    // its thread (after the mapping records are read: their mappings may be new).
+    // So do the final faults it holds (--no-latency, or a thread whose completion event never
+    // fired), each newer than anything in the ring from its thread (after the mapping records
+    // are read: their mappings may be new).
     let last = match last {
-        Ok(()) if stop != Stop::OutputClosed && session.options.kernel.untimed => {
-            session.collect_deferred()
-        }
+        Ok(()) if stop != Stop::OutputClosed => session.collect_deferred(),
         other => other,
     };
     let summary = session.totals()?;

@@ -326,13 +326,9 @@ fn threads_created_while_attaching_count_once() {
     // The growth's own faults went on after attaching: count those of the touch alone. A
     // timer tick without faults first: untimed, a fault's time is its tick's first fault's.
     std::thread::sleep(std::time::Duration::from_millis(30));
-    let monotonic = || {
-        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
-        now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
-    };
-    let (start, before) = (monotonic(), kernel_fault_counts(pid));
+    let (start, before) = (monotonic_ns(), kernel_fault_counts(pid));
     faulter.run("pool-touch 10");
-    let (after, end) = (kernel_fault_counts(pid), monotonic());
+    let (after, end) = (kernel_fault_counts(pid), monotonic_ns());
     let done = tracer.stop();
     let minor = done
         .faults_of(pid)
@@ -342,6 +338,78 @@ fn threads_created_while_attaching_count_once() {
     assert!(after.0 - before.0 >= 300 * 10, "{before:?} -> {after:?}");
     assert_eq!(minor, after.0 - before.0, "cow-trace vs /proc/{pid}/stat");
     faulter.exit();
+}
+
+fn monotonic_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
+/// A target faulting without a pause while cow-trace attaches and stops: its faults before
+/// its completion event is open, and those while the programs detach, are neither reported
+/// incomplete (they completed) nor missed; Ctrl-C ends the trace even while the target
+/// faults faster than this (debug) build reads; a fault that begins after --duration's end is
+/// not reported.
+#[test]
+fn a_busy_target_at_attach_and_stop_has_no_incomplete_faults() {
+    if !require_root("a_busy_target_at_attach_and_stop_has_no_incomplete_faults") {
+        return;
+    }
+    for stop_by in ["SIGINT", "--duration"] {
+        let mut faulter = Faulter::start();
+        let pid = faulter.pid();
+        faulter.send("spin");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let at_start = kernel_fault_counts(pid).0;
+        let pid_arg = pid.to_string();
+        let mut args = vec!["-x", &pid_arg, "--json"];
+        if stop_by == "--duration" {
+            args.extend(["--duration", "300ms"]);
+        }
+        let tracer = Tracer::start(&args);
+        let (ready, at_ready) = (monotonic_ns(), kernel_fault_counts(pid).0);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let (done, end) = if stop_by == "SIGINT" {
+            let at_stop = kernel_fault_counts(pid).0;
+            let done = tracer.stop();
+            // Every fault between readiness and the signal is there.
+            let minor = done.counts_of(pid).0;
+            assert!(
+                minor >= at_stop - at_ready,
+                "{minor} < {at_stop} - {at_ready}"
+            );
+            // The signal's end is when the loop sees it: not checked to the ns.
+            (done, u64::MAX)
+        } else {
+            (tracer.wait(), ready + 300_000_000)
+        };
+        let at_end = kernel_fault_counts(pid).0;
+        faulter.child.stop();
+        let faults = done.faults_of(pid);
+        let by_type = faults
+            .iter()
+            .fold(BTreeMap::<String, u64>::new(), |mut n, f| {
+                *n.entry(f["type"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+                n
+            });
+        let minor = by_type.get("MINOR").copied().unwrap_or(0);
+        assert_eq!(
+            by_type.len(),
+            1,
+            "{stop_by}: only MINOR faults: {by_type:?}"
+        );
+        assert!(
+            minor <= at_end - at_start,
+            "{stop_by}: {minor} faults, the kernel counted {}",
+            at_end - at_start
+        );
+        let last = faults.iter().map(|f| f["ts_ns"].as_u64().unwrap()).max();
+        assert!(
+            last.is_some_and(|last| last <= end),
+            "{stop_by}: a fault at {last:?}, after the end at {end}"
+        );
+    }
 }
 
 /// The tracepoint backend opens its completion events per traced thread (inherited by the
@@ -457,13 +525,9 @@ fn fault_times_fall_where_the_faults_did() {
     let mut faulter = Faulter::start();
     let pid = faulter.pid();
     let tracer = Tracer::start(&["-x", &pid.to_string(), "--json"]);
-    let monotonic = || {
-        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
-        now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
-    };
-    let start = monotonic();
+    let start = monotonic_ns();
     faulter.run("touch 200");
-    let end = monotonic();
+    let end = monotonic_ns();
     let done = tracer.stop();
     let early = if untimed() { 10_000_000 } else { 0 };
     let faults = done.faults_of(pid);
@@ -1478,6 +1542,52 @@ fn zero_page_writes_are_zero_fills_not_copies() {
         .unwrap();
     assert!(summary["zero_fills"].as_u64().unwrap() >= 32, "{summary}");
     faulter.exit();
+}
+
+/// A write to the huge zero page: on kernels that replace it by a whole huge page (zeroed in
+/// the fault, not with __GFP_ZERO, and allocated with __GFP_THISNODE), a zero fill all the
+/// same, not a reuse; on others the kernel splits it and fills one small page.
+#[test]
+fn huge_zero_page_writes_are_zero_fills() {
+    if !require_root("huge_zero_page_writes_are_zero_fills") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json"]);
+    let printed = faulter.run("huge-zero");
+    let done = tracer.stop();
+    faulter.exit();
+    let base = parse_hex_after(&printed, "pages ");
+    let huge_kb: u64 = field_after(&printed.join("\n"), "huge ").parse().unwrap();
+    let span = page_size() * (page_size() / 8);
+    let writes: Vec<Value> = done
+        .faults_of(pid)
+        .into_iter()
+        .filter(|f| (base..base + span).contains(&address(f)) && f["access"] == "w")
+        .collect();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(
+        (
+            &writes[0]["cow"],
+            &writes[0]["cow_outcome"],
+            &writes[0]["copied"]
+        ),
+        (
+            &Value::from(true),
+            &Value::from("zero-fill"),
+            &Value::from(false)
+        ),
+        "{}",
+        writes[0]
+    );
+    if huge_kb == 0 {
+        skip(
+            "huge_zero_page_writes_are_zero_fills",
+            "no huge page was mapped (transparent huge pages off, or no huge zero page on this \
+             kernel): checked as a small page's zero fill only",
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

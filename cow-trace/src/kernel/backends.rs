@@ -110,6 +110,18 @@ pub fn unload(program: &mut Program) {
     };
 }
 
+/// Whether program `name` completes faults another program entered (and so must stay attached
+/// until those in progress are done).
+pub fn completes_faults(name: &str) -> bool {
+    matches!(
+        name,
+        "fault_done_minor"
+            | "fault_done_major"
+            | "handle_mm_fault_fexit"
+            | "handle_mm_fault_kretprobe"
+    )
+}
+
 fn programs_of(backend: Backend) -> &'static [&'static str] {
     match backend {
         Backend::Fexit => &[

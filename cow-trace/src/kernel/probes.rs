@@ -153,17 +153,38 @@ impl Probes {
             .with_context(|| format!("tracing pid {pid} from its exec"))
     }
 
-    /// Detaches every program, keeping the maps: what the kernel wrote stays readable, and
-    /// nothing changes under a reader any more.
-    pub fn detach(&mut self) {
-        for (_, program) in self.ebpf.programs_mut() {
-            backends::unload(program);
+    /// Ends tracing: tells the kernel programs to enter no new fault (detaching takes a while,
+    /// a per-thread event at a time), then detaches every program, those that complete faults
+    /// last, so the faults already pending complete. The maps stay: what the kernel wrote
+    /// stays readable, and nothing changes under a reader any more.
+    pub fn stop(&mut self) {
+        if let Err(error) = self.mark_stopped() {
+            log::warn!("faults beginning while the programs detach are traced too: {error:#}");
+        }
+        for completing in [false, true] {
+            for (name, program) in self.ebpf.programs_mut() {
+                if backends::completes_faults(name) == completing {
+                    backends::unload(program);
+                }
+            }
         }
     }
 
-    /// The faults still waiting in threads' slots that are final: untimed (--no-latency), the
-    /// tracepoint backend leaves each thread's last fault there until the thread goes on.
-    /// Call after [`Probes::detach`]. Oldest first.
+    fn mark_stopped(&mut self) -> anyhow::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("STOPPED")
+            .context("STOPPED map missing")?;
+        Array::<&mut MapData, u32>::try_from(map)
+            .context("STOPPED has an unexpected type")?
+            .set(0, 1, 0)
+            .context("marking tracing as stopped")
+    }
+
+    /// The faults still waiting in threads' slots that are final: untimed (--no-latency, or
+    /// in a thread whose completion event never fired), the tracepoint backend leaves each
+    /// thread's last fault there until the thread goes on. Call after [`Probes::stop`]. Oldest
+    /// first.
     pub fn deferred_faults(&self) -> anyhow::Result<Vec<Record>> {
         let map = self.ebpf.map("SLOTS").context("SLOTS map missing")?;
         let len = Array::<&MapData, PendingFault>::try_from(map)
