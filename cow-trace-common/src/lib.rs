@@ -164,6 +164,18 @@ pub mod class {
     }
 }
 
+/// What kind of mapping held a fault's address, as far as classifying the fault needs (see
+/// [`FaultClass::with_mapping`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MappingKind {
+    /// A private mapping of a file (memfd and tmpfs files too).
+    PrivateFile,
+    /// A shared mapping (of a file, or shared anonymous memory).
+    Shared,
+    /// Private anonymous memory, or a mapping not known.
+    Other,
+}
+
 /// How the faulting access touched memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -311,26 +323,36 @@ impl FaultClass {
         self.has(class::WRITE_PROTECT)
     }
 
-    /// A write to a page not present that allocated a page whose meaning depends on the
-    /// mapping (see [`class::NEW_PAGE`]): userspace resolves it with
+    /// A fault whose meaning depends on the mapping: a write to a page not present that
+    /// allocated a page (see [`class::NEW_PAGE`]), or a write-protect fault that allocated
+    /// nothing (a reuse in a private mapping; in a shared one, the kernel tracking the page's
+    /// first write since it was cleaned, no copy-on-write at all). Userspace resolves it with
     /// [`FaultClass::with_mapping`].
     pub const fn needs_mapping(self) -> bool {
-        self.has(class::NEW_PAGE)
+        self.has(class::NEW_PAGE) || matches!(self.cow_outcome(), Some(CowOutcome::Reused))
     }
 
-    /// The class of a [`class::NEW_PAGE`] fault once its mapping is known: a copy of the
-    /// file's page if the mapping is a private file mapping, else (a page-cache page, or one
-    /// read back from swap) an ordinary write. Other classes are returned unchanged.
-    pub const fn with_mapping(self, private_file: bool) -> FaultClass {
+    /// The class of a fault that [`FaultClass::needs_mapping`] once its mapping is known: a
+    /// first write that allocated a page copied the file's page in a private file mapping, else
+    /// (a page-cache page, or one read back from swap) it is an ordinary write; a write-protect
+    /// fault in a shared mapping is an ordinary write too. Other classes are returned unchanged.
+    pub const fn with_mapping(self, mapping: MappingKind) -> FaultClass {
         if !self.needs_mapping() {
             return self;
         }
-        let bits = self.0 & !class::NEW_PAGE;
-        FaultClass(if private_file {
-            bits | class::FILE_COPY
+        if self.has(class::NEW_PAGE) {
+            let bits = self.0 & !class::NEW_PAGE;
+            return FaultClass(if matches!(mapping, MappingKind::PrivateFile) {
+                bits | class::FILE_COPY
+            } else {
+                bits
+            });
+        }
+        if matches!(mapping, MappingKind::Shared) {
+            FaultClass(self.0 & !(class::WRITE_PROTECT | class::COPY_KNOWN))
         } else {
-            bits
-        })
+            self
+        }
     }
 
     /// A first write to a page of a private file mapping, which copied the file's page into
@@ -814,22 +836,23 @@ mod tests {
         assert!(new_page.needs_mapping() && !new_page.is_write_protect());
         assert_eq!(new_page.cow_outcome(), None, "unknown until the mapping is");
         // In a private file mapping: the file's page copied, counted as a copy.
-        let copied = new_page.with_mapping(true);
+        let copied = new_page.with_mapping(MappingKind::PrivateFile);
         assert!(copied.is_file_copy() && !copied.needs_mapping() && !copied.is_write_protect());
         assert_eq!(copied.cow_outcome(), Some(CowOutcome::Copied));
         assert_eq!(copied.access(), Some(Access::Write));
         // Elsewhere (a page-cache page, a page read back from swap): an ordinary write.
-        let filled = new_page.with_mapping(false);
+        let filled = new_page.with_mapping(MappingKind::Shared);
         assert_eq!(filled, FaultClass::of(false, 0, not_present_write));
+        assert_eq!(new_page.with_mapping(MappingKind::Other), filled);
         assert_eq!(filled.cow_outcome(), None);
         // Major faults (the file's page read from disk first) copy all the same.
         let major = FaultClass::of(false, allocated | flags::MAJOR, not_present_write);
         assert_eq!(
-            major.with_mapping(true).outcome(),
+            major.with_mapping(MappingKind::PrivateFile).outcome(),
             Outcome::Major,
             "still major"
         );
-        assert!(major.with_mapping(true).is_file_copy());
+        assert!(major.with_mapping(MappingKind::PrivateFile).is_file_copy());
         // A fault that failed, or an attempt retried, kept no page.
         assert!(!FaultClass::of(true, allocated, not_present_write).needs_mapping());
         let mut retried = Record::zeroed();
@@ -850,11 +873,38 @@ mod tests {
         ] {
             let class = FaultClass::of(false, record_flags, error_code);
             assert!(!class.needs_mapping(), "{record_flags:#x} {error_code:#x}");
-            assert_eq!(class.with_mapping(true), class, "nothing to resolve");
+            assert_eq!(
+                class.with_mapping(MappingKind::PrivateFile),
+                class,
+                "nothing to resolve"
+            );
         }
-        // A write-protect fault is resolved by its own bits, whatever the mapping.
+        // A write-protect fault that copied is resolved by its own bits, whatever the mapping.
         let wp = FaultClass::of(false, allocated, not_present_write | x86_pf::PROT);
-        assert_eq!(wp.with_mapping(true), wp);
+        assert!(!wp.needs_mapping());
+        assert_eq!(wp.with_mapping(MappingKind::Shared), wp);
+    }
+
+    #[test]
+    fn a_write_protect_fault_that_kept_its_page_depends_on_the_mapping() {
+        let wp = x86_pf::PROT | x86_pf::WRITE | x86_pf::USER;
+        let kept = FaultClass::of(false, flags::COPY_KNOWN, wp);
+        assert!(kept.needs_mapping());
+        // Private memory: the last sharer reused its page.
+        for mapping in [MappingKind::PrivateFile, MappingKind::Other] {
+            assert_eq!(kept.with_mapping(mapping), kept);
+            assert_eq!(kept.cow_outcome(), Some(CowOutcome::Reused));
+        }
+        // A shared mapping: the kernel tracking a clean page's first write, no copy-on-write.
+        let shared = kept.with_mapping(MappingKind::Shared);
+        assert_eq!(
+            shared,
+            FaultClass::of(false, 0, x86_pf::WRITE | x86_pf::USER)
+        );
+        assert!(!shared.is_write_protect() && shared.cow_outcome().is_none());
+        // A zero fill or a copy only happens in private memory.
+        let zero = FaultClass::of(false, flags::COPY_KNOWN | flags::PAGE_ZEROED, wp);
+        assert!(!zero.needs_mapping());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use cow_trace_common::HIST_BUCKETS;
+use cow_trace_common::{HIST_BUCKETS, MappingKind};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -228,9 +228,10 @@ impl Session {
                 }
                 if fault.class.needs_mapping() {
                     // A page allocated at a first write: a copy of the file's page only in a
-                    // private file mapping.
-                    let private = enricher.in_private_file_mapping(fault.pid, fault.address, at);
-                    fault.class = fault.class.with_mapping(private);
+                    // private file mapping; a write-protect fault that kept its page: no
+                    // copy-on-write in a shared mapping.
+                    let kind = enricher.mapping_kind(fault.pid, fault.address, at);
+                    fault.class = fault.class.with_mapping(kind);
                 }
                 if options.kernel.summary {
                     fault.mapping = Some(enricher.mapping_label(fault.pid, fault.address));
@@ -321,10 +322,10 @@ impl Session {
                 let mut class = FaultClass::from_bits(key.class);
                 if class.needs_mapping() {
                     // The region's faults are in the mapping of its first faulting address.
-                    let private =
-                        self.enricher
-                            .in_private_file_mapping(key.pid, value.sample_address, None);
-                    class = class.with_mapping(private);
+                    let kind = self
+                        .enricher
+                        .mapping_kind(key.pid, value.sample_address, None);
+                    class = class.with_mapping(kind);
                 }
                 summary.add(
                     key.pid,
@@ -345,8 +346,9 @@ impl Session {
             }
             for (key, hist) in counts.hists {
                 // A histogram knows no address, so no mapping: a first write that allocated
-                // a page goes with the other writes of its kind, copy or not.
-                let class = FaultClass::from_bits(key.class).with_mapping(false);
+                // a page goes with the other writes of its kind, copy or not, and a
+                // write-protect fault that kept its page stays a reuse.
+                let class = FaultClass::from_bits(key.class).with_mapping(MappingKind::Other);
                 let buckets = summary
                     .hists
                     .entry((key.pid, class))

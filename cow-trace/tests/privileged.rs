@@ -1813,6 +1813,49 @@ fn shared_and_anonymous_first_writes_copy_nothing() {
     }
 }
 
+/// Pages of a shared file mapping read, then written: the kernel write-protects a clean shared
+/// page to see its first write (for writeback), so each write is a write-protect fault that
+/// allocates nothing, as a reuse is; in a shared mapping it is no copy-on-write, and neither
+/// mode counts it as one.
+#[test]
+fn shared_file_writes_after_reads_are_no_copy_on_write() {
+    if !require_root("shared_file_writes_after_reads_are_no_copy_on_write") {
+        return;
+    }
+    let file = |name: &str| scratch().join(format!("{name}-{}", std::process::id()));
+    let pages = 256;
+    let run = trace_mapping_commands(
+        &[format!("shared-reread {} 8", file("warm-reread").display())],
+        &[format!(
+            "shared-reread {} {pages}",
+            file("reread").display()
+        )],
+    );
+    run.check_counts();
+    let writes = run.writes_in(0, pages);
+    assert_eq!(writes.len() as u64, pages);
+    assert!(
+        writes
+            .iter()
+            .all(|f| f["error_code"].as_u64().is_none_or(|e| e & 1 == 1)),
+        "the writes are write-protect faults: {:?}",
+        writes[0]
+    );
+    assert!(
+        writes
+            .iter()
+            .all(|f| f["cow"] == false && f["copied"].is_null()),
+        "{:?}",
+        writes.iter().find(|f| f["cow"] != false)
+    );
+    for (name, done) in [("stream", &run.stream), ("--summary", &run.counted)] {
+        let row = run.summary(done);
+        for count in ["cow", "copied", "reused", "file_copies"] {
+            assert_eq!(row[count], 0, "{name}: {count}: {row}");
+        }
+    }
+}
+
 /// Pages of a private file mapping, copied at their first writes, pushed out to swap, then
 /// written again: each write reads its page back from swap (a page allocated at a write to a
 /// page not present, as a first write's copy is), and copies nothing. The handle_mm_fault

@@ -102,6 +102,12 @@ impl MapInfo {
     pub fn is_private_file(&self) -> bool {
         self.backing == Backing::File && !self.perms.shared()
     }
+
+    /// A shared mapping (of a file, or shared anonymous memory): writes go to the pages
+    /// every sharer sees, never copied.
+    pub fn is_shared(&self) -> bool {
+        self.perms.shared()
+    }
 }
 
 /// One interned `[anon]` label: a process may make a hundred thousand anonymous mappings.

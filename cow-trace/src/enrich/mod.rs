@@ -12,6 +12,8 @@ mod unwound;
 
 use std::{collections::HashMap, sync::Arc};
 
+use cow_trace_common::MappingKind;
+
 pub use self::history::{HistoryStats, Retention};
 use self::{
     attribute::{Attribution, read_maps},
@@ -141,13 +143,17 @@ impl Enricher {
             .map(|frames| frames.join(" "));
     }
 
-    /// Whether `address` lies in a private file mapping of `pid` at `at` (None: the last
-    /// mapping there), where a first write copies the file's page (`FaultClass::with_mapping`).
-    /// False where the mapping is unknown.
-    pub fn in_private_file_mapping(&mut self, pid: u32, address: u64, at: Option<u64>) -> bool {
+    /// The kind of mapping that held `address` in `pid` at `at` (None: the last mapping
+    /// there), as `FaultClass::with_mapping` needs it: in a private file mapping a first write
+    /// copies the file's page; in a shared one a write-protect fault is no copy-on-write.
+    /// `Other` where the mapping is unknown.
+    pub fn mapping_kind(&mut self, pid: u32, address: u64, at: Option<u64>) -> MappingKind {
         match self.find(pid, address, at) {
-            Attribution::Mapped(hit) => hit.info.is_private_file(),
-            Attribution::Unmapped | Attribution::Unknown => false,
+            Attribution::Mapped(hit) if hit.info.is_private_file() => MappingKind::PrivateFile,
+            Attribution::Mapped(hit) if hit.info.is_shared() => MappingKind::Shared,
+            Attribution::Mapped(_) | Attribution::Unmapped | Attribution::Unknown => {
+                MappingKind::Other
+            }
         }
     }
 

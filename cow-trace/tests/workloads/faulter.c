@@ -36,6 +36,10 @@
 //   shared PATH N cached|uncached
 //                write an N-page file at PATH (uncached: as for private), map it MAP_SHARED,
 //                write every page: no copy. Prints "pages ADDR" (and "resident K")
+//   shared-reread PATH N
+//                as shared PATH N cached, but read every page before writing it: each write is
+//                then a write-protect fault (the kernel tracking the clean page's first
+//                write), no copy-on-write. Prints "pages ADDR"
 //   shm N        map N pages of shared anonymous memory and write each: no copy. Prints
 //                "pages ADDR"
 //   pin          stay on the current CPU from now on (before pageout: see pin())
@@ -485,12 +489,18 @@ static void private_file(const char *path, long n, int drop) {
 
 // A shared file mapping written: the file's own pages are written, nothing is copied (those
 // not cached are read into the page cache first: uncached).
-static void shared_file(const char *path, long n, int drop) {
+static void shared_file(const char *path, long n, int drop, int reread) {
     long resident;
     int fd = make_file(path, n, drop, &resident);
     char *p = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) _exit(7);
     if (drop) madvise(p, n * PAGE, MADV_RANDOM);
+    if (reread) {
+        volatile char *q = p;
+        long sum = 0;
+        for (long i = 0; i < n; i++) sum += q[i * PAGE];
+        if (sum < 0) _exit(4);
+    }
     char line[64];
     snprintf(line, sizeof line, "pages %lx\n", (unsigned long)p);
     say(line);
@@ -578,7 +588,9 @@ int main(void) {
             private_file(path, a, !strcmp(mode, "uncached"));
         else if (sscanf(line, "shared %1023s %ld %15s", path, &a, mode) == 3
                  && (!strcmp(mode, "cached") || !strcmp(mode, "uncached")))
-            shared_file(path, a, !strcmp(mode, "uncached"));
+            shared_file(path, a, !strcmp(mode, "uncached"), 0);
+        else if (sscanf(line, "shared-reread %1023s %ld", path, &a) == 2)
+            shared_file(path, a, 0, 1);
         else if (sscanf(line, "shm %ld", &a) == 1) shm(a);
         else if (!strcmp(line, "release")) release();
         else if (!strcmp(line, "pageout")) pageout();

@@ -211,7 +211,8 @@ pub(crate) mod test_support {
         if outcome == Outcome::Major {
             record_flags |= flags::MAJOR;
         }
-        fault.class = FaultClass::of(false, record_flags, 0x6).with_mapping(true);
+        fault.class = FaultClass::of(false, record_flags, 0x6)
+            .with_mapping(cow_trace_common::MappingKind::PrivateFile);
         fault
     }
 

@@ -311,7 +311,7 @@ mod tests {
             cow_trace_common::flags::COPY_KNOWN | cow_trace_common::flags::PAGE_ALLOCATED,
             0x6,
         )
-        .with_mapping(false);
+        .with_mapping(cow_trace_common::MappingKind::Other);
         assert!(
             columns(&filled).contains(" wu MAJOR      -     "),
             "{}",
