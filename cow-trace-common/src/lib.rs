@@ -333,6 +333,13 @@ impl FaultClass {
         })
     }
 
+    /// The class as the latency histograms key it: they carry no address, so a first write
+    /// that allocated a page goes with the other writes of its kind, whatever its mapping
+    /// (resolved or not).
+    pub const fn without_mapping(self) -> FaultClass {
+        FaultClass(self.0 & !(class::NEW_PAGE | class::FILE_COPY))
+    }
+
     /// A first write to a page of a private file mapping, which copied the file's page into
     /// private memory (the kernel's do_cow_fault): a copy, though no write-protect fault.
     pub const fn is_file_copy(self) -> bool {
@@ -392,7 +399,7 @@ pub mod counter {
     pub const PENDING_FULL: u32 = 1;
     /// Children that could not be added to the traced map because it was full.
     pub const TRACED_FULL: u32 = 2;
-    /// Faults not aggregated because a summary map was full.
+    /// Faults not counted because `STATS`, the summary's map of counts, was full: lost.
     pub const SUMMARY_FULL: u32 = 3;
     /// User stacks not taken because they could not be read: no user registers, the stack
     /// not mapped, or (--stack=fp) the kernel's frame-pointer walk failed.
@@ -405,8 +412,20 @@ pub mod counter {
     /// User stacks not copied (--stack=dwarf): the CPU's copy buffer was in use by a program
     /// this one preempted (fentry programs run preemptible).
     pub const STACK_BUFFER_BUSY: u32 = 7;
+    /// Timed faults whose latency is not in the histograms because `HISTS` was full. The
+    /// faults themselves are counted (in `STATS`, with their latencies): nothing is lost but
+    /// the histograms' samples.
+    pub const HIST_FULL: u32 = 8;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
+}
+
+/// Sizes of the in-kernel summary's shared maps (--summary), set by userspace at load.
+pub mod summary_maps {
+    /// `STATS`: fault counts per pid x class x window x stack x 64 KiB region.
+    pub const STATS: u32 = 65536;
+    /// `HISTS`: log2 latency histograms per pid x class.
+    pub const HISTS: u32 = 4096;
 }
 
 /// Settings userspace writes into the object before loading it: tracepoint field offsets,

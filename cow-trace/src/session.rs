@@ -7,7 +7,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use cow_trace_common::HIST_BUCKETS;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -324,14 +323,7 @@ impl Session {
             for (key, hist) in counts.hists {
                 // A histogram knows no address, so no mapping: a first write that allocated
                 // a page goes with the other writes of its kind, copy or not.
-                let class = FaultClass::from_bits(key.class).with_mapping(false);
-                let buckets = summary
-                    .hists
-                    .entry((key.pid, class))
-                    .or_insert([0; HIST_BUCKETS]);
-                for (sum, count) in buckets.iter_mut().zip(hist.buckets) {
-                    *sum += count;
-                }
+                summary.add_hist(key.pid, FaultClass::from_bits(key.class), &hist.buckets);
             }
             summary.merge(&self.streamed);
             summary

@@ -9,7 +9,7 @@ use aya::{
 };
 use cow_trace_common::{
     Hist, HistCache, HistKey, NO_FIELD, PENDING_DEFERRED, PendingFault, Record, Settings,
-    StatCache, StatKey, StatValue, stack_faults, stack_mode,
+    StatCache, StatKey, StatValue, stack_faults, stack_mode, summary_maps,
 };
 
 use crate::{
@@ -93,8 +93,8 @@ impl Probes {
                 },
             )
             .map_max_entries("STACK_BUFFERS", stack_buffers)
-            .map_max_entries("STATS", if summary_mode { 65536 } else { 1 })
-            .map_max_entries("HISTS", if summary_mode { 4096 } else { 1 })
+            .map_max_entries("STATS", if summary_mode { summary_maps::STATS } else { 1 })
+            .map_max_entries("HISTS", if summary_mode { summary_maps::HISTS } else { 1 })
             .load(OBJECT)
             .map_err(|e| kernel_error("loading the eBPF object", e))?;
         diagnostics::start(&mut ebpf);
