@@ -76,6 +76,8 @@ struct Tree {
     live: HashSet<u32>,
     /// Last known command name of each traced process.
     comms: HashMap<u32, String>,
+    /// Traced processes seen to exit (their exit record, or /proc) since last asked.
+    exited: Vec<u32>,
 }
 
 impl Tree {
@@ -91,9 +93,23 @@ impl Tree {
             }
             Change::Exit => {
                 self.live.remove(&event.pid);
+                self.exited.push(event.pid);
                 self.comms.insert(event.pid, event.comm.clone());
             }
         }
+    }
+
+    /// Forgets the processes /proc says are no longer running: exit records can be lost when
+    /// the ring is full, and /proc has the last word.
+    fn prune(&mut self) {
+        let exited = &mut self.exited;
+        self.live.retain(|&pid| {
+            let alive = target::is_alive(pid);
+            if !alive {
+                exited.push(pid);
+            }
+            alive
+        });
     }
 
     fn add(&mut self, pid: u32) {
@@ -129,6 +145,8 @@ struct Session {
     clock: WallClock,
     /// --interval: the counts at the previous report.
     intervals: Option<Intervals>,
+    /// --summary: the kernel's counts of processes that have exited, taken out of its maps.
+    exited: kstats::Exited,
 }
 
 impl Session {
@@ -293,7 +311,7 @@ impl Session {
     fn totals(&mut self) -> anyhow::Result<Summary> {
         let mut summary = if self.options.kernel.summary {
             let mut summary = Summary::default();
-            let counts = kstats::read(&self.probes)?;
+            let counts = kstats::read(&self.probes, &self.exited)?;
             for (key, value) in &counts.stats {
                 let mut class = FaultClass::from_bits(key.class);
                 if class.needs_mapping() {
@@ -360,7 +378,7 @@ impl Session {
             return Ok(());
         }
         let probes = &self.probes;
-        for (key, value) in kstats::read(probes)?.stats {
+        for (key, value) in kstats::read(probes, &self.exited)?.stats {
             if !flame.counts(FaultClass::from_bits(key.class)) {
                 continue;
             }
@@ -383,6 +401,21 @@ impl Session {
             });
         }
         Ok(())
+    }
+
+    /// --summary: takes the kernel's counts of processes that have exited out of its maps
+    /// (`kstats::Exited`), so they keep room for the living. Processes still in the tree are
+    /// left alone, as is any /proc does not show ended for good.
+    fn take_exited(&mut self) {
+        if !self.options.kernel.summary {
+            return;
+        }
+        for pid in self.tree.exited.drain(..) {
+            self.exited.exit(pid);
+        }
+        let live = &self.tree.live;
+        let ended = |pid: u32| !live.contains(&pid) && target::has_exited(pid);
+        self.exited.take(&mut self.probes, ended);
     }
 
     /// Everything lost so far, by the eBPF programs and the mapping events.
@@ -540,6 +573,7 @@ pub async fn run(
         stack_losses: StackLosses::default(),
         clock,
         intervals: None,
+        exited: kstats::Exited::default(),
     };
     if !session.options.kernel.summary {
         session.sink.begin().map_err(output_error)?;
@@ -570,8 +604,7 @@ pub async fn run(
             _ = tick.tick() => {
                 let drained = session.drain(&mut ring);
                 session.settle_mappings();
-                // Exit records can be lost when the ring is full: /proc has the last word.
-                session.tree.live.retain(|&pid| target::is_alive(pid));
+                session.tree.prune();
                 session.report_new_losses();
                 drained
             }
@@ -592,6 +625,9 @@ pub async fn run(
             Err(e) => return Err(output_error(e)),
             Ok(()) => {}
         }
+        // Exit records wake us at once: a storm of short-lived processes is taken out of the
+        // summary's maps as fast as their cost allows.
+        session.take_exited();
         if session.tree.live.is_empty() {
             break Stop::AllExited;
         }
