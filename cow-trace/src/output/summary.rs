@@ -457,13 +457,19 @@ impl Summary {
                 self.comm(histogram.pid),
                 histogram.class
             )?;
-            let samples = histogram.samples();
-            if self.lost.hist_full > 0 && samples < histogram.timed {
-                writeln!(
-                    out,
-                    "(holds {samples} of {} timed faults: the others did not fit in the histogram map)",
-                    histogram.timed
-                )?;
+            let (samples, timed) = (histogram.samples(), histogram.timed);
+            if self.lost.hist_full > 0 && samples < timed {
+                if samples == 0 {
+                    writeln!(
+                        out,
+                        "(holds none of its {timed} timed faults: the histogram map had no room for them)"
+                    )?;
+                } else {
+                    writeln!(
+                        out,
+                        "(holds {samples} of its {timed} timed faults: the histogram map had no room for the others)"
+                    )?;
+                }
             }
             write_hist(out, histogram.buckets)?;
         }
@@ -707,13 +713,13 @@ mod tests {
         );
         assert!(
             text.contains(
-                "@latency_ns[7, ?, r MINOR]:\n(holds 1 of 3 timed faults: the others did not fit in the histogram map)\n[512, 1K)"
+                "@latency_ns[7, ?, r MINOR]:\n(holds 1 of its 3 timed faults: the histogram map had no room for the others)\n[512, 1K)"
             ),
             "{text}"
         );
         assert!(
             text.contains(
-                "@latency_ns[7, ?, w MINOR]:\n(holds 0 of 2 timed faults: the others did not fit in the histogram map)\n(empty)"
+                "@latency_ns[7, ?, w MINOR]:\n(holds none of its 2 timed faults: the histogram map had no room for them)\n(empty)"
             ),
             "{text}"
         );
