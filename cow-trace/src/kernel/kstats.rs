@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use aya::maps::MapError;
 use cow_trace_common::{HIST_BUCKETS, Hist, HistKey, StatKey, StatValue, summary_maps};
 
 use crate::kernel::probes::Probes;
@@ -147,7 +148,10 @@ impl Exited {
     ///   added to the map (the key is replaced after), so a cache that shows no counts of the
     ///   pid has no add of them in flight, and, the process having ended before the caches
     ///   were read, gets none later. So the maps, read after the caches, hold the pid's final
-    ///   counts, which are deleted as read;
+    ///   counts, which are deleted as read. (A program's add to the map and its emptying of
+    ///   the cache after it are stores of one CPU, which x86 makes visible in order; on arm64
+    ///   the add is relaxed, but the maps are read some system calls after the caches, far
+    ///   longer than a store takes to land);
     /// - the pid is not in `TRACED`: were it reused by a new traced process, that one's faults
     ///   would count under the same pid. Its entries stay then, and are taken at its own exit
     ///   (the summary adds a reused pid's counts to the old ones', as before). A process that
@@ -286,7 +290,7 @@ impl Exited {
                 // Traced again (reused) or not: no longer pending. A reused pid is pending
                 // again at its new process's exit.
                 self.pending.remove(&pid);
-                if traced.get(&pid, 0).is_err() {
+                if matches!(traced.get(&pid, 0), Err(MapError::KeyNotFound)) {
                     pids.insert(pid);
                 }
             }
