@@ -103,6 +103,10 @@ pub mod class {
     /// Set by userspace only, for a NEW_PAGE fault in a private file mapping: the file's page
     /// was copied into private memory.
     pub const FILE_COPY: u32 = 1 << 11;
+    /// Set by userspace only, for a write-protect fault that allocated nothing in a shared
+    /// mapping (the kernel watching a clean page's first write): no copy-on-write, so
+    /// WRITE_PROTECT and COPY_KNOWN are cleared (see [`super::FaultClass::with_mapping`]).
+    pub const SHARED_WRITE: u32 = 1 << 12;
 
     use super::{flags, x86_pf};
 
@@ -349,10 +353,22 @@ impl FaultClass {
             });
         }
         if matches!(mapping, MappingKind::Shared) {
-            FaultClass(self.0 & !(class::WRITE_PROTECT | class::COPY_KNOWN))
+            FaultClass(self.0 & !(class::WRITE_PROTECT | class::COPY_KNOWN) | class::SHARED_WRITE)
         } else {
             self
         }
+    }
+
+    /// The class as the latency histograms key it: they carry no address, so a first write
+    /// that allocated a page goes with the other writes of its kind, and a write-protect fault
+    /// that kept its page with the reuses, whatever its mapping (resolved or not).
+    pub const fn without_mapping(self) -> FaultClass {
+        let bits = self.0 & !(class::NEW_PAGE | class::FILE_COPY | class::SHARED_WRITE);
+        FaultClass(if self.has(class::SHARED_WRITE) {
+            bits | class::WRITE_PROTECT | class::COPY_KNOWN
+        } else {
+            bits
+        })
     }
 
     /// A first write to a page of a private file mapping, which copied the file's page into
@@ -414,7 +430,7 @@ pub mod counter {
     pub const PENDING_FULL: u32 = 1;
     /// Children that could not be added to the traced map because it was full.
     pub const TRACED_FULL: u32 = 2;
-    /// Faults not aggregated because a summary map was full.
+    /// Faults not counted because `STATS`, the summary's map of counts, was full: lost.
     pub const SUMMARY_FULL: u32 = 3;
     /// User stacks not taken because they could not be read: no user registers, the stack
     /// not mapped, or (--stack=fp) the kernel's frame-pointer walk failed.
@@ -427,8 +443,20 @@ pub mod counter {
     /// User stacks not copied (--stack=dwarf): the CPU's copy buffer was in use by a program
     /// this one preempted (fentry programs run preemptible).
     pub const STACK_BUFFER_BUSY: u32 = 7;
+    /// Timed faults whose latency is not in the histograms because `HISTS` was full. The
+    /// faults themselves are counted (in `STATS`, with their latencies): nothing is lost but
+    /// the histograms' samples.
+    pub const HIST_FULL: u32 = 8;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
+}
+
+/// Sizes of the in-kernel summary's shared maps (--summary), set by userspace at load.
+pub mod summary_maps {
+    /// `STATS`: fault counts per pid x class x window x stack x 64 KiB region.
+    pub const STATS: u32 = 65536;
+    /// `HISTS`: log2 latency histograms per pid x class.
+    pub const HISTS: u32 = 4096;
 }
 
 /// Settings userspace writes into the object before loading it: tracepoint field offsets,
@@ -897,11 +925,11 @@ mod tests {
         }
         // A shared mapping: the kernel tracking a clean page's first write, no copy-on-write.
         let shared = kept.with_mapping(MappingKind::Shared);
-        assert_eq!(
-            shared,
-            FaultClass::of(false, 0, x86_pf::WRITE | x86_pf::USER)
-        );
+        assert_eq!(shared.access(), Some(Access::Write));
         assert!(!shared.is_write_protect() && shared.cow_outcome().is_none());
+        assert!(!shared.needs_mapping(), "resolved");
+        // The histograms, which know no mapping, keep it with the reuses.
+        assert_eq!(shared.without_mapping(), kept);
         // A zero fill or a copy only happens in private memory.
         let zero = FaultClass::of(false, flags::COPY_KNOWN | flags::PAGE_ZEROED, wp);
         assert!(!zero.needs_mapping());

@@ -41,18 +41,27 @@ pub fn traced_full(child: u32, parent: u32, error: i32) {
     }
 }
 
-/// A summary map (`STATS`, or `HISTS` for `histogram`) is full: a fault of `pid` not counted.
-/// (Two messages rather than the map's name as an argument: the verifier refused the code
-/// LLVM made of a string chosen at run time.)
+/// The summary's map of counts (`STATS`) is full: faults of `pid` not counted.
 #[cold]
 #[inline(never)]
-pub fn summary_full(pid: u32, histogram: bool) {
+pub fn summary_full(pid: u32) {
     if wanted(SUMMARY_FULL) {
-        if histogram {
-            info!(&(), target: TARGET, "summary map full: a latency of pid {} not counted", pid);
-        } else {
-            info!(&(), target: TARGET, "summary map full: a fault of pid {} not counted", pid);
-        }
+        info!(&(), target: TARGET, "summary map full: faults of pid {} not counted", pid);
+    }
+}
+
+/// The summary's histogram map (`HISTS`) is full: latencies of faults of `pid` (which are
+/// counted) not in the histograms.
+#[cold]
+#[inline(never)]
+pub fn hist_full(pid: u32) {
+    if wanted(HIST_FULL) {
+        info!(
+            &(),
+            target: TARGET,
+            "histogram map full: latencies of pid {} not in the histograms (its faults are counted)",
+            pid
+        );
     }
 }
 
@@ -120,7 +129,8 @@ const SUMMARY_FULL: u32 = 2;
 const STACK_FAILED: u32 = 3;
 const UPDATE_FAILED: u32 = 4;
 const NESTED: u32 = 5;
-const KINDS: u32 = 6;
+const HIST_FULL: u32 = 6;
+const KINDS: u32 = 7;
 
 /// Per kind, non-zero once this CPU has logged one.
 #[map]

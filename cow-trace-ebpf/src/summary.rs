@@ -82,7 +82,7 @@ fn add_stats(key: &StatKey, counts: &StatValue) {
     };
     let Some(entry) = get_or_insert(&STATS, *key, &first) else {
         bump_by(counter::SUMMARY_FULL, counts.faults);
-        diagnostics::summary_full(key.pid, false);
+        diagnostics::summary_full(key.pid);
         return;
     };
     // SAFETY: a value of STATS, live while this program runs.
@@ -108,8 +108,9 @@ fn cache_hist(cache: &mut HistCache, key: HistKey, bucket: usize) {
     cache.hist.buckets[bucket] += 1;
 }
 
-/// Adds a cache's histogram to `HISTS` (or to the loss counter where the map is full) and
-/// empties it.
+/// Adds a cache's histogram to `HISTS` and empties it. Where the map is full, its samples
+/// are counted apart (`HIST_FULL`): their faults are counted in `STATS`, so none is lost,
+/// but the histograms hold fewer samples than there were timed faults.
 #[inline(always)]
 fn add_hist(cache: &mut HistCache) {
     // Zeroes from a static: a Hist is too big for the BPF stack.
@@ -124,8 +125,8 @@ fn add_hist(cache: &mut HistCache) {
             }
         }
         None => {
-            bump_by(counter::SUMMARY_FULL, cache.faults);
-            diagnostics::summary_full(cache.key.pid, true);
+            bump_by(counter::HIST_FULL, cache.faults);
+            diagnostics::hist_full(cache.key.pid);
         }
     }
     cache.hist = EMPTY_HIST;

@@ -252,8 +252,12 @@ pub struct Lost {
     pub pending_full: u64,
     /// Children not followed because the traced map was full.
     pub traced_full: u64,
-    /// Faults not counted because an in-kernel summary map was full.
+    /// Faults not counted because the in-kernel summary's map of counts was full.
     pub summary_full: u64,
+    /// Not a loss of faults (`events` leaves it out, and JSON gives it beside `lost`, not in
+    /// `lost_detail`): timed faults, counted, whose latency is not in the histograms because
+    /// the in-kernel histogram map was full.
+    pub hist_full: u64,
     /// User stacks not taken, or cut short, by reason.
     pub stacks: StackLosses,
     /// Records of mappings the kernel dropped because the mapping ring was full: some

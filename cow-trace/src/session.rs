@@ -7,7 +7,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use cow_trace_common::{HIST_BUCKETS, MappingKind};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -80,6 +79,8 @@ struct Tree {
     live: HashSet<u32>,
     /// Last known command name of each traced process.
     comms: HashMap<u32, String>,
+    /// Traced processes seen to exit (their exit record, or /proc) since last asked.
+    exited: Vec<u32>,
 }
 
 impl Tree {
@@ -95,9 +96,23 @@ impl Tree {
             }
             Change::Exit => {
                 self.live.remove(&event.pid);
+                self.exited.push(event.pid);
                 self.comms.insert(event.pid, event.comm.clone());
             }
         }
+    }
+
+    /// Forgets the processes /proc says are no longer running: exit records can be lost when
+    /// the ring is full, and /proc has the last word.
+    fn prune(&mut self) {
+        let exited = &mut self.exited;
+        self.live.retain(|&pid| {
+            let alive = target::is_alive(pid);
+            if !alive {
+                exited.push(pid);
+            }
+            alive
+        });
     }
 
     fn add(&mut self, pid: u32) {
@@ -137,6 +152,8 @@ struct Session {
     /// streamed fault that began later, while the programs were still detaching, is past
     /// the end the user asked for.
     end_ns: Option<u64>,
+    /// --summary: the kernel's counts of processes that have exited, taken out of its maps.
+    exited: kstats::Exited,
 }
 
 impl Session {
@@ -317,7 +334,7 @@ impl Session {
     fn totals(&mut self) -> anyhow::Result<Summary> {
         let mut summary = if self.options.kernel.summary {
             let mut summary = Summary::default();
-            let counts = kstats::read(&self.probes)?;
+            let counts = kstats::read(&self.probes, &self.exited)?;
             for (key, value) in &counts.stats {
                 let mut class = FaultClass::from_bits(key.class);
                 if class.needs_mapping() {
@@ -347,15 +364,8 @@ impl Session {
             for (key, hist) in counts.hists {
                 // A histogram knows no address, so no mapping: a first write that allocated
                 // a page goes with the other writes of its kind, copy or not, and a
-                // write-protect fault that kept its page stays a reuse.
-                let class = FaultClass::from_bits(key.class).with_mapping(MappingKind::Other);
-                let buckets = summary
-                    .hists
-                    .entry((key.pid, class))
-                    .or_insert([0; HIST_BUCKETS]);
-                for (sum, count) in buckets.iter_mut().zip(hist.buckets) {
-                    *sum += count;
-                }
+                // write-protect fault that kept its page stays a reuse (`without_mapping`).
+                summary.add_hist(key.pid, FaultClass::from_bits(key.class), &hist.buckets);
             }
             summary.merge(&self.streamed);
             summary
@@ -392,7 +402,7 @@ impl Session {
             return Ok(());
         }
         let probes = &self.probes;
-        for (key, value) in kstats::read(probes)?.stats {
+        for (key, value) in kstats::read(probes, &self.exited)?.stats {
             if !flame.counts(FaultClass::from_bits(key.class)) {
                 continue;
             }
@@ -415,6 +425,21 @@ impl Session {
             });
         }
         Ok(())
+    }
+
+    /// --summary: takes the kernel's counts of processes that have exited out of its maps
+    /// (`kstats::Exited`), so they keep room for the living. Processes still in the tree are
+    /// left alone, as is any /proc does not show ended for good.
+    fn take_exited(&mut self) {
+        if !self.options.kernel.summary {
+            return;
+        }
+        for pid in self.tree.exited.drain(..) {
+            self.exited.exit(pid);
+        }
+        let live = &self.tree.live;
+        let ended = |pid: u32| !live.contains(&pid) && target::has_exited(pid);
+        self.exited.take(&mut self.probes, ended);
     }
 
     /// Everything lost so far, by the eBPF programs and the mapping events.
@@ -577,6 +602,7 @@ pub async fn run(
         clock,
         intervals: None,
         end_ns: None,
+        exited: kstats::Exited::default(),
     };
     if !session.options.kernel.summary {
         session.sink.begin().map_err(output_error)?;
@@ -607,8 +633,7 @@ pub async fn run(
             _ = tick.tick() => {
                 let drained = session.drain_for_a_turn(&mut ring);
                 session.settle_mappings();
-                // Exit records can be lost when the ring is full: /proc has the last word.
-                session.tree.live.retain(|&pid| target::is_alive(pid));
+                session.tree.prune();
                 session.report_new_losses();
                 drained
             }
@@ -629,6 +654,9 @@ pub async fn run(
             Err(e) => return Err(output_error(e)),
             Ok(()) => {}
         }
+        // Exit records wake us at once: a storm of short-lived processes is taken out of the
+        // summary's maps as fast as their cost allows.
+        session.take_exited();
         if session.tree.live.is_empty() {
             break Stop::AllExited;
         }

@@ -113,6 +113,28 @@ pub fn is_alive(pid: u32) -> bool {
         .is_ok_and(|stat| !matches!(stat.state, 'Z' | 'X'))
 }
 
+/// Has process `pid` ended for good, every thread of it gone? True once it is gone from /proc,
+/// or is a zombie with no thread left but its leader (a leader that exited while its other
+/// threads run on is a zombie too, of more than one thread). Unsure (/proc unreadable
+/// otherwise): false. A plain read, for it is asked of every process that exits.
+pub fn has_exited(pid: u32) -> bool {
+    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat,
+        Err(error) => {
+            return error.kind() == std::io::ErrorKind::NotFound
+                || error.raw_os_error() == Some(libc::ESRCH);
+        }
+    };
+    // After the ")" that ends comm: the state (field 3), num_threads 17 fields on (field 20).
+    let Some(rest) = stat.rfind(')').and_then(|end| stat.get(end + 2..)) else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let zombie = matches!(fields.next(), Some("Z" | "X"));
+    let threads = fields.nth(16).and_then(|n| n.parse::<u64>().ok());
+    zombie && matches!(threads, Some(0 | 1))
+}
+
 /// A command forked and stopped before exec until the probes are attached, so none of its
 /// faults after exec is missed. Dropped without `release`, it is killed, never left waiting.
 pub struct HeldCommand {
@@ -409,6 +431,26 @@ fn which_program(program: &str) -> Option<std::path::PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process has exited for good once a zombie (of one thread) or gone; running, or a
+    /// leader whose other thread runs on, it has not.
+    #[test]
+    fn exited_for_good_means_every_thread_gone() {
+        assert!(!has_exited(std::process::id()), "we run");
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "exit 0"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !has_exited(pid) {
+            assert!(std::time::Instant::now() < deadline, "{pid} never exited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!is_alive(pid), "a zombie now");
+        child.wait().unwrap();
+        assert!(has_exited(pid), "reaped: gone");
+    }
 
     #[test]
     fn a_live_process_is_traceable_but_not_ourselves() {

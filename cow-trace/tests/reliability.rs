@@ -658,6 +658,126 @@ fn full_summary_maps_are_lost_faults_with_their_own_remedy() {
     faulter.exit();
 }
 
+/// --summary counts in kernel maps of a fixed size: 4096 latency histograms (pid x class) and
+/// 65536 counts (pid x class x window x stack x 64 KiB region). 5000 short-lived children, each
+/// writing 16 regions, leave far more behind than either holds: the entries of processes that
+/// have exited must make way for the next ones. Nothing is lost, each child's counts are the
+/// kernel's, and the histograms hold every timed fault.
+#[test]
+fn summary_maps_outlast_processes_that_exited() {
+    if !require_root("summary_maps_outlast_processes_that_exited") {
+        return;
+    }
+    const CHILDREN: usize = 5000;
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--summary", "--json"]);
+    let before = kernel_fault_counts(pid);
+    let printed = faulter.run(&format!("forks {CHILDREN} 16"));
+    let after = kernel_fault_counts(pid);
+    let done = tracer.stop();
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    let json = done.json();
+    let totals = json
+        .iter()
+        .find(|v| v["event"] == "totals")
+        .expect("no totals line");
+    assert_eq!(totals["lost"], 0, "{totals}");
+    assert_eq!(totals["hist_full"], 0, "{totals}");
+    assert!(
+        !done.stderr.contains("LOST") && !done.stderr.contains("histogram map"),
+        "a loss reported where there was none: {}",
+        done.stderr
+    );
+    // What the kernel counted: each child's, read as a zombie, and the parent's.
+    let mut expected: std::collections::BTreeMap<u64, (u64, u64)> = printed
+        .iter()
+        .map(|line| {
+            let fields: Vec<u64> = line
+                .strip_prefix("child ")
+                .unwrap_or_else(|| panic!("{line:?}"))
+                .split(' ')
+                .map(|n| n.parse().unwrap())
+                .collect();
+            (fields[0], (fields[1], fields[2]))
+        })
+        .collect();
+    assert_eq!(expected.len(), CHILDREN);
+    expected.insert(u64::from(pid), (after.0 - before.0, after.1 - before.1));
+    let rows: std::collections::BTreeMap<u64, &Value> = json
+        .iter()
+        .filter(|v| v["event"] == "summary")
+        .map(|v| (v["pid"].as_u64().unwrap(), v))
+        .collect();
+    let counted = |pid: &u64| {
+        rows.get(pid).map(|row| {
+            (
+                row["minor"].as_u64().unwrap(),
+                row["major"].as_u64().unwrap(),
+            )
+        })
+    };
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter(|(pid, kernel)| counted(pid) != Some(**kernel))
+        .map(|(pid, kernel)| format!("{pid}: {kernel:?} counted as {:?}", counted(pid)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} processes counted otherwise than the kernel did (minor, major): {:?}",
+        wrong.len(),
+        expected.len(),
+        &wrong[..wrong.len().min(10)]
+    );
+    let strangers: Vec<&u64> = rows.keys().filter(|p| !expected.contains_key(p)).collect();
+    assert!(
+        strangers.is_empty(),
+        "rows of pids never forked: {strangers:?}"
+    );
+    let faults: u64 = expected.values().map(|(minor, major)| minor + major).sum();
+    assert_eq!(totals["faults"], faults, "{totals}");
+    // Every timed fault is in its pid's histograms.
+    let mut in_histograms: std::collections::BTreeMap<u64, u64> = Default::default();
+    for histogram in json.iter().filter(|v| v["event"] == "histogram") {
+        let samples: u64 = histogram["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .sum();
+        *in_histograms
+            .entry(histogram["pid"].as_u64().unwrap())
+            .or_default() += samples;
+    }
+    let short: Vec<(u64, u64, u64)> = rows
+        .iter()
+        .map(|(pid, row)| {
+            let timed = row["timed"].as_u64().unwrap();
+            (*pid, timed, in_histograms.get(pid).copied().unwrap_or(0))
+        })
+        .filter(|(_, timed, samples)| timed != samples)
+        .collect();
+    assert!(
+        short.is_empty(),
+        "{} processes' histograms do not hold their timed faults (pid, timed, in histograms): {:?}",
+        short.len(),
+        &short[..short.len().min(10)]
+    );
+    let timed: u64 = rows
+        .values()
+        .map(|row| row["timed"].as_u64().unwrap())
+        .sum();
+    if untimed() {
+        assert_eq!(timed, 0);
+    } else {
+        assert_eq!(
+            timed, faults,
+            "every fault of a process forked while traced is timed"
+        );
+    }
+    faulter.exit();
+}
+
 /// Ids of the BPF objects (`prog_id` or `map_id`) that process `pid` holds file descriptors
 /// to, from /proc/PID/fdinfo.
 fn bpf_ids_of(pid: u32, field: &str) -> BTreeSet<u64> {

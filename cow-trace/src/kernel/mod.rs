@@ -3,6 +3,7 @@
 //! the loss counters, `kstats` for `--summary`'s counts), and the kernel's record of the
 //! traced processes' mappings (`mmap_events`, perf events, apart from the eBPF programs).
 pub mod backends;
+mod batch;
 pub mod diagnostics;
 pub mod kstats;
 mod mapped;

@@ -9,7 +9,7 @@ use aya::{
 };
 use cow_trace_common::{
     Hist, HistCache, HistKey, NO_FIELD, PENDING_DEFERRED, PendingFault, Record, Settings,
-    StatCache, StatKey, StatValue, stack_faults, stack_mode,
+    StatCache, StatKey, StatValue, stack_faults, stack_mode, summary_maps,
 };
 
 use crate::{
@@ -18,7 +18,7 @@ use crate::{
     kernel::{
         KernelConfig, StackConfig,
         backends::{self, Backend, Sees},
-        diagnostics, kernel_error, mapped, tracefs, version,
+        batch, diagnostics, kernel_error, mapped, tracefs, version,
     },
 };
 
@@ -93,8 +93,8 @@ impl Probes {
                 },
             )
             .map_max_entries("STACK_BUFFERS", stack_buffers)
-            .map_max_entries("STATS", if summary_mode { 65536 } else { 1 })
-            .map_max_entries("HISTS", if summary_mode { 4096 } else { 1 })
+            .map_max_entries("STATS", if summary_mode { summary_maps::STATS } else { 1 })
+            .map_max_entries("HISTS", if summary_mode { summary_maps::HISTS } else { 1 })
             .load(OBJECT)
             .map_err(|e| kernel_error("loading the eBPF object", e))?;
         diagnostics::start(&mut ebpf);
@@ -219,16 +219,34 @@ impl Probes {
         PerCpuArray::try_from(map).context("COUNTERS has an unexpected type")
     }
 
-    /// The in-kernel summary's counts (--summary).
-    pub fn stats(&self) -> anyhow::Result<HashMap<&MapData, StatKey, StatValue>> {
+    /// Every entry of the in-kernel summary's counts (--summary), read in a few system calls.
+    pub fn all_stats(&self) -> anyhow::Result<Vec<(StatKey, StatValue)>> {
         let map = self.ebpf.map("STATS").context("STATS map missing")?;
-        HashMap::try_from(map).context("STATS has an unexpected type")
+        batch::read_all(map).context("reading STATS")
     }
 
-    /// The in-kernel summary's latency histograms (--summary).
-    pub fn hists(&self) -> anyhow::Result<HashMap<&MapData, HistKey, Hist>> {
+    /// Every entry of the in-kernel summary's latency histograms (--summary), read in a few
+    /// system calls.
+    pub fn all_hists(&self) -> anyhow::Result<Vec<(HistKey, Hist)>> {
         let map = self.ebpf.map("HISTS").context("HISTS map missing")?;
-        HashMap::try_from(map).context("HISTS has an unexpected type")
+        batch::read_all(map).context("reading HISTS")
+    }
+
+    /// Deletes entries of the in-kernel summary's counts: how many (the first so many of
+    /// `keys`), and why no more where not all.
+    pub fn delete_stats(&mut self, keys: &[StatKey]) -> (usize, anyhow::Result<()>) {
+        match self.ebpf.map_mut("STATS") {
+            Some(map) => batch::delete(map, keys),
+            None => (0, Err(anyhow::anyhow!("STATS map missing"))),
+        }
+    }
+
+    /// Deletes entries of the in-kernel summary's histograms, as `delete_stats`.
+    pub fn delete_hists(&mut self, keys: &[HistKey]) -> (usize, anyhow::Result<()>) {
+        match self.ebpf.map_mut("HISTS") {
+            Some(map) => batch::delete(map, keys),
+            None => (0, Err(anyhow::anyhow!("HISTS map missing"))),
+        }
     }
 
     /// The in-kernel summary's per-CPU caches of the last key counted (--summary).

@@ -65,6 +65,7 @@ pub fn read_lost(probes: &Probes) -> anyhow::Result<Lost> {
         pending_full: sum(counter::PENDING_FULL)?,
         traced_full: sum(counter::TRACED_FULL)?,
         summary_full: sum(counter::SUMMARY_FULL)?,
+        hist_full: sum(counter::HIST_FULL)?,
         stacks: StackLosses {
             unreadable: sum(counter::STACK_UNREADABLE)?,
             map_full: sum(counter::STACK_MAP_FULL)?,

@@ -136,6 +136,7 @@ fn lost_since(now: &Lost, before: &Lost) -> Lost {
         pending_full,
         traced_full,
         summary_full,
+        hist_full,
         stacks,
         mapping_records,
     } = now;
@@ -144,6 +145,7 @@ fn lost_since(now: &Lost, before: &Lost) -> Lost {
         pending_full: pending_full.saturating_sub(before.pending_full),
         traced_full: traced_full.saturating_sub(before.traced_full),
         summary_full: summary_full.saturating_sub(before.summary_full),
+        hist_full: hist_full.saturating_sub(before.hist_full),
         stacks: stacks.since(&before.stacks),
         mapping_records: mapping_records.saturating_sub(before.mapping_records),
     }

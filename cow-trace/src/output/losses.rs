@@ -43,6 +43,9 @@ impl Losses {
                 now.summary_full - before.summary_full
             ));
         }
+        if now.hist_full > before.hist_full {
+            lines.push(hist_full_line(now.hist_full - before.hist_full));
+        }
         if now.mapping_records > before.mapping_records {
             lines.push(format!(
                 "LOST {} mapping records (mapping ring full): some addresses may show [unknown]",
@@ -64,6 +67,15 @@ impl Losses {
         self.reported = now;
         lines
     }
+}
+
+/// Timed faults whose latency did not fit in the histograms: no loss (the faults are counted),
+/// so no LOST line, but the histograms miss them, and the user should know why and what to do.
+fn hist_full_line(faults: u64) -> String {
+    format!(
+        "{faults} faults' latencies are not in the histograms: the histogram map was full (more pid x fault class histograms at once than its {}); the faults are counted, their latencies in AVG LAT; for every latency, trace without --summary",
+        cow_trace_common::summary_maps::HISTS
+    )
 }
 
 #[cfg(test)]
@@ -100,6 +112,27 @@ mod tests {
             losses.new_lines(),
             ["LOST 2 mapping records (mapping ring full): some addresses may show [unknown]"]
         );
+    }
+
+    #[test]
+    fn latencies_not_in_the_histograms_are_no_lost_faults() {
+        let mut losses = Losses::default();
+        let read = Lost {
+            hist_full: 7,
+            ..Lost::default()
+        };
+        assert_eq!(read.events(), 0, "no fault was lost");
+        losses.update(Ok(read));
+        let lines = losses.new_lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with(
+                "7 faults' latencies are not in the histograms: the histogram map was full"
+            ),
+            "{lines:?}"
+        );
+        assert!(!lines[0].contains("LOST"), "{lines:?}");
+        assert!(losses.new_lines().is_empty(), "reported already");
     }
 
     #[test]

@@ -131,8 +131,12 @@ pub struct Summary {
     pub windows: BTreeMap<(u32, u32), Counts>,
     /// (pid, mapping, class) -> faults; filled where mappings are resolved (--summary).
     pub mappings: BTreeMap<(u32, String, FaultClass), u64>,
-    /// (pid, class) -> log2 latency histogram.
+    /// (pid, class) -> log2 latency histogram (the class as histograms key it:
+    /// `FaultClass::without_mapping`).
     pub hists: BTreeMap<(u32, FaultClass), [u64; HIST_BUCKETS]>,
+    /// (pid, class as `hists` keys it) -> timed faults: what that histogram holds, unless the
+    /// kernel's histogram map was full (`lost.hist_full`).
+    pub timed: BTreeMap<(u32, FaultClass), u64>,
     /// (pid, stack id) -> copy-on-write faults taken there (with --stack).
     pub stacks: BTreeMap<(u32, u32), u64>,
     /// (pid, stack id) -> symbolized frames, filled before printing.
@@ -182,6 +186,12 @@ impl Summary {
             .entry(pid)
             .or_default()
             .add(fault_class, count, timed, latency_ns);
+        if timed != 0 {
+            *self
+                .timed
+                .entry((pid, fault_class.without_mapping()))
+                .or_default() += timed;
+        }
         if window != 0 {
             self.windows.entry((pid, window)).or_default().add(
                 fault_class,
@@ -195,20 +205,59 @@ impl Summary {
     /// Adds a timed fault's latency to its histogram (what the kernel's summary does for the
     /// faults it counts).
     pub fn add_latency(&mut self, pid: u32, fault_class: FaultClass, latency_ns: u64) {
+        self.add_hist(pid, fault_class, &Self::one_latency(latency_ns));
+    }
+
+    fn one_latency(latency_ns: u64) -> [u64; HIST_BUCKETS] {
+        let mut buckets = [0; HIST_BUCKETS];
+        buckets[cow_trace_common::hist_bucket(latency_ns)] = 1;
+        buckets
+    }
+
+    /// Adds a histogram's samples to the pid's histogram of the class.
+    pub fn add_hist(&mut self, pid: u32, fault_class: FaultClass, samples: &[u64; HIST_BUCKETS]) {
         let buckets = self
             .hists
-            .entry((pid, fault_class))
+            .entry((pid, fault_class.without_mapping()))
             .or_insert([0; HIST_BUCKETS]);
-        buckets[cow_trace_common::hist_bucket(latency_ns)] += 1;
+        for (sum, count) in buckets.iter_mut().zip(samples) {
+            *sum += count;
+        }
+    }
+
+    /// The latency histograms to show, each with the timed faults of its pid and class. Where
+    /// the kernel's histogram map was full, some hold fewer samples than there were timed
+    /// faults, and a pid and class whose every sample was refused has an empty one.
+    pub fn histograms(&self) -> Vec<Histogram<'_>> {
+        static EMPTY: [u64; HIST_BUCKETS] = [0; HIST_BUCKETS];
+        let mut shown: BTreeMap<(u32, FaultClass), &[u64; HIST_BUCKETS]> = self
+            .hists
+            .iter()
+            .map(|(key, buckets)| (*key, buckets))
+            .collect();
+        if self.lost.hist_full > 0 {
+            for key in self.timed.keys() {
+                shown.entry(*key).or_insert(&EMPTY);
+            }
+        }
+        shown
+            .into_iter()
+            .map(|((pid, class), buckets)| Histogram {
+                pid,
+                class,
+                buckets,
+                timed: self.timed.get(&(pid, class)).copied().unwrap_or(0),
+            })
+            .collect()
     }
 
     /// Adds another summary's counts, mappings, stacks and histograms.
     pub fn merge(&mut self, other: &Summary) {
-        for (key, other_buckets) in &other.hists {
-            let buckets = self.hists.entry(*key).or_insert([0; HIST_BUCKETS]);
-            for (sum, count) in buckets.iter_mut().zip(other_buckets) {
-                *sum += count;
-            }
+        for ((pid, class), buckets) in &other.hists {
+            self.add_hist(*pid, *class, buckets);
+        }
+        for (key, timed) in &other.timed {
+            *self.timed.entry(*key).or_default() += timed;
         }
         for (pid, counts) in &other.pids {
             *self.pids.entry(*pid).or_default() += counts;
@@ -332,6 +381,13 @@ impl Summary {
             self.lost.pending_full,
             self.lost.traced_full
         )?;
+        if self.lost.hist_full > 0 {
+            writeln!(
+                out,
+                "Latencies not in the histograms: {} faults (the histogram map was full; the faults are counted, their latencies in AVG LAT)",
+                self.lost.hist_full
+            )?;
+        }
         let stacks = &self.lost.stacks;
         if stacks.total() > 0 {
             writeln!(
@@ -381,18 +437,59 @@ impl Summary {
         Ok(())
     }
 
-    /// Log2 latency histograms per pid and class, drawn as bpftrace's hist() does.
+    /// Log2 latency histograms per pid and class, drawn as bpftrace's hist() does. Where the
+    /// kernel's histogram map was full, they say so, and each that misses samples says how
+    /// many of its timed faults it holds.
     pub fn write_hists(&self, out: &mut dyn io::Write) -> io::Result<()> {
-        for (&(pid, fault_class), buckets) in &self.hists {
+        let histograms = self.histograms();
+        if self.lost.hist_full > 0 && !histograms.is_empty() {
             writeln!(
                 out,
-                "\n@latency_ns[{pid}, {}, {}]:",
-                self.comm(pid),
-                fault_class
+                "\nThe latency histograms miss {} timed faults: the histogram map was full (the faults are counted, their latencies in AVG LAT); each histogram missing some says how many it holds.",
+                self.lost.hist_full
             )?;
-            write_hist(out, buckets)?;
+        }
+        for histogram in histograms {
+            writeln!(
+                out,
+                "\n@latency_ns[{}, {}, {}]:",
+                histogram.pid,
+                self.comm(histogram.pid),
+                histogram.class
+            )?;
+            let (samples, timed) = (histogram.samples(), histogram.timed);
+            if self.lost.hist_full > 0 && samples < timed {
+                if samples == 0 {
+                    writeln!(
+                        out,
+                        "(holds none of its {timed} timed faults: the histogram map had no room for them)"
+                    )?;
+                } else {
+                    writeln!(
+                        out,
+                        "(holds {samples} of its {timed} timed faults: the histogram map had no room for the others)"
+                    )?;
+                }
+            }
+            write_hist(out, histogram.buckets)?;
         }
         Ok(())
+    }
+}
+
+/// One latency histogram of [`Summary::histograms`].
+pub struct Histogram<'a> {
+    pub pid: u32,
+    pub class: FaultClass,
+    pub buckets: &'a [u64; HIST_BUCKETS],
+    /// The timed faults of the pid and class: more than the samples only where the kernel's
+    /// histogram map was full.
+    pub timed: u64,
+}
+
+impl Histogram<'_> {
+    pub fn samples(&self) -> u64 {
+        self.buckets.iter().sum()
     }
 }
 
@@ -578,6 +675,72 @@ mod tests {
         assert!(lines[2].contains("while 8 ran"), "{text}");
         assert!(lines[3].trim_start().starts_with("12420 cow"), "{text}");
         assert!(lines[5].starts_with("Lost events: 3"), "{text}");
+    }
+
+    /// Where the kernel's histogram map was full, the table says how many latencies the
+    /// histograms miss (not as lost faults), and each histogram missing samples says how many
+    /// it holds; a pid and class with none gets an empty one that says so.
+    #[test]
+    fn histograms_missing_samples_say_so() {
+        let read = FaultClass::from_bits(class::READ);
+        let write = FaultClass::from_bits(class::WRITE);
+        let mut summary = Summary::default();
+        summary.add(7, read, 0, 3, 3, 3000);
+        summary.add(7, write, 0, 2, 2, 2000);
+        summary.add(8, read, 0, 1, 1, 1000);
+        let mut one = [0; HIST_BUCKETS];
+        one[10] = 1;
+        summary.add_hist(7, read, &one);
+        summary.add_hist(8, read, &one);
+        let complete = {
+            let mut out = Vec::new();
+            summary.write_report(&mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert!(!complete.contains("histogram map"), "{complete}");
+        summary.lost.hist_full = 4;
+        let mut out = Vec::new();
+        summary.write_report(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Lost events: 0 "), "{text}");
+        assert!(
+            text.contains("Latencies not in the histograms: 4 faults (the histogram map was full"),
+            "{text}"
+        );
+        assert!(
+            text.contains("The latency histograms miss 4 timed faults: the histogram map was full"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "@latency_ns[7, ?, r MINOR]:\n(holds 1 of its 3 timed faults: the histogram map had no room for the others)\n[512, 1K)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "@latency_ns[7, ?, w MINOR]:\n(holds none of its 2 timed faults: the histogram map had no room for them)\n(empty)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("@latency_ns[8, ?, r MINOR]:\n[512, 1K)"),
+            "a complete histogram says nothing: {text}"
+        );
+    }
+
+    /// Histograms carry no address: a first write that copied a file's page, streamed, goes
+    /// with the other writes, as the kernel's histograms keep it.
+    #[test]
+    fn histograms_keep_file_copies_with_the_other_writes() {
+        let mut summary = Summary::default();
+        let fault = file_copy_fault(Outcome::Minor);
+        summary.record(&fault);
+        summary.add_latency(fault.pid, fault.class, 1000);
+        let histograms = summary.histograms();
+        assert_eq!(histograms.len(), 1);
+        assert_eq!(histograms[0].class.to_string(), "w MINOR");
+        assert_eq!((histograms[0].samples(), histograms[0].timed), (1, 1));
     }
 
     #[test]

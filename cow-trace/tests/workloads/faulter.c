@@ -51,6 +51,10 @@
 //                pageout and rewrite) and delete the files
 //   tree N       fork a child that forks a grandchild; the grandchild writes N pages, prints
 //                "grandchild PID", and both exit
+//   forks N R    map R regions of 64 KiB and write the first page of each, then fork N children
+//                one after another; each writes the first page of every region (R copies, each
+//                in a region of its own) and exits. Prints "child PID MINFLT MAJFLT" for each,
+//                the kernel's counts read from /proc/PID/stat before reaping it
 //   rename NAME N  set the thread's name to NAME (prctl), print "pages ADDR", write N pages
 //   exec-thread N  a second thread prints "pages ADDR" and "ok", writes N pages, and execs
 //                this program again: the new image takes over the process's pid (the thread's
@@ -541,6 +545,46 @@ static void tree(long n) {
     waitpid(child, NULL, 0);
 }
 
+// Many short-lived processes, one after another: each leaves what the in-kernel summary counted
+// of it (R regions and its start and exit) behind in the summary's maps. Each child's counts
+// are read from its /proc/PID/stat as a zombie, when it faults no more, before it is reaped.
+static void forks(long n, long regions) {
+    const long stride = 16 * PAGE;  // at least the summary's 64 KiB region
+    char *p = mmap(NULL, regions * stride, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) _exit(3);
+    madvise(p, regions * stride, MADV_NOHUGEPAGE);
+    for (long r = 0; r < regions; r++) p[r * stride] = 1;
+    for (long i = 0; i < n; i++) {
+        pid_t child = fork();
+        if (child < 0) _exit(5);
+        if (child == 0) {
+            for (long r = 0; r < regions; r++) p[r * stride] = 2;
+            _exit(0);
+        }
+        siginfo_t info;
+        if (waitid(P_PID, child, &info, WEXITED | WNOWAIT)) _exit(6);
+        char path[64], stat[1024];
+        snprintf(path, sizeof path, "/proc/%d/stat", child);
+        int fd = open(path, O_RDONLY);
+        long got = fd >= 0 ? read(fd, stat, sizeof stat - 1) : -1;
+        if (got <= 0) _exit(7);
+        close(fd);
+        stat[got] = 0;
+        // After the ")" that ends comm: state is field 3, minflt 10, majflt 12.
+        char *rest = strrchr(stat, ')');
+        unsigned long minflt = 0, majflt = 0;
+        if (!rest || sscanf(rest + 2, "%*c %*d %*d %*d %*d %*d %*u %lu %*u %lu", &minflt,
+                            &majflt) != 2)
+            _exit(8);
+        char line[96];
+        snprintf(line, sizeof line, "child %d %lu %lu\n", child, minflt, majflt);
+        say(line);
+        waitpid(child, NULL, 0);
+    }
+    munmap(p, regions * stride);
+}
+
 static void spin(void) {
     for (;;) {
         char *p = map_pages(64);
@@ -597,6 +641,7 @@ int main(void) {
         else if (!strcmp(line, "pin")) pin();
         else if (!strcmp(line, "rewrite")) rewrite();
         else if (sscanf(line, "tree %ld", &a) == 1) tree(a);
+        else if (sscanf(line, "forks %ld %ld", &a, &b) == 2) forks(a, b);
         else if (sscanf(line, "rename %15s %ld", path, &a) == 2) rename_and_touch(path, a);
         else if (sscanf(line, "exec-thread %ld", &a) == 1) exec_thread(a);
         else if (sscanf(line, "stacks %ld", &a) == 1) stacks(a);

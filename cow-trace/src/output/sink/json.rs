@@ -147,6 +147,8 @@ struct IntervalLine<'a> {
     counts: &'a Counts,
     copied_bytes: u64,
     lost: u64,
+    /// Timed faults of the interval whose latency is not in the histograms (no loss).
+    hist_full: u64,
     pids: Vec<IntervalRow<'a>>,
     windows: Vec<IntervalRow<'a>>,
 }
@@ -191,6 +193,9 @@ struct HistogramLine {
     class: String,
     /// buckets[i] counts latencies in [2^(i-1), 2^i) ns; buckets[0] counts 0 ns.
     buckets: Vec<u64>,
+    /// The timed faults of this pid and class: the buckets hold fewer only where the histogram
+    /// map was full (the totals' `hist_full`).
+    timed: u64,
 }
 
 #[derive(Serialize)]
@@ -202,6 +207,9 @@ struct TotalsLine {
     copied_bytes: u64,
     lost: u64,
     lost_detail: crate::event::Lost,
+    /// Timed faults, counted, whose latency is not in the histograms: the histogram map was
+    /// full. No loss, so not in `lost`.
+    hist_full: u64,
 }
 
 impl Sink for JsonSink {
@@ -273,6 +281,7 @@ impl Sink for JsonSink {
             counts: &total,
             copied_bytes: total.copied_bytes(),
             lost: counts.lost.events(),
+            hist_full: counts.lost.hist_full,
             pids: counts
                 .pids
                 .iter()
@@ -343,13 +352,14 @@ impl Sink for JsonSink {
                 frames: frames.map_or(&[], Vec::as_slice),
             })?;
         }
-        for (&(pid, class), buckets) in &summary.hists {
+        for histogram in summary.histograms() {
             self.line(&HistogramLine {
                 v: SCHEMA_VERSION,
                 event: "histogram",
-                pid,
-                class: class.to_string(),
-                buckets: buckets.to_vec(),
+                pid: histogram.pid,
+                class: histogram.class.to_string(),
+                buckets: histogram.buckets.to_vec(),
+                timed: histogram.timed,
             })?;
         }
         let total = summary.total();
@@ -361,6 +371,7 @@ impl Sink for JsonSink {
             copied_bytes: total.copied_bytes(),
             lost: summary.lost.events(),
             lost_detail: summary.lost,
+            hist_full: summary.lost.hist_full,
         })
     }
 
@@ -526,5 +537,54 @@ mod tests {
         assert_eq!(lines[1]["event"], "totals");
         assert_eq!(lines[1]["lost"], 2);
         assert_eq!(lines[1]["faults"], 1);
+    }
+
+    /// Latencies the histogram map had no room for: no lost fault, a field of their own, and
+    /// each histogram says how many timed faults it should hold (an empty one where it holds
+    /// none of them).
+    #[test]
+    fn latencies_not_in_the_histograms_are_said_apart_from_losses() {
+        let out = Captured::default();
+        let mut sink = JsonSink::new(
+            Box::new(out.clone()),
+            WallClock::with_offset(0),
+            "tracepoint",
+        );
+        use crate::event::FaultClass;
+        let read = FaultClass::from_bits(cow_trace_common::class::READ);
+        let write = FaultClass::from_bits(cow_trace_common::class::WRITE);
+        let mut summary = Summary::default();
+        summary.add(7, read, 0, 3, 3, 3000);
+        summary.add(7, write, 0, 2, 2, 2000);
+        let mut buckets = [0; cow_trace_common::HIST_BUCKETS];
+        buckets[10] = 1;
+        summary.add_hist(7, read, &buckets);
+        summary.lost.hist_full = 4;
+        sink.summary(&summary).unwrap();
+        let lines: Vec<serde_json::Value> = out
+            .text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let histograms: Vec<&serde_json::Value> =
+            lines.iter().filter(|v| v["event"] == "histogram").collect();
+        assert_eq!(histograms.len(), 2, "{lines:?}");
+        assert_eq!(histograms[0]["class"], "r MINOR");
+        assert_eq!(histograms[0]["timed"], 3);
+        assert_eq!(histograms[0]["buckets"][10], 1);
+        assert_eq!(histograms[1]["class"], "w MINOR");
+        assert_eq!(histograms[1]["timed"], 2);
+        assert!(
+            histograms[1]["buckets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n == 0)
+        );
+        let totals = lines.last().unwrap();
+        assert_eq!(totals["event"], "totals");
+        assert_eq!(totals["lost"], 0);
+        assert_eq!(totals["hist_full"], 4);
+        assert!(totals["lost_detail"].get("hist_full").is_none(), "{totals}");
     }
 }
