@@ -212,6 +212,12 @@ impl HeldCommand {
                 format!("command not found: {program}: check the name and PATH"),
             )
         })?;
+        if let Err(why) = nix::unistd::access(&resolved, nix::unistd::AccessFlags::X_OK) {
+            return Err(failure(
+                Status::Target,
+                format!("cannot run {program}: {why}: make it executable, or run it with sh"),
+            ));
+        }
         let path = CString::new(resolved.as_os_str().as_encoded_bytes())
             .context("command path contains a NUL byte")?;
         let args: Vec<CString> = argv
@@ -261,8 +267,24 @@ impl HeldCommand {
                         unsafe { libc::_exit(126) };
                     }
                 }
-                let _ = nix::unistd::execv(&path, &args);
-                unsafe { libc::_exit(127) };
+                let Err(error) = nix::unistd::execv(&path, &args);
+                if error == nix::errno::Errno::ENOEXEC {
+                    // No #! line: a shell script, as execvp and shells take it.
+                    let mut script = vec![c"/bin/sh".to_owned(), path.clone()];
+                    script.extend(args.iter().skip(1).cloned());
+                    let _ = nix::unistd::execv(c"/bin/sh", &script);
+                }
+                // As a shell says it: 126 for a file found that would not run.
+                let why = format!("cow-trace: cannot run {program}: {}\n", error.desc());
+                // SAFETY: plain write(2) of our own buffer to standard error.
+                unsafe { libc::write(2, why.as_ptr().cast(), why.len()) };
+                unsafe {
+                    libc::_exit(if error == nix::errno::Errno::ENOENT {
+                        127
+                    } else {
+                        126
+                    })
+                };
             }
             ForkResult::Parent { child } => {
                 drop(wait_end);

@@ -56,6 +56,13 @@ fn bad_input_gets_one_line_and_a_distinct_status() {
     assert_one_line_error(&["-x", "2147483000"], 3, "no process with pid");
     assert_one_line_error(&["-x", "2"], 3, "kernel thread");
     assert_one_line_error(&["--", "no-such-command-cow-trace"], 3, "command not found");
+    let script = scratch().join(format!("script-{}", std::process::id()));
+    std::fs::write(&script, "exit 42\n").unwrap();
+    assert_one_line_error(
+        &["--", script.to_str().unwrap()],
+        3,
+        "make it executable, or run it with sh",
+    );
     assert_one_line_error(
         &["-o", "/proc/no/such/dir/out", "-x", "1"],
         6,
@@ -87,6 +94,23 @@ fn bad_input_gets_one_line_and_a_distinct_status() {
         3,
         "no user named",
     );
+}
+
+/// A script without a `#!` line runs under /bin/sh, as a shell or `env` would run it, its
+/// status passed through.
+#[test]
+fn a_script_without_an_interpreter_line_runs_under_sh() {
+    if !require_root("a_script_without_an_interpreter_line_runs_under_sh") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let script = scratch().join(format!("bare-script-{}", std::process::id()));
+    std::fs::write(&script, "echo from-the-script; exit 42\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, stdout, stderr) = run_cow_trace(&["--summary", "--", script.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&script);
+    assert_eq!(code, 42, "{stderr}");
+    assert!(stdout.contains("from-the-script"), "{stdout}");
 }
 
 /// Options that cannot work together are refused, naming both, never silently ignored.

@@ -96,10 +96,10 @@ impl Symbols {
     /// The function at `offset` into the ELF file `key`, open as `file`.
     pub fn in_file(&mut self, key: FileKey, file: &OpenFile, offset: u64) -> Option<Symbol> {
         let path = file.path();
-        let debug_syms = self.own_binary != Some(key);
-        self.memoized(Place::File(key), offset, |symbolizer| {
+        let own = self.own_binary == Some(key);
+        self.memoized(Place::File(key), offset, |symbolizer, debug_syms| {
             let mut elf = Elf::new(&path);
-            elf.debug_syms = debug_syms;
+            elf.debug_syms = debug_syms && !own;
             let source = Source::Elf(elf);
             symbolizer.symbolize_single(&source, Input::FileOffset(offset))
         })
@@ -113,9 +113,10 @@ impl Symbols {
                 .ok()
         });
         let path = PathBuf::from(format!("/proc/self/fd/{}", image.as_ref()?.as_raw_fd()));
-        self.memoized(Place::Vdso, offset, |symbolizer| {
-            let source = Source::Elf(Elf::new(&path));
-            symbolizer.symbolize_single(&source, Input::FileOffset(offset))
+        self.memoized(Place::Vdso, offset, |symbolizer, debug_syms| {
+            let mut elf = Elf::new(&path);
+            elf.debug_syms = debug_syms;
+            symbolizer.symbolize_single(&Source::Elf(elf), Input::FileOffset(offset))
         })
     }
 
@@ -126,23 +127,29 @@ impl Symbols {
         }
     }
 
+    /// The answer for `offset` in `place`, asked of blazesym with debug information (`ask`'s
+    /// flag) and, where that answer has no start, from the ELF symbol table alone.
     fn memoized(
         &mut self,
         place: Place,
         offset: u64,
-        ask: impl FnOnce(&Symbolizer) -> blazesym::Result<Symbolized<'_>>,
+        ask: impl Fn(&Symbolizer, bool) -> blazesym::Result<Symbolized<'_>>,
     ) -> Option<Symbol> {
         if let Some(known) = self.memo.get(&(place, offset)) {
             return known.clone();
         }
-        let answer = match ask(&self.symbolizer) {
-            Ok(Symbolized::Sym(sym)) => Some(Symbol::of(&sym)),
+        let answer = |debug_syms: bool| match ask(&self.symbolizer, debug_syms) {
+            Ok(Symbolized::Sym(sym)) => Some(Symbol::of(&sym)).filter(|_| sym.addr != 0),
             Ok(Symbolized::Unknown(_)) => None,
             Err(error) => {
                 log::debug!("symbolizing {place:?} at {offset:#x}: {error}");
                 None
             }
         };
+        // A function in pieces (a hot part and a `.cold` one: DWARF gives it address ranges,
+        // no start) comes back from the debug information at address 0, its offset the whole
+        // address: the symbol table has each piece with its start.
+        let answer = answer(true).or_else(|| answer(false));
         if self.memo.len() >= MEMO_CAP {
             self.memo.clear();
         }
@@ -252,6 +259,61 @@ mod tests {
         // Memoized: the same answer again.
         let file = files.get(key, &path).unwrap();
         assert_eq!(symbols.in_file(key, file, offset), Some(symbol));
+    }
+
+    /// gcc -O2 moves an unlikely branch into a `.cold` piece of its own: DWARF then gives the
+    /// function address ranges and no start, which blazesym answers at address 0 (the offset
+    /// read as the whole address). Each piece is named with its own start.
+    #[test]
+    fn a_function_in_hot_and_cold_pieces_has_offsets_from_each_piece() {
+        use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("cold.c");
+        std::fs::write(
+            &source,
+            "#include <stdio.h>\n\
+             __attribute__((cold)) void report(int x) { fprintf(stderr, \"%d\\n\", x); }\n\
+             __attribute__((noinline)) int work(int bad) {\n\
+               if (bad) { report(bad); return 7; }\n\
+               return 1;\n\
+             }\n\
+             int main(int argc, char **argv) { return work(argc > 5); }\n",
+        )
+        .unwrap();
+        let binary = dir.path().join("cold");
+        let status = std::process::Command::new("cc")
+            .args(["-O2", "-g", "-o"])
+            .arg(&binary)
+            .arg(&source)
+            .status()
+            .expect("running cc");
+        assert!(status.success());
+        // Each piece's start as a file offset, from the symbol table.
+        let data = std::fs::read(&binary).unwrap();
+        let elf = object::File::parse(&*data).unwrap();
+        let file_offset = |name: &str| {
+            let symbol = elf.symbols().find(|s| s.name() == Ok(name)).unwrap();
+            let section = elf
+                .section_by_index(symbol.section_index().unwrap())
+                .unwrap();
+            let (section_offset, _) = section.file_range().unwrap();
+            symbol.address() - section.address() + section_offset
+        };
+        let (hot, cold) = (file_offset("work"), file_offset("work.cold"));
+        let key = key_of(&binary);
+        let mut files = Files::default();
+        files.observe(u32::MAX, 0, 1, key, binary.to_str().unwrap());
+        let file = files.get(key, binary.to_str().unwrap()).unwrap();
+        let mut symbols = Symbols::new();
+        let in_hot = symbols.in_file(key, file, hot + 2).unwrap();
+        assert_eq!(
+            (in_hot.name.as_str(), in_hot.offset),
+            ("work", 2),
+            "{in_hot:?}"
+        );
+        let in_cold = symbols.in_file(key, file, cold + 3).unwrap();
+        assert_eq!(in_cold.offset, 3, "{in_cold:?}");
+        assert!(in_cold.name.starts_with("work"), "{in_cold:?}");
     }
 
     #[test]
