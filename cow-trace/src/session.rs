@@ -148,9 +148,9 @@ struct Session {
     clock: WallClock,
     /// --interval: the counts at the previous report.
     intervals: Option<Intervals>,
-    /// Set once tracing stops at --duration's end or at a signal (CLOCK_MONOTONIC ns): a
-    /// streamed fault that began later, while the programs were still detaching, is past
-    /// the end the user asked for.
+    /// --duration's end, or the time a signal stopped tracing (CLOCK_MONOTONIC ns): a
+    /// streamed fault that began later (read before the loop saw the deadline, or while the
+    /// programs were still detaching) is past the end the user asked for.
     end_ns: Option<u64>,
     /// --summary: the kernel's counts of processes that have exited, taken out of its maps.
     exited: kstats::Exited,
@@ -601,7 +601,9 @@ pub async fn run(
         stack_losses: StackLosses::default(),
         clock,
         intervals: None,
-        end_ns: None,
+        // Known from the start with --duration: the loop may read the ring once more after
+        // the deadline before it sees the deadline.
+        end_ns: deadline_ns,
         exited: kstats::Exited::default(),
     };
     if !session.options.kernel.summary {
@@ -664,11 +666,9 @@ pub async fn run(
 
     // The last --interval report ends here: what is drained below happened before.
     let stopped_ns = monotonic_ns();
-    session.end_ns = match stop {
-        Stop::Duration => deadline_ns,
-        Stop::Signal(_) => Some(stopped_ns),
-        Stop::AllExited | Stop::OutputClosed => None,
-    };
+    if let Stop::Signal(_) = stop {
+        session.end_ns = Some(session.end_ns.map_or(stopped_ns, |end| end.min(stopped_ns)));
+    }
     // Detach first: nothing changes under the last reads, and nothing waits on us.
     session.probes.stop();
     // What the kernel wrote before we stopped still counts.
