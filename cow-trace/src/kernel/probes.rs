@@ -190,19 +190,21 @@ impl Probes {
         let len = Array::<&MapData, PendingFault>::try_from(map)
             .context("SLOTS has an unexpected type")?
             .len();
-        let slots = mapped::read_array::<PendingFault>(map, len).context("reading SLOTS")?;
+        let deferred = |slot: &PendingFault| {
+            slot.tid != 0 && slot.ts_ns != 0 && slot.flags & PENDING_DEFERRED != 0
+        };
+        let mut every = mapped::read_array_where::<PendingFault>(map, len, deferred)
+            .context("reading SLOTS")?;
         let map = self.ebpf.map("PENDING").context("PENDING map missing")?;
         let pending: HashMap<&MapData, u32, PendingFault> =
             HashMap::try_from(map).context("PENDING map has an unexpected type")?;
-        let mut every = slots;
         for entry in pending.iter() {
-            every.push(entry.context("reading PENDING")?.1);
+            let (_, slot) = entry.context("reading PENDING")?;
+            if deferred(&slot) {
+                every.push(slot);
+            }
         }
-        let mut records: Vec<Record> = every
-            .iter()
-            .filter(|slot| slot.tid != 0 && slot.ts_ns != 0 && slot.flags & PENDING_DEFERRED != 0)
-            .map(|slot| slot.to_record(slot.tid))
-            .collect();
+        let mut records: Vec<Record> = every.iter().map(|slot| slot.to_record(slot.tid)).collect();
         records.sort_by_key(|record| record.ts_ns);
         Ok(records)
     }
