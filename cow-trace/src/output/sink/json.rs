@@ -388,14 +388,28 @@ mod tests {
         output::sink::test_support::{Captured, article_fault, file_copy_fault, reclassify},
     };
 
-    #[test]
-    fn fault_fields() {
+    /// A JSON sink writing into memory, and that memory.
+    fn captured_sink() -> (JsonSink, Captured) {
         let out = Captured::default();
-        let mut sink = JsonSink::new(
+        let sink = JsonSink::new(
             Box::new(out.clone()),
             WallClock::with_offset(0),
             "tracepoint",
         );
+        (sink, out)
+    }
+
+    /// Each line written, parsed.
+    fn json_lines(out: &Captured) -> Vec<serde_json::Value> {
+        out.text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn fault_fields() {
+        let (mut sink, out) = captured_sink();
         sink.fault(&article_fault()).unwrap();
         let value: serde_json::Value = serde_json::from_str(out.text().trim()).unwrap();
         assert_eq!(value["v"], 1);
@@ -413,12 +427,7 @@ mod tests {
 
     #[test]
     fn a_first_write_that_copied_a_files_page_is_copied_but_no_cow_fault() {
-        let out = Captured::default();
-        let mut sink = JsonSink::new(
-            Box::new(out.clone()),
-            WallClock::with_offset(0),
-            "tracepoint",
-        );
+        let (mut sink, out) = captured_sink();
         sink.fault(&file_copy_fault(Outcome::Minor)).unwrap();
         let value: serde_json::Value = serde_json::from_str(out.text().trim()).unwrap();
         assert_eq!(value["cow"], false);
@@ -429,12 +438,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_null() {
-        let out = Captured::default();
-        let mut sink = JsonSink::new(
-            Box::new(out.clone()),
-            WallClock::with_offset(0),
-            "tracepoint",
-        );
+        let (mut sink, out) = captured_sink();
         let mut fault = article_fault();
         let outcome = fault.outcome;
         reclassify(&mut fault, None, outcome);
@@ -448,12 +452,7 @@ mod tests {
 
     #[test]
     fn fork_and_exit_lines() {
-        let out = Captured::default();
-        let mut sink = JsonSink::new(
-            Box::new(out.clone()),
-            WallClock::with_offset(0),
-            "tracepoint",
-        );
+        let (mut sink, out) = captured_sink();
         let mut event = ProcessEvent {
             ts_ns: 0,
             pid: 10,
@@ -464,11 +463,7 @@ mod tests {
         sink.process(&event).unwrap();
         event.change = Change::Exit;
         sink.process(&event).unwrap();
-        let lines: Vec<serde_json::Value> = out
-            .text()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = json_lines(&out);
         assert_eq!(lines[0]["event"], "fork");
         assert_eq!(lines[0]["child"], 12);
         assert_eq!(lines[1]["event"], "exit");
@@ -477,12 +472,7 @@ mod tests {
 
     #[test]
     fn interval_line_has_its_time_length_and_counts() {
-        let out = Captured::default();
-        let mut sink = JsonSink::new(
-            Box::new(out.clone()),
-            WallClock::with_offset(0),
-            "tracepoint",
-        );
+        let (mut sink, out) = captured_sink();
         let mut counts = Summary::default();
         let mut fault = article_fault();
         fault.window = 12421;
@@ -514,21 +504,12 @@ mod tests {
 
     #[test]
     fn summary_and_totals_lines() {
-        let out = Captured::default();
-        let mut sink = JsonSink::new(
-            Box::new(out.clone()),
-            WallClock::with_offset(0),
-            "tracepoint",
-        );
+        let (mut sink, out) = captured_sink();
         let mut summary = Summary::default();
         summary.record(&article_fault());
         summary.lost.ring_full = 2;
         sink.summary(&summary).unwrap();
-        let lines: Vec<serde_json::Value> = out
-            .text()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = json_lines(&out);
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["event"], "summary");
         assert_eq!(lines[0]["pid"], 12420);
@@ -544,12 +525,7 @@ mod tests {
     /// none of them).
     #[test]
     fn latencies_not_in_the_histograms_are_said_apart_from_losses() {
-        let out = Captured::default();
-        let mut sink = JsonSink::new(
-            Box::new(out.clone()),
-            WallClock::with_offset(0),
-            "tracepoint",
-        );
+        let (mut sink, out) = captured_sink();
         use crate::event::FaultClass;
         let read = FaultClass::from_bits(cow_trace_common::class::READ);
         let write = FaultClass::from_bits(cow_trace_common::class::WRITE);
@@ -561,11 +537,7 @@ mod tests {
         summary.add_hist(7, read, &buckets);
         summary.lost.hist_full = 4;
         sink.summary(&summary).unwrap();
-        let lines: Vec<serde_json::Value> = out
-            .text()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = json_lines(&out);
         let histograms: Vec<&serde_json::Value> =
             lines.iter().filter(|v| v["event"] == "histogram").collect();
         assert_eq!(histograms.len(), 2, "{lines:?}");
