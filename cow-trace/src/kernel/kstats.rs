@@ -9,7 +9,9 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::MapError;
-use cow_trace_common::{HIST_BUCKETS, Hist, HistKey, StatKey, StatValue, summary_maps};
+use cow_trace_common::{
+    HIST_BUCKETS, Hist, HistCache, HistKey, StatCache, StatKey, StatValue, summary_maps,
+};
 
 use crate::kernel::probes::Probes;
 
@@ -31,22 +33,14 @@ pub fn read(probes: &Probes, exited: &Exited) -> anyhow::Result<KernelCounts> {
     for (key, value) in probes.all_stats()? {
         add_stat(&mut stats, key, &value);
     }
-    let caches = probes
-        .stat_caches()?
-        .get(&0, 0)
-        .context("reading STAT_CACHE")?;
-    for cache in caches.iter().filter(|cache| cache.counts.faults != 0) {
+    for cache in filled_stat_caches(probes)? {
         add_stat(&mut stats, cache.key, &cache.counts);
     }
     let mut hists: HashMap<HistKey, Hist> = exited.hists.clone();
     for (key, hist) in probes.all_hists()? {
         add_hist(&mut hists, key, &hist);
     }
-    let caches = probes
-        .hist_caches()?
-        .get(&0, 0)
-        .context("reading HIST_CACHE")?;
-    for cache in caches.iter().filter(|cache| cache.faults != 0) {
+    for cache in filled_hist_caches(probes)? {
         add_hist(&mut hists, cache.key, &cache.hist);
     }
     Ok(KernelCounts {
@@ -57,6 +51,32 @@ pub fn read(probes: &Probes, exited: &Exited) -> anyhow::Result<KernelCounts> {
             .collect(),
         hists: hists.into_iter().collect(),
     })
+}
+
+/// The per-CPU caches of `STATS` that hold counts not yet in the map.
+fn filled_stat_caches(probes: &Probes) -> anyhow::Result<Vec<StatCache>> {
+    let caches = probes
+        .stat_caches()?
+        .get(&0, 0)
+        .context("reading STAT_CACHE")?;
+    Ok(caches
+        .iter()
+        .copied()
+        .filter(|cache| cache.counts.faults != 0)
+        .collect())
+}
+
+/// The per-CPU caches of `HISTS` that hold samples not yet in the map.
+fn filled_hist_caches(probes: &Probes) -> anyhow::Result<Vec<HistCache>> {
+    let caches = probes
+        .hist_caches()?
+        .get(&0, 0)
+        .context("reading HIST_CACHE")?;
+    Ok(caches
+        .iter()
+        .copied()
+        .filter(|cache| cache.faults != 0)
+        .collect())
 }
 
 fn add_stat(stats: &mut HashMap<StatKey, StatValue>, key: StatKey, value: &StatValue) {
@@ -260,24 +280,14 @@ impl Exited {
         // After /proc said the processes have ended: what the kernel will still add of them
         // is in a cache now.
         let mut cached: BTreeSet<u32> = BTreeSet::new();
-        let stat_caches = probes
-            .stat_caches()?
-            .get(&0, 0)
-            .context("reading STAT_CACHE")?;
         cached.extend(
-            stat_caches
+            filled_stat_caches(probes)?
                 .iter()
-                .filter(|cache| cache.counts.faults != 0)
                 .map(|cache| cache.key.pid),
         );
-        let hist_caches = probes
-            .hist_caches()?
-            .get(&0, 0)
-            .context("reading HIST_CACHE")?;
         cached.extend(
-            hist_caches
+            filled_hist_caches(probes)?
                 .iter()
-                .filter(|cache| cache.faults != 0)
                 .map(|cache| cache.key.pid),
         );
         let mut pids = BTreeSet::new();
