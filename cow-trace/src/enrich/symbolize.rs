@@ -138,7 +138,14 @@ impl Symbols {
         if let Some(known) = self.memo.get(&(place, offset)) {
             return known.clone();
         }
-        let answer = |debug_syms: bool| match ask(&self.symbolizer, debug_syms) {
+        let answer = match ask(&self.symbolizer, true) {
+            // A function in pieces (a hot part and a `.cold` one: DWARF gives it address
+            // ranges, no start) comes back from the debug information at address 0, its offset
+            // the whole address: the symbol table has each piece with its start.
+            Ok(Symbolized::Sym(sym)) if sym.addr == 0 => ask(&self.symbolizer, false),
+            other => other,
+        };
+        let answer = match answer {
             Ok(Symbolized::Sym(sym)) => Some(Symbol::of(&sym)).filter(|_| sym.addr != 0),
             Ok(Symbolized::Unknown(_)) => None,
             Err(error) => {
@@ -146,10 +153,6 @@ impl Symbols {
                 None
             }
         };
-        // A function in pieces (a hot part and a `.cold` one: DWARF gives it address ranges,
-        // no start) comes back from the debug information at address 0, its offset the whole
-        // address: the symbol table has each piece with its start.
-        let answer = answer(true).or_else(|| answer(false));
         if self.memo.len() >= MEMO_CAP {
             self.memo.clear();
         }
