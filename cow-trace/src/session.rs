@@ -431,10 +431,12 @@ impl Session {
     /// (`kstats::Exited`), so they keep room for the living. Processes still in the tree are
     /// left alone, as is any /proc does not show ended for good.
     fn take_exited(&mut self) {
+        // Drained in every mode, so the list never grows over a streaming run.
+        let exited = self.tree.exited.drain(..);
         if !self.options.kernel.summary {
             return;
         }
-        for pid in self.tree.exited.drain(..) {
+        for pid in exited {
             self.exited.exit(pid);
         }
         let live = &self.tree.live;
