@@ -86,8 +86,12 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
         finish_pending(slot);
     }
     let summary_mode = setting!(summary_mode) != 0;
-    // A summary counts by region and stack, never by ip: skip the read there.
-    let ip = if summary_mode {
+    // Timed, too, until the thread's completion event has fired once: it may have none yet.
+    let deferred = untimed || slot.flags() & PENDING_COMPLETION_SEEN == 0;
+    // A summary counts by region and stack, never by ip: skip the read there. A fault that
+    // will complete takes its ip from the completion's registers (the same pt_regs, read
+    // without a helper call); only a fault that then never completes (SIGSEGV) loses it.
+    let ip = if summary_mode || !deferred {
         0
     } else {
         let regs: u64 = ctx.arg(1);
@@ -107,8 +111,6 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
     } else {
         now_ns()
     };
-    // Timed, too, until the thread's completion event has fired once: it may have none yet.
-    let deferred = untimed || slot.flags() & PENDING_COMPLETION_SEEN == 0;
     slot.begin(FaultEntry {
         ts_ns,
         address,
@@ -143,6 +145,7 @@ fn fault_done(ctx: &PerfEventContext, major: bool) {
         Some(slot) if slot.pending_since() != 0 && slot.is_for(address) => {
             slot.write_record(&mut record);
             record.address = address;
+            record.ip = regs_ip;
             record.flags |= major;
             if setting!(untimed) == 0 {
                 record.latency_ns = now - record.ts_ns;
