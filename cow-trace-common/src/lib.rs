@@ -645,8 +645,10 @@ pub struct PendingFault {
     pub pid: u32,
     /// The thread's id; 0 in a free entry of the kernel's slot array.
     pub tid: u32,
-    /// handle_mm_fault backends: the fault's user registers (its `pt_regs` when it came from
-    /// user mode, else 0), for a stack taken later in the fault (at `do_wp_page`).
+    /// The fault's user registers (its `pt_regs` when it came from user mode, else 0): the
+    /// handle_mm_fault backends take a stack from them later in the fault (at `do_wp_page`);
+    /// the tracepoint backend keeps them for a deferred fault, to tell its page allocations
+    /// from those of a system call the thread makes after it.
     pub user_regs: u64,
 }
 

@@ -29,6 +29,16 @@ pub const USER_FP: u64 = 29 * 8;
 #[cfg(bpf_target_arch = "aarch64")]
 pub const USER_LR: Option<u64> = Some(30 * 8);
 
+/// Offset of the system call number in the kernel's `struct pt_regs`, read as an `i32`: -1
+/// while the task is in an exception or interrupt taken from user mode, the number while it is
+/// in a system call (what the kernel's `syscall_get_nr()` reads).
+/// x86-64: the low half of `orig_ax`, after r15..r8, ax, cx, dx, si, di.
+#[cfg(bpf_target_arch = "x86_64")]
+pub const PT_REGS_SYSCALL_NR: u64 = 15 * 8;
+/// arm64: `syscallno`, after `regs[31]`, `sp`, `pc`, `pstate` and `orig_x0`.
+#[cfg(bpf_target_arch = "aarch64")]
+pub const PT_REGS_SYSCALL_NR: u64 = 35 * 8;
+
 #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
 compile_error!("cow-trace's eBPF programs know the pt_regs of x86_64 and aarch64 only");
 

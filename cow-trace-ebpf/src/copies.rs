@@ -5,11 +5,13 @@
 //! (before it reads the file's page, if it must): userspace, which knows the mapping, tells it
 //! from a shared file's page-cache page (`class::NEW_PAGE`).
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
-use cow_trace_common::flags;
+use cow_trace_common::{PENDING_DEFERRED, flags};
 
-use crate::maps::Slot;
+use crate::{arch::PT_REGS_SYSCALL_NR, maps::Slot};
 
 /// __GFP_HIGHMEM | __GFP_MOVABLE: set for user pages (GFP_HIGHUSER_MOVABLE), never for slab
 /// or page-table allocations.
@@ -40,12 +42,31 @@ pub fn kmem_mm_page_alloc(ctx: RawTracePointContext) -> i32 {
     let Some(slot) = Slot::of_current(bpf_get_current_pid_tgid()) else {
         return 0;
     };
-    if slot.pending_since() != 0 {
-        slot.mark(if huge || gfp & GFP_ZERO != 0 {
-            flags::PAGE_ZEROED
-        } else {
-            flags::PAGE_ALLOCATED
-        });
+    if slot.pending_since() == 0 || allocated_after_the_fault(slot) {
+        return 0;
     }
+    slot.mark(if huge || gfp & GFP_ZERO != 0 {
+        flags::PAGE_ZEROED
+    } else {
+        flags::PAGE_ALLOCATED
+    });
     0
+}
+
+/// Whether the thread has gone on from its pending fault to a system call, which allocates this
+/// page. Only a deferred fault (untimed) stays pending after it is over, until the thread's
+/// next fault: meanwhile a read into the page cache, an `mmap` with `MAP_POPULATE` or a
+/// `get_user_pages()` fault allocates user pages that are not the fault's. A fault taken in
+/// user mode kept its registers, where the kernel notes whether the thread is now in a system
+/// call; one taken in kernel mode (inside a system call) cannot tell, and keeps the allocation.
+#[inline(always)]
+fn allocated_after_the_fault(slot: Slot) -> bool {
+    let regs = slot.user_regs();
+    if slot.flags() & PENDING_DEFERRED == 0 || regs == 0 {
+        return false;
+    }
+    let nr = (regs + PT_REGS_SYSCALL_NR) as *const i32;
+    // SAFETY: regs is this thread's own pt_regs (a user-mode fault's are the top of its kernel
+    // stack, which lives as long as the thread); the helper reads without faulting.
+    unsafe { bpf_probe_read_kernel(nr) }.is_ok_and(|nr| nr != -1)
 }

@@ -119,6 +119,9 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
         flags: if kernel_mode { flags::KERNEL_MODE } else { 0 }
             | if deferred { DEFERRED } else { 0 },
     });
+    if deferred && !kernel_mode {
+        slot.set_user_regs(ctx.arg(1));
+    }
     if let Some(mode) = stack {
         let id = stacks::take(ctx, slot, mode, ts_ns, ctx.arg(1), kernel_mode);
         slot.set_stack_id(id);

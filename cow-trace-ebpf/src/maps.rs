@@ -435,7 +435,16 @@ impl Slot {
         unsafe { (*self.value).stack_id = stack_id };
     }
 
-    /// handle_mm_fault backends: the pending fault's user registers, for a stack taken later.
+    /// The pending fault's user registers, or 0: see [`Slot::set_user_regs`].
+    #[inline(always)]
+    pub fn user_regs(self) -> u64 {
+        // SAFETY: see [`Slot`].
+        unsafe { (*self.value).user_regs }
+    }
+
+    /// The pending fault's user registers (its `pt_regs`, when it came from user mode): for a
+    /// stack taken later in the fault (handle_mm_fault backends), or to tell whether the thread
+    /// has gone on to a system call since (a deferred fault, see `copies`).
     #[inline(always)]
     pub fn set_user_regs(self, regs: u64) {
         // SAFETY: see [`Slot`].

@@ -1030,6 +1030,69 @@ fn first_writer_copies_last_sharer_reuses() {
     faulter.exit();
 }
 
+/// Untimed (and before a thread's first completion), a fault stays pending until the thread's
+/// next one: a page a system call allocates meanwhile is not the fault's. Here the parent, last
+/// sharer of each page, writes it (a reuse), then maps a page with MAP_POPULATE (a user page
+/// allocated in mmap): every write stays a reuse, never a copy or a zero fill, streamed and
+/// counted in the kernel, with and without latencies.
+#[test]
+fn pages_a_system_call_allocates_after_a_fault_are_not_its_copies() {
+    if !require_root("pages_a_system_call_allocates_after_a_fault_are_not_its_copies") {
+        return;
+    }
+    for summary in [false, true] {
+        for no_latency in [true, false] {
+            reuses_beside_allocating_system_calls(summary, no_latency);
+        }
+    }
+}
+
+fn reuses_beside_allocating_system_calls(summary: bool, no_latency: bool) {
+    let mode = format!("summary {summary}, no latency {no_latency}");
+    let pages = 64;
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let pid_text = pid.to_string();
+    let mut args = vec!["-x", &pid_text, "--json"];
+    if summary {
+        args.push("--summary");
+    }
+    if no_latency && !untimed() {
+        args.push("--no-latency");
+    }
+    let tracer = Tracer::start(&args);
+    let printed = faulter.run(&format!("reuse-then-allocate {pages}"));
+    faulter.run("touch 1");
+    let done = tracer.stop();
+    faulter.exit();
+    let row = done
+        .json()
+        .into_iter()
+        .find(|v| v["event"] == "summary" && v["pid"] == pid)
+        .unwrap();
+    // The parent's writes: 64 reuses. Its other copies are a few pages it wrote while the
+    // child lived (its stack); an allocation taken for each write's would make them 64 more.
+    assert!(row["reused"].as_u64().unwrap() >= pages, "{mode}: {row}");
+    let copied_or_zeroed = row["copied"].as_u64().unwrap() + row["zero_fills"].as_u64().unwrap();
+    assert!(copied_or_zeroed < pages / 4, "{mode}: {row}");
+    if !summary {
+        let base = parse_hex_after(&printed, "pages ");
+        let rewrites: Vec<Value> = done
+            .faults_of(pid)
+            .into_iter()
+            .filter(|f| {
+                (base..base + pages * page_size()).contains(&address(f)) && f["cow"] == true
+            })
+            .collect();
+        assert_eq!(rewrites.len() as u64, pages, "{mode}");
+        assert!(
+            rewrites.iter().all(|f| f["cow_outcome"] == "reused"),
+            "{mode}: {:?}",
+            rewrites.iter().find(|f| f["cow_outcome"] != "reused")
+        );
+    }
+}
+
 /// The kernel caches each thread's comm (reading it per fault costs more than a map lookup):
 /// a rename after the thread's first faults must show in every fault after it.
 #[test]

@@ -206,6 +206,23 @@ static void reuse(long n) {
     for (long i = 0; i < n; i++) p[i * PAGE] = 3;
 }
 
+// As reuse, but after each rewrite a system call allocates a user page (mmap's MAP_POPULATE
+// faults it in): an allocation after the fault, not in it. Prints "pages ADDR".
+static void reuse_then_allocate(long n) {
+    cpu_set_t here;
+    CPU_ZERO(&here);
+    CPU_SET(sched_getcpu(), &here);
+    if (sched_setaffinity(0, sizeof here, &here)) _exit(13);
+    char *p = cow(n);
+    for (long i = 0; i < n; i++) {
+        p[i * PAGE] = 3;
+        char *q = mmap(NULL, PAGE, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        if (q == MAP_FAILED) _exit(16);
+        munmap(q, PAGE);
+    }
+}
+
 // A fork-based snapshot, as Redis's BGSAVE: the child only reads (it would write the snapshot
 // out) while the parent keeps writing, so the parent copies each page it writes during the
 // child's life; the first write to each other page after the child exited reuses it. The
@@ -616,6 +633,7 @@ int main(void) {
         else if (!strcmp(line, "huge-zero")) huge_zero();
         else if (sscanf(line, "cow %ld", &a) == 1) cow(a);
         else if (sscanf(line, "reuse %ld", &a) == 1) reuse(a);
+        else if (sscanf(line, "reuse-then-allocate %ld", &a) == 1) reuse_then_allocate(a);
         else if (sscanf(line, "snapshot %ld %ld", &a, &b) == 2) snapshot(a, b);
         else if (sscanf(line, "snapshot %ld", &a) == 1) snapshot(a, a);
         else if (sscanf(line, "threads %ld %ld", &a, &b) == 2) threads(a, b);
