@@ -48,7 +48,8 @@ pub fn check_pid(pid: i32) -> anyhow::Result<()> {
             ),
         ));
     }
-    if matches!(stat.state, 'Z' | 'X') {
+    // A leader that exited while its other threads run on is a zombie too: the process lives.
+    if matches!(stat.state, 'Z' | 'X') && stat.num_threads <= 1 {
         return Err(failure(
             Status::Target,
             format!(
@@ -106,11 +107,12 @@ pub fn threads(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Is `pid` still a running (not zombie) process?
+/// Is process `pid` still running: not gone, not a zombie with no thread but its leader (a
+/// process whose leader exited while other threads run on still runs)?
 pub fn is_alive(pid: u32) -> bool {
     procfs::process::Process::new(pid as i32)
         .and_then(|p| p.stat())
-        .is_ok_and(|stat| !matches!(stat.state, 'Z' | 'X'))
+        .is_ok_and(|stat| !matches!(stat.state, 'Z' | 'X') || stat.num_threads > 1)
 }
 
 /// Has process `pid` ended for good, every thread of it gone? True once it is gone from /proc,

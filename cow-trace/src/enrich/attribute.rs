@@ -5,8 +5,8 @@
 use std::{fmt, sync::Arc};
 
 use procfs::{
-    ProcError,
-    process::{MMPermissions, MMapPath, MemoryMap, Process},
+    FromRead, ProcError,
+    process::{MMPermissions, MMapPath, MemoryMap, MemoryMaps, Process},
 };
 
 use super::history::{FileKey, Hit, MapInfo};
@@ -151,12 +151,28 @@ impl fmt::Display for Mapping {
 }
 
 /// What `/proc/PID/maps` shows now, as history entries (None when it cannot be read: the
-/// process has exited, or is a zombie).
+/// process has exited, or is a zombie). A process whose leader exited while its other threads
+/// run on shows its mappings through those threads only.
 pub fn read_maps(pid: u32) -> Option<Vec<(u64, u64, MapInfo)>> {
     let Ok(pid_arg) = i32::try_from(pid) else {
         return None;
     };
-    match Process::new(pid_arg).and_then(|process| process.maps()) {
+    let maps = Process::new(pid_arg).and_then(|process| {
+        let maps = process.maps()?;
+        if !maps.0.is_empty() {
+            return Ok(maps);
+        }
+        let threads = process.tasks()?.flatten();
+        Ok(threads
+            .filter(|task| task.tid != pid_arg)
+            .find_map(|task| {
+                MemoryMaps::from_file(format!("/proc/{pid}/task/{}/maps", task.tid))
+                    .ok()
+                    .filter(|maps| !maps.0.is_empty())
+            })
+            .unwrap_or(maps))
+    });
+    match maps {
         // A zombie, or a process between exit_mm() and its end, shows no mappings at all.
         Ok(maps) if maps.0.is_empty() => None,
         Ok(maps) => Some(

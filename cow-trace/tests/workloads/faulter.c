@@ -610,16 +610,33 @@ static void spin(void) {
     }
 }
 
+static void *serve(void *arg);
+
+// The main thread hands the commands to a new thread and exits (pthread_exit): the process
+// lives on with a zombie leader, as /proc shows it.
+static void leader_exit(void) {
+    pthread_t server;
+    if (pthread_create(&server, NULL, serve, "ok\n")) _exit(17);
+    pthread_exit(NULL);
+}
+
 int main(void) {
     page_size = sysconf(_SC_PAGESIZE);
     if (page_size <= 0 || page_size > MAX_PAGE) _exit(9);
+    serve(NULL);
+    return 0;
+}
+
+// Runs commands read from stdin, one per line, saying "ok" after each; `first` is said first.
+static void *serve(void *first) {
+    if (first) say(first);
     static char line[4096];
     for (;;) {
         // Read a line with read(2) only: stdio would allocate (and fault) between commands.
         long len = 0;
         for (;;) {
             long got = read(0, line + len, 1);
-            if (got <= 0) return 0;
+            if (got <= 0) exit(0);
             if (line[len] == '\n' || len == (long)sizeof line - 2) break;
             len++;
         }
@@ -665,7 +682,8 @@ int main(void) {
         else if (sscanf(line, "stacks %ld", &a) == 1) stacks(a);
         else if (!strcmp(line, "idle-thread")) idle_thread();
         else if (!strcmp(line, "spin")) spin();
-        else if (!strcmp(line, "exit")) return 0;
+        else if (!strcmp(line, "leader-exit")) leader_exit();
+        else if (!strcmp(line, "exit")) exit(0);
         else { say("unknown command\n"); continue; }
         say("ok\n");
     }
