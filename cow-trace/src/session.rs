@@ -219,6 +219,7 @@ impl Session {
             flame,
             stack_losses,
             end_ns,
+            mapping_events,
             ..
         } = self;
         match event {
@@ -299,7 +300,18 @@ impl Session {
                 // The history follows forks and execs from the kernel's mapping records.
                 match process.change {
                     Change::Fork { child } => enricher.on_new_program(child),
-                    Change::Exec => enricher.on_new_program(process.pid),
+                    Change::Exec => {
+                        enricher.on_new_program(process.pid);
+                        if target::exec_dropped_perf_events(process.pid) {
+                            follow_again_after_exec(
+                                process.pid,
+                                process.ts_ns,
+                                probes,
+                                mapping_events.as_mut(),
+                                enricher,
+                            );
+                        }
+                    }
                     Change::Exit => enricher.on_exit(process.pid, process.ts_ns),
                 }
                 if options.kernel.summary {
@@ -831,6 +843,48 @@ fn watch_every_thread(probes: &mut Probes, root: u32, me: i32) -> anyhow::Result
     }
     log::info!("threads kept appearing during {ROUNDS} scans of the traced tree");
     Ok(())
+}
+
+/// A traced process's exec made it non-dumpable (a set-user-ID program, or one its user may not
+/// read): the kernel dropped every perf event on it, so its faults would go untimed, its major
+/// faults unseen and its mappings unrecorded, and the processes it creates inherit nothing.
+/// Opens its threads' events again (and those of any child it made meanwhile), as at attach,
+/// and reads what it has mapped since its exec from /proc. Best effort: a failure costs what
+/// the events give, as a thread over the events' limit at attach.
+fn follow_again_after_exec(
+    pid: u32,
+    exec_ns: u64,
+    probes: &mut Probes,
+    mapping_events: Option<&mut MmapEvents>,
+    enricher: &mut Enricher,
+) {
+    log::info!("pid {pid} ran a set-user-ID (or unreadable) program: opening its events again");
+    // The kernel's exec record was dropped with the events: the old program's mappings end here.
+    enricher.exec_unrecorded(pid, exec_ns);
+    let processes: Vec<u32> = std::iter::once(pid)
+        .chain(
+            target::descendants(pid as i32)
+                .into_iter()
+                .map(|p| p as u32),
+        )
+        .collect();
+    let mut mapping_events = mapping_events;
+    for &process in &processes {
+        for tid in target::threads(process) {
+            if let Err(error) = probes.watch_thread_again(tid) {
+                log::warn!("thread {tid}: its completion events are gone: {error:#}");
+            }
+            if let Some(events) = mapping_events.as_deref_mut()
+                && let Err(error) = events.follow_again(tid)
+            {
+                log::warn!("thread {tid}: its mapping records are gone: {error:#}");
+            }
+        }
+    }
+    // After the events are open, so nothing mapped between the two is missed.
+    for &process in &processes {
+        enricher.seed(process);
+    }
 }
 
 /// Opens the kernel's mapping records for `pids` (alive, traced) and seeds their histories

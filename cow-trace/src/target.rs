@@ -115,6 +115,33 @@ pub fn is_alive(pid: u32) -> bool {
         .is_ok_and(|stat| !matches!(stat.state, 'Z' | 'X') || stat.num_threads > 1)
 }
 
+/// Whether `pid`'s last exec made it non-dumpable (a set-user-ID or set-group-ID program, or
+/// one its user may not read), in which case the kernel dropped every perf event on it
+/// (`begin_new_exec()`: "crossing a security domain"), cow-trace's completion and mapping
+/// events among them. /proc shows it: a non-dumpable process's files belong to root, a
+/// dumpable one's to its effective user. For a process running as root, whose files are
+/// root's either way, its user and group ids say: it is non-dumpable after exec when they
+/// differ from the effective ones, unless `fs.suid_dumpable` is 1.
+pub fn exec_dropped_perf_events(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(owner) = std::fs::metadata(format!("/proc/{pid}")).map(|m| m.uid()) else {
+        return false;
+    };
+    let Ok(status) = procfs::process::Process::new(pid as i32).and_then(|p| p.status()) else {
+        return false;
+    };
+    if owner != 0 {
+        return false;
+    }
+    if status.euid != 0 {
+        return true;
+    }
+    let ids_differ = status.ruid != status.euid || status.rgid != status.egid;
+    let suid_dumpable = std::fs::read_to_string("/proc/sys/fs/suid_dumpable")
+        .is_ok_and(|value| value.trim() == "1");
+    ids_differ && !suid_dumpable
+}
+
 /// Has process `pid` ended for good, every thread of it gone? True once it is gone from /proc,
 /// or is a zombie with no thread left but its leader (a leader that exited while its other
 /// threads run on is a zombie too, of more than one thread). Unsure (/proc unreadable

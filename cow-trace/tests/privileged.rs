@@ -1166,6 +1166,85 @@ fn a_process_whose_leader_exited_is_traced_on() {
     );
 }
 
+/// An exec that makes a process non-dumpable (here a set-user-ID program run by another user)
+/// makes the kernel drop every perf event on it:
+/// cow-trace opens its events again, so its faults after that are timed, and their mappings
+/// known, as any traced process's.
+#[test]
+fn events_the_kernel_dropped_at_an_exec_are_opened_again() {
+    use std::os::unix::{fs::PermissionsExt, process::CommandExt};
+    let test = "events_the_kernel_dropped_at_an_exec_are_opened_again";
+    if !require_root(test) {
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    // A directory anyone can enter, holding a set-user-ID copy of the faulter (root's).
+    let dir = std::env::temp_dir().join(format!("cow-trace-setuid-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let program = dir.join("suid-faulter");
+    std::fs::copy(workload("faulter"), &program).unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let mut shell = Command::new("/bin/sh");
+    shell
+        .args(["-c", "read go && exec \"$0\""])
+        .arg(&program)
+        .uid(NOBODY)
+        .gid(NOBODY);
+    let mut faulter = Faulter::spawn(shell);
+    let pid = faulter.pid();
+    let pid_text = pid.to_string();
+    let tracer = Tracer::start(&["-x", &pid_text, "--json", "--resolve", "-v"]);
+    faulter.send("go");
+    wait_blocked_in_read(pid);
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, program, "the shell ran the faulter");
+    // Run by nobody, the set-user-ID program is non-dumpable: its /proc files are root's (on a
+    // file system mounted nosuid it runs as nobody, and keeps its events).
+    let owner =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(format!("/proc/{pid}")).unwrap());
+    if owner != 0 {
+        skip(
+            test,
+            "this kernel left the process dumpable, so it kept its events",
+        );
+        faulter.exit();
+        let _ = tracer.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    // cow-trace reads the exec's record within its 100 ms tick.
+    std::thread::sleep(Duration::from_secs(1));
+    let printed = faulter.run("zero 32");
+    let done = tracer.stop();
+    faulter.exit();
+    let _ = std::fs::remove_dir_all(&dir);
+    let base = parse_hex_after(&printed, "pages ");
+    let faults: Vec<Value> = done
+        .faults_of(pid)
+        .into_iter()
+        .filter(|f| (base..base + 32 * page_size()).contains(&address(f)))
+        .collect();
+    assert_eq!(faults.len(), 64, "32 reads and 32 writes");
+    assert!(
+        faults.iter().all(|f| f["mapping"] == "[anon]"),
+        "{:?}",
+        faults.iter().find(|f| f["mapping"] != "[anon]")
+    );
+    if !untimed() {
+        assert!(
+            faults.iter().all(|f| f["latency_ns"].is_u64()),
+            "{:?}",
+            faults.iter().find(|f| !f["latency_ns"].is_u64())
+        );
+    }
+    assert!(
+        done.stderr.contains("opening its events again"),
+        "{}",
+        done.stderr
+    );
+}
+
 /// The kernel caches each thread's comm (reading it per fault costs more than a map lookup):
 /// a rename after the thread's first faults must show in every fault after it.
 #[test]

@@ -90,6 +90,18 @@ impl Enricher {
         true
     }
 
+    /// `pid` ran a new program at `at`, which the kernel's records do not say (its events were
+    /// dropped at that exec): its mappings until then end there. Applies the records up to
+    /// `at`, so what is seeded next belongs to the new program.
+    pub fn exec_unrecorded(&mut self, pid: u32, at: u64) {
+        self.history.add([MapRecord {
+            ts_ns: at,
+            pid,
+            change: MapChange::Exec,
+        }]);
+        self.history.advance_to(at);
+    }
+
     /// Records read from the kernel, in time order. The files of new code mappings are opened
     /// now, while the process may still be there to open them through.
     pub fn add_records(&mut self, records: Vec<MapRecord>) {

@@ -125,6 +125,13 @@ impl MmapEvents {
         Ok(events)
     }
 
+    /// Opens the events of `tid`, a traced thread whose events the kernel dropped (see
+    /// [`crate::target::exec_dropped_perf_events`]), again.
+    pub fn follow_again(&mut self, tid: u32) -> anyhow::Result<()> {
+        self.tasks.insert(tid);
+        self.follow(tid, &online_cpus())
+    }
+
     /// Opens `tid`'s event on each CPU; the first task's events own the rings.
     fn follow(&mut self, tid: u32, cpus: &[i32]) -> anyhow::Result<()> {
         let opened = self.events.len() + self.rings.len();

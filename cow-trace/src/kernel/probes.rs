@@ -141,6 +141,13 @@ impl Probes {
         backends::watch_thread(&mut self.ebpf, tid, self.untimed)
     }
 
+    /// As [`Probes::watch_thread`], for a thread whose events the kernel dropped (see
+    /// [`crate::target::exec_dropped_perf_events`]): opens them again.
+    pub fn watch_thread_again(&mut self, tid: u32) -> anyhow::Result<bool> {
+        self.watched.remove(&tid);
+        self.watch_thread(tid)
+    }
+
     /// Traces `pid` from its exec on (the held command: until then it runs cow-trace's code).
     pub fn trace_from_exec(&mut self, pid: u32) -> anyhow::Result<()> {
         let map = self

@@ -452,7 +452,12 @@ pub struct Faulter {
 
 impl Faulter {
     pub fn start() -> Faulter {
-        let mut child = Command::new(workload("faulter"))
+        Faulter::spawn(Command::new(workload("faulter")))
+    }
+
+    /// Starts `command`, which reads its first line itself or runs the faulter at once.
+    pub fn spawn(mut command: Command) -> Faulter {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -494,7 +499,7 @@ impl Faulter {
         printed
     }
 
-    /// Sends a command without waiting (for `spin` and `exit`).
+    /// Sends a line without waiting (for `spin`, `exit`, or a wrapper's own line).
     pub fn send(&mut self, command: &str) {
         writeln!(self.stdin, "{command}").unwrap();
         self.stdin.flush().unwrap();
