@@ -24,6 +24,11 @@ pub mod kind {
     /// a [`super::StackHeader`] followed by the stack's bytes. The fault's own record follows
     /// later, flagged [`super::flags::USER_STACK`], with the same entry time.
     pub const STACK: u32 = 7;
+    /// A traced process unmapped memory (`munmap`): an [`super::AddressSpaceRecord`].
+    pub const UNMAP: u32 = 8;
+    /// A traced process resized or moved a mapping (`mremap`): an
+    /// [`super::AddressSpaceRecord`].
+    pub const REMAP: u32 = 9;
 }
 
 /// Bits of [`Record::flags`] for faults.
@@ -551,6 +556,27 @@ pub struct StackHeader {
     pub size: u32,
     /// The most the kernel copies (--stack-size): a copy this long may have been cut short.
     pub limit: u32,
+}
+
+/// A change to a traced process's address space that the kernel's own mapping records (perf
+/// `MMAP2`) do not report: [`kind::UNMAP`] or [`kind::REMAP`], after the call succeeded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddressSpaceRecord {
+    pub kind: u32,
+    pub _pad: u32,
+    /// When the call returned (CLOCK_MONOTONIC ns).
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// The range unmapped, or the mapping resized or moved (`old_len` bytes from `start`),
+    /// as the call gave them (not rounded to pages).
+    pub start: u64,
+    pub len: u64,
+    /// mremap: where the mapping is now, its new length and the call's flags.
+    pub new_start: u64,
+    pub new_len: u64,
+    pub flags: u64,
 }
 
 /// Marks a tracepoint field this kernel does not have.

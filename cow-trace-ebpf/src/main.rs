@@ -3,6 +3,7 @@
 //! - `handle_mm_fault`: the fexit and kprobe backends (each attempt, with its return value)
 //! - `copies`: copy vs reuse, from user-page allocations inside a fault
 //! - `tasks`: keeps the traced-process map and snapshot windows in step with fork and exit
+//! - `unmaps`: munmap and mremap, which the kernel's mapping records do not report
 //! - `report`: a finished fault is streamed or counted in the kernel
 //! - `summary`: the in-kernel counts (--summary), with a per-CPU cache of the last key
 //! - `stacks`: user stacks of faults, walked by frame pointers or copied for userspace
@@ -27,6 +28,7 @@ mod report;
 mod stacks;
 mod summary;
 mod tasks;
+mod unmaps;
 
 #[cfg(not(test))]
 #[panic_handler]

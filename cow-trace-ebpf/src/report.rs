@@ -2,7 +2,7 @@
 //! (`summary`).
 use aya_ebpf::bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use cow_trace_common::{
-    CowOutcome, FaultClass, Record, TS_NOT_TAKEN, Window, counter, flags, kind,
+    AddressSpaceRecord, CowOutcome, FaultClass, Record, TS_NOT_TAKEN, Window, counter, flags, kind,
 };
 
 use crate::{
@@ -21,6 +21,18 @@ pub fn emit(record: &Record) {
             entry.write(*record);
             let urgent = matches!(record.kind, kind::FORK | kind::EXIT | kind::EXEC);
             entry.submit(wakeup(urgent, size_of::<Record>()));
+        }
+        None => bump(counter::RING_FULL),
+    }
+}
+
+/// Writes a change to an address space to the ring buffer, counting a loss when it is full.
+#[inline(always)]
+pub fn emit_address_space(record: &AddressSpaceRecord) {
+    match EVENTS.reserve::<AddressSpaceRecord>(0) {
+        Some(mut entry) => {
+            entry.write(*record);
+            entry.submit(wakeup(false, size_of::<AddressSpaceRecord>()));
         }
         None => bump(counter::RING_FULL),
     }

@@ -1,9 +1,12 @@
 //! Decoding ring-buffer records into events; a fault's class and what it means come from
 //! `cow_trace_common::FaultClass`, the same in both modes.
 pub use cow_trace_common::{Access, CowOutcome, FaultClass, Outcome};
-use cow_trace_common::{COMM_LEN, Record, flags, kind};
+use cow_trace_common::{AddressSpaceRecord, COMM_LEN, Record, flags, kind};
 
-use crate::stack_record::UserStack;
+use crate::{
+    map_record::{MapChange, MapRecord},
+    stack_record::UserStack,
+};
 
 /// How an unwound stack ended early.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,12 +123,17 @@ pub enum Event {
     Process(ProcessEvent),
     /// A fault's copied user stack (--stack=dwarf); the fault's record follows.
     Stack(UserStack),
+    /// Memory unmapped or remapped, which the kernel's mapping records do not say.
+    AddressSpace(MapRecord),
 }
 
 /// Reads one ring-buffer item; None for an item of the wrong size or kind.
 pub fn decode(bytes: &[u8]) -> Option<Event> {
     if let Some(stack) = crate::stack_record::decode(bytes) {
         return Some(Event::Stack(stack));
+    }
+    if let Some(change) = address_space_change(bytes) {
+        return Some(Event::AddressSpace(change));
     }
     if bytes.len() < size_of::<Record>() {
         return None;
@@ -183,6 +191,41 @@ pub fn from_record(record: &Record) -> Option<Event> {
         _ => None,
     }
 }
+
+/// Decodes an [`AddressSpaceRecord`] (`kind::UNMAP`, `kind::REMAP`) into the change it made,
+/// its ranges rounded to whole pages as the kernel rounds them; None if it is not one.
+fn address_space_change(bytes: &[u8]) -> Option<MapRecord> {
+    if bytes.len() != size_of::<AddressSpaceRecord>() {
+        return None;
+    }
+    // SAFETY: plain old data, and the slice holds one; read_unaligned does not rely on the
+    // ring's alignment.
+    let record: AddressSpaceRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let pages = |len: u64| len.div_ceil(crate::page::size()) * crate::page::size();
+    let change = match record.kind {
+        kind::UNMAP => MapChange::Unmap {
+            start: record.start,
+            end: record.start.saturating_add(pages(record.len)),
+        },
+        kind::REMAP => MapChange::Remap {
+            from: record.start,
+            old_len: pages(record.len),
+            to: record.new_start,
+            new_len: pages(record.new_len),
+            keep_old: record.flags & MREMAP_DONTUNMAP != 0,
+        },
+        _ => return None,
+    };
+    Some(MapRecord {
+        ts_ns: record.ts_ns,
+        pid: record.pid,
+        change,
+    })
+}
+
+/// mremap's flag that leaves the old range mapped (linux/mman.h; libc does not define it on
+/// every target).
+const MREMAP_DONTUNMAP: u64 = 4;
 
 fn comm_string(comm: &[u8; COMM_LEN]) -> String {
     Comm::from_kernel(comm).as_str().to_string()
@@ -386,6 +429,61 @@ mod tests {
             std::slice::from_raw_parts((record as *const Record).cast::<u8>(), size_of::<Record>())
         }
         .to_vec()
+    }
+
+    #[test]
+    fn unmaps_and_remaps_decode_to_whole_pages() {
+        let page = crate::page::size();
+        let record = AddressSpaceRecord {
+            kind: kind::REMAP,
+            _pad: 0,
+            ts_ns: 9,
+            pid: 7,
+            tid: 8,
+            start: 0x10000,
+            len: page + 1,
+            new_start: 0x50000,
+            new_len: 3 * page,
+            flags: MREMAP_DONTUNMAP,
+        };
+        // SAFETY: plain old data.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&record as *const AddressSpaceRecord).cast::<u8>(),
+                size_of::<AddressSpaceRecord>(),
+            )
+        };
+        let expected = MapRecord {
+            ts_ns: 9,
+            pid: 7,
+            change: MapChange::Remap {
+                from: 0x10000,
+                old_len: 2 * page,
+                to: 0x50000,
+                new_len: 3 * page,
+                keep_old: true,
+            },
+        };
+        assert_eq!(decode(bytes), Some(Event::AddressSpace(expected)));
+        let mut unmap = record;
+        unmap.kind = kind::UNMAP;
+        // SAFETY: plain old data.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&unmap as *const AddressSpaceRecord).cast::<u8>(),
+                size_of::<AddressSpaceRecord>(),
+            )
+        };
+        let Some(Event::AddressSpace(MapRecord { change, .. })) = decode(bytes) else {
+            panic!("not decoded");
+        };
+        assert_eq!(
+            change,
+            MapChange::Unmap {
+                start: 0x10000,
+                end: 0x10000 + 2 * page
+            }
+        );
     }
 
     fn fault_record(error_code: u64, flags: u32) -> Record {

@@ -17,6 +17,18 @@ pub enum MapChange {
     Map(NewMapping),
     /// The process was forked from `parent`: it starts with the parent's mappings.
     Fork { parent: u32 },
+    /// Memory was unmapped (`munmap`): `[start, end)`, whole pages.
+    Unmap { start: u64, end: u64 },
+    /// A mapping was resized or moved (`mremap`): what held `[from, from + old_len)` now holds
+    /// `[to, to + new_len)` (whole pages); with `keep_old` (`MREMAP_DONTUNMAP`) the old range
+    /// stays mapped.
+    Remap {
+        from: u64,
+        old_len: u64,
+        to: u64,
+        new_len: u64,
+        keep_old: bool,
+    },
     /// The process ran a new program: its old mappings are gone.
     Exec,
     /// The process's last thread exited.

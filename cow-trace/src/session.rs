@@ -227,6 +227,10 @@ impl Session {
                 enricher.add_user_stack(stack);
                 Ok(())
             }
+            Event::AddressSpace(change) => {
+                enricher.add_records(vec![change]);
+                Ok(())
+            }
             Event::Fault(fault) if end_ns.is_some_and(|end| fault.ts_ns > end) => Ok(()),
             Event::Fault(mut fault) => {
                 // Streamed faults resolve as at their time; with --summary only the faults

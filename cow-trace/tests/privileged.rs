@@ -1908,6 +1908,41 @@ impl MappingRun {
     }
 }
 
+/// Mappings moved by mremap where others were unmapped (as glibc's realloc moves a large
+/// block), which the kernel's mapping records do not say: shared anonymous memory moved onto
+/// an unmapped private file mapping is shared memory, its first writes no copies; a private file
+/// mapping moved onto unmapped memory is the file's, its first writes copies of its pages.
+#[test]
+fn mappings_moved_onto_unmapped_ones_are_what_they_are_now() {
+    if !require_root("mappings_moved_onto_unmapped_ones_are_what_they_are_now") {
+        return;
+    }
+    let pages = 16;
+    let file = scratch().join(format!("moved-{}", std::process::id()));
+    let run = trace_mapping_commands(&[], &[format!("moved {} {pages}", file.display())]);
+    run.check_counts();
+    let anon = run.writes_in(0, pages);
+    assert_eq!(anon.len() as u64, pages);
+    for write in &anon {
+        assert_ne!(
+            write["copied"], true,
+            "shared memory's first writes: {write}"
+        );
+    }
+    let copies = run.writes_in(1, pages);
+    assert_eq!(copies.len() as u64, pages);
+    for write in &copies {
+        assert_eq!(
+            write["cow_outcome"], "copied",
+            "the file's pages copied: {write}"
+        );
+    }
+    for (name, done) in [("stream", &run.stream), ("--summary", &run.counted)] {
+        let row = run.summary(done);
+        assert_eq!(row["file_copies"], pages, "{name}: {row}");
+    }
+}
+
 const FILE_PAGES: u64 = 1024;
 
 /// A private file mapping of 4 MiB, its first half read, then every page written: the kernel

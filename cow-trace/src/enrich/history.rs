@@ -162,6 +162,20 @@ impl Space {
         if start >= end {
             return;
         }
+        self.cut(start, end, since);
+        self.live.insert(start, Piece { end, since, info });
+        if self.live.len() > MAX_LIVE {
+            self.drop_oldest();
+        }
+    }
+
+    /// Ends whatever held `[start, end)` at `at` (replaced, unmapped or moved away): the
+    /// parts outside the range stay. Returns the pieces ended, cut to the range, by start.
+    fn cut(&mut self, start: u64, end: u64, at: u64) -> Vec<(u64, Piece)> {
+        let mut ended = Vec::new();
+        if start >= end {
+            return ended;
+        }
         let overlapped: Vec<u64> = self
             .live
             .range(..end)
@@ -187,17 +201,80 @@ impl Space {
                 };
                 self.live.insert(end, right);
             }
+            let (cut_start, cut_end) = (piece_start.max(start), piece.end.min(end));
+            ended.push((
+                cut_start,
+                Piece {
+                    end: cut_end,
+                    ..piece.clone()
+                },
+            ));
             self.push_past(Past {
-                start: piece_start.max(start),
-                end: piece.end.min(end),
+                start: cut_start,
+                end: cut_end,
                 since: piece.since,
-                until: since,
+                until: at,
                 info: piece.info,
             });
         }
-        self.live.insert(start, Piece { end, since, info });
-        if self.live.len() > MAX_LIVE {
-            self.drop_oldest();
+        ended.reverse();
+        ended
+    }
+
+    /// The live pieces within `[start, end)`, cut to it, by start.
+    fn pieces_in(&self, start: u64, end: u64) -> Vec<(u64, Piece)> {
+        let mut pieces: Vec<(u64, Piece)> = self
+            .live
+            .range(..end)
+            .rev()
+            .take_while(|(_, piece)| piece.end > start)
+            .map(|(&piece_start, piece)| {
+                let cut = Piece {
+                    end: piece.end.min(end),
+                    ..piece.clone()
+                };
+                (piece_start.max(start), cut)
+            })
+            .collect();
+        pieces.reverse();
+        pieces
+    }
+
+    /// mremap at `at`: what held `[from, from + old_len)` holds `[to, to + new_len)` now, at
+    /// the same offsets into its file; growing extends the last piece, shrinking unmaps the
+    /// rest. The old range stays mapped with `keep_old` (MREMAP_DONTUNMAP), and when `old_len`
+    /// is 0 (a second mapping of a shared one's pages).
+    fn remap(&mut self, from: u64, old_len: u64, to: u64, new_len: u64, keep_old: bool, at: u64) {
+        let source_len = if old_len == 0 { new_len } else { old_len };
+        let source_end = from.saturating_add(source_len);
+        let pieces = if keep_old || old_len == 0 {
+            self.pieces_in(from, source_end)
+        } else {
+            self.cut(from, source_end, at)
+        };
+        let moved_len = new_len.min(source_len);
+        let delta = to.wrapping_sub(from);
+        let mut last = None;
+        for (start, piece) in pieces {
+            let offset = start - from;
+            if offset >= moved_len {
+                break;
+            }
+            // Offsets into the file count from the mapping's start, which moved with it.
+            let info = Arc::new(MapInfo {
+                start: piece.info.start.wrapping_add(delta),
+                label: Arc::clone(&piece.info.label),
+                ..*piece.info
+            });
+            let end = (piece.end - from).min(moved_len);
+            self.insert(to + offset, to + end, at, Arc::clone(&info));
+            last = Some(info);
+        }
+        // Grown: the new part belongs to the mapping's last piece.
+        if let Some(info) = last
+            && new_len > moved_len
+        {
+            self.insert(to + moved_len, to.saturating_add(new_len), at, info);
         }
     }
 
@@ -417,6 +494,22 @@ impl History {
                     }
                 }
             }
+            MapChange::Unmap { start, end } => {
+                if let Some(space) = self.spaces.get_mut(&pid) {
+                    space.cut(start, end, ts_ns);
+                }
+            }
+            MapChange::Remap {
+                from,
+                old_len,
+                to,
+                new_len,
+                keep_old,
+            } => {
+                if let Some(space) = self.spaces.get_mut(&pid) {
+                    space.remap(from, old_len, to, new_len, keep_old, ts_ns);
+                }
+            }
             MapChange::Exec => self.spaces.entry(pid).or_default().exec(ts_ns),
             MapChange::Exit => {
                 if let Some(space) = self.spaces.get_mut(&pid) {
@@ -557,6 +650,84 @@ mod tests {
         // Outside everything.
         assert_eq!(label(history.lookup(1, 0x20000, 30)), "none");
         assert_eq!(label(history.lookup(2, 0x10000, 30)), "none");
+    }
+
+    #[test]
+    fn unmapped_memory_is_gone_from_then_on() {
+        let mut history = History::new(Retention::UntilExit, 0);
+        history.add([
+            record(10, 1, anon(0x10000, 4 * PAGE)),
+            record(
+                20,
+                1,
+                MapChange::Unmap {
+                    start: 0x11000,
+                    end: 0x13000,
+                },
+            ),
+        ]);
+        assert_eq!(label(history.lookup(1, 0x12000, 15)), "[anon]");
+        assert_eq!(label(history.lookup(1, 0x12000, 25)), "none");
+        // The rest stays.
+        assert_eq!(label(history.lookup(1, 0x10000, 25)), "[anon]");
+        assert_eq!(label(history.lookup(1, 0x13000, 25)), "[anon]");
+    }
+
+    #[test]
+    fn a_moved_mapping_keeps_its_file_offsets_and_grows_with_its_last_piece() {
+        let mut history = History::new(Retention::UntilExit, 0);
+        history.add([
+            record(
+                10,
+                1,
+                map(0x10000, 4 * PAGE, "/data/f", 0x3000, libc::PROT_READ),
+            ),
+            // Something was unmapped where it moves: no record of that but the move.
+            record(12, 1, anon(0x50000, 8 * PAGE)),
+            record(
+                20,
+                1,
+                MapChange::Remap {
+                    from: 0x10000,
+                    old_len: 4 * PAGE,
+                    to: 0x50000,
+                    new_len: 6 * PAGE,
+                    keep_old: false,
+                },
+            ),
+        ]);
+        let moved = history.lookup(1, 0x51008, 30).unwrap();
+        assert_eq!(&*moved.info.label, "/data/f");
+        assert_eq!(moved.info.offset_of(0x51008), 0x3000 + 0x1008);
+        // Grown: the file's next pages; beyond the new length, what was there before.
+        let grown = history.lookup(1, 0x55000, 30).unwrap();
+        assert_eq!(grown.info.offset_of(0x55000), 0x3000 + 5 * PAGE);
+        assert_eq!(label(history.lookup(1, 0x56000, 30)), "[anon]");
+        // The old place is empty from the move on, and the new one was anonymous before it.
+        assert_eq!(label(history.lookup(1, 0x10000, 15)), "/data/f");
+        assert_eq!(label(history.lookup(1, 0x10000, 30)), "none");
+        assert_eq!(label(history.lookup(1, 0x51008, 15)), "[anon]");
+    }
+
+    #[test]
+    fn shrinking_in_place_unmaps_the_tail_and_dontunmap_keeps_the_old_range() {
+        let mut history = History::new(Retention::UntilExit, 0);
+        let remap = |from, old_len, to, new_len, keep_old| MapChange::Remap {
+            from,
+            old_len,
+            to,
+            new_len,
+            keep_old,
+        };
+        history.add([
+            record(10, 1, anon(0x10000, 4 * PAGE)),
+            record(20, 1, remap(0x10000, 4 * PAGE, 0x10000, PAGE, false)),
+            record(30, 1, remap(0x10000, PAGE, 0x40000, PAGE, true)),
+        ]);
+        assert_eq!(label(history.lookup(1, 0x12000, 25)), "none");
+        assert_eq!(label(history.lookup(1, 0x10000, 25)), "[anon]");
+        assert_eq!(label(history.lookup(1, 0x10000, 35)), "[anon]");
+        assert_eq!(label(history.lookup(1, 0x40000, 35)), "[anon]");
     }
 
     #[test]

@@ -35,6 +35,14 @@ const COMMON: [(&str, &str, &str); 4] = [
     ("task_task_rename", "task", "task_rename"),
 ];
 
+/// munmap and mremap, which the kernel's mapping records do not report.
+const UNMAPS: [(&str, &str, &str); 4] = [
+    ("syscalls_sys_enter_munmap", "syscalls", "sys_enter_munmap"),
+    ("syscalls_sys_exit_munmap", "syscalls", "sys_exit_munmap"),
+    ("syscalls_sys_enter_mremap", "syscalls", "sys_enter_mremap"),
+    ("syscalls_sys_exit_mremap", "syscalls", "sys_exit_mremap"),
+];
+
 /// Copy detection: a raw tracepoint, as it runs on every page allocation of the machine.
 const PAGE_ALLOC: (&str, &str) = ("kmem_mm_page_alloc", "mm_page_alloc");
 
@@ -297,6 +305,16 @@ impl Probes {
         for (program, category, event) in COMMON {
             backends::attach_tracepoint(&mut self.ebpf, program, category, event)?;
             log::info!("attached {program} to tracepoint {category}:{event}");
+        }
+        // Optional: a kernel without syscall tracepoints (CONFIG_FTRACE_SYSCALLS) loses only
+        // what they add, mappings moved or unmapped (read from /proc while processes live).
+        for (program, category, event) in UNMAPS {
+            match backends::attach_tracepoint(&mut self.ebpf, program, category, event) {
+                Ok(()) => log::info!("attached {program} to tracepoint {category}:{event}"),
+                Err(error) => log::warn!(
+                    "no {category}:{event} ({error:#}): memory unmapped or moved by mremap is not followed"
+                ),
+            }
         }
         let (program, event) = PAGE_ALLOC;
         backends::attach_raw_tracepoint(&mut self.ebpf, program, event)?;

@@ -533,6 +533,35 @@ static void shared_file(const char *path, long n, int drop, int reread) {
     keep(p, n, fd, path);
 }
 
+// Mappings moved by mremap where others were unmapped, which the kernel's mapping records do
+// not say: shared anonymous memory moved onto an unmapped private file mapping, then written
+// (its pages are allocated not zeroed, as a file copy's are, but no copies); then a private file mapping moved onto unmapped memory, then
+// written (n copies of the file's pages). Prints "pages ADDR" for each; kept until "release".
+static void moved(const char *path, long n) {
+    long resident;
+    int fd = make_file(path, n, 0, &resident);
+    char *file = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    char *anon = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (file == MAP_FAILED || anon == MAP_FAILED || munmap(file, n * PAGE)) _exit(7);
+    char *p = mremap(anon, n * PAGE, n * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, file);
+    if (p != file) _exit(18);
+    char line[64];
+    snprintf(line, sizeof line, "pages %lx\n", (unsigned long)p);
+    say(line);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 1;
+    keep(p, n, -1, "");
+
+    char *q = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    char *hole = map_pages(n);
+    if (q == MAP_FAILED || munmap(hole, n * PAGE)) _exit(7);
+    char *r = mremap(q, n * PAGE, n * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, hole);
+    if (r != hole) _exit(18);
+    snprintf(line, sizeof line, "pages %lx\n", (unsigned long)r);
+    say(line);
+    for (long i = 0; i < n; i++) r[i * PAGE] = 2;
+    keep(r, n, fd, path);
+}
+
 // Shared anonymous memory (shmem) written: each first write fills a page of shmem, no copy.
 // Stays mapped until "release".
 static void shm(long n) {
@@ -671,6 +700,7 @@ static void *serve(void *first) {
         else if (sscanf(line, "shared-reread %1023s %ld", path, &a) == 2)
             shared_file(path, a, 0, 1);
         else if (sscanf(line, "shm %ld", &a) == 1) shm(a);
+        else if (sscanf(line, "moved %1023s %ld", path, &a) == 2) moved(path, a);
         else if (!strcmp(line, "release")) release();
         else if (!strcmp(line, "pageout")) pageout();
         else if (!strcmp(line, "pin")) pin();
