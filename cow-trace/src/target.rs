@@ -2,7 +2,10 @@
 use std::{
     collections::{HashMap, HashSet},
     ffi::CString,
-    os::fd::{AsRawFd, OwnedFd},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
     time::{Duration, Instant},
 };
 
@@ -247,6 +250,15 @@ impl HeldCommand {
                 format!("cannot run {program}: {why}: make it executable, or run it with sh"),
             ));
         }
+        if let Some(interpreter) = missing_interpreter(&resolved) {
+            return Err(failure(
+                Status::Target,
+                format!(
+                    "cannot run {program}: its #! line names {interpreter}, which is not an \
+                     executable file: install it, or fix the line"
+                ),
+            ));
+        }
         let path = CString::new(resolved.as_os_str().as_encoded_bytes())
             .context("command path contains a NUL byte")?;
         let args: Vec<CString> = argv
@@ -461,6 +473,26 @@ impl Drop for HeldCommand {
             let _ = waitpid(self.pid, None);
         }
     }
+}
+
+/// The interpreter a script's `#!` line names, if the kernel could not run it (missing, or not
+/// executable), which execve would only report as "No such file or directory" about the
+/// script itself, after tracing began.
+fn missing_interpreter(script: &std::path::Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0; 256];
+    let read = std::fs::File::open(script)
+        .and_then(|mut file| file.read(&mut head))
+        .ok()?;
+    let line = head[..read].strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next()?;
+    let interpreter = line
+        .split(|&b| b == b' ' || b == b'\t')
+        .find(|word| !word.is_empty())?;
+    let interpreter = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(interpreter));
+    let runnable = nix::unistd::access(&interpreter, nix::unistd::AccessFlags::X_OK).is_ok()
+        && interpreter.is_file();
+    (!runnable).then(|| interpreter.display().to_string())
 }
 
 fn which_program(program: &str) -> Option<std::path::PathBuf> {

@@ -63,6 +63,14 @@ fn bad_input_gets_one_line_and_a_distinct_status() {
         3,
         "make it executable, or run it with sh",
     );
+    let broken = scratch().join(format!("broken-script-{}", std::process::id()));
+    std::fs::write(&broken, "#!/no/such/interpreter -x\nexit 42\n").unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    assert_one_line_error(
+        &["--", broken.to_str().unwrap()],
+        3,
+        "its #! line names /no/such/interpreter",
+    );
     assert_one_line_error(
         &["-o", "/proc/no/such/dir/out", "-x", "1"],
         6,

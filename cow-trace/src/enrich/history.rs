@@ -430,14 +430,21 @@ impl History {
         }
     }
 
-    /// Queues records read from the kernel (each batch in time order).
+    /// Queues records read from the kernel, each in its place by time: the perf rings' and the
+    /// fault ring's (munmap, mremap) interleave, and a record may have been in flight during
+    /// the last read.
     pub fn add(&mut self, records: impl IntoIterator<Item = MapRecord>) {
-        let before = self.pending.len();
-        self.pending.extend(records);
-        let last_old = before.checked_sub(1).map(|i| self.pending[i].ts_ns);
-        if last_old.is_some_and(|last| self.pending.get(before).is_some_and(|r| r.ts_ns < last)) {
-            // A record in flight during the last read: restore time order.
-            self.pending.make_contiguous().sort_by_key(|r| r.ts_ns);
+        for record in records {
+            if self
+                .pending
+                .back()
+                .is_none_or(|last| last.ts_ns <= record.ts_ns)
+            {
+                self.pending.push_back(record);
+            } else {
+                let at = self.pending.partition_point(|r| r.ts_ns <= record.ts_ns);
+                self.pending.insert(at, record);
+            }
         }
         while self.pending.len() > self.max_pending {
             let record = self.pending.pop_front().expect("not empty");
