@@ -1,5 +1,15 @@
 //! cow-trace: a copy-on-write page-fault tracer. The data flow is in ARCHITECTURE.md:
 //! cli -> target -> probes (kernel side) -> ring -> event -> summary / sink.
+
+/// A line on stderr, as `eprintln!` writes it, except that a closed stderr (`2>&1 | head`) is
+/// no reason to panic: the line is lost, and tracing goes on and ends as it would.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod cli;
 mod clock;
 mod enrich;
@@ -33,11 +43,11 @@ fn main() {
         Ok(status) => status,
         Err(error) => match error.downcast_ref::<Failure>() {
             Some(failure) => {
-                eprintln!("cow-trace: {failure}");
+                note!("cow-trace: {failure}");
                 failure.status.code()
             }
             None => {
-                eprintln!("cow-trace: {error:#}");
+                note!("cow-trace: {error:#}");
                 Status::Unexpected.code()
             }
         },
@@ -84,7 +94,7 @@ fn exit_on_usage_error(error: clap::Error) -> ! {
     {
         message = format!("{message} {}", next.trim());
     }
-    eprintln!("cow-trace: {message} (see cow-trace --help)");
+    note!("cow-trace: {message} (see cow-trace --help)");
     std::process::exit(Status::Usage.code());
 }
 
@@ -92,6 +102,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
     // What this kernel and CPU cannot do, said before any command starts.
     kernel::version::check()?;
     kernel::backends::candidates(args.backend)?;
+    check_distinct_outputs(&args)?;
     // Open the output before starting a command, so a bad -o never leaves one behind; the
     // plot, written at the end, must be writable now too, not only after the whole trace.
     let out = open_output(&args)?;
@@ -109,7 +120,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
             target::check_pid(pid)?;
             let process = target::process_of(pid)?;
             if process != pid {
-                eprintln!("cow-trace: {pid} is a thread of {process}: tracing {process}");
+                note!("cow-trace: {pid} is a thread of {process}: tracing {process}");
                 target::check_pid(process)?;
             }
             (process as u32, None)
@@ -122,9 +133,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
             (held.pid.as_raw() as u32, Some(held))
         }
         (None, true) => {
-            eprintln!(
-                "cow-trace: nothing to trace: give a pid (-x PID) or a command (-- CMD ARGS...)"
-            );
+            note!("cow-trace: nothing to trace: give a pid (-x PID) or a command (-- CMD ARGS...)");
             return Ok(Status::Usage.code());
         }
     };
@@ -175,6 +184,41 @@ fn open_output(args: &Args) -> anyhow::Result<Box<dyn Write>> {
         }
         None => Box::new(std::io::BufWriter::with_capacity(BUFFER, std::io::stdout())),
     })
+}
+
+/// Refuses two outputs given the same file (-o, --plot, --flamegraph, --folded): the last
+/// written would replace the others. A device such as /dev/null may take several.
+fn check_distinct_outputs(args: &Args) -> anyhow::Result<()> {
+    let outputs = [
+        ("-o", &args.output),
+        ("--plot", &args.plot),
+        ("--flamegraph", &args.flamegraph),
+        ("--folded", &args.folded),
+    ];
+    let mut files: Vec<(&str, &std::path::Path, std::path::PathBuf)> = Vec::new();
+    for (option, path) in outputs {
+        let Some(path) = path.as_deref() else {
+            continue;
+        };
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            continue;
+        }
+        // The same file however it is spelled: an existing one by its real path.
+        let same = std::fs::canonicalize(path)
+            .or_else(|_| std::path::absolute(path))
+            .unwrap_or_else(|_| path.to_path_buf());
+        if let Some((other, _, _)) = files.iter().find(|(_, _, seen)| *seen == same) {
+            return Err(failure(
+                Status::Usage,
+                format!(
+                    "{other} and {option} name the same file, {}: give each its own",
+                    path.display()
+                ),
+            ));
+        }
+        files.push((option, path, same));
+    }
+    Ok(())
 }
 
 /// Fails now, as a bad -o does, if `path` (given with `option`) cannot be written. Creates it

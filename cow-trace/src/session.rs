@@ -333,7 +333,7 @@ impl Session {
         let records = match self.probes.deferred_faults() {
             Ok(records) => records,
             Err(error) => {
-                eprintln!("cow-trace: the last fault of each thread is missing: {error:#}");
+                note!("cow-trace: the last fault of each thread is missing: {error:#}");
                 return Ok(());
             }
         };
@@ -474,7 +474,7 @@ impl Session {
     fn report_new_losses(&mut self) {
         self.read_losses();
         for line in self.losses.new_lines() {
-            eprintln!("cow-trace: {line}");
+            note!("cow-trace: {line}");
         }
     }
 
@@ -591,7 +591,7 @@ pub async fn run(
     let deadline_ns = options
         .duration
         .map(|d| monotonic_ns().saturating_add(d.as_nanos() as u64));
-    eprintln!(
+    note!(
         "Tracing {what} {} and its children (backend: {}{mode}). Ctrl-C to end.",
         options.root,
         backend.name()
@@ -773,7 +773,7 @@ pub async fn run(
     }
     let file_copies = summary.total().file_copies;
     if swap_ins_unseen && file_copies > 0 && (swap_at_start || swap_in_use()) {
-        eprintln!(
+        note!(
             "cow-trace: note: swap is on, and the {} backend does not see pages read back from swap: a write that read back a swapped-out page of a private file mapping counts among the {file_copies} file pages copied",
             backend.name()
         );
@@ -782,7 +782,7 @@ pub async fn run(
         let title = format!("cow-trace: pid {} and its children", options.root);
         plot.render_svg(path, &title)
             .map_err(|e| failure(Status::Output, format!("drawing {}: {e:#}", path.display())))?;
-        eprintln!("cow-trace: plot written to {}", path.display());
+        note!("cow-trace: plot written to {}", path.display());
     }
     if let (Some(graph), Some(files)) = (flame, options.flame.take()) {
         let traced = format!("pid {} and its children", options.root);
@@ -794,7 +794,7 @@ pub async fn run(
             if matches!(stop, Stop::Signal(_) | Stop::Duration | Stop::OutputClosed) {
                 let traced: Vec<u32> = tree.live.iter().copied().collect();
                 if command.terminate(&traced) {
-                    eprintln!(
+                    note!(
                         "cow-trace: the command's processes were still running {} s after \
                          SIGTERM: killed them (SIGKILL)",
                         target::GRACE.as_secs()
@@ -808,7 +808,7 @@ pub async fn run(
     if let Some(limit) = options.fail_over_cow {
         let copied = summary.total().copied_bytes();
         if copied > limit {
-            eprintln!(
+            note!(
                 "cow-trace: {} copied on write, over the --fail-over-cow limit of {}",
                 human_bytes(copied),
                 human_bytes(limit)

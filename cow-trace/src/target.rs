@@ -471,6 +471,11 @@ impl Drop for HeldCommand {
             // Never released: attaching failed. Do not leave it waiting.
             let _ = kill(self.pid, Signal::SIGKILL);
             let _ = waitpid(self.pid, None);
+        } else if self.status.is_none() {
+            // Released, never waited for: tracing failed (an output error), and the command
+            // must not run on untraced, as tracing's other ends see to.
+            self.terminate(&[]);
+            let _ = self.wait();
         }
     }
 }

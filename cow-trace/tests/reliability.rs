@@ -76,6 +76,19 @@ fn bad_input_gets_one_line_and_a_distinct_status() {
         6,
         "cannot write to",
     );
+    let same = scratch().join(format!("same-output-{}", std::process::id()));
+    assert_one_line_error(
+        &[
+            "-o",
+            same.to_str().unwrap(),
+            "--plot",
+            same.to_str().unwrap(),
+            "-x",
+            "1",
+        ],
+        2,
+        "-o and --plot name the same file",
+    );
     // Every file written at the end is checked before tracing, and before a command starts.
     let marker = scratch().join(format!("plot-marker-{}", std::process::id()));
     assert_one_line_error(
@@ -906,4 +919,55 @@ fn forced_backends_attach_or_say_why() {
             other => panic!("--backend {backend}: status {other}: {stderr}"),
         }
     }
+}
+
+/// Output that fails mid-run (a full disk: /dev/full) ends tracing with status 6, and ends the
+/// command with its descendants as every other early end does: nothing runs on untraced.
+#[test]
+fn an_output_error_ends_the_command_too() {
+    if !require_root("an_output_error_ends_the_command_too") {
+        return;
+    }
+    let pid_file = scratch().join(format!("output-error-child-{}", std::process::id()));
+    // The command keeps no pipe of ours open, so cow-trace's end is not waited on past it.
+    let script = format!(
+        "exec </dev/null >/dev/null 2>&1; sleep 60 & echo $! > {}; wait",
+        pid_file.display()
+    );
+    let (code, _, stderr) = run_cow_trace(&["-o", "/dev/full", "--", "sh", "-c", &script]);
+    assert_eq!(code, 6, "{stderr}");
+    let child: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = std::fs::remove_file(&pid_file);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{child}/stat"))
+        .is_ok_and(|stat| !stat.contains(") Z "))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the command's child {child} still runs after cow-trace ended: {stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A closed standard error (`2>&1 | head -1` once head is gone) is no reason to fail: its
+/// lines are lost, and tracing ends as it would, with the command's status.
+#[test]
+fn a_closed_stderr_is_no_panic() {
+    if !require_root("a_closed_stderr_is_no_panic") {
+        return;
+    }
+    let mut child = Command::new(cow_trace())
+        .args(["-v", "-o", "/dev/null", "--", "sh", "-c", "exit 7"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(7), "{status:?}");
 }

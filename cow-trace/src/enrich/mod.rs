@@ -146,13 +146,13 @@ impl Enricher {
     /// Fills in `fault.mapping` and `fault.symbol`, as they were at the fault.
     pub fn resolve(&mut self, fault: &mut Fault) {
         let at = Some(fault_time(fault));
-        fault.mapping = Some(
+        fault.mapping = Some(printable(
             self.find(fault.pid, fault.address, at)
                 .describe(fault.address),
-        );
+        ));
         fault.symbol = self
             .symbol(fault.pid, fault.ip, at)
-            .map(|frames| frames.join(" "));
+            .map(|frames| printable(frames.join(" ")));
     }
 
     /// The kind of mapping that held `address` in `pid` at `at` (None: the last mapping
@@ -172,7 +172,7 @@ impl Enricher {
     /// The label of the last mapping that held `address` in `pid`, without the offset: the
     /// name a summary groups faults by (the kernel's counts carry no time).
     pub fn mapping_label(&mut self, pid: u32, address: u64) -> String {
-        self.find(pid, address, None).label()
+        printable(self.find(pid, address, None).label())
     }
 
     /// The symbolized frames of user stack `stack_id` of `pid`, innermost first, as at `at`
@@ -206,6 +206,7 @@ impl Enricher {
                 None => frames.push(self.unsymbolized(pid, ip, at)),
             }
         }
+        let frames: Vec<String> = frames.into_iter().map(printable).collect();
         if self.stacks.len() >= STACK_CACHE_CAP {
             self.stacks.clear();
         }
@@ -308,9 +309,31 @@ pub fn fault_time(fault: &Fault) -> u64 {
     fault.ts_ns.saturating_add(fault.latency_ns.unwrap_or(0))
 }
 
+/// `text` with its control characters (a newline, an escape sequence) as `?`, as comms are
+/// shown: a file's name may hold any byte but `/` and NUL, and one line per fault, valid XML
+/// in the SVGs and a terminal left alone matter more than those bytes.
+pub fn printable(text: String) -> String {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    } else {
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_in_names_are_shown_as_question_marks() {
+        assert_eq!(
+            printable("/tmp/a\nb\u{1b}[7m/lib.so@0x1000".into()),
+            "/tmp/a?b?[7m/lib.so@0x1000"
+        );
+        assert_eq!(printable("[anon]".into()), "[anon]");
+    }
 
     #[test]
     fn an_unreadable_stack_is_a_counted_loss() {

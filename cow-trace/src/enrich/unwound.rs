@@ -95,7 +95,7 @@ impl Enricher {
         self.dwarf
             .stacks
             .get(id as usize)
-            .map(|stack| stack.frames.clone())
+            .map(|stack| stack.frames.iter().cloned().map(super::printable).collect())
             .unwrap_or_default()
     }
 

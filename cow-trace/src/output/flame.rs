@@ -336,7 +336,7 @@ impl OpenFile {
                     format!("writing the {what} {} failed: {e:#}", path.display()),
                 )
             })?;
-        eprintln!("cow-trace: {what} written to {}", path.display());
+        note!("cow-trace: {what} written to {}", path.display());
         Ok(())
     }
 }
