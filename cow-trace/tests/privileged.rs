@@ -1194,7 +1194,7 @@ fn events_the_kernel_dropped_at_an_exec_are_opened_again() {
     let mut faulter = Faulter::spawn(shell);
     let pid = faulter.pid();
     let pid_text = pid.to_string();
-    let tracer = Tracer::start(&["-x", &pid_text, "--json", "--resolve", "-v"]);
+    let mut tracer = Tracer::start(&["-x", &pid_text, "--json", "--resolve", "-v"]);
     faulter.send("go");
     wait_blocked_in_read(pid);
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
@@ -1213,8 +1213,7 @@ fn events_the_kernel_dropped_at_an_exec_are_opened_again() {
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }
-    // cow-trace reads the exec's record within its 100 ms tick.
-    std::thread::sleep(Duration::from_secs(1));
+    tracer.wait_for_stderr("opening its events again");
     let printed = faulter.run("zero 32");
     let done = tracer.stop();
     faulter.exit();
@@ -1238,11 +1237,6 @@ fn events_the_kernel_dropped_at_an_exec_are_opened_again() {
             faults.iter().find(|f| !f["latency_ns"].is_u64())
         );
     }
-    assert!(
-        done.stderr.contains("opening its events again"),
-        "{}",
-        done.stderr
-    );
 }
 
 /// The kernel caches each thread's comm (reading it per fault costs more than a map lookup):

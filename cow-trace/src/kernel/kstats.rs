@@ -116,6 +116,9 @@ pub struct Exited {
     warned: bool,
 }
 
+/// The fewest map entries per exited process `due` assumes, in each map.
+const ENTRIES_EACH_AT_LEAST: usize = 8;
+
 /// What the last pass through the maps found, to tell when the next is due.
 struct Pass {
     at: Instant,
@@ -254,8 +257,10 @@ impl Exited {
         };
         let since = now - last.at;
         let filling = |left: usize, each: Option<usize>, room: u32| {
-            // Before any process was taken, assume a few entries each.
-            2 * self.new * each.unwrap_or(8) >= (room as usize).saturating_sub(left)
+            // At least a few entries each: a pass that took processes which had barely run
+            // (those that exited as tracing began) would make the next one come too late.
+            let each = each.unwrap_or(ENTRIES_EACH_AT_LEAST).max(ENTRIES_EACH_AT_LEAST);
+            2 * self.new * each >= (room as usize).saturating_sub(left)
         };
         let urgent = filling(last.stats_left, last.stats_each, summary_maps::STATS)
             || filling(last.hists_left, last.hists_each, summary_maps::HISTS);
