@@ -167,6 +167,7 @@ pub fn sched_sched_process_exec(ctx: TracePointContext) -> u32 {
         finish_at_exit(slot);
         slot.remove();
     }
+    end_parents_window(tgid);
     let mut record = Record::zeroed();
     record.kind = kind::EXEC;
     record.ts_ns = now_ns();
@@ -175,6 +176,23 @@ pub fn sched_sched_process_exec(ctx: TracePointContext) -> u32 {
     record.comm = bpf_get_current_comm().unwrap_or_default();
     emit(&record);
     0
+}
+
+/// A child that ran a new program shares no memory with its parent any more (its old memory
+/// was released before this tracepoint): the parent's faults from now on are no snapshot's,
+/// so the parent's window for it, if it is still the newest child's, ends.
+#[inline(always)]
+fn end_parents_window(child: u32) {
+    // SAFETY: the value is copied at once; only this child's fork, exec and exit write it.
+    let Some(parent) = (unsafe { PARENT.get(child) }).copied() else {
+        return;
+    };
+    // SAFETY: as above; a fork of another child may replace the window meanwhile, which then
+    // is no longer this child's.
+    if (unsafe { WINDOW.get(parent) }).is_some_and(|window| window.child == child) {
+        let _ = WINDOW.remove(parent);
+    }
+    let _ = PARENT.remove(child);
 }
 
 /// task:task_rename, fired as a task's comm changes (prctl(PR_SET_NAME), a write to

@@ -1239,6 +1239,37 @@ fn events_the_kernel_dropped_at_an_exec_are_opened_again() {
     }
 }
 
+/// A child that runs another program shares no memory with its parent after its exec: the
+/// parent's writes then are reuses, in no snapshot window, though the child still runs.
+#[test]
+fn a_child_that_execs_ends_its_parents_window() {
+    if !require_root("a_child_that_execs_ends_its_parents_window") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json"]);
+    let printed = faulter.run("exec-child 64");
+    let done = tracer.stop();
+    faulter.exit();
+    let base = parse_hex_after(&printed, "pages ");
+    let writes: Vec<Value> = done
+        .faults_of(pid)
+        .into_iter()
+        .filter(|f| (base..base + 64 * page_size()).contains(&address(f)) && f["cow"] == true)
+        .collect();
+    assert_eq!(writes.len(), 64);
+    assert!(
+        writes
+            .iter()
+            .all(|f| f["cow_outcome"] == "reused" && f.get("window").is_none()),
+        "{:?}",
+        writes
+            .iter()
+            .find(|f| f["cow_outcome"] != "reused" || f.get("window").is_some())
+    );
+}
+
 /// The kernel caches each thread's comm (reading it per fault costs more than a map lookup):
 /// a rename after the thread's first faults must show in every fault after it.
 #[test]

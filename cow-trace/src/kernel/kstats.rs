@@ -259,7 +259,9 @@ impl Exited {
         let filling = |left: usize, each: Option<usize>, room: u32| {
             // At least a few entries each: a pass that took processes which had barely run
             // (those that exited as tracing began) would make the next one come too late.
-            let each = each.unwrap_or(ENTRIES_EACH_AT_LEAST).max(ENTRIES_EACH_AT_LEAST);
+            let each = each
+                .unwrap_or(ENTRIES_EACH_AT_LEAST)
+                .max(ENTRIES_EACH_AT_LEAST);
             2 * self.new * each >= (room as usize).saturating_sub(left)
         };
         let urgent = filling(last.stats_left, last.stats_each, summary_maps::STATS)

@@ -67,6 +67,7 @@
 //   exit         exit(0)
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <signal.h>
 #include <pthread.h>
 #include <sched.h>
 #include <semaphore.h>
@@ -221,6 +222,32 @@ static void reuse_then_allocate(long n) {
         if (q == MAP_FAILED) _exit(16);
         munmap(q, PAGE);
     }
+}
+
+// A child that runs another program (as a shell's do): it shares its parent's memory only
+// until its exec. The parent writes n pages it filled before the fork once the child has
+// exec'd (a close-on-exec pipe says when): reuses, no snapshot's. Prints "pages ADDR" and
+// "child PID"; the child (sleep) is ended after.
+static void exec_child(long n) {
+    char *p = map_pages(n);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 1;
+    int exec_done[2];
+    if (pipe2(exec_done, O_CLOEXEC)) _exit(9);
+    pid_t child = fork();
+    if (child == 0) {
+        execl("/bin/sleep", "sleep", "30", (char *)NULL);
+        _exit(127);
+    }
+    close(exec_done[1]);
+    char c;
+    if (read(exec_done[0], &c, 1) != 0) _exit(10);
+    close(exec_done[0]);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 2;
+    char line[96];
+    snprintf(line, sizeof line, "pages %lx\nchild %d\n", (unsigned long)p, child);
+    say(line);
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
 }
 
 // A fork-based snapshot, as Redis's BGSAVE: the child only reads (it would write the snapshot
@@ -680,6 +707,7 @@ static void *serve(void *first) {
         else if (sscanf(line, "cow %ld", &a) == 1) cow(a);
         else if (sscanf(line, "reuse %ld", &a) == 1) reuse(a);
         else if (sscanf(line, "reuse-then-allocate %ld", &a) == 1) reuse_then_allocate(a);
+        else if (sscanf(line, "exec-child %ld", &a) == 1) exec_child(a);
         else if (sscanf(line, "snapshot %ld %ld", &a, &b) == 2) snapshot(a, b);
         else if (sscanf(line, "snapshot %ld", &a) == 1) snapshot(a, a);
         else if (sscanf(line, "threads %ld %ld", &a, &b) == 2) threads(a, b);
