@@ -198,11 +198,15 @@ static char *cow(long n) {
 // All on one CPU: a page still in another CPU's LRU batch holds an extra reference, and the
 // kernel then copies rather than reuses it ("references from remote LRU pagevecs" in
 // mm/memory.c), which a migration between filling and rewriting would cause.
-static void reuse(long n) {
+static void pin_to_this_cpu(void) {
     cpu_set_t here;
     CPU_ZERO(&here);
     CPU_SET(sched_getcpu(), &here);
     if (sched_setaffinity(0, sizeof here, &here)) _exit(13);
+}
+
+static void reuse(long n) {
+    pin_to_this_cpu();
     char *p = cow(n);
     for (long i = 0; i < n; i++) p[i * PAGE] = 3;
 }
@@ -210,10 +214,7 @@ static void reuse(long n) {
 // As reuse, but after each rewrite a system call allocates a user page (mmap's MAP_POPULATE
 // faults it in): an allocation after the fault, not in it. Prints "pages ADDR".
 static void reuse_then_allocate(long n) {
-    cpu_set_t here;
-    CPU_ZERO(&here);
-    CPU_SET(sched_getcpu(), &here);
-    if (sched_setaffinity(0, sizeof here, &here)) _exit(13);
+    pin_to_this_cpu();
     char *p = cow(n);
     for (long i = 0; i < n; i++) {
         p[i * PAGE] = 3;
