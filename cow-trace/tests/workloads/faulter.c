@@ -194,10 +194,9 @@ static char *cow(long n) {
     return p;
 }
 
-// As cow, then the parent writes each page again: the parent, their last sharer, reuses each.
-// All on one CPU: a page still in another CPU's LRU batch holds an extra reference, and the
-// kernel then copies rather than reuses it ("references from remote LRU pagevecs" in
-// mm/memory.c), which a migration between filling and rewriting would cause.
+// Keeps the process on the CPU it runs on: a page still in another CPU's LRU batch holds an
+// extra reference, and the kernel then copies rather than reuses it ("references from remote
+// LRU pagevecs" in mm/memory.c), which a migration between filling and rewriting would cause.
 static void pin_to_this_cpu(void) {
     cpu_set_t here;
     CPU_ZERO(&here);
@@ -205,6 +204,8 @@ static void pin_to_this_cpu(void) {
     if (sched_setaffinity(0, sizeof here, &here)) _exit(13);
 }
 
+// As cow, then the parent writes each page again: the parent, their last sharer, reuses each
+// (on one CPU, see pin_to_this_cpu).
 static void reuse(long n) {
     pin_to_this_cpu();
     char *p = cow(n);
