@@ -156,6 +156,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
                 size: args.stack_size.unwrap_or(cli::STACK_SIZE),
             }),
             untimed: args.no_latency,
+            follow_unmaps: args.resolve || args.stack_method().is_some(),
         },
         plot: args.plot.clone(),
         flame,

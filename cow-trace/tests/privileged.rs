@@ -1934,9 +1934,10 @@ impl MappingRun {
 }
 
 /// Mappings moved by mremap where others were unmapped (as glibc's realloc moves a large
-/// block), which the kernel's mapping records do not say: shared anonymous memory moved onto
-/// an unmapped private file mapping is shared memory, its first writes no copies; a private file
-/// mapping moved onto unmapped memory is the file's, its first writes copies of its pages.
+/// block), which the kernel's mapping records do not say, followed where mappings are shown
+/// (--resolve): shared anonymous memory moved onto an unmapped private file mapping is shared
+/// memory, its first writes no copies; a private file mapping moved onto unmapped memory is the
+/// file's, at the same offsets, its first writes copies of its pages.
 #[test]
 fn mappings_moved_onto_unmapped_ones_are_what_they_are_now() {
     if !require_root("mappings_moved_onto_unmapped_ones_are_what_they_are_now") {
@@ -1944,27 +1945,48 @@ fn mappings_moved_onto_unmapped_ones_are_what_they_are_now() {
     }
     let pages = 16;
     let file = scratch().join(format!("moved-{}", std::process::id()));
-    let run = trace_mapping_commands(&[], &[format!("moved {} {pages}", file.display())]);
-    run.check_counts();
-    let anon = run.writes_in(0, pages);
-    assert_eq!(anon.len() as u64, pages);
-    for write in &anon {
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json", "--resolve"]);
+    let printed = faulter.run(&format!("moved {} {pages}", file.display()));
+    faulter.run("release");
+    let done = tracer.stop();
+    faulter.exit();
+    let path = file.display().to_string();
+    let writes_in = |nth: usize| -> Vec<Value> {
+        let base = u64::from_str_radix(
+            printed
+                .iter()
+                .filter_map(|l| l.strip_prefix("pages "))
+                .nth(nth)
+                .unwrap(),
+            16,
+        )
+        .unwrap();
+        done.faults_of(pid)
+            .into_iter()
+            .filter(|f| (base..base + pages * page_size()).contains(&address(f)))
+            .collect()
+    };
+    let shared = writes_in(0);
+    assert_eq!(shared.len() as u64, pages);
+    for write in &shared {
         assert_ne!(
             write["copied"], true,
             "shared memory's first writes: {write}"
         );
+        let mapping = write["mapping"].as_str().unwrap();
+        assert!(!mapping.contains(&path), "the unmapped file's: {write}");
     }
-    let copies = run.writes_in(1, pages);
+    let copies = writes_in(1);
     assert_eq!(copies.len() as u64, pages);
-    for write in &copies {
+    for (i, write) in copies.iter().enumerate() {
         assert_eq!(
             write["cow_outcome"], "copied",
             "the file's pages copied: {write}"
         );
-    }
-    for (name, done) in [("stream", &run.stream), ("--summary", &run.counted)] {
-        let row = run.summary(done);
-        assert_eq!(row["file_copies"], pages, "{name}: {row}");
+        let offset = format!("{path}@{:#x}", i as u64 * page_size());
+        assert_eq!(write["mapping"], offset.as_str(), "{write}");
     }
 }
 

@@ -29,6 +29,10 @@ pub struct KernelConfig {
     pub stacks: Option<StackConfig>,
     /// --no-latency.
     pub untimed: bool,
+    /// Follow munmap and mremap (syscall tracepoints), where mappings are shown (--resolve,
+    /// stacks, flame graphs): enabling any syscall tracepoint puts every system call of the
+    /// machine on the kernel's slow path (about 65 ns each here), too dear where they are not.
+    pub follow_unmaps: bool,
 }
 
 /// How the kernel side takes user stacks.

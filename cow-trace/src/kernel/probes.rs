@@ -58,6 +58,8 @@ pub struct Probes {
     sees: Sees,
     /// Threads whose per-task completion events are open (tracepoint backend).
     watched: HashSet<u32>,
+    /// See [`KernelConfig::follow_unmaps`].
+    follow_unmaps: bool,
 }
 
 impl Probes {
@@ -68,6 +70,7 @@ impl Probes {
             summary: summary_mode,
             stacks,
             untimed,
+            follow_unmaps,
         } = *config;
         check_privilege()?;
         let root = tracefs::ensure_mounted()?;
@@ -109,6 +112,7 @@ impl Probes {
         Ok(Probes {
             ebpf,
             untimed,
+            follow_unmaps,
             backend: None,
             sees: Sees::default(),
             watched: HashSet::new(),
@@ -306,9 +310,10 @@ impl Probes {
             backends::attach_tracepoint(&mut self.ebpf, program, category, event)?;
             log::info!("attached {program} to tracepoint {category}:{event}");
         }
-        // Optional: a kernel without syscall tracepoints (CONFIG_FTRACE_SYSCALLS) loses only
-        // what they add, mappings moved or unmapped (read from /proc while processes live).
-        for (program, category, event) in UNMAPS {
+        // Only where mappings are shown (KernelConfig::follow_unmaps), and optional: a kernel
+        // without syscall tracepoints (CONFIG_FTRACE_SYSCALLS) loses only what they add,
+        // mappings moved or unmapped (read from /proc while processes live).
+        for (program, category, event) in UNMAPS.iter().filter(|_| self.follow_unmaps) {
             match backends::attach_tracepoint(&mut self.ebpf, program, category, event) {
                 Ok(()) => log::info!("attached {program} to tracepoint {category}:{event}"),
                 Err(error) => log::warn!(
