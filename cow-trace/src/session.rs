@@ -862,7 +862,6 @@ fn follow_again_after_exec(
     mapping_events: Option<&mut MmapEvents>,
     enricher: &mut Enricher,
 ) {
-    log::info!("pid {pid} ran a set-user-ID (or unreadable) program: opening its events again");
     // The kernel's exec record was dropped with the events: the old program's mappings end here.
     enricher.exec_unrecorded(pid, exec_ns);
     let processes: Vec<u32> = std::iter::once(pid)
@@ -889,6 +888,7 @@ fn follow_again_after_exec(
     for &process in &processes {
         enricher.seed(process);
     }
+    log::info!("pid {pid} ran a set-user-ID (or unreadable) program: its events opened again");
 }
 
 /// Opens the kernel's mapping records for `pids` (alive, traced) and seeds their histories

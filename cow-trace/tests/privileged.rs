@@ -1185,17 +1185,25 @@ fn events_the_kernel_dropped_at_an_exec_are_opened_again() {
     let program = dir.join("suid-faulter");
     std::fs::copy(workload("faulter"), &program).unwrap();
     std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o4755)).unwrap();
-    let mut shell = Command::new("/bin/sh");
-    shell
-        .args(["-c", "read go && exec \"$0\""])
-        .arg(&program)
-        .uid(NOBODY)
-        .gid(NOBODY);
-    let mut faulter = Faulter::spawn(shell);
+    // A plain faulter run by nobody, which then runs the set-user-ID one in its place.
+    let plain = dir.join("faulter");
+    std::fs::copy(workload("faulter"), &plain).unwrap();
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut as_nobody = Command::new(&plain);
+    as_nobody.uid(NOBODY).gid(NOBODY);
+    let mut faulter = Faulter::spawn(as_nobody);
     let pid = faulter.pid();
     let pid_text = pid.to_string();
     let mut tracer = Tracer::start(&["-x", &pid_text, "--json", "--resolve", "-v"]);
-    faulter.send("go");
+    faulter.send(&format!("exec {}", program.display()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() != Some(&program) {
+        assert!(
+            Instant::now() < deadline,
+            "the faulter never ran {program:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     wait_blocked_in_read(pid);
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     assert_eq!(exe, program, "the shell ran the faulter");
@@ -1213,7 +1221,7 @@ fn events_the_kernel_dropped_at_an_exec_are_opened_again() {
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }
-    tracer.wait_for_stderr("opening its events again");
+    tracer.wait_for_stderr("its events opened again");
     let printed = faulter.run("zero 32");
     let done = tracer.stop();
     faulter.exit();

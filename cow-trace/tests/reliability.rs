@@ -703,6 +703,10 @@ fn full_summary_maps_are_lost_faults_with_their_own_remedy() {
     faulter.exit();
 }
 
+/// The fork storms below take every CPU: one at a time, or one's tracer would fall behind for
+/// want of CPU, not for anything it does wrong.
+static FORK_STORMS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// As below, but attached (-x) to a tree already forking as fast as it can: the first
 /// processes to exit had run mostly before attaching and left few entries, which must not make
 /// the next pass through the maps come too late for the rest.
@@ -711,6 +715,7 @@ fn summary_maps_outlast_a_fork_storm_attached_to() {
     if !require_root("summary_maps_outlast_a_fork_storm_attached_to") {
         return;
     }
+    let _alone = FORK_STORMS.lock().unwrap_or_else(|e| e.into_inner());
     let storm = Command::new("sh")
         .args(["-c", "while :; do /bin/true; done"])
         .stdin(Stdio::null())
@@ -741,6 +746,7 @@ fn summary_maps_outlast_processes_that_exited() {
     if !require_root("summary_maps_outlast_processes_that_exited") {
         return;
     }
+    let _alone = FORK_STORMS.lock().unwrap_or_else(|e| e.into_inner());
     const CHILDREN: usize = 5000;
     let mut faulter = Faulter::start();
     let pid = faulter.pid();

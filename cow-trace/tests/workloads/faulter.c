@@ -75,6 +75,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -670,12 +671,19 @@ static void spin(void) {
 
 static void *serve(void *arg);
 
-// The main thread hands the commands to a new thread and exits (pthread_exit): the process
-// lives on with a zombie leader, as /proc shows it.
+// The main thread hands the commands to a new thread and exits alone (the exit system call,
+// as pthread_exit ends in; pthread_exit itself needs libgcc_s, which a minimal root may lack):
+// the process lives on with a zombie leader, as /proc shows it.
 static void leader_exit(void) {
     pthread_t server;
     if (pthread_create(&server, NULL, serve, "ok\n")) _exit(17);
-    pthread_exit(NULL);
+    for (;;) syscall(SYS_exit, 0);
+}
+
+// Runs another program in this process (its commands then come from the same stdin).
+static void exec_program(const char *path) {
+    execl(path, path, (char *)NULL);
+    _exit(127);
 }
 
 int main(void) {
@@ -743,6 +751,7 @@ static void *serve(void *first) {
         else if (!strcmp(line, "idle-thread")) idle_thread();
         else if (!strcmp(line, "spin")) spin();
         else if (!strcmp(line, "leader-exit")) leader_exit();
+        else if (sscanf(line, "exec %1023s", path) == 1) exec_program(path);
         else if (!strcmp(line, "exit")) exit(0);
         else { say("unknown command\n"); continue; }
         say("ok\n");
