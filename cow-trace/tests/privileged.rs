@@ -1278,6 +1278,35 @@ fn a_child_that_execs_ends_its_parents_window() {
     );
 }
 
+/// --summary's maps (see reliability's summary_maps_outlast_processes_that_exited), attached
+/// (-x) to a tree already forking as fast as it can: the first
+/// processes to exit had run mostly before attaching and left few entries, which must not make
+/// the next pass through the maps come too late for the rest.
+#[test]
+fn summary_maps_outlast_a_fork_storm_attached_to() {
+    if !require_root("summary_maps_outlast_a_fork_storm_attached_to") {
+        return;
+    }
+    let storm = Command::new("sh")
+        .args(["-c", "while :; do /bin/true; done"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let storm = ChildGuard::new(storm);
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = storm.id().to_string();
+    let done = Tracer::start(&["-x", &pid, "--summary", "--json", "-d", "3s"]).wait();
+    drop(storm);
+    let json = done.json();
+    let totals = json
+        .iter()
+        .find(|v| v["event"] == "totals")
+        .expect("no totals line");
+    let processes = json.iter().filter(|v| v["event"] == "summary").count();
+    assert_eq!(totals["lost"], 0, "{processes} processes: {totals}");
+    assert_eq!(totals["hist_full"], 0, "{processes} processes: {totals}");
+}
+
 /// The kernel caches each thread's comm (reading it per fault costs more than a map lookup):
 /// a rename after the thread's first faults must show in every fault after it.
 #[test]

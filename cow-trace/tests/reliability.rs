@@ -703,39 +703,6 @@ fn full_summary_maps_are_lost_faults_with_their_own_remedy() {
     faulter.exit();
 }
 
-/// The fork storms below take every CPU: one at a time, or one's tracer would fall behind for
-/// want of CPU, not for anything it does wrong.
-static FORK_STORMS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// As below, but attached (-x) to a tree already forking as fast as it can: the first
-/// processes to exit had run mostly before attaching and left few entries, which must not make
-/// the next pass through the maps come too late for the rest.
-#[test]
-fn summary_maps_outlast_a_fork_storm_attached_to() {
-    if !require_root("summary_maps_outlast_a_fork_storm_attached_to") {
-        return;
-    }
-    let _alone = FORK_STORMS.lock().unwrap_or_else(|e| e.into_inner());
-    let storm = Command::new("sh")
-        .args(["-c", "while :; do /bin/true; done"])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let storm = ChildGuard::new(storm);
-    std::thread::sleep(Duration::from_millis(300));
-    let pid = storm.id().to_string();
-    let done = Tracer::start(&["-x", &pid, "--summary", "--json", "-d", "3s"]).wait();
-    drop(storm);
-    let json = done.json();
-    let totals = json
-        .iter()
-        .find(|v| v["event"] == "totals")
-        .expect("no totals line");
-    let processes = json.iter().filter(|v| v["event"] == "summary").count();
-    assert_eq!(totals["lost"], 0, "{processes} processes: {totals}");
-    assert_eq!(totals["hist_full"], 0, "{processes} processes: {totals}");
-}
-
 /// --summary counts in kernel maps of a fixed size: 4096 latency histograms (pid x class) and
 /// 65536 counts (pid x class x window x stack x 64 KiB region). 5000 short-lived children, each
 /// writing 16 regions, leave far more behind than either holds: the entries of processes that
@@ -746,7 +713,6 @@ fn summary_maps_outlast_processes_that_exited() {
     if !require_root("summary_maps_outlast_processes_that_exited") {
         return;
     }
-    let _alone = FORK_STORMS.lock().unwrap_or_else(|e| e.into_inner());
     const CHILDREN: usize = 5000;
     let mut faulter = Faulter::start();
     let pid = faulter.pid();
