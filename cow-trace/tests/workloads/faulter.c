@@ -245,6 +245,21 @@ static void exec_child(long n) {
     char c;
     if (read(exec_done[0], &c, 1) != 0) _exit(10);
     close(exec_done[0]);
+    // The pipe closes early in the exec; the kernel's exec tracepoint fires once the program is
+    // loaded. Sleeping in its own program (state S, comm "sleep"), the child is past both.
+    char path[64], stat[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", child);
+    for (int tries = 0;; tries++) {
+        int fd = open(path, O_RDONLY);
+        long got = fd >= 0 ? read(fd, stat, sizeof stat - 1) : -1;
+        if (fd >= 0) close(fd);
+        if (got > 0) {
+            stat[got] = 0;
+            if (strstr(stat, "(sleep) S")) break;
+        }
+        if (tries == 10000) _exit(19);
+        usleep(1000);
+    }
     for (long i = 0; i < n; i++) p[i * PAGE] = 2;
     char line[96];
     snprintf(line, sizeof line, "pages %lx\nchild %d\n", (unsigned long)p, child);
