@@ -859,7 +859,7 @@ fn follow_again_after_exec(
     pid: u32,
     exec_ns: u64,
     probes: &mut Probes,
-    mapping_events: Option<&mut MmapEvents>,
+    mut mapping_events: Option<&mut MmapEvents>,
     enricher: &mut Enricher,
 ) {
     // The kernel's exec record was dropped with the events: the old program's mappings end here.
@@ -871,7 +871,6 @@ fn follow_again_after_exec(
                 .map(|p| p as u32),
         )
         .collect();
-    let mut mapping_events = mapping_events;
     for &process in &processes {
         for tid in target::threads(process) {
             if let Err(error) = probes.watch_thread_again(tid) {

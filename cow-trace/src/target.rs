@@ -113,9 +113,7 @@ pub fn threads(pid: u32) -> Vec<u32> {
 /// Is process `pid` still running: not gone, not a zombie with no thread but its leader (a
 /// process whose leader exited while other threads run on still runs)?
 pub fn is_alive(pid: u32) -> bool {
-    procfs::process::Process::new(pid as i32)
-        .and_then(|p| p.stat())
-        .is_ok_and(|stat| !matches!(stat.state, 'Z' | 'X') || stat.num_threads > 1)
+    !has_exited(pid)
 }
 
 /// Whether `pid`'s last exec made it non-dumpable (a set-user-ID or set-group-ID program, or
@@ -127,15 +125,14 @@ pub fn is_alive(pid: u32) -> bool {
 /// differ from the effective ones, unless `fs.suid_dumpable` is 1.
 pub fn exec_dropped_perf_events(pid: u32) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let Ok(owner) = std::fs::metadata(format!("/proc/{pid}")).map(|m| m.uid()) else {
+    // Most execs leave the process dumpable: one stat of /proc/PID says so.
+    let owner = std::fs::metadata(format!("/proc/{pid}")).map(|m| m.uid());
+    if owner.map_or(true, |owner| owner != 0) {
         return false;
-    };
+    }
     let Ok(status) = procfs::process::Process::new(pid as i32).and_then(|p| p.status()) else {
         return false;
     };
-    if owner != 0 {
-        return false;
-    }
     if status.euid != 0 {
         return true;
     }

@@ -313,7 +313,8 @@ impl Probes {
         // Only where mappings are shown (KernelConfig::follow_unmaps), and optional: a kernel
         // without syscall tracepoints (CONFIG_FTRACE_SYSCALLS) loses only what they add,
         // mappings moved or unmapped (read from /proc while processes live).
-        for (program, category, event) in UNMAPS.iter().filter(|_| self.follow_unmaps) {
+        let unmaps: &[_] = if self.follow_unmaps { &UNMAPS } else { &[] };
+        for (program, category, event) in unmaps {
             match backends::attach_tracepoint(&mut self.ebpf, program, category, event) {
                 Ok(()) => log::info!("attached {program} to tracepoint {category}:{event}"),
                 Err(error) => log::warn!(
