@@ -7,7 +7,9 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TracePointContext,
 };
-use cow_trace_common::{COMM_LEN, NO_FIELD, Record, Window, counter, kind};
+use cow_trace_common::{
+    COMM_LEN, NO_FIELD, PENDING_COMPLETION_SEEN, Record, Window, counter, kind,
+};
 
 use crate::{
     clock::now_ns,
@@ -223,6 +225,12 @@ pub fn task_task_rename(ctx: TracePointContext) -> u32 {
     // fault is over, and keeps the name it had.
     if tid == current as u32 {
         finish_deferred(slot);
+        // The thread's next fault is entered deferred, as before its first completion event:
+        // an exec that leaves the process non-dumpable (a set-user-ID program) makes the
+        // kernel drop the thread's completion events right after this rename, and faults
+        // entered timed would then never complete. If the events survive, the next fault
+        // completes as usual (and is timed); the mark is set again by that completion.
+        slot.unmark(PENDING_COMPLETION_SEEN);
     }
     let newcomm_at = setting!(task_rename_newcomm) as usize;
     // SAFETY: offset from this kernel's tracepoint format; a failed read stores nothing.
