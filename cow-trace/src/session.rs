@@ -778,16 +778,24 @@ pub async fn run(
             backend.name()
         );
     }
-    if let (Some(plot), Some(path)) = (plot, &options.plot) {
-        let title = format!("cow-trace: pid {} and its children", options.root);
-        plot.render_svg(path, &title)
-            .map_err(|e| failure(Status::Output, format!("drawing {}: {e:#}", path.display())))?;
-        note!("cow-trace: plot written to {}", path.display());
-    }
-    if let (Some(graph), Some(files)) = (flame, options.flame.take()) {
-        let traced = format!("pid {} and its children", options.root);
-        files.write(&graph, &summary.comms, &traced)?;
-    }
+    // Each file is written even if another fails (its file was created at the start).
+    let plotted = match (plot, &options.plot) {
+        (Some(plot), Some(path)) => {
+            let title = format!("cow-trace: pid {} and its children", options.root);
+            plot.render_svg(path, &title)
+                .map(|()| note!("cow-trace: plot written to {}", path.display()))
+                .map_err(|e| failure(Status::Output, format!("drawing {}: {e:#}", path.display())))
+        }
+        _ => Ok(()),
+    };
+    let flamed = match (flame, options.flame.take()) {
+        (Some(graph), Some(files)) => {
+            let traced = format!("pid {} and its children", options.root);
+            files.write(&graph, &summary.comms, &traced)
+        }
+        _ => Ok(()),
+    };
+    plotted.and(flamed)?;
 
     let mut status = match held.as_mut() {
         Some(command) => {

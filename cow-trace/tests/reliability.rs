@@ -954,6 +954,31 @@ fn an_output_error_ends_the_command_too() {
     }
 }
 
+/// A file that cannot be written at the end (here the plot, to a full device) fails the run,
+/// but the other files asked for are written all the same.
+#[test]
+fn a_failed_plot_leaves_the_flame_graph_written() {
+    if !require_root("a_failed_plot_leaves_the_flame_graph_written") {
+        return;
+    }
+    let svg = scratch().join(format!("flame-beside-full-plot-{}.svg", std::process::id()));
+    let (code, _, stderr) = run_cow_trace(&[
+        "--plot",
+        "/dev/full",
+        "--flamegraph",
+        svg.to_str().unwrap(),
+        "-o",
+        "/dev/null",
+        "--",
+        "true",
+    ]);
+    let written = std::fs::read_to_string(&svg).unwrap_or_default();
+    let _ = std::fs::remove_file(&svg);
+    assert_eq!(code, 6, "{stderr}");
+    assert!(stderr.contains("drawing /dev/full"), "{stderr}");
+    assert!(written.trim_end().ends_with("</svg>"), "{written:?}");
+}
+
 /// A closed standard error (`2>&1 | head -1` once head is gone) is no reason to fail: its
 /// lines are lost, and tracing ends as it would, with the command's status.
 #[test]
