@@ -73,7 +73,7 @@ pub struct Args {
 
     /// Every TIME, also print the counts of that interval only (as perf stat -I), with its
     /// time: per pid into the output with --summary or --json, else on stderr.
-    #[arg(short = 'i', long, value_name = "TIME", value_parser = parse_duration)]
+    #[arg(short = 'i', long, value_name = "TIME", value_parser = parse_interval)]
     pub interval: Option<Duration>,
 
     /// Resolve each fault's address to its mapping ([heap], [stack], file@offset) and its
@@ -357,7 +357,7 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
     Ok(size as u32)
 }
 
-/// A duration such as `500ms`, `10s`, `2m`, `1h`; a bare number means seconds.
+/// A duration such as `250us`, `500ms`, `1.5s`, `2m`, `1h`; a bare number means seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -366,17 +366,42 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let bad = || format!("{text:?} is not a duration: write e.g. 500ms, 10s or 2m");
     let number: f64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit {
-        "ms" => number / 1000.0,
+    let seconds = match unit.trim_start() {
+        "ns" => number / 1e9,
+        "us" | "µs" => number / 1e6,
+        "ms" => number / 1e3,
         "" | "s" => number,
-        "m" => number * 60.0,
+        "m" | "min" => number * 60.0,
         "h" => number * 3600.0,
         _ => return Err(bad()),
     };
-    if !seconds.is_finite() || seconds <= 0.0 || seconds > 1e9 {
+    if !seconds.is_finite() || seconds > 1e9 {
         return Err(bad());
     }
-    Ok(Duration::from_secs_f64(seconds))
+    // Below a nanosecond rounds to none.
+    let duration = Duration::from_secs_f64(seconds);
+    if duration.is_zero() {
+        return Err(format!(
+            "{text:?} is no time at all: give a duration above zero"
+        ));
+    }
+    Ok(duration)
+}
+
+/// The shortest --interval: each report reads the kernel's summary maps (perf stat -I has
+/// the same floor).
+const SHORTEST_INTERVAL: Duration = Duration::from_millis(10);
+
+/// An --interval: a duration of at least [`SHORTEST_INTERVAL`].
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if interval < SHORTEST_INTERVAL {
+        return Err(format!(
+            "{:?} is too short an interval: give 10ms or more",
+            text.trim()
+        ));
+    }
+    Ok(interval)
 }
 
 #[cfg(test)]
@@ -423,7 +448,14 @@ mod tests {
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("250µs"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("10 s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("3min"), Ok(Duration::from_secs(180)));
+        assert!(parse_duration("0s").unwrap_err().contains("above zero"));
+        assert!(parse_duration("0.1ns").unwrap_err().contains("above zero"));
+        assert_eq!(parse_interval("10ms"), Ok(Duration::from_millis(10)));
+        assert!(parse_interval("9ms").unwrap_err().contains("10ms or more"));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("soon").is_err());
     }
