@@ -1,4 +1,48 @@
-//! Numbers written for people: durations as perf prints them, byte counts in binary units.
+//! Numbers written for people: durations as perf prints them, byte counts in binary units;
+//! text padded to the columns a terminal gives it.
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+
+/// The columns `text` takes on a terminal: two for an East Asian wide character (a comm or a
+/// file name in Chinese), one for most others.
+pub fn display_width(text: &str) -> usize {
+    if text.is_ascii() {
+        text.len()
+    } else {
+        text.width()
+    }
+}
+
+/// `text`, then spaces up to `.1` columns: a table's left-aligned cell.
+pub struct Left<'a>(pub &'a str, pub usize);
+
+impl std::fmt::Display for Left<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)?;
+        for _ in display_width(self.0)..self.1 {
+            f.write_str(" ")?;
+        }
+        Ok(())
+    }
+}
+
+/// Keeps the end of a long text (of a path, the file name matters most) within `width`
+/// columns: "...x86_64-linux-gnu/libc.so.6".
+pub fn shorten_left(text: &str, width: usize) -> String {
+    if display_width(text) <= width {
+        return text.to_string();
+    }
+    let room = width.saturating_sub(3);
+    let mut start = text.len();
+    let mut taken = 0;
+    for (at, c) in text.char_indices().rev() {
+        taken += c.width().unwrap_or(0);
+        if taken > room {
+            break;
+        }
+        start = at;
+    }
+    format!("...{}", &text[start..])
+}
 
 /// 1234 ns -> "1.2us", as perf and bpftrace print durations.
 pub fn human_ns(ns: u64) -> String {

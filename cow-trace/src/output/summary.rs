@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::{
     event::{Access, CowOutcome, Fault, FaultClass, Lost, Outcome, mapping_name},
-    output::format::{human_bytes, human_ns},
+    output::format::{Left, human_bytes, human_ns, shorten_left},
     page,
 };
 
@@ -347,7 +347,11 @@ impl Summary {
             "AVG LAT"
         )?;
         for (&pid, counts) in &self.pids {
-            write_row(out, &format!("{pid:>7} {:<16}", self.comm(pid)), counts)?;
+            write_row(
+                out,
+                &format!("{pid:>7} {}", Left(self.comm(pid), 16)),
+                counts,
+            )?;
             for ((_, child), counts) in self.windows.range((pid, 0)..=(pid, u32::MAX)) {
                 write_row(
                     out,
@@ -429,8 +433,8 @@ impl Summary {
         for ((pid, mapping, fault_class), count) in &self.mappings {
             writeln!(
                 out,
-                "{pid:>7} {:<48} {:<24} {count:>9}",
-                shorten(mapping, 48),
+                "{pid:>7} {} {:<24} {count:>9}",
+                Left(&shorten_left(mapping, 48), 48),
                 fault_class.to_string()
             )?;
         }
@@ -512,16 +516,6 @@ fn write_row(out: &mut dyn io::Write, label: &str, c: &Counts) -> io::Result<()>
         c.incomplete,
         average
     )
-}
-
-/// Keeps the end of a long path (the file name matters most): "...x86_64-linux-gnu/libc.so.6".
-fn shorten(text: &str, width: usize) -> String {
-    let chars = text.chars().count();
-    if chars <= width {
-        return text.to_string();
-    }
-    let tail: String = text.chars().skip(chars - (width - 3)).collect();
-    format!("...{tail}")
 }
 
 /// bpftrace's hist() layout: `[lo, hi)  count |@@@@@      |`.
@@ -804,13 +798,39 @@ mod tests {
 
     #[test]
     fn long_mapping_names_keep_their_end() {
-        assert_eq!(shorten("[heap]", 10), "[heap]");
+        assert_eq!(shorten_left("[heap]", 10), "[heap]");
         let long = "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2";
-        let short = shorten(long, 20);
+        let short = shorten_left(long, 20);
         assert_eq!(short.chars().count(), 20);
         assert!(
             short.starts_with("...") && short.ends_with("x86-64.so.2"),
             "{short}"
         );
+    }
+
+    #[test]
+    fn wide_names_keep_the_columns() {
+        // A comm of five Chinese characters (15 bytes, the kernel's limit) takes 10 columns.
+        let mut summary = Summary::default();
+        summary.comms.insert(7, "写时复制器".into());
+        summary.comms.insert(8, "cow".into());
+        summary.pids.insert(7, Counts::default());
+        summary.pids.insert(8, Counts::default());
+        let mut table = Vec::new();
+        summary.write_table(&mut table).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        let faults_column = |line: &str| {
+            let at = line.find(" 0 ").unwrap();
+            crate::output::format::display_width(&line[..at])
+        };
+        let rows: Vec<&str> = table
+            .lines()
+            .filter(|l| l.contains(" 0 "))
+            .take(2)
+            .collect();
+        assert_eq!(rows.len(), 2, "{table}");
+        assert_eq!(faults_column(rows[0]), faults_column(rows[1]), "{table}");
+        let short = shorten_left("/数据/写时复制/很长的文件名字.db", 12);
+        assert_eq!(crate::output::format::display_width(&short), 12, "{short}");
     }
 }

@@ -8,7 +8,10 @@ use chrono::{Local, TimeZone};
 
 use super::{SecondsCache, Sink, Summary, WallClock};
 use crate::event::{Change, Fault, ProcessEvent};
-use crate::output::{format::HumanNs, interval::Period};
+use crate::output::{
+    format::{HumanNs, display_width},
+    interval::Period,
+};
 
 /// Times are shown in the local time zone (`TZ`, else /etc/localtime), as `date` shows them.
 pub struct TextSink<Z: TimeZone = Local> {
@@ -76,15 +79,15 @@ impl std::fmt::Display for Columns<'_> {
     }
 }
 
-/// `text`, then spaces up to `width` characters.
+/// `text`, then spaces up to `width` columns.
 fn left(f: &mut std::fmt::Formatter<'_>, text: &str, width: usize) -> std::fmt::Result {
     f.write_str(text)?;
-    spaces(f, width.saturating_sub(text.chars().count()))
+    spaces(f, width.saturating_sub(display_width(text)))
 }
 
 /// Spaces up to `width` characters, then `text`.
 fn right(f: &mut std::fmt::Formatter<'_>, text: &str, width: usize) -> std::fmt::Result {
-    spaces(f, width.saturating_sub(text.chars().count()))?;
+    spaces(f, width.saturating_sub(display_width(text)))?;
     f.write_str(text)
 }
 
@@ -269,6 +272,20 @@ mod tests {
             );
             assert_eq!(columns(&fault), expected);
         }
+    }
+
+    #[test]
+    fn wide_comms_keep_the_columns() {
+        // Five Chinese characters (15 bytes, the kernel's limit for a comm) take 10 columns.
+        let mut fault = article_fault();
+        let pid_column = |fault: &Fault| {
+            let line = columns(fault);
+            let at = line.find(&fault.pid.to_string()).unwrap();
+            crate::output::format::display_width(&line[..at])
+        };
+        let narrow = pid_column(&fault);
+        fault.comm = "写时复制器".into();
+        assert_eq!(pid_column(&fault), narrow, "{}", columns(&fault));
     }
 
     #[test]
