@@ -247,6 +247,18 @@ impl HeldCommand {
                 format!("cannot run {program}: {why}: make it executable, or run it with sh"),
             ));
         }
+        if let Some(id) = identity
+            && let Err(why) = runnable_as(&resolved, id)
+        {
+            return Err(failure(
+                Status::Target,
+                format!(
+                    "cannot run {program} as {}: {why}: give {} the right to run it, or choose \
+                     another --user",
+                    id.name, id.name
+                ),
+            ));
+        }
         if let Some(interpreter) = missing_interpreter(&resolved) {
             return Err(failure(
                 Status::Target,
@@ -474,6 +486,45 @@ impl Drop for HeldCommand {
             self.terminate(&[]);
             let _ = self.wait();
         }
+    }
+}
+
+/// Whether `id` may execute `program` (and search every directory on its way), asked by a
+/// child that takes the identity the command will run with: cow-trace itself, root, may run
+/// files the user may not. Call before any thread starts (see `HeldCommand::spawn`).
+fn runnable_as(program: &std::path::Path, id: &Identity) -> Result<(), nix::errno::Errno> {
+    let path = CString::new(program.as_os_str().as_encoded_bytes())
+        .map_err(|_| nix::errno::Errno::EINVAL)?;
+    let name = CString::new(id.name.as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
+    // SAFETY: single-threaded here (see the caller); the child makes system calls and exits.
+    match unsafe { fork() }.map_err(|_| nix::errno::Errno::EAGAIN)? {
+        ForkResult::Child => {
+            // SAFETY: plain system calls; the child's errno is its exit status.
+            unsafe {
+                let switched = libc::initgroups(name.as_ptr(), id.gid.as_raw()) == 0
+                    && libc::setgid(id.gid.as_raw()) == 0
+                    && libc::setuid(id.uid.as_raw()) == 0;
+                let status = if !switched {
+                    libc::EPERM
+                } else if libc::access(path.as_ptr(), libc::X_OK) != 0 {
+                    nix::errno::Errno::last_raw()
+                } else {
+                    0
+                };
+                libc::_exit(status)
+            }
+        }
+        ForkResult::Parent { child } => loop {
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, 0)) => return Ok(()),
+                Ok(WaitStatus::Exited(_, errno)) => {
+                    return Err(nix::errno::Errno::from_raw(errno));
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                // Killed, or not waitable: the exec will tell.
+                _ => return Ok(()),
+            }
+        },
     }
 }
 

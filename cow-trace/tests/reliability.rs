@@ -115,6 +115,25 @@ fn bad_input_gets_one_line_and_a_distinct_status() {
         3,
         "no user named",
     );
+    if let Ok(user) = std::process::Command::new("id")
+        .args(["-u", "nobody"])
+        .output()
+        && user.status.success()
+        && nix::unistd::Uid::effective().is_root()
+    {
+        // Root may run a file only its owner may: the check must be the user's.
+        let own = scratch().join(format!("root-only-{}", std::process::id()));
+        std::fs::copy("/bin/true", &own).unwrap();
+        std::fs::set_permissions(&own, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        // One line, so no "Tracing" line before it.
+        assert_one_line_error(
+            &["--user", "nobody", "--", own.to_str().unwrap()],
+            3,
+            "cannot run",
+        );
+        let _ = std::fs::remove_file(&own);
+    }
 }
 
 /// A script without a `#!` line runs under /bin/sh, as a shell or `env` would run it, its
