@@ -743,11 +743,24 @@ impl PendingFault {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
     pub child: u32,
-    pub _pad: u32,
+    /// The child whose window this one's fork interrupted, if it still holds the memory (0:
+    /// none): its window again once this child execs, or has exited and closed.
+    pub previous: u32,
     /// 0 while the child lives; once it exits, when (CLOCK_MONOTONIC ns). Since 6.16 the exit
     /// tracepoint fires before the child's memory is released: for a second after it, the
     /// parent's copies (of pages the child still held) still count in the window.
     pub closing_since_ns: u64,
+}
+
+impl Window {
+    /// The window of `child`, live, which a newer child's window had interrupted.
+    pub const fn resumed(child: u32) -> Window {
+        Window {
+            child,
+            previous: 0,
+            closing_since_ns: 0,
+        }
+    }
 }
 
 /// Key of the in-kernel summary's counts.

@@ -97,8 +97,8 @@ fn window_of(record: &Record) -> u32 {
     };
     let Window {
         child,
+        previous,
         closing_since_ns,
-        ..
     } = *window;
     if closing_since_ns == 0 {
         return child;
@@ -109,12 +109,17 @@ fn window_of(record: &Record) -> u32 {
         record.ts_ns
     };
     if when.saturating_sub(closing_since_ns) > CLOSING_NS {
-        let _ = WINDOW.remove(record.pid);
-        return 0;
+        // Closed: the window it interrupted, if any, resumes.
+        if previous == 0 {
+            let _ = WINDOW.remove(record.pid);
+        } else {
+            let _ = WINDOW.insert(record.pid, Window::resumed(previous), 0);
+        }
+        return previous;
     }
     let class = FaultClass::of_record(record);
     let copied = class.is_completed() && class.cow_outcome() == Some(CowOutcome::Copied);
-    if copied { child } else { 0 }
+    if copied { child } else { previous }
 }
 
 /// Streams or aggregates a finished (or abandoned) fault, whose comm the caller filled in.

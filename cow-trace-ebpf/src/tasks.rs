@@ -19,6 +19,7 @@ use crate::{
     report::emit,
 };
 
+const CLONE_VM: u64 = 0x0000_0100;
 const CLONE_THREAD: u64 = 0x0001_0000;
 
 /// The held command (`-- CMD`): cow-trace's child, waiting to exec. It joins `TRACED` as it
@@ -63,19 +64,10 @@ pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
         diagnostics::traced_full(child, parent, error);
         return 0;
     }
-    // The parent's faults from now until this child exits fall in the child's window.
-    if let Err(error) = PARENT.insert(child, parent, BPF_ANY.into()) {
-        diagnostics::window_not_recorded(child, parent, error);
-    }
-    let window = Window {
-        child,
-        _pad: 0,
-        closing_since_ns: 0,
-    };
-    // The hint first: no fault on another CPU may skip a window already in the map.
-    hint_window(parent);
-    if let Err(error) = WINDOW.insert(parent, window, BPF_ANY.into()) {
-        diagnostics::window_not_recorded(child, parent, error);
+    // A child that shares its parent's memory (vfork, posix_spawn, system()) holds no
+    // snapshot of it: the parent copies nothing for it.
+    if clone_flags & CLONE_VM == 0 {
+        open_window(parent, child);
     }
     let mut record = Record::zeroed();
     record.kind = kind::FORK;
@@ -131,6 +123,8 @@ pub fn sched_sched_process_exit(ctx: TracePointContext) -> u32 {
             unsafe {
                 if (*window).child == tgid {
                     (*window).closing_since_ns = now_ns();
+                } else if (*window).previous == tgid {
+                    (*window).previous = 0;
                 }
             }
         }
@@ -180,19 +174,55 @@ pub fn sched_sched_process_exec(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The parent's faults from now until `child` exits or execs fall in the child's window; the
+/// window it interrupts, if its child still holds the memory, resumes after.
+#[inline(always)]
+fn open_window(parent: u32, child: u32) {
+    if let Err(error) = PARENT.insert(child, parent, BPF_ANY.into()) {
+        diagnostics::window_not_recorded(child, parent, error);
+    }
+    // SAFETY: the value is copied at once; forks, execs and exits of the parent's children
+    // write it (one at a time, but for children of one parent racing on two CPUs).
+    let previous = match unsafe { WINDOW.get(parent) } {
+        Some(window) if window.closing_since_ns == 0 => window.child,
+        Some(window) => window.previous,
+        None => 0,
+    };
+    let window = Window {
+        child,
+        previous,
+        closing_since_ns: 0,
+    };
+    // The hint first: no fault on another CPU may skip a window already in the map.
+    hint_window(parent);
+    if let Err(error) = WINDOW.insert(parent, window, BPF_ANY.into()) {
+        diagnostics::window_not_recorded(child, parent, error);
+    }
+}
+
 /// A child that ran a new program shares no memory with its parent any more (its old memory
-/// was released before this tracepoint): the parent's faults from now on are no snapshot's,
-/// so the parent's window for it, if it is still the newest child's, ends.
+/// was released before this tracepoint): the parent's faults from now on are no snapshot's
+/// for it. Its window ends (the one it interrupted resumes), or it no longer resumes after a
+/// newer one.
 #[inline(always)]
 fn end_parents_window(child: u32) {
     // SAFETY: the value is copied at once; only this child's fork, exec and exit write it.
     let Some(parent) = (unsafe { PARENT.get(child) }).copied() else {
         return;
     };
-    // SAFETY: as above; a fork of another child may replace the window meanwhile, which then
-    // is no longer this child's.
-    if (unsafe { WINDOW.get(parent) }).is_some_and(|window| window.child == child) {
-        let _ = WINDOW.remove(parent);
+    if let Some(window) = WINDOW.get_ptr_mut(parent) {
+        // SAFETY: the map keeps the value alive while the program runs; see open_window.
+        unsafe {
+            if (*window).child == child {
+                if (*window).previous == 0 {
+                    let _ = WINDOW.remove(parent);
+                } else {
+                    *window = Window::resumed((*window).previous);
+                }
+            } else if (*window).previous == child {
+                (*window).previous = 0;
+            }
+        }
     }
     let _ = PARENT.remove(child);
 }

@@ -1286,6 +1286,39 @@ fn a_child_that_execs_ends_its_parents_window() {
     );
 }
 
+/// A parent that runs helper programs beside its snapshot child (system() and popen() do, by
+/// posix_spawn: a child sharing its memory; or by fork and exec) still copies for the
+/// snapshot: its writes after the helpers ended are in the snapshot child's window.
+#[test]
+fn helpers_beside_a_snapshot_leave_its_window_open() {
+    if !require_root("helpers_beside_a_snapshot_leave_its_window_open") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid();
+    let tracer = Tracer::start(&["-x", &pid.to_string(), "--json"]);
+    let printed = faulter.run("snapshot-helpers 64");
+    let done = tracer.stop();
+    faulter.exit();
+    let base = parse_hex_after(&printed, "pages ");
+    let child: u64 = field_after(&printed.join("\n"), "child ").parse().unwrap();
+    let writes: Vec<Value> = done
+        .faults_of(pid)
+        .into_iter()
+        .filter(|f| (base..base + 64 * page_size()).contains(&address(f)) && f["cow"] == true)
+        .collect();
+    assert_eq!(writes.len(), 64);
+    assert!(
+        writes
+            .iter()
+            .all(|f| f["cow_outcome"] == "copied" && f["window"] == child),
+        "{:?}",
+        writes
+            .iter()
+            .find(|f| f["cow_outcome"] != "copied" || f["window"] != child)
+    );
+}
+
 /// --summary's maps (see reliability's summary_maps_outlast_processes_that_exited), attached
 /// (-x) to a tree already forking as fast as it can: the first
 /// processes to exit had run mostly before attaching and left few entries, which must not make

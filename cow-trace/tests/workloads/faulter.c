@@ -19,6 +19,10 @@
 //                "pages ADDR" and "child PID"
 //   snapshot N M the same, but the parent writes only the first M pages while the child lives
 //                (M copies), then all N after it exited (N - M reuses), as Redis does
+//   snapshot-helpers N
+//                as snapshot N, but before the parent writes it runs two helpers to their end:
+//                one by posix_spawn (a child sharing its memory, CLONE_VM) and one by fork and
+//                exec (a snapshot until its exec). The copies are still the first child's
 //   threads T N  T threads each map and write N pages
 //   pool T       start T threads that wait for pool-touch (threads existing before a tracer
 //                attaches)
@@ -68,6 +72,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
 #include <pthread.h>
 #include <sched.h>
 #include <semaphore.h>
@@ -292,6 +297,47 @@ static void snapshot(long n, long m) {
     waitpid(child, NULL, 0);
     for (long i = 0; i < n; i++) p[i * PAGE] = 4;
     close(go[0]); close(go[1]); close(done[0]); close(done[1]);
+}
+
+// Runs /bin/true to its end, by posix_spawn (vfork-like: CLONE_VM) or by fork and exec.
+static void run_helper(int by_spawn) {
+    char *argv[] = {"true", NULL}, *envp[] = {NULL};
+    pid_t helper;
+    if (by_spawn) {
+        if (posix_spawn(&helper, "/bin/true", NULL, NULL, argv, envp)) _exit(20);
+    } else {
+        helper = fork();
+        if (helper == 0) {
+            execve("/bin/true", argv, envp);
+            _exit(127);
+        }
+    }
+    int status;
+    if (helper < 0 || waitpid(helper, &status, 0) != helper || status != 0) _exit(21);
+}
+
+// A snapshot (as snapshot N N) while the parent also runs helper programs: a shell-out
+// (system(), popen()) beside a BGSAVE child. Prints "pages ADDR" and "child PID".
+static void snapshot_helpers(long n) {
+    char *p = map_pages(n);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 1;
+    int go[2];
+    if (pipe(go)) _exit(9);
+    pid_t child = fork();
+    if (child == 0) {
+        char c;
+        if (read(go[0], &c, 1) != 1) _exit(10);
+        _exit(0);
+    }
+    run_helper(1);
+    run_helper(0);
+    char line[96];
+    snprintf(line, sizeof line, "pages %lx\nchild %d\n", (unsigned long)p, child);
+    say(line);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 2;
+    if (write(go[1], "x", 1) != 1) _exit(11);
+    waitpid(child, NULL, 0);
+    close(go[0]); close(go[1]);
 }
 
 static long per_thread;
@@ -733,6 +779,7 @@ static void *serve(void *first) {
         else if (sscanf(line, "reuse %ld", &a) == 1) reuse(a);
         else if (sscanf(line, "reuse-then-allocate %ld", &a) == 1) reuse_then_allocate(a);
         else if (sscanf(line, "exec-child %ld", &a) == 1) exec_child(a);
+        else if (sscanf(line, "snapshot-helpers %ld", &a) == 1) snapshot_helpers(a);
         else if (sscanf(line, "snapshot %ld %ld", &a, &b) == 2) snapshot(a, b);
         else if (sscanf(line, "snapshot %ld", &a) == 1) snapshot(a, a);
         else if (sscanf(line, "threads %ld %ld", &a, &b) == 2) threads(a, b);
