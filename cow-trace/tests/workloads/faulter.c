@@ -273,32 +273,6 @@ static void exec_child(long n) {
     waitpid(child, NULL, 0);
 }
 
-// A fork-based snapshot, as Redis's BGSAVE: the child only reads (it would write the snapshot
-// out) while the parent keeps writing, so the parent copies each page it writes during the
-// child's life; the first write to each other page after the child exited reuses it. The
-// parent writes the first m pages during the child's life, all n after. Prints "pages ADDR"
-// and "child PID".
-static void snapshot(long n, long m) {
-    char *p = map_pages(n);
-    for (long i = 0; i < n; i++) p[i * PAGE] = 1;
-    int go[2], done[2];
-    if (pipe(go) || pipe(done)) _exit(9);
-    pid_t child = fork();
-    if (child == 0) {
-        char c;
-        if (read(go[0], &c, 1) != 1) _exit(10);
-        _exit(0);
-    }
-    char line[96];
-    snprintf(line, sizeof line, "pages %lx\nchild %d\n", (unsigned long)p, child);
-    say(line);
-    for (long i = 0; i < m; i++) p[i * PAGE] = 2;
-    if (write(go[1], "x", 1) != 1) _exit(11);
-    waitpid(child, NULL, 0);
-    for (long i = 0; i < n; i++) p[i * PAGE] = 4;
-    close(go[0]); close(go[1]); close(done[0]); close(done[1]);
-}
-
 // Runs /bin/true to its end, by posix_spawn (vfork-like: CLONE_VM) or by fork and exec.
 static void run_helper(int by_spawn) {
     char *argv[] = {"true", NULL}, *envp[] = {NULL};
@@ -316,28 +290,35 @@ static void run_helper(int by_spawn) {
     if (helper < 0 || waitpid(helper, &status, 0) != helper || status != 0) _exit(21);
 }
 
-// A snapshot (as snapshot N N) while the parent also runs helper programs: a shell-out
-// (system(), popen()) beside a BGSAVE child. Prints "pages ADDR" and "child PID".
-static void snapshot_helpers(long n) {
+// A fork-based snapshot, as Redis's BGSAVE: the child only reads (it would write the snapshot
+// out) while the parent keeps writing, so the parent copies each page it writes during the
+// child's life; the first write to each other page after the child exited reuses it. The
+// parent writes the first m pages during the child's life, all n after. With `helpers`, the
+// parent first runs two programs to their end, as a shell-out (system(), popen()) beside a
+// BGSAVE child: one by posix_spawn, one by fork and exec. Prints "pages ADDR" and "child PID".
+static void snapshot(long n, long m, int helpers) {
     char *p = map_pages(n);
     for (long i = 0; i < n; i++) p[i * PAGE] = 1;
-    int go[2];
-    if (pipe(go)) _exit(9);
+    int go[2], done[2];
+    if (pipe(go) || pipe(done)) _exit(9);
     pid_t child = fork();
     if (child == 0) {
         char c;
         if (read(go[0], &c, 1) != 1) _exit(10);
         _exit(0);
     }
-    run_helper(1);
-    run_helper(0);
+    if (helpers) {
+        run_helper(1);
+        run_helper(0);
+    }
     char line[96];
     snprintf(line, sizeof line, "pages %lx\nchild %d\n", (unsigned long)p, child);
     say(line);
-    for (long i = 0; i < n; i++) p[i * PAGE] = 2;
+    for (long i = 0; i < m; i++) p[i * PAGE] = 2;
     if (write(go[1], "x", 1) != 1) _exit(11);
     waitpid(child, NULL, 0);
-    close(go[0]); close(go[1]);
+    for (long i = 0; i < n; i++) p[i * PAGE] = 4;
+    close(go[0]); close(go[1]); close(done[0]); close(done[1]);
 }
 
 static long per_thread;
@@ -779,9 +760,9 @@ static void *serve(void *first) {
         else if (sscanf(line, "reuse %ld", &a) == 1) reuse(a);
         else if (sscanf(line, "reuse-then-allocate %ld", &a) == 1) reuse_then_allocate(a);
         else if (sscanf(line, "exec-child %ld", &a) == 1) exec_child(a);
-        else if (sscanf(line, "snapshot-helpers %ld", &a) == 1) snapshot_helpers(a);
-        else if (sscanf(line, "snapshot %ld %ld", &a, &b) == 2) snapshot(a, b);
-        else if (sscanf(line, "snapshot %ld", &a) == 1) snapshot(a, a);
+        else if (sscanf(line, "snapshot-helpers %ld", &a) == 1) snapshot(a, a, 1);
+        else if (sscanf(line, "snapshot %ld %ld", &a, &b) == 2) snapshot(a, b, 0);
+        else if (sscanf(line, "snapshot %ld", &a) == 1) snapshot(a, a, 0);
         else if (sscanf(line, "threads %ld %ld", &a, &b) == 2) threads(a, b);
         else if (sscanf(line, "major %1023s %ld", path, &a) == 2) major(path, a);
         else if (sscanf(line, "pool %ld", &a) == 1)
