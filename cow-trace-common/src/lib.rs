@@ -507,6 +507,10 @@ pub struct Settings {
     /// log2 of the system's page size (12 for 4 KiB; arm64 kernels also use 16 and 64 KiB):
     /// a fault's completion pairs with the entry pending for the same page.
     pub page_shift: u32,
+    /// Byte offset of `task_struct.pagefault_disabled` (from the kernel's BTF), or
+    /// [`NO_FIELD`]: a kernel-mode fault taken while it is non-zero is a read that may not
+    /// fault (another tracer reading a user stack), which the kernel never handles or counts.
+    pub task_pagefault_disabled: u32,
 }
 
 /// No stack captured (not asked for, or the stack map was full).

@@ -7,12 +7,14 @@
 //! fault entered DEFERRED is final once its thread goes on (see [`finish_pending`]).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+    },
     macros::{perf_event, raw_tracepoint},
     programs::{PerfEventContext, RawTracePointContext},
 };
 use cow_trace_common::{
-    NO_STACK, PENDING_COMPLETED, PENDING_COMPLETION_SEEN, PENDING_DEFERRED as DEFERRED,
+    NO_FIELD, NO_STACK, PENDING_COMPLETED, PENDING_COMPLETION_SEEN, PENDING_DEFERRED as DEFERRED,
     PendingFault, Record, TS_NOT_TAKEN, flags, kind, stack_mode,
 };
 
@@ -20,7 +22,7 @@ use crate::{
     arch::{PT_REGS_IP, sample_ip},
     clock::now_ns,
     diagnostics,
-    maps::{FaultEntry, Slot, is_traced, setting, tracing_stopped},
+    maps::{FaultEntry, PAGEFAULTS_DISABLED_BY_TRACING, Slot, is_traced, setting, tracing_stopped},
     report,
     stacks::{self, CAPTURING},
 };
@@ -61,6 +63,11 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
     if kernel_mode && (address as i64) < 0 {
         return;
     }
+    // Any process's fault will do (userspace takes one of its own as it attaches), so that
+    // the first kernel-mode faults of a traced thread are told apart too.
+    if !kernel_mode {
+        learn_pagefaults_disabled_by_tracing();
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(slot) = Slot::of_current_or_new(pid_tgid) else {
         return;
@@ -71,6 +78,11 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
     }
     // A fault of this thread's own stack being read, by this program (see `stacks`).
     if slot.flags() & CAPTURING != 0 {
+        return;
+    }
+    // A read that may not fault (another tracer copying this thread's user stack, from an
+    // interrupt or its own program): the kernel gives up at once, never handles or counts it.
+    if kernel_mode && pagefaults_disabled_by_the_task() {
         return;
     }
     let untimed = setting!(untimed) != 0;
@@ -126,6 +138,47 @@ fn fault_entry(ctx: &RawTracePointContext, kernel_mode: bool) {
         let id = stacks::take(ctx, slot, mode, ts_ns, ctx.arg(1), kernel_mode);
         slot.set_stack_id(id);
     }
+}
+
+/// `current->pagefault_disabled`, the count `pagefault_disable()` raises, where the kernel's
+/// BTF told userspace where it lies.
+#[inline(always)]
+fn pagefaults_disabled() -> Option<u32> {
+    let offset = setting!(task_pagefault_disabled);
+    if offset == NO_FIELD {
+        return None;
+    }
+    // SAFETY: a helper call without arguments; the task is current, live while this runs.
+    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: the helper reads without faulting; a failed read tells nothing.
+    unsafe { bpf_probe_read_kernel((task + u64::from(offset)) as *const u32) }.ok()
+}
+
+/// At a user-mode fault the task itself has page faults enabled: what the program sees then
+/// is what the tracing path adds (some kernels run tracepoints with page faults disabled).
+/// Noted once; afterwards one inlined array load.
+#[inline(always)]
+fn learn_pagefaults_disabled_by_tracing() {
+    let Some(noted) = PAGEFAULTS_DISABLED_BY_TRACING.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a plain load and store in a live map value; racing stores write the same value.
+    unsafe {
+        if *noted == 0
+            && let Some(count) = pagefaults_disabled()
+        {
+            *noted = count + 1;
+        }
+    }
+}
+
+/// Whether the task had disabled page faults before this kernel-mode fault: a read that may
+/// not fault, which the kernel gives up at once. Unknown (false) until a user-mode fault has
+/// shown what the tracing path itself adds.
+#[inline(always)]
+fn pagefaults_disabled_by_the_task() -> bool {
+    let noted = PAGEFAULTS_DISABLED_BY_TRACING.get(0).copied().unwrap_or(0);
+    noted != 0 && pagefaults_disabled().is_some_and(|count| count > noted - 1)
 }
 
 #[inline(always)]

@@ -51,6 +51,13 @@ const SLOT_COUNT: u32 = 65536;
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
+/// What `current->pagefault_disabled` reads, plus one, in a fault program at a user-mode fault
+/// (0: not seen yet): the tracing path's own share of the count (some kernels run tracepoints
+/// with page faults disabled). A kernel-mode fault whose count exceeds it was taken by a read
+/// the task made with page faults disabled (see `faults`).
+#[map]
+pub static PAGEFAULTS_DISABLED_BY_TRACING: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Set (index 0, non-zero) by userspace when tracing stops, before it detaches: faults that
 /// begin from then on are not entered (detaching every program and event takes a while, and
 /// a fault then is past the end the user asked for); those already pending complete as usual.
@@ -142,6 +149,7 @@ pub static SETTINGS: Settings = Settings {
     task_regs: 0,
     wakeup_bytes: 0,
     page_shift: 0,
+    task_pagefault_disabled: NO_FIELD,
 };
 
 /// One field of the settings userspace wrote: a volatile read of that field alone, so the

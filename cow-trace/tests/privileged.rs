@@ -226,6 +226,48 @@ fn a_thread_id_traces_its_process() {
     faulter.exit();
 }
 
+/// Another tracer copying the user stack at each fault (here a second cow-trace with -g) reads
+/// pages that are not present yet with page faults disabled: the kernel fires its fault
+/// tracepoint, then gives up at once, and counts nothing. Those are no faults of the process.
+#[test]
+fn a_stack_read_by_another_tracer_is_no_fault() {
+    if !require_root("a_stack_read_by_another_tracer_is_no_fault") {
+        return;
+    }
+    let mut faulter = Faulter::start();
+    let pid = faulter.pid().to_string();
+    // The kernel runs the programs on a tracepoint in the order they were attached: the -g
+    // one first, so its reads come before the plain one sees the fault they are taken in.
+    let stacks = Tracer::start(&["-x", &pid, "--json", "-g", "--stack-faults", "all"]);
+    let plain = Tracer::start(&["-x", &pid, "--json"]);
+    let pid = faulter.pid();
+    let before = kernel_fault_counts(pid);
+    faulter.run("frame 256");
+    let after = kernel_fault_counts(pid);
+    let done = plain.stop();
+    let stacks = stacks.stop();
+    faulter.exit();
+    let expected = (after.0 - before.0, after.1 - before.1);
+    assert!(expected.0 >= 256, "{expected:?}");
+    for (name, run) in [("plain", &done), ("-g", &stacks)] {
+        assert_eq!(
+            run.counts_of(pid),
+            expected,
+            "{name}: cow-trace vs /proc/{pid}/stat"
+        );
+        let faults = run.faults_of(pid);
+        assert!(
+            faults
+                .iter()
+                .all(|f| f["type"] != "INCOMPLETE" && !f["access"].is_null()),
+            "{name}: {:?}",
+            faults
+                .iter()
+                .find(|f| f["type"] == "INCOMPLETE" || f["access"].is_null())
+        );
+    }
+}
+
 /// For a traced process, MINOR and MAJOR per pid equal the kernel's own minflt / majflt
 /// increase, read from /proc/PID/stat while the process sat in read(2).
 #[test]

@@ -4,6 +4,7 @@
 //! traced processes' mappings (`mmap_events`, perf events, apart from the eBPF programs).
 pub mod backends;
 mod batch;
+mod btf;
 pub mod diagnostics;
 pub mod kstats;
 mod mapped;

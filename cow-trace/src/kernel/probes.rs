@@ -18,7 +18,7 @@ use crate::{
     kernel::{
         KernelConfig, StackConfig,
         backends::{self, Backend, Sees},
-        batch, diagnostics, kernel_error, mapped, tracefs, version,
+        batch, btf, diagnostics, kernel_error, mapped, tracefs, version,
     },
 };
 
@@ -339,6 +339,7 @@ impl Probes {
                 Ok(sees) => {
                     self.backend = Some(backend);
                     self.sees = sees;
+                    fault_once();
                     return Ok(backend);
                 }
                 Err(error) => {
@@ -380,6 +381,27 @@ fn set_stacks(settings: &mut Settings, stacks: Option<StackConfig>) {
     settings.task_regs = version::running().is_some_and(|v| v >= TASK_PT_REGS).into();
 }
 
+/// Takes one user-mode page fault in this process (a fresh page, written), so that the fault
+/// programs note at once what the kernel's tracing path adds to a task's page-fault-disable
+/// count, before a traced thread's kernel-mode fault needs it (see `faults.rs`).
+fn fault_once() {
+    // SAFETY: a private anonymous page of our own, written once and unmapped.
+    unsafe {
+        let page = libc::mmap(
+            std::ptr::null_mut(),
+            crate::page::size() as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if page != libc::MAP_FAILED {
+            std::ptr::write_volatile(page.cast::<u8>(), 1);
+            libc::munmap(page, crate::page::size() as usize);
+        }
+    }
+}
+
 /// Linux 5.15: `bpf_task_pt_regs`.
 const TASK_PT_REGS: version::KernelVersion = version::KernelVersion {
     major: 5,
@@ -412,6 +434,12 @@ fn read_settings(root: &Path, summary_mode: bool) -> anyhow::Result<Settings> {
         task_regs: 0,
         wakeup_bytes: 0,
         page_shift: crate::page::shift(),
+        task_pagefault_disabled: btf::member_offset(
+            Path::new(btf::VMLINUX),
+            "task_struct",
+            "pagefault_disabled",
+        )
+        .unwrap_or(NO_FIELD),
     })
 }
 

@@ -23,6 +23,8 @@
 //                as snapshot N, but before the parent writes it runs two helpers to their end:
 //                one by posix_spawn (a child sharing its memory, CLONE_VM) and one by fork and
 //                exec (a snapshot until its exec). The copies are still the first child's
+//   frame N      call a function whose frame holds N pages and write them from the top down:
+//                N first touches of the stack, each below the stack pointer's reach so far
 //   threads T N  T threads each map and write N pages
 //   pool T       start T threads that wait for pool-touch (threads existing before a tracer
 //                attaches)
@@ -70,6 +72,7 @@
 //   spin         fault forever (an unrelated busy process for filtering tests)
 //   exit         exit(0)
 #define _GNU_SOURCE
+#include <alloca.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -319,6 +322,14 @@ static void snapshot(long n, long m, int helpers) {
     waitpid(child, NULL, 0);
     for (long i = 0; i < n; i++) p[i * PAGE] = 4;
     close(go[0]); close(go[1]); close(done[0]); close(done[1]);
+}
+
+// N pages of stack written from the top down (as a deep call chain touches its stack). The
+// frame lies below the stack pointer's reach so far: a tracer copying the user stack at each
+// fault reads pages not yet present.
+__attribute__((noinline)) static void frame(long n) {
+    char *pages = alloca(n * PAGE);
+    for (long i = n - 1; i >= 0; i--) ((volatile char *)pages)[i * PAGE] = 1;
 }
 
 static long per_thread;
@@ -760,6 +771,7 @@ static void *serve(void *first) {
         else if (sscanf(line, "reuse %ld", &a) == 1) reuse(a);
         else if (sscanf(line, "reuse-then-allocate %ld", &a) == 1) reuse_then_allocate(a);
         else if (sscanf(line, "exec-child %ld", &a) == 1) exec_child(a);
+        else if (sscanf(line, "frame %ld", &a) == 1) frame(a);
         else if (sscanf(line, "snapshot-helpers %ld", &a) == 1) snapshot(a, a, 1);
         else if (sscanf(line, "snapshot %ld %ld", &a, &b) == 2) snapshot(a, b, 0);
         else if (sscanf(line, "snapshot %ld", &a) == 1) snapshot(a, a, 0);
