@@ -136,6 +136,35 @@ fn bad_input_gets_one_line_and_a_distinct_status() {
     }
 }
 
+/// Inside a PID namespace of its own (a container without the host's), process ids are not
+/// the ones the kernel's programs see: cow-trace says so rather than trace nothing.
+#[test]
+fn a_pid_namespace_of_its_own_is_refused() {
+    if !require_root("a_pid_namespace_of_its_own_is_refused") {
+        return;
+    }
+    let output = match Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(cow_trace())
+        .args(["--summary", "--", "true"])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(output) if !String::from_utf8_lossy(&output.stderr).starts_with("unshare:") => output,
+        _ => {
+            skip(
+                "a_pid_namespace_of_its_own_is_refused",
+                "unshare cannot make a PID namespace here",
+            );
+            return;
+        }
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("PID namespace of its own"), "{stderr}");
+}
+
 /// A script without a `#!` line runs under /bin/sh, as a shell or `env` would run it, its
 /// status passed through.
 #[test]

@@ -73,6 +73,7 @@ impl Probes {
             follow_unmaps,
         } = *config;
         check_privilege()?;
+        check_pid_namespace()?;
         let root = tracefs::ensure_mounted()?;
         let mut settings = read_settings(&root, summary_mode)?;
         // An eighth of the ring in all, shared by the CPUs.
@@ -441,6 +442,29 @@ fn read_settings(root: &Path, summary_mode: bool) -> anyhow::Result<Settings> {
         )
         .unwrap_or(NO_FIELD),
     })
+}
+
+/// The inode of the initial PID namespace (`PROC_PID_INIT_INO`), the same on every kernel.
+const INITIAL_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
+
+/// The kernel programs see the host's process ids; inside a PID namespace of its own (a
+/// container without the host's PID namespace) cow-trace would know its target by another
+/// number and silently trace nothing.
+fn check_pid_namespace() -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    // Unreadable (no /proc): the target checks will say so.
+    let Ok(namespace) = std::fs::metadata("/proc/self/ns/pid") else {
+        return Ok(());
+    };
+    if namespace.ino() == INITIAL_PID_NAMESPACE {
+        return Ok(());
+    }
+    Err(failure(
+        Status::Kernel,
+        "cow-trace runs in a PID namespace of its own (a container?), where process ids are \
+         not the ones the kernel's programs see: run it in the host's PID namespace (from the \
+         host, or with docker run --pid=host)",
+    ))
 }
 
 /// Without root, say exactly what is missing instead of a raw EPERM later.
