@@ -97,7 +97,11 @@ impl Tree {
             Change::Exit => {
                 self.live.remove(&event.pid);
                 self.exited.push(event.pid);
-                self.comms.insert(event.pid, event.comm.clone());
+                // The process's last thread exits last: its name is the process's only if
+                // nothing better is known.
+                self.comms
+                    .entry(event.pid)
+                    .or_insert_with(|| event.comm.clone());
             }
         }
     }
@@ -975,6 +979,27 @@ fn output_error(error: io::Error) -> anyhow::Error {
 mod tests {
     use super::*;
     use tokio::time::{Instant, advance};
+
+    /// A process's exit record comes from its last thread, whose name may be its own
+    /// ("worker-thread"): the process keeps the name it had.
+    #[test]
+    fn an_exit_keeps_the_processs_name() {
+        let mut tree = Tree::default();
+        let event = |pid, comm: &str, change| ProcessEvent {
+            ts_ns: 0,
+            pid,
+            tid: pid,
+            comm: comm.into(),
+            change,
+        };
+        tree.apply(&event(10, "shell", Change::Fork { child: 11 }));
+        tree.apply(&event(11, "thrname", Change::Exec));
+        tree.apply(&event(11, "worker-thread", Change::Exit));
+        assert_eq!(tree.comms[&11], "thrname");
+        // A process never named before is named by its exit.
+        tree.apply(&event(12, "late", Change::Exit));
+        assert_eq!(tree.comms[&12], "late");
+    }
 
     /// After a stall of three intervals and more, the late tick comes at once and the next one
     /// an interval boundary later: no catch-up ticks in between.

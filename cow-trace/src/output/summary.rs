@@ -147,7 +147,11 @@ pub struct Summary {
 impl Summary {
     /// Adds one streamed fault.
     pub fn record(&mut self, fault: &Fault) {
-        if self.comms.get(&fault.pid).map(String::as_str) != Some(fault.comm.as_str()) {
+        // A process goes by its main thread's name, as ps shows it: another thread's (a JVM's
+        // "C2 CompilerThre") names that thread only.
+        if fault.tid == fault.pid
+            && self.comms.get(&fault.pid).map(String::as_str) != Some(fault.comm.as_str())
+        {
             self.comms
                 .insert(fault.pid, fault.comm.as_str().to_string());
         }
@@ -564,6 +568,20 @@ mod tests {
     use crate::output::sink::test_support::{article_fault, file_copy_fault, reclassify};
 
     #[test]
+    fn a_process_goes_by_its_main_threads_name() {
+        let mut summary = Summary::default();
+        let mut worker = article_fault();
+        worker.tid += 1;
+        worker.comm = "C2 CompilerThre".into();
+        summary.record(&worker);
+        assert_eq!(summary.comms.get(&worker.pid), None);
+        summary.record(&article_fault());
+        summary.record(&worker);
+        assert_eq!(summary.comm(worker.pid), "cow");
+        assert_eq!(summary.pids[&worker.pid].faults, 3);
+    }
+
+    #[test]
     fn counts_by_class() {
         let mut summary = Summary::default();
         let cow = article_fault();
@@ -656,6 +674,7 @@ mod tests {
         summary.record(&article_fault());
         let mut other = article_fault();
         other.pid = 7;
+        other.tid = 7;
         other.comm = "child".into();
         other.window = 8;
         summary.record(&other);
