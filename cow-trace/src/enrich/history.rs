@@ -11,6 +11,11 @@
 //!   come in the order faults complete, so the state is the one of the fault's moment, and
 //!   what was replaced is needed only for the few faults that arrive out of order. Those
 //!   replaced pieces are kept in `past`, at most `MAX_PAST` per process.
+//! - A record may still come after newer ones were applied: a munmap's waits in the event ring
+//!   behind the faults before it while the kernel's mapping records, read on their own, are
+//!   applied at once where a summary asks for the latest mappings. It changes the address
+//!   space as at its own time: what was mapped after it stays, and what it ended that a newer
+//!   record had replaced ends at its time instead.
 //!
 //! Memory is bounded per process: at most `MAX_LIVE` live pieces (more than the kernel's
 //! default `vm.max_map_count`; pieces of a process that unmaps without mapping anew in the same
@@ -137,6 +142,23 @@ struct Past {
     info: Arc<MapInfo>,
 }
 
+impl Past {
+    /// Whether it held part of `[start, end)` at `at`.
+    fn held(&self, start: u64, end: u64, at: u64) -> bool {
+        self.start < end && start < self.end && self.since <= at && at < self.until
+    }
+
+    /// The part of it within `[start, end)`, as a piece (keyed by its start).
+    fn piece_in(&self, start: u64, end: u64) -> (u64, Piece) {
+        let piece = Piece {
+            end: self.end.min(end),
+            since: self.since,
+            info: Arc::clone(&self.info),
+        };
+        (self.start.max(start), piece)
+    }
+}
+
 /// The mapping that held an address.
 #[derive(Clone, Debug)]
 pub struct Hit {
@@ -155,17 +177,76 @@ struct Space {
     past: VecDeque<Past>,
     /// Its exit was seen: /proc/PID is someone else's or no one's now.
     exited: bool,
+    /// The time of the newest change applied: a change older than it came late.
+    latest: u64,
 }
 
 impl Space {
+    /// Whether a change at `at` comes after a newer one was applied; notes it as applied.
+    fn arrives_late(&mut self, at: u64) -> bool {
+        let late = at < self.latest;
+        self.latest = self.latest.max(at);
+        late
+    }
+
     fn insert(&mut self, start: u64, end: u64, since: u64, info: Arc<MapInfo>) {
         if start >= end {
             return;
         }
+        let late = since < self.latest;
         self.cut(start, end, since);
-        self.live.insert(start, Piece { end, since, info });
+        if late {
+            self.insert_late(start, end, since, &info);
+        } else {
+            self.live.insert(start, Piece { end, since, info });
+        }
         if self.live.len() > MAX_LIVE {
             self.drop_oldest();
+        }
+    }
+
+    /// A mapping made at `since`, whose record comes after newer ones: where a piece mapped
+    /// later covers part of it (still live, or replaced since), it held that part only until
+    /// then; the rest is live. `cut` has ended what it replaced.
+    fn insert_late(&mut self, start: u64, end: u64, since: u64, info: &Arc<MapInfo>) {
+        let live = self.pieces_in(start, end).into_iter();
+        let replaced = self
+            .past
+            .iter()
+            .filter(|past| past.since > since && past.start < end && start < past.end)
+            .map(|past| past.piece_in(start, end));
+        let mut newer: Vec<(u64, Piece)> = live.chain(replaced).collect();
+        newer.sort_unstable_by_key(|&(piece_start, _)| piece_start);
+        let mut cursor = start;
+        for (piece_start, piece) in newer {
+            self.push_past(Past {
+                start: piece_start,
+                end: piece.end,
+                since,
+                until: piece.since,
+                info: Arc::clone(info),
+            });
+            if piece_start > cursor {
+                self.live.insert(
+                    cursor,
+                    Piece {
+                        end: piece_start,
+                        since,
+                        info: Arc::clone(info),
+                    },
+                );
+            }
+            cursor = cursor.max(piece.end);
+        }
+        if cursor < end {
+            self.live.insert(
+                cursor,
+                Piece {
+                    end,
+                    since,
+                    info: Arc::clone(info),
+                },
+            );
         }
     }
 
@@ -176,11 +257,14 @@ impl Space {
         if start >= end {
             return ended;
         }
+        let late = self.arrives_late(at);
         let overlapped: Vec<u64> = self
             .live
             .range(..end)
             .rev()
             .take_while(|(_, piece)| piece.end > start)
+            // Mapped after `at` (this change came late): newer, it stays.
+            .filter(|(_, piece)| piece.since <= at)
             .map(|(&piece_start, _)| piece_start)
             .collect();
         for piece_start in overlapped {
@@ -218,7 +302,66 @@ impl Space {
             });
         }
         ended.reverse();
+        if late {
+            ended.extend(self.end_replaced(start, end, at));
+            ended.sort_unstable_by_key(|&(piece_start, _)| piece_start);
+        }
         ended
+    }
+
+    /// A change at `at` that came late ends the pieces of `[start, end)` it found: those a
+    /// newer change replaced meanwhile end at `at` instead (the parts outside the range keep
+    /// their end). Returns them, cut to the range.
+    fn end_replaced(&mut self, start: u64, end: u64, at: u64) -> Vec<(u64, Piece)> {
+        let mut ended = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.past.len());
+        for past in self.past.drain(..) {
+            if !past.held(start, end, at) {
+                kept.push_back(past);
+                continue;
+            }
+            let (cut_start, cut) = past.piece_in(start, end);
+            if past.start < start {
+                kept.push_back(Past {
+                    end: start,
+                    ..past.clone()
+                });
+            }
+            if past.end > end {
+                kept.push_back(Past {
+                    start: end,
+                    ..past.clone()
+                });
+            }
+            kept.push_back(Past {
+                start: cut_start,
+                end: cut.end,
+                until: at,
+                ..past
+            });
+            ended.push((cut_start, cut));
+        }
+        self.past = kept;
+        while self.past.len() > MAX_PAST {
+            self.past.pop_front();
+        }
+        ended
+    }
+
+    /// The pieces that held `[start, end)` at `at`, cut to it, by start: the live ones mapped
+    /// by then and, where newer changes were applied already, those they replaced.
+    fn held_at(&self, start: u64, end: u64, at: u64) -> Vec<(u64, Piece)> {
+        let mut held: Vec<(u64, Piece)> = self
+            .pieces_in(start, end)
+            .into_iter()
+            .filter(|(_, piece)| piece.since <= at)
+            .collect();
+        if at < self.latest {
+            let replaced = self.past.iter().filter(|past| past.held(start, end, at));
+            held.extend(replaced.map(|past| past.piece_in(start, end)));
+            held.sort_unstable_by_key(|&(piece_start, _)| piece_start);
+        }
+        held
     }
 
     /// The live pieces within `[start, end)`, cut to it, by start.
@@ -248,7 +391,7 @@ impl Space {
         let source_len = if old_len == 0 { new_len } else { old_len };
         let source_end = from.saturating_add(source_len);
         let pieces = if keep_old || old_len == 0 {
-            self.pieces_in(from, source_end)
+            self.held_at(from, source_end, at)
         } else {
             self.cut(from, source_end, at)
         };
@@ -332,10 +475,16 @@ impl Space {
         }
     }
 
-    /// The exec at `at`: everything mapped before is gone.
+    /// The exec at `at`: everything mapped before is gone. (What was mapped after it, by
+    /// records applied before this one, is the new program's.)
     fn exec(&mut self, at: u64) {
-        let live = std::mem::take(&mut self.live);
-        for (start, piece) in live {
+        let late = self.arrives_late(at);
+        let (before, after): (BTreeMap<u64, Piece>, BTreeMap<u64, Piece>) =
+            std::mem::take(&mut self.live)
+                .into_iter()
+                .partition(|(_, piece)| piece.since <= at);
+        self.live = after;
+        for (start, piece) in before {
             self.push_past(Past {
                 start,
                 end: piece.end,
@@ -344,6 +493,17 @@ impl Space {
                 info: piece.info,
             });
         }
+        if late {
+            self.end_replaced(0, u64::MAX, at);
+        }
+    }
+
+    /// The pieces mapped at `at`, by start (a fork's, whose record may come late).
+    fn live_at(&self, at: u64) -> BTreeMap<u64, Piece> {
+        if at >= self.latest {
+            return self.live.clone();
+        }
+        self.held_at(0, u64::MAX, at).into_iter().collect()
     }
 
     /// The piece holding `address` at `at` (None: the latest that ever held it).
@@ -366,8 +526,13 @@ impl Space {
                 .filter(covers)
                 .filter(|past| past.since <= t && t < past.until)
                 .max_by_key(|past| past.since),
-            // Pushed in time order: the last that covers it was replaced last.
-            None => self.past.iter().rev().find(covers),
+            // The one replaced last (mostly the last pushed, but a change that came late
+            // pushes pieces replaced before others).
+            None => self
+                .past
+                .iter()
+                .filter(covers)
+                .max_by_key(|past| (past.until, past.since)),
         }?;
         Some(Hit {
             info: Arc::clone(&found.info),
@@ -482,7 +647,9 @@ impl History {
                 space.insert(mapping.start, mapping.end(), ts_ns, info);
             }
             MapChange::Fork { parent } => {
-                let inherited = self.spaces.get(&parent).map(|p| p.live.clone());
+                // As the parent was at the fork: a record of its own may have been applied
+                // before this one came.
+                let inherited = self.spaces.get(&parent).map(|p| p.live_at(ts_ns));
                 let fresh = self.spaces.get(&pid).is_none_or(|child| child.exited);
                 if fresh {
                     // A new process, or a pid reused since its last owner exited.
@@ -772,6 +939,100 @@ mod tests {
         history.add([record(25, 1, map(0x10000, PAGE, "/bin/c", 0, 0))]);
         assert_eq!(label(history.lookup(1, 0x10000, 26)), "/bin/c");
         assert_eq!(label(history.lookup(1, 0x10000, 31)), "/bin/a");
+    }
+
+    /// A munmap's record waits in the event ring while the kernel's mapping records after it
+    /// are read and applied (a summary applies them at once): it ends only what was mapped
+    /// before it, at its own time.
+    #[test]
+    fn a_late_unmap_leaves_what_was_mapped_after_it() {
+        let mut history = History::new(Retention::UntilEnd, 0);
+        history.add([
+            record(
+                10,
+                1,
+                map(0x10000, 4 * PAGE, "/etc/cache", 0, libc::PROT_READ),
+            ),
+            // A library loaded where the cache was, after the cache was unmapped at 20.
+            record(
+                30,
+                1,
+                map(0x10000, 2 * PAGE, "/lib/plug.so", 0, libc::PROT_EXEC),
+            ),
+        ]);
+        history.settle();
+        let unmap = MapChange::Unmap {
+            start: 0x10000,
+            end: 0x14000,
+        };
+        history.add([record(20, 1, unmap)]);
+        history.settle();
+        assert_eq!(label(history.lookup(1, 0x10100, 35)), "/lib/plug.so");
+        assert_eq!(label(history.lookup_latest(1, 0x10100)), "/lib/plug.so");
+        // The cache ended at the unmap, where the library replaced it later as elsewhere.
+        for address in [0x10100, 0x13000] {
+            assert_eq!(label(history.lookup(1, address, 15)), "/etc/cache");
+            assert_eq!(label(history.lookup(1, address, 25)), "none");
+        }
+        assert_eq!(label(history.lookup(1, 0x13000, 35)), "none");
+    }
+
+    #[test]
+    fn a_late_mapping_holds_only_what_nothing_newer_covers() {
+        let mut history = History::new(Retention::UntilExit, 0);
+        history.add([
+            record(30, 1, anon(0x11000, PAGE)),
+            record(30, 1, anon(0x12000, PAGE)),
+            record(
+                40,
+                1,
+                MapChange::Unmap {
+                    start: 0x12000,
+                    end: 0x13000,
+                },
+            ),
+        ]);
+        history.settle();
+        history.add([record(20, 1, map(0x10000, 4 * PAGE, "/bin/a", 0, 0))]);
+        history.settle();
+        for address in [0x10000, 0x11000, 0x12000, 0x13000] {
+            assert_eq!(
+                label(history.lookup(1, address, 25)),
+                "/bin/a",
+                "{address:#x}"
+            );
+        }
+        assert_eq!(label(history.lookup(1, 0x10000, 45)), "/bin/a");
+        assert_eq!(label(history.lookup(1, 0x13000, 45)), "/bin/a");
+        assert_eq!(label(history.lookup(1, 0x11000, 45)), "[anon]");
+        assert_eq!(label(history.lookup_latest(1, 0x11000)), "[anon]");
+        // Mapped over at 30 and unmapped at 40.
+        assert_eq!(label(history.lookup(1, 0x12000, 35)), "[anon]");
+        assert_eq!(label(history.lookup(1, 0x12000, 45)), "none");
+    }
+
+    #[test]
+    fn a_late_fork_or_exec_sees_the_address_space_of_its_time() {
+        let mut history = History::new(Retention::UntilExit, 0);
+        history.add([
+            record(10, 1, anon(0x10000, PAGE)),
+            // The parent maps over it after the fork, whose record comes late.
+            record(30, 1, map(0x10000, PAGE, "/bin/a", 0, libc::PROT_READ)),
+            record(10, 3, anon(0x10000, PAGE)),
+            // The new program's mapping, whose exec's record comes late.
+            record(30, 3, map(0x40000, PAGE, "/bin/new", 0, libc::PROT_EXEC)),
+        ]);
+        history.settle();
+        history.add([
+            record(20, 2, MapChange::Fork { parent: 1 }),
+            record(20, 3, MapChange::Exec),
+        ]);
+        history.settle();
+        assert_eq!(label(history.lookup(2, 0x10000, 35)), "[anon]");
+        assert_eq!(label(history.lookup(1, 0x10000, 35)), "/bin/a");
+        assert_eq!(label(history.lookup(3, 0x40000, 35)), "/bin/new");
+        assert_eq!(label(history.lookup(3, 0x10000, 15)), "[anon]");
+        assert_eq!(label(history.lookup(3, 0x10000, 25)), "none");
     }
 
     #[test]
