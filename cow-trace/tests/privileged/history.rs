@@ -459,6 +459,65 @@ fn deleted_binary_and_unloaded_library_in_the_kernel_summary() {
     assert_top_stacks_symbolized(&done, 64);
 }
 
+/// A library unloaded and loaded again in the same place, its second copy's write-protect
+/// faults taken after a thousand others, and the process gone at once: --summary -g unwinds
+/// each stack as the process was at its fault, through the library to `main`, although the
+/// record of the unload (which waited in the event ring behind the faults before it) is
+/// read after the records of the second load.
+#[test]
+fn a_library_loaded_again_in_its_place_unwinds_in_the_kernel_summary() {
+    if !require_root("a_library_loaded_again_in_its_place_unwinds_in_the_kernel_summary") {
+        return;
+    }
+    let program = workload("dlopen_reuse");
+    let library = workload("libcowdl");
+    let tracer = Tracer::start(&[
+        "--json",
+        "--summary",
+        "--stack",
+        "--",
+        program.to_str().unwrap(),
+        library.to_str().unwrap(),
+    ]);
+    let done = tracer.wait();
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    let loaded_at = |label: &str| {
+        done.command_stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{label} ")))
+            .unwrap_or_else(|| panic!("no {label:?} line in {:?}", done.command_stdout))
+            .to_string()
+    };
+    // What the test is about: the second copy took the first one's place.
+    assert_eq!(loaded_at("first"), loaded_at("second"));
+    let json = done.json();
+    let stacks: Vec<Vec<&str>> = json
+        .iter()
+        .filter(|v| v["event"] == "stack" && v["cow_faults"].as_u64().unwrap() >= 64)
+        .map(|v| {
+            v["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap())
+                .collect()
+        })
+        .collect();
+    assert!(
+        stacks
+            .iter()
+            .any(|stack| has_frame(stack, "cowdl_write", &library)
+                && has_frame(stack, "main", &program)),
+        "{stacks:?}"
+    );
+    // Nor did any of them stop short at an address the library's first copy held.
+    let stopped: Vec<&Vec<&str>> = stacks
+        .iter()
+        .filter(|stack| stack.iter().any(|f| f.starts_with("[unwind stopped")))
+        .collect();
+    assert!(stopped.is_empty(), "{stopped:?}");
+}
+
 /// A process maps and unmaps 100 000 one-page regions, writing each: with the default
 /// settings every write resolves to `[anon]`, nothing is lost, and the history keeps no
 /// more than its bound (and reaches it: the replaced pieces are trimmed). In the VM tests,
