@@ -22,6 +22,31 @@ pub fn start(user: &UserRegs) -> (u64, Regs) {
     return (user.ip, Regs::new(user.lr, user.sp, user.fp));
 }
 
+/// Whether the unwinder follows `register` from frame to frame: those the kernel copies with
+/// the stack and framehop's rules read (the instruction, stack and frame pointers, arm64's link
+/// register). A table's rule that finds a frame by another cannot be followed.
+pub fn follows(register: gimli::Register) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return matches!(
+        register,
+        gimli::X86_64::RA | gimli::X86_64::RSP | gimli::X86_64::RBP
+    );
+    #[cfg(target_arch = "aarch64")]
+    return matches!(
+        register,
+        gimli::AArch64::SP | gimli::AArch64::X29 | gimli::AArch64::X30
+    );
+}
+
+/// The name of `register`, as the DWARF register numbering of this CPU has it.
+pub fn register_name(register: gimli::Register) -> String {
+    #[cfg(target_arch = "x86_64")]
+    let name = gimli::X86_64::register_name(register);
+    #[cfg(target_arch = "aarch64")]
+    let name = gimli::AArch64::register_name(register);
+    name.map_or_else(|| format!("register {}", register.0), str::to_string)
+}
+
 /// The stack pointer of `regs`.
 #[cfg(test)]
 pub fn sp(regs: &Regs) -> u64 {

@@ -1,18 +1,27 @@
 //! What an unwinder needs of one ELF file: its call-frame tables (`.eh_frame` with its
-//! `.eh_frame_hdr` index, `.debug_frame`), where its sections and loadable segments lie, and
-//! which code addresses the tables cover. Read once per file, and kept: the data stays usable
-//! after the file was closed, deleted or replaced, so an exited process unwinds too.
+//! `.eh_frame_hdr` index, `.debug_frame`), where its sections and loadable segments lie,
+//! which code addresses the tables cover, and where their rules find a frame by a register
+//! the unwinder does not follow. Read once per file, and kept: the data stays usable after
+//! the file was closed, deleted or replaced, so an exited process unwinds too.
 use std::{fs::File, ops::Range, sync::Arc};
 
 use anyhow::Context as _;
-use gimli::{BaseAddresses, CieOrFde, EhFrame, LittleEndian};
+use gimli::{
+    BaseAddresses, CfaRule, CieOrFde, EhFrame, EndianSlice, LittleEndian, Operation, Register,
+    UnwindContext, UnwindSection,
+};
 use object::{
     Object as _, ObjectSection as _, ObjectSegment as _, SegmentFlags,
     read::{ReadCache, elf::ElfFile64},
 };
 
+use super::arch;
+
 /// Bytes of a section, shared by every module made of the file.
 pub type Bytes = Arc<[u8]>;
+
+/// Code ranges (stated addresses), each with the register its rule finds the frame by.
+type RegisterRanges = Vec<(Range<u64>, Register)>;
 
 /// A section as the file states it: its address range and, for tables, its bytes.
 #[derive(Clone, Debug, Default)]
@@ -35,6 +44,10 @@ pub struct ElfUnwind {
     segments: Vec<(Range<u64>, u64)>,
     /// Code ranges (stated addresses) some table describes, sorted by start.
     covered: Vec<Range<u64>>,
+    /// Code ranges (stated addresses) where the table's rule finds the frame by a register the
+    /// unwinder does not follow (ld.so's lazy-binding trampoline keeps it in rbx), with the
+    /// register; sorted by start.
+    by_other_register: RegisterRanges,
 }
 
 impl ElfUnwind {
@@ -88,7 +101,7 @@ impl ElfUnwind {
                     .push((offset..offset + size, segment.address()));
             }
         }
-        unwind.covered = unwind.covered_ranges();
+        (unwind.covered, unwind.by_other_register) = unwind.table_ranges();
         Ok(unwind)
     }
 
@@ -96,6 +109,16 @@ impl ElfUnwind {
     pub fn covers(&self, svma: u64) -> bool {
         let after = self.covered.partition_point(|range| range.start <= svma);
         after > 0 && self.covered[after - 1].contains(&svma)
+    }
+
+    /// The register the table's rule at `svma` finds the frame by, where the unwinder does
+    /// not follow it (it is not copied with the stack); None where it does, or no table says.
+    pub fn needs_register(&self, svma: u64) -> Option<Register> {
+        let after = self
+            .by_other_register
+            .partition_point(|(range, _)| range.start <= svma);
+        let (range, register) = self.by_other_register.get(after.checked_sub(1)?)?;
+        range.contains(&svma).then_some(*register)
     }
 
     /// Whether `svma` is in the program's entry function where no table describes it (ld.so's
@@ -121,9 +144,11 @@ impl ElfUnwind {
             .map(|(range, vaddr)| vaddr + (offset - range.start))
     }
 
-    /// Every FDE's code range in `.eh_frame` and `.debug_frame`, sorted and merged.
-    fn covered_ranges(&self) -> Vec<Range<u64>> {
+    /// Every FDE's code range in `.eh_frame` and `.debug_frame`, sorted and merged; and the
+    /// ranges whose rule finds the frame by a register the unwinder does not follow, sorted.
+    fn table_ranges(&self) -> (Vec<Range<u64>>, RegisterRanges) {
         let mut ranges = Vec::new();
+        let mut by_other_register = Vec::new();
         if let Some(Section {
             svma,
             data: Some(data),
@@ -138,13 +163,15 @@ impl ElfUnwind {
             }
             let mut section = EhFrame::new(data, LittleEndian);
             section.set_address_size(8);
-            collect_fdes(&section, &bases, &mut ranges);
+            collect_fdes(&section, &bases, &mut ranges, &mut by_other_register);
         }
         if let Some(data) = &self.debug_frame {
             let mut section = gimli::DebugFrame::new(data, LittleEndian);
             section.set_address_size(8);
-            collect_fdes(&section, &BaseAddresses::default(), &mut ranges);
+            let bases = BaseAddresses::default();
+            collect_fdes(&section, &bases, &mut ranges, &mut by_other_register);
         }
+        by_other_register.sort_by_key(|(range, _)| range.start);
         ranges.sort_by_key(|range| range.start);
         let mut merged: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
         for range in ranges {
@@ -153,19 +180,25 @@ impl ElfUnwind {
                 _ => merged.push(range),
             }
         }
-        merged
+        (merged, by_other_register)
     }
 }
 
-/// Adds the code range of each FDE of `section`; an entry that does not parse ends the walk
-/// (what follows cannot be located).
-fn collect_fdes<'a, S: gimli::UnwindSection<gimli::EndianSlice<'a, LittleEndian>>>(
+/// A table's bytes, as gimli reads them.
+type Slice<'a> = EndianSlice<'a, LittleEndian>;
+
+/// Adds the code range of each FDE of `section`, and those of its rows whose rule finds the
+/// frame by a register the unwinder does not follow; an entry that does not parse ends the
+/// walk (what follows cannot be located).
+fn collect_fdes<'a, S: UnwindSection<Slice<'a>>>(
     section: &S,
     bases: &BaseAddresses,
     ranges: &mut Vec<Range<u64>>,
+    by_other_register: &mut RegisterRanges,
 ) where
     S::Offset: gimli::UnwindOffset<usize>,
 {
+    let mut context = UnwindContext::new();
     let mut entries = section.entries(bases);
     while let Ok(Some(entry)) = entries.next() {
         if let CieOrFde::Fde(partial) = entry
@@ -173,6 +206,41 @@ fn collect_fdes<'a, S: gimli::UnwindSection<gimli::EndianSlice<'a, LittleEndian>
             && fde.len() > 0
         {
             ranges.push(fde.initial_address()..fde.end_address());
+            let encoding = fde.cie().encoding();
+            // A table whose rows do not evaluate is left to the unwinder, which then fails.
+            let Ok(mut rows) = fde.rows(section, bases, &mut context) else {
+                continue;
+            };
+            while let Ok(Some(row)) = rows.next_row() {
+                if let Some(register) = other_register(section, row.cfa(), encoding) {
+                    by_other_register.push((row.start_address()..row.end_address(), register));
+                }
+            }
+        }
+    }
+}
+
+/// The first register a frame's rule (`cfa`) reads that the unwinder does not follow, if any.
+fn other_register<'a, S: UnwindSection<Slice<'a>>>(
+    section: &S,
+    cfa: &CfaRule<usize>,
+    encoding: gimli::Encoding,
+) -> Option<Register> {
+    match cfa {
+        CfaRule::RegisterAndOffset { register, .. } => {
+            (!arch::follows(*register)).then_some(*register)
+        }
+        CfaRule::Expression(expression) => {
+            let mut operations = expression.get(section).ok()?.operations(encoding);
+            while let Ok(Some(operation)) = operations.next() {
+                if let Operation::Register { register } | Operation::RegisterOffset { register, .. } =
+                    operation
+                    && !arch::follows(register)
+                {
+                    return Some(register);
+                }
+            }
+            None
         }
     }
 }
@@ -199,6 +267,21 @@ mod tests {
             ..unwind
         };
         assert!(!described.in_entry_function(0x1048));
+    }
+
+    #[test]
+    fn a_rule_on_a_register_not_followed_is_found_by_its_rows_range() {
+        let rbx = gimli::X86_64::RBX;
+        let unwind = ElfUnwind {
+            by_other_register: vec![(0x1010..0x1020, rbx), (0x1040..0x1041, rbx)],
+            ..ElfUnwind::default()
+        };
+        assert_eq!(unwind.needs_register(0x1010), Some(rbx));
+        assert_eq!(unwind.needs_register(0x101f), Some(rbx));
+        assert_eq!(unwind.needs_register(0x1040), Some(rbx));
+        for followed in [0x0, 0x1000, 0x100f, 0x1020, 0x1041, 0x2000] {
+            assert_eq!(unwind.needs_register(followed), None, "{followed:#x}");
+        }
     }
 
     /// The test binary itself has .eh_frame covering its own code.

@@ -10,7 +10,11 @@
 //!   begins by setting one up (its symbol says where it begins); otherwise the walk ends
 //!   there, "no unwind info";
 //! - a read past the copied bytes ends the walk: "truncated" where the copy was cut at
-//!   `--stack-size`.
+//!   `--stack-size`;
+//! - where the tables find a frame by a register other than those copied (ld.so's
+//!   lazy-binding trampoline keeps it in rbx), the walk ends there, saying so: framehop would
+//!   guess by the frame pointer instead, skipping the caller, or ending the stack as if
+//!   complete where the guess read 0.
 //!
 //! framehop keeps, per process, the modules (code mappings) seen in its stacks and a cache of
 //! unwind rules; a module is made once per file and place, and shared by processes that map
@@ -94,9 +98,11 @@ pub enum End {
     Unreadable { address: u64 },
     /// More than `MAX_FRAMES` frames.
     TooDeep,
-    /// The unwinder refused a step: its tables' rule uses registers it does not follow (as
-    /// ld.so's lazy-binding trampoline does), and the frame pointer it then tried would not
-    /// advance or went backwards.
+    /// The tables find the frame by a register the kernel does not copy (ld.so's lazy-binding
+    /// trampoline keeps it in rbx).
+    RegisterNotCopied { register: gimli::Register },
+    /// The unwinder refused a step: its tables' rule could not be followed, and the frame
+    /// pointer it then tried would not advance or went backwards.
     Failed(Error),
 }
 
@@ -114,6 +120,10 @@ impl End {
                 format!("[unwind stopped: stack at {address:#x} not copied]")
             }
             End::TooDeep => format!("[unwind stopped: more than {MAX_FRAMES} frames]"),
+            End::RegisterNotCopied { register } => format!(
+                "[unwind stopped: the tables find this frame by {}, which is not copied]",
+                arch::register_name(*register)
+            ),
             End::Failed(error) => {
                 format!("[unwind stopped: no rule to unwind this frame by ({error})]")
             }
@@ -147,6 +157,7 @@ impl std::hash::Hash for End {
             End::Truncated { limit } => limit.hash(state),
             End::NoUnwindInfo { label } => label.hash(state),
             End::OutsideCode { address } | End::Unreadable { address } => address.hash(state),
+            End::RegisterNotCopied { register } => register.hash(state),
             End::Failed(error) => match error {
                 Error::CouldNotReadStack(address) => (0u8, *address).hash(state),
                 Error::FramepointerUnwindingMovedBackwards => 1u8.hash(state),
@@ -257,6 +268,11 @@ impl StackUnwinder {
                 .filter(|&svma| code.elf.as_ref().is_some_and(|elf| elf.covers(svma)));
             let step = match described {
                 Some(svma) => {
+                    // Rather than framehop's guess by the frame pointer, which skips the
+                    // caller, or ends the stack as complete where it reads 0.
+                    if let Some(register) = code.elf.as_ref().and_then(|e| e.needs_register(svma)) {
+                        break End::RegisterNotCopied { register };
+                    }
                     let Some(key) = module_key(&code, lookup, svma) else {
                         break End::NoUnwindInfo { label: code.label };
                     };
@@ -430,7 +446,7 @@ fn sections(elf: &ElfUnwind) -> ExplicitModuleSectionInfo<Data> {
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
-    use std::{fs::File, hint::black_box};
+    use std::{ffi::c_void, fs::File, hint::black_box};
 
     use blazesym::{
         Pid,
@@ -613,6 +629,80 @@ mod tests {
         stack.regs.fp = 8;
         let walk = StackUnwinder::default().walk(stack.pid, &stack, &mut OwnCode::default());
         assert_eq!(walk.end, End::Truncated { limit: 64 << 10 }, "{walk:x?}");
+    }
+
+    // A function whose tables find its frame by rbx, as those of ld.so's lazy-binding
+    // trampoline (`_dl_runtime_resolve`) do: it keeps its stack pointer in rbx, realigns the
+    // stack and calls `inner(out)`, with rbp cleared as code without frame pointers may leave
+    // it (framehop's guess by the frame pointer then ended the stack there, as if complete).
+    std::arch::global_asm!(
+        ".pushsection .text.cow_trace_rbx_frame,\"ax\",@progbits",
+        ".globl cow_trace_rbx_frame",
+        ".type cow_trace_rbx_frame,@function",
+        "cow_trace_rbx_frame:",
+        ".cfi_startproc",
+        "push rbp",
+        ".cfi_adjust_cfa_offset 8",
+        ".cfi_offset rbp, -16",
+        "push rbx",
+        ".cfi_adjust_cfa_offset 8",
+        ".cfi_offset rbx, -24",
+        "mov rbx, rsp",
+        ".cfi_def_cfa_register rbx",
+        "and rsp, -64",
+        "xor ebp, ebp",
+        "mov rax, rdi",
+        "mov rdi, rsi",
+        "call rax",
+        "mov rsp, rbx",
+        ".cfi_def_cfa_register rsp",
+        "pop rbx",
+        ".cfi_adjust_cfa_offset -8",
+        ".cfi_restore rbx",
+        "pop rbp",
+        ".cfi_adjust_cfa_offset -8",
+        ".cfi_restore rbp",
+        "ret",
+        ".cfi_endproc",
+        ".size cow_trace_rbx_frame, .-cow_trace_rbx_frame",
+        ".popsection",
+    );
+
+    unsafe extern "C" {
+        fn cow_trace_rbx_frame(inner: extern "C" fn(*mut c_void), out: *mut c_void);
+    }
+
+    /// Called by cow_trace_rbx_frame with a `*mut MaybeUninit<UserStack>`.
+    extern "C" fn capture_into(out: *mut c_void) {
+        let out = out.cast::<UserStack>();
+        // SAFETY: `out` is the caller's uninitialized slot, written once here.
+        unsafe { out.write(black_box(capture_here(64 << 10))) };
+    }
+
+    #[test]
+    fn a_frame_found_by_a_register_not_copied_ends_the_walk_saying_so() {
+        let mut slot = std::mem::MaybeUninit::<UserStack>::uninit();
+        // SAFETY: cow_trace_rbx_frame calls capture_into with the slot, which fills it.
+        let stack = unsafe {
+            cow_trace_rbx_frame(capture_into, slot.as_mut_ptr().cast());
+            slot.assume_init()
+        };
+        let walk = StackUnwinder::default().walk(stack.pid, &stack, &mut OwnCode::default());
+        let names = names(&walk);
+        assert_eq!(
+            walk.end,
+            End::RegisterNotCopied {
+                register: gimli::X86_64::RBX
+            },
+            "{names:#?}"
+        );
+        // The walk reached the frame, and stopped there.
+        assert!(names[0].ends_with("capture_here"), "{names:#?}");
+        assert_eq!(names.last().unwrap(), "cow_trace_rbx_frame", "{names:#?}");
+        assert_eq!(
+            walk.end.marker().unwrap(),
+            "[unwind stopped: the tables find this frame by rbx, which is not copied]"
+        );
     }
 
     #[test]
