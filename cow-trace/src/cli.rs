@@ -160,7 +160,7 @@ pub struct Args {
     /// exec). If tracing stops first, CMD's process group is ended: SIGTERM, SIGKILL 2 s later
     /// (in a terminal's foreground CMD shares cow-trace's group, and each traced process is).
     #[arg(last = true, value_name = "CMD")]
-    pub command: Vec<String>,
+    pub command: Vec<std::ffi::OsString>,
 }
 
 /// What the user asked for with --backend.
@@ -541,7 +541,7 @@ mod tests {
         let args = Args::try_parse_from(["cow-trace", "-g", "--", "true"]).unwrap();
         assert_eq!(
             (args.stack, &args.command[..]),
-            (Some(StackMethod::Dwarf), &["true".to_string()][..])
+            (Some(StackMethod::Dwarf), &["true".into()][..])
         );
         assert!(parse(&["-g", "fp"]).is_err());
         let args = parse(&["-g", "--stack-faults", "all", "--stack-size", "16KiB"]).unwrap();

@@ -403,7 +403,7 @@ impl StackLosses {
     pub fn reasons(&self) -> String {
         [
             ("unreadable", self.unreadable),
-            ("stack map full", self.map_full),
+            ("stack map bucket taken or full", self.map_full),
             ("ring buffer full", self.ring_full),
             ("copy buffer busy", self.buffer_busy),
             ("truncated at --stack-size", self.truncated),

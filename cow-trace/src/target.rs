@@ -230,12 +230,13 @@ impl HeldCommand {
     /// `stdout_to_stderr`: the command writes its standard output to our standard error
     /// (stdout carries a machine-readable stream its lines must not break).
     pub fn spawn(
-        argv: &[String],
+        argv: &[std::ffi::OsString],
         identity: Option<&Identity>,
         stdout_to_stderr: bool,
     ) -> anyhow::Result<HeldCommand> {
-        let program = &argv[0];
-        let resolved = which_program(program).ok_or_else(|| {
+        // Arguments are bytes, as execve takes them (a file name need not be UTF-8).
+        let program = &argv[0].to_string_lossy();
+        let resolved = which_program(&argv[0]).ok_or_else(|| {
             failure(
                 Status::Target,
                 format!("command not found: {program}: check the name and PATH"),
@@ -548,8 +549,8 @@ fn missing_interpreter(script: &std::path::Path) -> Option<String> {
     (!runnable).then(|| interpreter.display().to_string())
 }
 
-fn which_program(program: &str) -> Option<std::path::PathBuf> {
-    if program.contains('/') {
+fn which_program(program: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
+    if program.as_bytes().contains(&b'/') {
         let path = std::path::PathBuf::from(program);
         return path.is_file().then_some(path);
     }
@@ -660,8 +661,8 @@ mod tests {
 
     #[test]
     fn resolves_programs_on_path() {
-        assert!(which_program("sh").is_some());
-        assert!(which_program("no-such-program-cow-trace").is_none());
-        assert!(which_program("/bin/sh").is_some());
+        assert!(which_program("sh".as_ref()).is_some());
+        assert!(which_program("no-such-program-cow-trace".as_ref()).is_none());
+        assert!(which_program("/bin/sh".as_ref()).is_some());
     }
 }

@@ -165,6 +165,30 @@ fn a_pid_namespace_of_its_own_is_refused() {
     assert!(stderr.contains("PID namespace of its own"), "{stderr}");
 }
 
+/// A command's arguments are bytes, as execve takes them: one that is not UTF-8 (a file name
+/// in Latin-1) reaches the command unchanged.
+#[test]
+fn arguments_that_are_not_utf8_reach_the_command() {
+    if !require_root("arguments_that_are_not_utf8_reach_the_command") {
+        return;
+    }
+    use std::os::unix::ffi::OsStrExt as _;
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let output = Command::new(cow_trace())
+        .args(["--summary", "-o", "/dev/null", "--", "/bin/echo"])
+        .arg(latin1)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        output.stdout.windows(5).any(|w| w == b"caf\xe9\n"),
+        "{:?}",
+        output.stdout
+    );
+}
+
 /// A script without a `#!` line runs under /bin/sh, as a shell or `env` would run it, its
 /// status passed through.
 #[test]

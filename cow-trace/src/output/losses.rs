@@ -60,7 +60,7 @@ impl Losses {
         }
         if now.stacks.map_full > before.stacks.map_full {
             lines.push(format!(
-                "LOST {} stacks (the kernel's stack map full): --stack=dwarf has no such map",
+                "LOST {} stacks (the kernel's stack map: its bucket for the stack held another, or it was full): --stack=dwarf has no such map",
                 now.stacks.map_full - before.stacks.map_full
             ));
         }
