@@ -189,6 +189,44 @@ fn arguments_that_are_not_utf8_reach_the_command() {
     );
 }
 
+/// A ring buffer the kernel has no memory for (here: a memory cgroup's limit below it) gets a
+/// one-line error that says what to change.
+#[test]
+fn a_ring_without_memory_says_to_make_it_smaller() {
+    if !require_root("a_ring_without_memory_says_to_make_it_smaller") {
+        return;
+    }
+    let test = "a_ring_without_memory_says_to_make_it_smaller";
+    // cgroup v1's memory controller (this kind of machine's); v2 would take a child group
+    // under the root's subtree_control, which a test should not change.
+    let group = std::path::Path::new("/sys/fs/cgroup/memory")
+        .join(format!("cow-trace-ring-{}", std::process::id()));
+    if std::fs::create_dir(&group).is_err() {
+        skip(test, "no cgroup v1 memory controller to limit");
+        return;
+    }
+    std::fs::write(
+        group.join("memory.limit_in_bytes"),
+        (64u64 << 20).to_string(),
+    )
+    .unwrap();
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {} --ring-size 256MiB -o /dev/null -- true",
+        group.display(),
+        cow_trace().display()
+    );
+    let output = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir(&group);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("try a smaller --ring-size"), "{stderr}");
+}
+
 /// A script without a `#!` line runs under /bin/sh, as a shell or `env` would run it, its
 /// status passed through.
 #[test]

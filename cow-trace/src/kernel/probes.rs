@@ -108,7 +108,25 @@ impl Probes {
             .map_max_entries("STATS", if summary_mode { summary_maps::STATS } else { 1 })
             .map_max_entries("HISTS", if summary_mode { summary_maps::HISTS } else { 1 })
             .load(OBJECT)
-            .map_err(|e| kernel_error("loading the eBPF object", e))?;
+            .map_err(|e| {
+                // The ring is the one map whose size is the user's to choose (a memory cgroup's
+                // limit counts its pages).
+                let ring_refused = matches!(&e, aya::EbpfError::MapError(
+                    aya::maps::MapError::CreateError { name, io_error, .. })
+                    if name == "EVENTS" && io_error.raw_os_error() == Some(libc::ENOMEM));
+                if ring_refused {
+                    failure(
+                        Status::Kernel,
+                        format!(
+                            "the kernel has no memory for a ring buffer of {} MiB: try a smaller \
+                             --ring-size (e.g. 16MiB)",
+                            ring_size >> 20
+                        ),
+                    )
+                } else {
+                    kernel_error("loading the eBPF object", e)
+                }
+            })?;
         diagnostics::start(&mut ebpf);
         Ok(Probes {
             ebpf,
