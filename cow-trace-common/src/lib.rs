@@ -756,6 +756,19 @@ pub struct Window {
     pub closing_since_ns: u64,
 }
 
+/// How long a window keeps counting copies after its child's exit, while the kernel releases
+/// the child's memory.
+pub const WINDOW_CLOSING_NS: u64 = 1_000_000_000;
+
+/// Where a fault falls, by its process's [`Window`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InWindow {
+    /// The child whose window it is (0: none).
+    pub child: u32,
+    /// The window has closed: it gives way to the one it interrupted (`previous`, or none).
+    pub closed: bool,
+}
+
 impl Window {
     /// The window of `child`, live, which a newer child's window had interrupted.
     pub const fn resumed(child: u32) -> Window {
@@ -763,6 +776,30 @@ impl Window {
             child,
             previous: 0,
             closing_since_ns: 0,
+        }
+    }
+
+    /// The window a fault at `when_ns` falls in; `copied`: it copied a page. After the
+    /// child's exit event the kernel is still releasing the child's memory, page range by page
+    /// range: a copy the parent makes meanwhile is of a page the child still held, so it counts
+    /// in the window; any other fault (a reuse of a page already released) counts in the one
+    /// it interrupted, if any. [`WINDOW_CLOSING_NS`] later the window closes.
+    pub const fn for_fault(&self, when_ns: u64, copied: bool) -> InWindow {
+        if self.closing_since_ns == 0 {
+            return InWindow {
+                child: self.child,
+                closed: false,
+            };
+        }
+        if when_ns.saturating_sub(self.closing_since_ns) > WINDOW_CLOSING_NS {
+            return InWindow {
+                child: self.previous,
+                closed: true,
+            };
+        }
+        InWindow {
+            child: if copied { self.child } else { self.previous },
+            closed: false,
         }
     }
 }
@@ -861,6 +898,39 @@ mod user {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closing_window_keeps_copies_then_gives_way() {
+        let live = Window {
+            child: 8,
+            previous: 5,
+            closing_since_ns: 0,
+        };
+        let open = InWindow {
+            child: 8,
+            closed: false,
+        };
+        assert_eq!(live.for_fault(7, false), open);
+        let closing = Window {
+            closing_since_ns: 1_000,
+            ..live
+        };
+        assert_eq!(closing.for_fault(2_000, true), open);
+        assert_eq!(
+            closing.for_fault(2_000, false),
+            InWindow {
+                child: 5,
+                closed: false
+            }
+        );
+        assert_eq!(
+            closing.for_fault(1_000 + WINDOW_CLOSING_NS + 1, true),
+            InWindow {
+                child: 5,
+                closed: true
+            }
+        );
+    }
 
     #[test]
     fn buckets() {

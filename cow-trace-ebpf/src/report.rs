@@ -2,7 +2,8 @@
 //! (`summary`).
 use aya_ebpf::bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use cow_trace_common::{
-    AddressSpaceRecord, CowOutcome, FaultClass, Record, TS_NOT_TAKEN, Window, counter, flags, kind,
+    AddressSpaceRecord, CowOutcome, FaultClass, InWindow, Record, TS_NOT_TAKEN, Window, counter,
+    flags, kind,
 };
 
 use crate::{
@@ -76,15 +77,7 @@ fn wakeup_due(urgent: bool, bytes: usize) -> bool {
     false
 }
 
-/// How long a window keeps counting copies after its child's exit, while the kernel releases
-/// the child's memory.
-const CLOSING_NS: u64 = 1_000_000_000;
-
-/// The snapshot window a fault of `record.pid` falls in (0: none). After the child's exit
-/// event, the kernel is still releasing the child's memory, page range by page range: a copy
-/// the parent makes meanwhile is of a page the child still held, so it counts in the window;
-/// any other fault (a reuse of a page already released) counts outside. A second later the
-/// window closes.
+/// The snapshot window a fault of `record.pid` falls in (0: none): see `Window::for_fault`.
 #[inline(always)]
 fn window_of(record: &Record) -> u32 {
     if !may_have_window(record.pid) {
@@ -95,31 +88,27 @@ fn window_of(record: &Record) -> u32 {
     let Some(window) = (unsafe { WINDOW.get(record.pid) }) else {
         return 0;
     };
-    let Window {
-        child,
-        previous,
-        closing_since_ns,
-    } = *window;
-    if closing_since_ns == 0 {
-        return child;
+    let window = *window;
+    if window.closing_since_ns == 0 {
+        return window.child;
     }
     let when = if record.ts_ns == TS_NOT_TAKEN {
         now_ns()
     } else {
         record.ts_ns
     };
-    if when.saturating_sub(closing_since_ns) > CLOSING_NS {
-        // Closed: the window it interrupted, if any, resumes.
-        if previous == 0 {
-            let _ = WINDOW.remove(record.pid);
-        } else {
-            let _ = WINDOW.insert(record.pid, Window::resumed(previous), 0);
-        }
-        return previous;
-    }
     let class = FaultClass::of_record(record);
     let copied = class.is_completed() && class.cow_outcome() == Some(CowOutcome::Copied);
-    if copied { child } else { previous }
+    let InWindow { child, closed } = window.for_fault(when, copied);
+    if closed {
+        // The window it interrupted, if any, resumes.
+        if child == 0 {
+            let _ = WINDOW.remove(record.pid);
+        } else {
+            let _ = WINDOW.insert(record.pid, Window::resumed(child), 0);
+        }
+    }
+    child
 }
 
 /// Streams or aggregates a finished (or abandoned) fault, whose comm the caller filled in.

@@ -8,8 +8,9 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
 use cow_trace_common::{
-    Hist, HistCache, HistKey, NO_FIELD, PENDING_DEFERRED, PendingFault, Record, Settings,
-    StatCache, StatKey, StatValue, stack_faults, stack_mode, summary_maps,
+    CowOutcome, FaultClass, Hist, HistCache, HistKey, NO_FIELD, PENDING_DEFERRED, PendingFault,
+    Record, Settings, StatCache, StatKey, StatValue, TS_NOT_TAKEN, Window, stack_faults,
+    stack_mode, summary_maps,
 };
 
 use crate::{
@@ -243,6 +244,24 @@ impl Probes {
             }
         }
         let mut records: Vec<Record> = every.iter().map(|slot| slot.to_record(slot.tid)).collect();
+        // The kernel fills a fault's window as it reports it: so must this, for the faults it
+        // never reported.
+        let map = self.ebpf.map("WINDOW").context("WINDOW map missing")?;
+        let windows: HashMap<&MapData, u32, Window> =
+            HashMap::try_from(map).context("WINDOW map has an unexpected type")?;
+        for record in &mut records {
+            if let Ok(window) = windows.get(&record.pid, 0) {
+                let class = FaultClass::of_record(record);
+                let copied =
+                    class.is_completed() && class.cow_outcome() == Some(CowOutcome::Copied);
+                let when = if record.ts_ns == TS_NOT_TAKEN {
+                    crate::clock::monotonic_ns()
+                } else {
+                    record.ts_ns
+                };
+                record.other_pid = window.for_fault(when, copied).child;
+            }
+        }
         records.sort_by_key(|record| record.ts_ns);
         Ok(records)
     }
