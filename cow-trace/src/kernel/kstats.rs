@@ -30,11 +30,20 @@ pub struct KernelCounts {
 /// once the programs are detached, are exact).
 pub fn read(probes: &Probes, exited: &Exited) -> anyhow::Result<KernelCounts> {
     let mut stats: HashMap<StatKey, StatValue> = exited.stats.clone();
+    // The caches are read before and after the map: a CPU whose cache moved on meanwhile may
+    // have sent its counts to the map during the read, which may hold them already. Its cache
+    // is left out of this read (counted at the next): counted late, never twice.
+    let before = stat_caches(probes)?;
     for (key, value) in probes.all_stats()? {
         add_stat(&mut stats, key, &value);
     }
-    for cache in filled_stat_caches(probes)? {
-        add_stat(&mut stats, cache.key, &cache.counts);
+    let after = stat_caches(probes)?;
+    for (was, cache) in before.iter().zip(&after) {
+        let unmoved = was.counts.faults == 0
+            || (was.key == cache.key && cache.counts.faults >= was.counts.faults);
+        if cache.counts.faults != 0 && unmoved {
+            add_stat(&mut stats, cache.key, &cache.counts);
+        }
     }
     let mut hists: HashMap<HistKey, Hist> = exited.hists.clone();
     for (key, hist) in probes.all_hists()? {
@@ -53,15 +62,19 @@ pub fn read(probes: &Probes, exited: &Exited) -> anyhow::Result<KernelCounts> {
     })
 }
 
-/// The per-CPU caches of `STATS` that hold counts not yet in the map.
-fn filled_stat_caches(probes: &Probes) -> anyhow::Result<Vec<StatCache>> {
+/// The per-CPU caches of `STATS`, one per CPU.
+fn stat_caches(probes: &Probes) -> anyhow::Result<Vec<StatCache>> {
     let caches = probes
         .stat_caches()?
         .get(&0, 0)
         .context("reading STAT_CACHE")?;
-    Ok(caches
-        .iter()
-        .copied()
+    Ok(caches.iter().copied().collect())
+}
+
+/// The per-CPU caches of `STATS` that hold counts not yet in the map.
+fn filled_stat_caches(probes: &Probes) -> anyhow::Result<Vec<StatCache>> {
+    Ok(stat_caches(probes)?
+        .into_iter()
         .filter(|cache| cache.counts.faults != 0)
         .collect())
 }
